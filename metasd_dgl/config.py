@@ -1,0 +1,275 @@
+"""Configuration: one dataclass per concern, every option stated once with its default.
+
+``Config`` is the whole run.  YAML files hold short overrides of these
+defaults (see ``pipelines/configs``); ``load_config`` merges them in order
+and checks names and types, so a typo is an error, not a silent default.
+Library functions take the typed pieces; only the CLI and ``pipelines/``
+read files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import UserError
+
+
+class ConfigError(UserError):
+    """A config file or override that names an unknown option or a bad value."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "umls"  # built-in name, folder, .tar.gz, or DGL-KE layout
+    data_dir: Optional[str] = None  # folder holding <name>.tar.gz (env METASD_DATA_DIR)
+    format: str = "auto"  # auto | tsv | raw_udd_hrt | udd_hrt
+    processed_dir: Optional[str] = None  # default: <run_dir>/data
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "kge"  # kge | rgcn
+    decoder: str = "complex"  # complex | distmult | rotate | transe
+    dim: int = 100  # embedding dimension (complex numbers for complex/rotate)
+    init_scale: float = 1e-3  # std of the normal initialisation (kge)
+    # R-GCN encoder
+    num_layers: int = 2
+    num_bases: int = 4
+    regularizer: str = "basis"  # basis | bdd
+    dropout: float = 0.2
+    self_loop: bool = True
+
+
+@dataclass
+class TrainConfig:
+    method: str = "plain"  # plain | prune | kd | metasd
+    regime: str = "1-n"  # 1-n (all entities, softmax CE) | negative-sampling
+    epochs: int = 50
+    batch_size: int = 1000
+    optimizer: str = "adagrad"  # adagrad | adam
+    lr: float = 0.1
+    regularizer: str = "dura"  # dura | n3 | none
+    reg_weight: float = 0.05
+    label_smoothing: float = 0.0
+    num_negatives: int = 32  # negative-sampling regime: corruptions per positive
+    margin: float = 9.0  # negative-sampling regime: gamma of distance models
+    edge_dropout: float = 0.5  # rgcn: share of training edges hidden from message passing
+    grad_clip: float = 0.0  # 0 = off
+    seed: int = 0
+    device: str = "cpu"
+    valid_every: int = 5  # epochs between validations
+    patience: int = 5  # validations without improvement before stopping (0 = off)
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = epoch ends only)
+    keep_checkpoints: int = 2  # newest epoch checkpoints kept besides last and best
+
+
+@dataclass
+class MetaSDConfig:
+    prune_rate: float = 0.9  # share of prunable weights zeroed in the student
+    prune_scope: str = "global"  # global | per-tensor
+    temperature: float = 3.0
+    kd_weight: float = 1.0  # weight of distillation next to cross-entropy
+    kd_forward_weight: float = 3.0  # KL(teacher || student)
+    kd_reverse_weight: float = 1.0  # KL(student || teacher)
+    meta_lr: float = 1e-4
+    meta_optimizer: str = "adam"  # adam | adagrad | sgd
+    virtual_lr: float = 0.1  # SGD step of the virtual student
+    quiz_fraction: float = 0.02  # held-out slice of train for the meta step
+    quiz_batch_size: int = 1000
+    meta_every: int = 1  # run the meta step every k batches
+    extra_teacher_step: bool = False  # reference code: plain teacher step first
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 0  # queries per chunk; 0 = derive from max_memory_mb
+    max_memory_mb: int = 512  # cap on the (chunk x entities) score matrix
+    num_buckets: int = 3  # long-tail buckets by relation frequency / entity degree
+    splits: tuple = ("valid", "test")
+
+
+@dataclass
+class Config:
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    metasd: MetaSDConfig = field(default_factory=MetaSDConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.encoder": ("kge", "rgcn"),
+    "model.decoder": ("complex", "distmult", "rotate", "transe"),
+    "model.regularizer": ("basis", "bdd"),
+    "train.method": ("plain", "prune", "kd", "metasd"),
+    "train.regime": ("1-n", "negative-sampling"),
+    "train.optimizer": ("adagrad", "adam"),
+    "train.regularizer": ("dura", "n3", "none"),
+    "metasd.prune_scope": ("global", "per-tensor"),
+    "metasd.meta_optimizer": ("adam", "adagrad", "sgd"),
+    "data.format": ("auto", "tsv", "raw_udd_hrt", "udd_hrt"),
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices and ranges; raise ConfigError naming the option."""
+    for key, allowed in CHOICES.items():
+        value = get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    checks = [
+        ("model.dim", cfg.model.dim >= 1, "must be >= 1"),
+        ("model.num_layers", cfg.model.num_layers >= 1, "must be >= 1"),
+        ("model.num_bases", cfg.model.num_bases >= 1, "must be >= 1"),
+        ("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"),
+        ("model.init_scale", cfg.model.init_scale > 0, "must be > 0"),
+        ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
+        ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
+        ("train.lr", cfg.train.lr > 0, "must be > 0"),
+        ("train.reg_weight", cfg.train.reg_weight >= 0, "must be >= 0"),
+        ("train.num_negatives", cfg.train.num_negatives >= 1, "must be >= 1"),
+        ("train.edge_dropout", 0 <= cfg.train.edge_dropout < 1, "must be in [0, 1)"),
+        ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must be in [0, 1)"),
+        ("train.valid_every", cfg.train.valid_every >= 1, "must be >= 1"),
+        ("train.patience", cfg.train.patience >= 0, "must be >= 0"),
+        ("train.grad_clip", cfg.train.grad_clip >= 0, "must be >= 0"),
+        ("metasd.prune_rate", 0 <= cfg.metasd.prune_rate < 1, "must be in [0, 1)"),
+        ("metasd.temperature", cfg.metasd.temperature > 0, "must be > 0"),
+        ("metasd.quiz_fraction", 0 < cfg.metasd.quiz_fraction < 1, "must be in (0, 1)"),
+        ("metasd.quiz_batch_size", cfg.metasd.quiz_batch_size >= 1, "must be >= 1"),
+        ("metasd.meta_every", cfg.metasd.meta_every >= 1, "must be >= 1"),
+        ("eval.max_memory_mb", cfg.eval.max_memory_mb >= 1, "must be >= 1"),
+        ("eval.num_buckets", cfg.eval.num_buckets >= 1, "must be >= 1"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"{key}={get(cfg, key)!r} {why}")
+    return cfg
+
+
+def get(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or raise."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if hint is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(str(v) for v in value)
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "override") -> Config:
+    """Apply ``{"train.lr": 0.1, "model": {"dim": 8}}``-style overrides in place."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and (prefix == "" or prefix.count(".") == 0 and prefix in _sections()):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = node
+
+    walk("", overrides)
+    hints_root = typing.get_type_hints(Config)
+    for key, value in flat.items():
+        parts = key.split(".")
+        if len(parts) == 1:
+            if parts[0] not in hints_root or parts[0] in _sections():
+                raise ConfigError(f"{source}: unknown option {key!r}")
+            setattr(cfg, parts[0], _coerce(value, hints_root[parts[0]], key))
+            continue
+        if len(parts) != 2 or parts[0] not in _sections():
+            raise ConfigError(f"{source}: unknown option {key!r}")
+        section = getattr(cfg, parts[0])
+        hints = typing.get_type_hints(type(section))
+        if parts[1] not in hints:
+            raise ConfigError(f"{source}: unknown option {key!r}")
+        setattr(section, parts[1], _coerce(value, hints[parts[1]], key))
+    return cfg
+
+
+def _sections() -> tuple[str, ...]:
+    """Names of the nested sections of ``Config`` (data, model, train, ...)."""
+    return tuple(f.name for f in dataclasses.fields(Config) if f.default_factory is not dataclasses.MISSING)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d["eval"]["splits"] = list(d["eval"]["splits"])
+    return d
+
+
+def from_dict(d: dict[str, Any], source: str = "config") -> Config:
+    return validate(apply_overrides(Config(), d, source))
+
+
+def load_config(*paths: str | Path, overrides: Optional[dict[str, Any]] = None) -> Config:
+    """Defaults, then each YAML file in order, then ``overrides``; validated."""
+    cfg = Config()
+    for path in paths:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a UTF-8 text file") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}:{where} invalid YAML") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of options")
+        apply_overrides(cfg, data, str(path))
+    if overrides:
+        apply_overrides(cfg, overrides)
+    return validate(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")

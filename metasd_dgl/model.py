@@ -1,0 +1,83 @@
+"""LinkPredictor = encoder (lookup tables or R-GCN) + decoder (score function).
+
+The model is written so that every forward pass can run *functionally* on a
+dictionary of parameters (``torch.func.functional_call``): the MetaSD student
+is the same module evaluated on ``{name: weight * mask}``, and the virtual
+student on weights that are a differentiable function of the teacher's.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .decoders import DECODERS, Decoder
+from .encoders.lookup import LookupEncoder
+from .typing import HEAD, REL, TAIL, ParamDict
+
+
+class LinkPredictor(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: Decoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def encode(self, graph=None) -> tuple[Tensor, Tensor]:
+        """-> entity rows (N, w_e), reciprocal relation rows (2R, w_r)."""
+        return self.encoder(graph)
+
+    def forward(self, queries: Tensor, graph=None) -> Tensor:
+        """(b, 2) or (b, 3) (head, relation[, tail]) -> (b, N) scores of every tail."""
+        ent, rel = self.encode(graph)
+        return self.decoder.score_all(ent[queries[:, HEAD]], rel[queries[:, REL]], ent)
+
+    def score_triples(self, triples: Tensor, graph=None) -> Tensor:
+        """(n, 3) -> (n,) scores."""
+        ent, rel = self.encode(graph)
+        return self.decoder.score(ent[triples[:, HEAD]], rel[triples[:, REL]], ent[triples[:, TAIL]])
+
+    def prunable_names(self) -> list[str]:
+        """Names of the parameters that pruning masks (``encoder.<prunable>``)."""
+        own = getattr(self.encoder, "prunable", ())
+        names = [n for n, _ in self.named_parameters()]
+        return [n for n in names if any(n == f"encoder.{p}" or n.startswith(f"encoder.{p}.") for p in own)]
+
+
+def call(model: nn.Module, params: ParamDict, *args, **kwargs):
+    """``model(*args, **kwargs)`` evaluated on ``params`` (missing names keep the module's)."""
+    return functional_call(model, params, args, kwargs, strict=False)
+
+
+def build_model(
+    encoder: str,
+    decoder: str,
+    num_entities: int,
+    num_relations: int,
+    dim: int,
+    init_scale: float = 1e-3,
+    generator: Optional[torch.Generator] = None,
+    graph=None,
+    rgcn_options: Optional[dict] = None,
+) -> LinkPredictor:
+    """Build a model on CPU (move it with ``.to(device)``).
+
+    ``num_relations`` is the dataset's R; the relation table holds 2R rows.
+    """
+    dec = DECODERS[decoder]()
+    if encoder == "kge":
+        enc = LookupEncoder(
+            num_entities, num_relations, dec.entity_width(dim), dec.relation_width(dim),
+            init_scale, generator,
+        )
+    elif encoder == "rgcn":
+        from .encoders.rgcn import RGCNEncoder
+
+        enc = RGCNEncoder(
+            num_entities, num_relations, dec.entity_width(dim), dec.relation_width(dim),
+            generator=generator, **(rgcn_options or {}),
+        )
+    else:
+        raise ValueError(f"unknown encoder {encoder!r}")
+    return LinkPredictor(enc, dec)
