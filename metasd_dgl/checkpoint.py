@@ -1,0 +1,76 @@
+"""One checkpoint format, written atomically and loaded without unpickling code.
+
+A checkpoint is a ``torch.save`` of plain containers (dicts, lists, numbers,
+strings, tensors): model and optimiser states, masks, counters, RNG states,
+the resolved config and the dataset's fingerprint.  It is written to a
+temporary file in the same folder, fsynced, then renamed over the target, so
+a crash never leaves a half-written checkpoint under the real name.  Loading
+uses ``torch.load(weights_only=True)``, which refuses arbitrary pickled
+objects (a malicious file raises instead of running code).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "metasd-dgl-checkpoint/1"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Atomically write ``state`` (plain containers and tensors) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({"format": FORMAT, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"{path}: could not write checkpoint ({exc.strerror or exc})") from None
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; raise CheckpointError for anything that is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise CheckpointError(f"{path}: refused to load (not a plain checkpoint: {first[:160]})") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to parse means a damaged file
+        raise CheckpointError(f"{path}: corrupted or truncated checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a metasd-dgl checkpoint")
+    return state

@@ -1,0 +1,199 @@
+"""Command line: ``metasd-dgl preprocess | train | evaluate | export | pipeline``.
+
+Only this module (and ``pipelines/``) reads configuration; the library takes
+typed arguments.  User errors print one line and exit 2; internal errors
+exit 1 (tracebacks only with ``--debug``).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from .config import CHOICES, Config, load_config
+from .errors import UserError
+
+
+def _overrides(options: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]:
+    out = {k: v for k, v in options.items() if v is not None}
+    for item in sets:
+        if "=" not in item:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def _choice(key: str) -> click.Choice:
+    return click.Choice(CHOICES[key], case_sensitive=False)
+
+
+TRAIN_OPTIONS = [
+    click.option("--config", "configs", multiple=True, type=click.Path(dir_okay=False),
+                 help="YAML override file(s), applied in order."),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                 help="Override any option, e.g. --set train.lr=0.05."),
+    click.option("--dataset", "data.dataset", help="Built-in name, folder or .tar.gz."),
+    click.option("--data-dir", "data.data_dir", type=click.Path(file_okay=False),
+                 help="Folder with the published archives (env METASD_DATA_DIR)."),
+    click.option("--run-dir", "run_dir", type=click.Path(file_okay=False), help="Output folder."),
+    click.option("--encoder", "model.encoder", type=_choice("model.encoder")),
+    click.option("--decoder", "model.decoder", type=_choice("model.decoder")),
+    click.option("--dim", "model.dim", type=int),
+    click.option("--method", "train.method", type=_choice("train.method")),
+    click.option("--regime", "train.regime", type=_choice("train.regime")),
+    click.option("--epochs", "train.epochs", type=int),
+    click.option("--batch-size", "train.batch_size", type=int),
+    click.option("--lr", "train.lr", type=float),
+    click.option("--prune-rate", "metasd.prune_rate", type=float),
+    click.option("--num-bases", "model.num_bases", type=int),
+    click.option("--regularizer", "model.regularizer", type=_choice("model.regularizer")),
+    click.option("--seed", "train.seed", type=int),
+    click.option("--device", "train.device", help="cpu, cuda or cuda:N."),
+]
+
+
+def train_options(fn):
+    for opt in reversed(TRAIN_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def resolve(configs: tuple[str, ...], sets: tuple[str, ...], **options: Any) -> Config:
+    return load_config(*configs, overrides=_overrides(options, sets))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="metasd-dgl")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Knowledge-graph completion on DGL, compressed with MetaSD."""
+    ctx.obj = {"debug": debug}
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Processed folder to write.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with published archives.")
+@click.option("--format", "fmt", type=_choice("data.format"), default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even if the folder is current.")
+def preprocess(source: str, out: str, data_dir: Optional[str], fmt: str, force: bool) -> None:
+    """Raw triples (built-in name, folder, .tar.gz, DGL-KE layout) -> processed folder."""
+    import os
+
+    from .data.preprocess import load_processed
+    from .data.preprocess import preprocess as run
+
+    data_dir = data_dir or os.environ.get("METASD_DATA_DIR")
+    path = run(source, Path(out), Path(data_dir) if data_dir else None, fmt, force=force)
+    kg = load_processed(path)
+    m = kg.manifest
+    click.echo(f"{path}: {kg.num_entities} entities, {kg.num_relations} relations, "
+               f"train/valid/test {len(kg.train)}/{len(kg.valid)}/{len(kg.test)}")
+    if m.get("duplicates"):
+        click.echo(f"duplicates: {m['duplicates']}")
+
+
+@cli.command()
+@train_options
+@click.option("--resume", type=click.Path(file_okay=False, exists=True), help="Continue the run in this folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(configs, sets, resume: Optional[str], quiet: bool, **options) -> None:
+    """Train a model (dense or MetaSD) into a run folder."""
+    from pipelines.stages import stage_preprocess, stage_train
+
+    if resume:
+        cfg = load_config(Path(resume) / "config.yaml", *configs, overrides=_overrides(options, sets))
+        cfg.run_dir = resume
+    else:
+        cfg = resolve(configs, sets, **options)
+        stage_preprocess(cfg)
+    run_dir = stage_train(cfg, resume=bool(resume), progress=not quiet)
+    click.echo(f"run folder: {run_dir}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@click.option("--checkpoint", default="best", show_default=True, help="best, last, or a checkpoint path.")
+@click.option("--compact", type=click.Path(dir_okay=False, exists=True),
+              help="Evaluate the student from its compact export instead of masking.")
+def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str]) -> None:
+    """Exact filtered ranking of teacher and true student, overall and per bucket."""
+    from pipelines.stages import stage_evaluate
+
+    stage_evaluate(Path(run_dir), split, checkpoint, Path(compact) if compact else None, echo=click.echo)
+    click.echo(f"metrics: {Path(run_dir) / 'eval' / (split + '.json')}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--checkpoint", default="best", show_default=True)
+def export(run_dir: str, checkpoint: str) -> None:
+    """Write the dense teacher and the compact pruned student; print their sizes."""
+    from pipelines.stages import stage_export
+
+    info = stage_export(Path(run_dir), checkpoint)
+    for k, v in info.items():
+        click.echo(f"{k}: {v}")
+
+
+@cli.command()
+@click.argument("config_files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@click.option("--run-dir", "run_dir", type=click.Path(file_okay=False))
+@click.option("--device", "train.device")
+@click.option("--quiet", is_flag=True)
+def pipeline(config_files, sets, quiet: bool, **options) -> None:
+    """Preprocess, train, evaluate and export in one run folder.
+
+    With no CONFIG the embedded default runs: ComplEx + MetaSD on UMLS (offline, minutes on CPU).
+    """
+    from pipelines.stages import stage_evaluate, stage_export, stage_preprocess, stage_train
+    from pipelines import default_config_path
+
+    files = config_files or (str(default_config_path()),)
+    cfg = resolve(files, sets, **options)
+    click.echo(f"[1/4] preprocess {cfg.data.dataset}")
+    stage_preprocess(cfg)
+    click.echo(f"[2/4] train {cfg.model.encoder}+{cfg.model.decoder} ({cfg.train.method}) -> {cfg.run_dir}")
+    stage_train(cfg, progress=not quiet)
+    click.echo("[3/4] export")
+    info = stage_export(Path(cfg.run_dir))
+    for k, v in info.items():
+        click.echo(f"  {k}: {v}")
+    click.echo("[4/4] evaluate (test)")
+    stage_evaluate(Path(cfg.run_dir), "test", echo=click.echo)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="metasd-dgl", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return 2
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001
+        if debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""The training loop, top to bottom: data -> model -> epochs of steps -> validation -> checkpoints.
+
+``train(cfg, data, run_dir)`` runs one experiment into ``run_dir``:
+
+    config.yaml          resolved configuration
+    metrics.jsonl        one JSON line per epoch (losses) and per validation
+    checkpoints/last.pt  everything needed to resume exactly
+    checkpoints/best.pt  best validation MRR (student MRR for prune/kd/metasd)
+    checkpoints/epoch-K.pt  the newest ``keep_checkpoints`` epoch checkpoints
+
+Randomness comes from ``torch.Generator``s derived from ``train.seed`` (one
+for initialisation and the quiz split, one per epoch for shuffling and quiz
+batches), so a resumed run replays the same batches.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import Config, save_config, to_dict
+from ..device import resolve_device
+from ..errors import CheckpointError, UserError
+from ..evaluation import metrics
+from ..graph.sampling import quiz_split
+from ..inference import rank_split
+from ..model import LinkPredictor, build_model
+from ..pruning import compute_masks, sparsity_report
+from ..typing import reciprocal_queries
+from .steps import Stepper
+
+STUDENT_METHODS = ("prune", "kd", "metasd")
+
+
+class TrainingInterrupted(UserError):
+    """SIGINT/SIGTERM: a checkpoint was written; the message says how to resume."""
+
+
+class NumericalError(UserError):
+    """A NaN/Inf loss or weight; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken in total
+    batch_in_epoch: int = 0  # batches done in the current (unfinished) epoch
+    best_mrr: float = -1.0
+    best_epoch: int = -1
+    bad_validations: int = 0
+    history: list = field(default_factory=list)
+
+
+def make_model(cfg: Config, data, generator: torch.Generator) -> LinkPredictor:
+    m = cfg.model
+    rgcn = dict(num_layers=m.num_layers, num_bases=m.num_bases, regularizer=m.regularizer,
+                dropout=m.dropout, self_loop=m.self_loop)
+    return build_model(m.encoder, m.decoder, data.num_entities, data.num_relations, m.dim,
+                       m.init_scale, generator, rgcn_options=rgcn)
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def dataset_fingerprint(data) -> str:
+    files = data.manifest.get("files", {})
+    return f"{files.get('entities.tsv', '?')}:{files.get('relations.tsv', '?')}"
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+
+
+class Trainer:
+    """Holds the run's objects; ``run()`` is the loop."""
+
+    def __init__(self, cfg: Config, data, run_dir: Path, progress: bool = True) -> None:
+        self.cfg, self.data, self.run_dir, self.progress = cfg, data, Path(run_dir), progress
+        tc, mc = cfg.train, cfg.metasd
+        self.device = resolve_device(tc.device)
+        init_gen = torch.Generator().manual_seed(tc.seed)
+        self.model = make_model(cfg, data, init_gen).to(self.device)
+        needs_graph = cfg.model.encoder == "rgcn" or tc.regime == "negative-sampling"
+        self.graph = data.graph.to(self.device) if needs_graph else None
+        self.optimizer = make_optimizer(tc.optimizer, self.model.parameters(), tc.lr)
+        self.meta_optimizer = (
+            make_optimizer(mc.meta_optimizer, self.model.parameters(), mc.meta_lr)
+            if tc.method == "metasd" else None
+        )
+        self.stepper = Stepper(self.model, self.optimizer, self.meta_optimizer, tc, mc, data.num_relations)
+        # Quiz split: a seeded random slice of train, removed from the training examples.
+        train = data.train
+        if tc.method == "metasd":
+            train_idx, quiz_idx = quiz_split(len(train), mc.quiz_fraction, init_gen)
+            self.quiz = reciprocal_queries(train[quiz_idx], data.num_relations)
+            train = train[train_idx]
+        else:
+            self.quiz = None
+        self.examples = reciprocal_queries(train, data.num_relations)
+        self.masks: Optional[dict] = None
+        self.state = TrainState()
+        self._stop_signal: Optional[int] = None
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": to_dict(self.cfg),
+            "dataset": dataset_fingerprint(self.data),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "meta_optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer else None,
+            "masks": self.masks,
+            "state": {k: v for k, v in vars(self.state).items()},
+            "rng": {"epoch_generator": self._gen.get_state() if getattr(self, "_gen", None) else None,
+                    "torch": torch.get_rng_state()},
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        if ckpt.get("dataset") != dataset_fingerprint(self.data):
+            raise CheckpointError("checkpoint was trained on another dataset (id maps differ)")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.meta_optimizer is not None and ckpt.get("meta_optimizer"):
+            self.meta_optimizer.load_state_dict(ckpt["meta_optimizer"])
+        self.masks = {k: v.to(self.device) for k, v in ckpt["masks"].items()} if ckpt.get("masks") else None
+        self.state = TrainState(**ckpt["state"])
+        self._resume_gen_state = ckpt["rng"]["epoch_generator"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+
+    def checkpoint(self, name: str) -> Path:
+        return save_checkpoint(self.state_dict(), self.run_dir / "checkpoints" / name)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> TrainState:
+        tc = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        old_handlers = self._install_signal_handlers()
+        try:
+            while self.state.epoch < tc.epochs:
+                self._run_epoch()
+                if self._stop_signal is not None:
+                    break
+                if self._validate_if_due():
+                    break
+        finally:
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+        if self._stop_signal is not None:
+            self.checkpoint("last.pt")
+            raise TrainingInterrupted(
+                f"interrupted by signal {self._stop_signal}; checkpoint saved. "
+                f"Resume with: metasd-dgl train --resume {self.run_dir}"
+            )
+        return self.state
+
+    def _run_epoch(self) -> None:
+        tc, mc, st = self.cfg.train, self.cfg.metasd, self.state
+        if self.cfg.train.method in STUDENT_METHODS and st.batch_in_epoch == 0:
+            # Masks are recomputed from the teacher's current magnitudes every epoch.
+            prunable = dict(self.model.named_parameters())
+            self.masks = compute_masks({n: prunable[n].detach() for n in self.model.prunable_names()},
+                                       mc.prune_rate, mc.prune_scope)
+        gen = _epoch_generator(tc.seed, st.epoch)
+        perm = torch.randperm(len(self.examples), generator=gen)
+        if st.batch_in_epoch and getattr(self, "_resume_gen_state", None) is not None:
+            gen.set_state(self._resume_gen_state)
+        self._resume_gen_state = None
+        self._gen = gen
+        batches = perm.split(tc.batch_size)
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(batches), initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{tc.epochs}",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        for i in range(st.batch_in_epoch, len(batches)):
+            batch = self.examples[batches[i]].to(self.device)
+            quiz = None
+            if self.quiz is not None:
+                q = torch.randint(len(self.quiz), (min(mc.quiz_batch_size, len(self.quiz)),), generator=gen)
+                quiz = self.quiz[q].to(self.device)
+            out = self.stepper.step(batch, masks=self.masks, quiz=quiz, graph=self.graph,
+                                    do_meta=(st.step % mc.meta_every == 0), generator=gen)
+            self._check_finite(out)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v
+            st.step += 1
+            st.batch_in_epoch = i + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{out.get('loss', float('nan')):.4f}")
+            if tc.checkpoint_every and st.step % tc.checkpoint_every == 0:
+                self.checkpoint("last.pt")
+            if self._stop_signal is not None:
+                bar.close()
+                return
+        bar.close()
+        n = max(1, len(batches))
+        record = {"epoch": st.epoch + 1, "step": st.step, "seconds": round(time.perf_counter() - t0, 3),
+                  **{k: v / n for k, v in sums.items()}}
+        if self.masks:
+            record["density"] = sparsity_report(self.masks)["total"]["density"]
+        st.epoch += 1
+        st.batch_in_epoch = 0
+        self._log(record)
+        self._check_weights()
+        self.checkpoint("last.pt")
+        if tc.keep_checkpoints:
+            self.checkpoint(f"epoch-{st.epoch}.pt")
+            old = st.epoch - tc.keep_checkpoints
+            (self.run_dir / "checkpoints" / f"epoch-{old}.pt").unlink(missing_ok=True)
+
+    def _validate_if_due(self) -> bool:
+        """Validate on schedule; keep best; return True to stop early."""
+        tc, st = self.cfg.train, self.state
+        if st.epoch % tc.valid_every != 0 and st.epoch != tc.epochs:
+            return False
+        result = self.validate()
+        self._log({"epoch": st.epoch, "valid": result})
+        key = "student" if "student" in result else "teacher"
+        mrr = result[key]["mrr"]
+        if mrr > st.best_mrr:
+            st.best_mrr, st.best_epoch, st.bad_validations = mrr, st.epoch, 0
+            self.checkpoint("best.pt")
+        else:
+            st.bad_validations += 1
+        self.checkpoint("last.pt")
+        return bool(tc.patience) and st.bad_validations >= tc.patience
+
+    def validate(self) -> dict[str, dict[str, float]]:
+        ev = self.cfg.eval
+        out = {}
+        variants = {"teacher": None}
+        if self.masks:
+            variants["student"] = self.masks
+        for name, masks in variants.items():
+            ranks = rank_split(self.model, self.data.valid, self.data.num_relations, self.data.filter,
+                               graph=self.graph if self.cfg.model.encoder == "rgcn" else None,
+                               masks=masks, max_memory_mb=ev.max_memory_mb, batch_size=ev.batch_size)
+            out[name] = metrics(torch.cat([ranks.tail, ranks.head]))
+        return out
+
+    # --------------------------------------------------------------- helpers
+    def _log(self, record: dict[str, Any]) -> None:
+        self.state.history.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.progress:
+            tqdm.write(json.dumps(record))
+
+    def _check_finite(self, out: dict[str, float]) -> None:
+        bad = [k for k, v in out.items() if not math.isfinite(v)]
+        if bad:
+            raise NumericalError(
+                f"non-finite {', '.join(bad)} at step {self.state.step} (epoch {self.state.epoch + 1}); "
+                f"the last good checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'}; "
+                "try a lower train.lr or set train.grad_clip"
+            )
+
+    def _check_weights(self) -> None:
+        for name, p in self.model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise NumericalError(f"non-finite weights in {name} after epoch {self.state.epoch}; "
+                                     "the last good checkpoint is kept")
+
+    def _install_signal_handlers(self) -> dict:
+        def handler(signum, frame):  # noqa: ARG001
+            self._stop_signal = signum
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not in the main thread
+                pass
+        return old
+
+
+def train(cfg: Config, data, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Trainer:
+    """Train into ``run_dir`` (resuming from its ``checkpoints/last.pt`` when ``resume``)."""
+    trainer = Trainer(cfg, data, Path(run_dir), progress)
+    if resume:
+        trainer.load_state_dict(load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt", trainer.device))
+    trainer.run()
+    return trainer

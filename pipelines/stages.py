@@ -1,0 +1,135 @@
+"""Pipeline stages: preprocess -> train -> evaluate (-> export), path in, path out.
+
+Each stage takes the resolved ``Config`` and paths, and skips work that is
+already current (a processed folder whose manifest matches the source, a
+finished training run).  The CLI commands and ``metasd-dgl pipeline`` are
+thin wrappers over these functions.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.config import Config, from_dict
+from metasd_dgl.data.preprocess import load_processed, preprocess
+from metasd_dgl.data.stats import triple_buckets
+from metasd_dgl.errors import CheckpointError, UserError
+from metasd_dgl.evaluation import format_table, summarize
+from metasd_dgl.export import dense_size_bytes, export_student, load_student, save_dense
+from metasd_dgl.inference import encode_tables, rank_split, student_params
+from metasd_dgl.train.loop import Trainer, dataset_fingerprint, make_model, train
+
+
+def processed_dir(cfg: Config) -> Path:
+    return Path(cfg.data.processed_dir) if cfg.data.processed_dir else Path(cfg.run_dir) / "data"
+
+
+def stage_preprocess(cfg: Config, force: bool = False) -> Path:
+    data_dir = cfg.data.data_dir or os.environ.get("METASD_DATA_DIR")
+    return preprocess(cfg.data.dataset, processed_dir(cfg), Path(data_dir) if data_dir else None,
+                      cfg.data.format, force=force)
+
+
+def stage_train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
+    data = load_processed(processed_dir(cfg))
+    run_dir = Path(cfg.run_dir)
+    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
+        done = _finished(run_dir, cfg)
+        if done:
+            return run_dir
+        raise UserError(f"{run_dir} already holds a training run; use --resume {run_dir} "
+                        "or choose another --run-dir")
+    train(cfg, data, run_dir, resume=resume, progress=progress)
+    return run_dir
+
+
+def _finished(run_dir: Path, cfg: Config) -> bool:
+    try:
+        state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    except CheckpointError:
+        return False
+    st = state["state"]
+    stopped = cfg.train.patience and st["bad_validations"] >= cfg.train.patience
+    return (st["epoch"] >= cfg.train.epochs or stopped) and state["config"] == _as_dict(cfg)
+
+
+def _as_dict(cfg: Config) -> dict:
+    from metasd_dgl.config import to_dict
+    return to_dict(cfg)
+
+
+def load_run(run_dir: Path, checkpoint: str = "best"):
+    """-> (cfg, data, model with weights loaded, masks or None, checkpoint dict)."""
+    run_dir = Path(run_dir)
+    path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.exists():
+        path = run_dir / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(path)
+    cfg = from_dict(ckpt["config"], f"{path} config")
+    cfg.run_dir = str(run_dir)
+    data = load_processed(processed_dir(cfg))
+    if ckpt.get("dataset") != dataset_fingerprint(data):
+        raise CheckpointError(f"{path}: trained on another dataset than {data.path}")
+    model = make_model(cfg, data, torch.Generator().manual_seed(0))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the configured model ({str(exc).splitlines()[0]})") from None
+    return cfg, data, model, ckpt.get("masks"), ckpt
+
+
+def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
+                   compact: Optional[Path] = None, echo=print) -> dict[str, Any]:
+    """Teacher and true student, overall and per long-tail bucket; writes eval/<split>.json."""
+    cfg, data, model, masks, ckpt = load_run(run_dir, checkpoint)
+    triples = getattr(data, split)
+    graph = data.graph if cfg.model.encoder == "rgcn" else None
+    buckets = triple_buckets(triples, data.train, data.num_entities, data.num_relations, cfg.eval.num_buckets)
+    variants: dict[str, Any] = {"teacher": None}
+    if masks:
+        variants["student"] = masks
+    results: dict[str, Any] = {}
+    for name, m in variants.items():
+        tables = None
+        if name == "student" and compact is not None:
+            params, _, _ = load_student(compact)
+            model_c = make_model(cfg, data, torch.Generator().manual_seed(0))
+            model_c.load_state_dict({**model.state_dict(), **params})
+            tables = encode_tables(model_c, graph)
+        ranks = rank_split(model, triples, data.num_relations, data.filter, graph=graph, masks=m,
+                           max_memory_mb=cfg.eval.max_memory_mb, batch_size=cfg.eval.batch_size,
+                           tables=tables)
+        results[name] = summarize(ranks, buckets)
+    out_dir = Path(run_dir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"split": split, "checkpoint": checkpoint, "epoch": ckpt["state"]["epoch"], "results": results}
+    (out_dir / f"{split}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    echo(format_table(results))
+    return record
+
+
+def stage_export(run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
+    """Dense teacher and compact student files side by side, with their sizes."""
+    cfg, data, model, masks, _ = load_run(run_dir, checkpoint)
+    out = Path(run_dir) / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    prunable = {n: p.detach() for n, p in model.named_parameters() if n in model.prunable_names()}
+    teacher_path = out / "teacher.safetensors"
+    save_dense({n: p.detach() for n, p in model.named_parameters()}, teacher_path)
+    info: dict[str, Any] = {"teacher_bytes": teacher_path.stat().st_size,
+                            "teacher_params": sum(p.numel() for p in model.parameters())}
+    if masks:
+        student_path = out / "student.msd"
+        export_student(prunable, masks, student_path, {"config": cfg.run_dir})
+        info.update({
+            "student_bytes": student_path.stat().st_size,
+            "student_nonzero": int(sum(int(m.sum()) for m in masks.values())),
+            "ratio": student_path.stat().st_size / teacher_path.stat().st_size,
+        })
+    (out / "manifest.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return info
