@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9,<3.13",
     packages=find_packages(include=["metasd_dgl", "metasd_dgl.*", "pipelines", "datasets"]),
-    package_data={"pipelines": ["configs/*.yaml"], "metasd_dgl": ["default_config.yaml"]},
+    package_data={"pipelines": ["configs/*.yaml"], "datasets": ["toy/*.txt", "README.md"]},
     install_requires=[
         # DGL 2.1.0 is the last Linux wheel on PyPI; its graphbolt library is
         # built per torch version and imports only with torch <= 2.2.1.

@@ -1,0 +1,325 @@
+"""Raw triples -> processed folder (ids, integer splits, DGL graph, filter, stats, manifest).
+
+Processed folder layout (all written into a temporary sibling folder that is
+renamed into place at the end; on any error it is removed, so no partial
+output is ever left):
+
+==================  ==========================================================
+``entities.tsv``    ``id<TAB>name``, one line per entity, ids 0..N-1
+``relations.tsv``   ``id<TAB>name``, ids 0..R-1 (inverses ``r + R`` not listed)
+``train.npy``       (n, 3) int64 ``[h, r, t]``; also ``valid.npy``, ``test.npy``
+``graph.bin``       ``dgl.save_graphs`` of ``metasd_dgl.graph.build.build_graph``
+``filter.npz``      ``FilterIndex.from_triples(train+valid+test).save`` (when
+                    ``metasd_dgl.data.filters`` is installed)
+``stats.json``      ``metasd_dgl.data.stats.summarize`` of the train triples
+``manifest.json``   counts, policies, source, input and output sha256, version
+==================  ==========================================================
+
+Policies (recorded in the manifest):
+
+* ids: order of first appearance over train, then valid, then test, head
+  before tail within a line (deterministic); ``udd_hrt`` input keeps its ids;
+* duplicates: a triple repeated *within* a split is counted and removed (first
+  copy kept, order kept); triples shared *between* splits are counted and kept;
+* unseen entities: valid/test triples with an entity absent from train are
+  kept and ranked like any other (the common protocol), and counted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import pandas as pd
+import torch
+
+from datasets import registry
+from metasd_dgl import __version__
+from metasd_dgl.data import stats as kgstats
+from metasd_dgl.data.triples import SPLITS, RawKG, read_source, source_identity
+from metasd_dgl.errors import DataError
+from metasd_dgl.graph.build import build_graph, load_graph, save_graph
+
+MANIFEST_VERSION = 1
+_CHECKED = ("entities.tsv", "relations.tsv", "train.npy", "valid.npy", "test.npy", "stats.json")
+
+
+def _filter_index_class() -> Any:
+    """``FilterIndex`` if ``metasd_dgl.data.filters`` exists, else None."""
+    try:
+        from metasd_dgl.data.filters import FilterIndex
+    except ModuleNotFoundError as exc:
+        if exc.name != "metasd_dgl.data.filters":
+            raise
+        return None
+    return FilterIndex
+
+
+def encode(raw: RawKG) -> Tuple[List[str], List[str], Dict[str, np.ndarray]]:
+    """Names -> ids (policy in the module docstring); returns names and (n, 3) int64 per split."""
+    arrays = {s: np.array(rows, dtype=object).reshape(-1, 3) for s, rows in raw.splits().items()}
+    ent_seq = np.concatenate([a[:, [0, 2]].ravel() for a in arrays.values()])  # h0 t0 h1 t1 ...
+    rel_seq = np.concatenate([a[:, 1] for a in arrays.values()])
+    if raw.entities is not None and raw.relations is not None:
+        entities, relations = list(raw.entities), list(raw.relations)
+        ent_ids = pd.Index(entities).get_indexer(ent_seq)
+        rel_ids = pd.Index(relations).get_indexer(rel_seq)
+        if (ent_ids < 0).any() or (rel_ids < 0).any():
+            raise DataError(f"{raw.source}: a triple names an entity or relation missing from the id maps")
+    else:
+        ent_ids, ent_names = pd.factorize(ent_seq)
+        rel_ids, rel_names = pd.factorize(rel_seq)
+        entities, relations = [str(x) for x in ent_names], [str(x) for x in rel_names]
+    out: Dict[str, np.ndarray] = {}
+    start = 0
+    for split, arr in arrays.items():
+        n = len(arr)
+        ht = np.asarray(ent_ids[2 * start: 2 * (start + n)], dtype=np.int64).reshape(n, 2)
+        r = np.asarray(rel_ids[start: start + n], dtype=np.int64)
+        out[split] = np.stack([ht[:, 0], r, ht[:, 1]], axis=1)
+        start += n
+    return entities, relations, out
+
+
+def _keys(ids: np.ndarray, n_ent: int, n_rel: int) -> np.ndarray:
+    """(n, 3) -> (n,) unique int64 key per triple."""
+    return (ids[:, 0] * n_rel + ids[:, 1]) * n_ent + ids[:, 2]
+
+
+def dedupe(ids: np.ndarray, n_ent: int, n_rel: int) -> Tuple[np.ndarray, int]:
+    """Drop repeated triples (first copy kept, order kept); return kept rows and the number dropped."""
+    _, first = np.unique(_keys(ids, n_ent, n_rel), return_index=True)
+    keep = np.sort(first)
+    return ids[keep], len(ids) - len(keep)
+
+
+def _sha(path: Path) -> str:
+    return registry.sha256_file(path)
+
+
+def _write_names(path: Path, names: List[str]) -> None:
+    path.write_text("".join(f"{i}\t{n}\n" for i, n in enumerate(names)), encoding="utf-8")
+
+
+def _check_published(raw: RawKG, raw_counts: Dict[str, int], n_ent: int, n_rel: int) -> Optional[bool]:
+    if raw.builtin is None:
+        return None
+    expected = registry.get(raw.builtin).counts()
+    got = dict(raw_counts, entities=n_ent, relations=n_rel)
+    if got != expected:
+        raise DataError(f"{raw.source}: counts {got} differ from the published {expected}")
+    return True
+
+
+def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_buckets: int) -> None:
+    """Write every output file of the processed folder into ``tmp``."""
+    entities, relations, ids = encode(raw)
+    n_ent, n_rel = len(entities), len(relations)
+    raw_counts = {s: len(ids[s]) for s in SPLITS}
+    published = _check_published(raw, raw_counts, n_ent, n_rel)
+    dups: Dict[str, int] = {}
+    for split in SPLITS:
+        ids[split], dups[split] = dedupe(ids[split], n_ent, n_rel)
+    keys = {s: _keys(ids[s], n_ent, n_rel) for s in SPLITS}
+    in_train = np.zeros(n_ent, dtype=bool)
+    in_train[ids["train"][:, [0, 2]].ravel()] = True
+    unseen = {s: int((~in_train[ids[s][:, 0]] | ~in_train[ids[s][:, 2]]).sum()) for s in ("valid", "test")}
+
+    _write_names(tmp / "entities.tsv", entities)
+    _write_names(tmp / "relations.tsv", relations)
+    for split in SPLITS:
+        np.save(tmp / f"{split}.npy", np.ascontiguousarray(ids[split], dtype=np.int64))
+    train = torch.from_numpy(ids["train"])
+    save_graph(build_graph(train, n_ent, n_rel), tmp / "graph.bin")
+    filter_cls = _filter_index_class()
+    if filter_cls is not None:
+        everything = torch.from_numpy(np.concatenate([ids[s] for s in SPLITS]))
+        filter_cls.from_triples(everything, n_ent, n_rel).save(tmp / "filter.npz")
+    (tmp / "stats.json").write_text(
+        json.dumps(kgstats.summarize(train, n_ent, n_rel, num_buckets)), encoding="utf-8")
+
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "metasd_dgl_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {"spec": spec, "key": identity["key"], "description": raw.source,
+                   "format": raw.format, "builtin": raw.builtin, "input_sha256": raw.input_sha256,
+                   "matches_published_counts": published},
+        "counts": {"entities": n_ent, "relations": n_rel, **{s: len(ids[s]) for s in SPLITS}},
+        "raw_counts": raw_counts,
+        "id_order": "given by the udd_hrt id maps" if raw.entities is not None else
+                    "first appearance over train, valid, test; head before tail within a line",
+        "duplicates": {"policy": "removed within a split (first copy kept)", **dups},
+        "overlap": {"policy": "kept",
+                    "valid_in_train": int(np.isin(keys["valid"], keys["train"]).sum()),
+                    "test_in_train": int(np.isin(keys["test"], keys["train"]).sum()),
+                    "test_in_valid": int(np.isin(keys["test"], keys["valid"]).sum())},
+        "unseen_entities": {"policy": "kept (ranked like any other triple)",
+                            "entities_not_in_train": int(n_ent - in_train.sum()),
+                            "valid_triples": unseen["valid"], "test_triples": unseen["test"],
+                            "total_triples": unseen["valid"] + unseen["test"]},
+        "filter": "filter.npz" if filter_cls is not None else None,
+        "files": {p.name: _sha(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_manifest(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        data = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_current(manifest: Optional[Dict[str, Any]], identity: Dict[str, Any], out: Path) -> bool:
+    if manifest is None or manifest.get("manifest_version") != MANIFEST_VERSION:
+        return False
+    src = manifest.get("source", {})
+    if src.get("key") != identity["key"]:
+        return False
+    if identity["input_sha256"] is not None and src.get("input_sha256") != identity["input_sha256"]:
+        return False
+    return all((out / name).is_file() for name in manifest.get("files", {}))
+
+
+def preprocess(source: Union[str, Path], out_dir: Union[str, Path], data_dir: Optional[Path] = None,
+               fmt: str = "auto", force: bool = False, num_buckets: int = 3) -> Path:
+    """Process ``source`` into ``out_dir`` (layout and policies in the module docstring).
+
+    If ``out_dir`` already holds a complete processed folder of the same source
+    (same built-in name, or same path with the same input sha256), nothing is
+    done unless ``force``.  A processed folder of another source is replaced
+    only with ``force``; an existing non-empty folder without a manifest is
+    never touched (DataError).  Returns ``out_dir``.
+    """
+    out = Path(out_dir)
+    identity = source_identity(source, fmt)
+    if out.exists():
+        if not out.is_dir():
+            raise DataError(f"{out}: exists and is not a folder")
+        manifest = _read_manifest(out)
+        if (out / "manifest.json").exists():
+            if not force and _is_current(manifest, identity, out):
+                return out
+            if not force:
+                was = (manifest or {}).get("source", {}).get("description", "unreadable manifest")
+                raise DataError(f"{out}: holds another processed dataset ({was}); "
+                                "pass --force to replace it or choose another folder")
+        elif any(out.iterdir()):
+            raise DataError(f"{out}: exists and is not a processed dataset folder; choose another folder")
+    raw = read_source(source, data_dir, fmt)  # all input errors surface before anything is written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        _build(raw, tmp, identity, str(source), num_buckets)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _read_names(path: Path) -> List[str]:
+    names = []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for number, line in enumerate(lines[:-1] if lines and lines[-1] == "" else lines):
+        idx, _, name = line.partition("\t")
+        if idx != str(number) or not name:
+            raise DataError(f"{path}:{number + 1}: expected '{number}<TAB>name'")
+        names.append(name)
+    return names
+
+
+@dataclass
+class KGData:
+    """A loaded processed folder.  ``graph`` and ``filter`` load on first use."""
+
+    path: Path
+    num_entities: int  # N
+    num_relations: int  # R, without inverses
+    entity_names: List[str]
+    relation_names: List[str]
+    train: torch.Tensor  # (n_train, 3) int64 [h, r, t]
+    valid: torch.Tensor  # (n_valid, 3)
+    test: torch.Tensor  # (n_test, 3)
+    stats: Dict[str, Any] = field(repr=False)
+    manifest: Dict[str, Any] = field(repr=False)
+
+    def split(self, name: str) -> torch.Tensor:
+        """The (n, 3) triples of split ``name`` (train | valid | test)."""
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+    @property
+    def all_triples(self) -> torch.Tensor:
+        """(n_train + n_valid + n_test, 3) train, valid, test concatenated."""
+        return torch.cat([self.train, self.valid, self.test])
+
+    def _verified(self, name: str) -> Path:
+        path = self.path / name
+        if not path.is_file():
+            raise DataError(f"{path}: file not found; re-run preprocess with --force")
+        if _sha(path) != self.manifest["files"].get(name):
+            raise DataError(f"{path}: sha256 differs from manifest.json; re-run preprocess with --force")
+        return path
+
+    @cached_property
+    def graph(self) -> Any:
+        """``dgl.DGLGraph`` of the train triples (see ``metasd_dgl.graph.build``)."""
+        return load_graph(self._verified("graph.bin"))
+
+    @cached_property
+    def filter(self) -> Any:
+        """``FilterIndex`` over train+valid+test (loaded from filter.npz, else built)."""
+        cls = _filter_index_class()
+        if cls is None:
+            raise DataError("metasd_dgl.data.filters is not available")
+        if "filter.npz" in self.manifest["files"]:
+            return cls.load(self._verified("filter.npz"))
+        return cls.from_triples(self.all_triples, self.num_entities, self.num_relations)
+
+
+def load_processed(path: Union[str, Path]) -> KGData:
+    """Load and check a processed folder; missing or corrupt files -> DataError."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        raise DataError(f"{path}: not a processed dataset folder (no manifest.json); run preprocess first")
+    manifest = _read_manifest(path)
+    if manifest is None or manifest.get("manifest_version") != MANIFEST_VERSION or "files" not in manifest:
+        raise DataError(f"{path / 'manifest.json'}: unreadable or of another version; re-run preprocess")
+    data = KGData(path, 0, 0, [], [], torch.empty(0, 3, dtype=torch.int64), torch.empty(0, 3, dtype=torch.int64),
+                  torch.empty(0, 3, dtype=torch.int64), {}, manifest)
+    for name in _CHECKED:
+        data._verified(name)
+    data.entity_names = _read_names(path / "entities.tsv")
+    data.relation_names = _read_names(path / "relations.tsv")
+    data.num_entities, data.num_relations = len(data.entity_names), len(data.relation_names)
+    counts = manifest.get("counts", {})
+    for split in SPLITS:
+        try:
+            arr = np.load(path / f"{split}.npy", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path / (split + '.npy')}: unreadable ({exc})") from None
+        if arr.dtype != np.int64 or arr.ndim != 2 or arr.shape[1] != 3 or len(arr) != counts.get(split):
+            raise DataError(f"{path / (split + '.npy')}: expected ({counts.get(split)}, 3) int64")
+        setattr(data, split, torch.from_numpy(arr))
+    if (counts.get("entities"), counts.get("relations")) != (data.num_entities, data.num_relations):
+        raise DataError(f"{path}: entities.tsv/relations.tsv disagree with manifest.json counts")
+    data.stats = json.loads((path / "stats.json").read_text(encoding="utf-8"))
+    return data

@@ -1,0 +1,353 @@
+"""Readers: TSV files, folders, ``.tar.gz`` archives, DGL-KE layouts, built-in names.
+
+Everything here returns *string* triples (``RawKG``); ids are assigned later
+by ``metasd_dgl.data.preprocess``.  Every problem with the input is a
+``DataError`` whose message starts with the file (and line) at fault:
+``path:LINE: expected 3 tab-separated fields, got K``, ``path:LINE: empty
+field``, ``path:LINE: not UTF-8 text``, ``path: file not found``,
+``path: no triples``.
+
+Layouts (``fmt``):
+
+* ``tsv``: ``train``/``valid``/``test`` with suffix ``.txt``, ``.tsv`` or
+  none, one ``head<TAB>relation<TAB>tail`` per line (CR stripped, blank lines
+  skipped).  A ``.tar.gz``/``.tgz``/``.tar`` holding such a folder (at any
+  depth) is extracted safely into a scratch folder.
+* ``raw_udd_hrt`` (DGL-KE): the same files, names in h, r, t order.  Read by
+  DGL-KE's own ``KGDatasetUDDRaw``, which *writes* ``entities.tsv`` and
+  ``relations.tsv`` into the folder it reads, so it is given a scratch copy
+  (normalised: CR and blank lines removed, which DGL-KE does not handle);
+  the input folder is never modified.
+* ``udd_hrt`` (DGL-KE): ``entities.tsv`` and ``relations.tsv`` (``id<TAB>name``,
+  ids 0..n-1; ``.dict`` also accepted) plus integer triple files.  DGL-KE's
+  ``KGDatasetUDD`` reads the integer triples but only *counts* the lines of the
+  map files (it never returns the names) and reports bad input through
+  ``assert``; so the maps and every triple line are validated here (file:line
+  errors), the triples are then read by ``KGDatasetUDD`` from a scratch copy and
+  checked equal.  The user's ids are kept (``RawKG.entities``/``relations``).
+* ``auto``: ``udd_hrt`` when the folder has both map files and the first
+  train line is three integers, else ``tsv``.
+
+Built-in names (``datasets.registry``) win over a same-named relative folder;
+write ``./umls`` to mean the folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+
+from datasets import registry
+from metasd_dgl.errors import DataError
+
+StrTriple = Tuple[str, str, str]
+SPLITS = ("train", "valid", "test")
+FORMATS = ("auto", "tsv", "raw_udd_hrt", "udd_hrt")
+_SUFFIXES = (".txt", ".tsv", "")
+_ENTITY_MAPS = ("entities.tsv", "entities.dict")
+_RELATION_MAPS = ("relations.tsv", "relations.dict")
+_ARCHIVES = (".tar.gz", ".tgz", ".tar")
+
+
+@dataclass
+class RawKG:
+    """String triples of the three splits and where they came from."""
+
+    train: List[StrTriple]
+    valid: List[StrTriple]
+    test: List[StrTriple]
+    source: str  # one-line description, e.g. "built-in umls from data_dir: /x/umls.tar.gz"
+    format: str = "tsv"  # layout actually read: tsv | raw_udd_hrt | udd_hrt
+    input_sha256: Dict[str, str] = field(default_factory=dict)  # input file -> sha256
+    builtin: Optional[str] = None  # canonical built-in name, if one
+    entities: Optional[List[str]] = None  # fixed id order (udd_hrt), else None
+    relations: Optional[List[str]] = None
+
+    def splits(self) -> Dict[str, List[StrTriple]]:
+        """``{"train": ..., "valid": ..., "test": ...}``."""
+        return {"train": self.train, "valid": self.valid, "test": self.test}
+
+
+def _read_rows(path: Path, ncols: int, what: str) -> Tuple[List[Tuple[str, ...]], List[int]]:
+    """Parse a tab-separated file into rows of ``ncols`` non-empty fields and their line numbers."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise DataError(f"{path}: file not found") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    rows: List[Tuple[str, ...]] = []
+    lines: List[int] = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != ncols:
+            raise DataError(f"{path}:{number}: expected {ncols} tab-separated fields, got {len(fields)}")
+        if any(not f.strip() for f in fields):
+            raise DataError(f"{path}:{number}: empty field")
+        rows.append(tuple(fields))
+        lines.append(number)
+    if not rows:
+        raise DataError(f"{path}: no {what}")
+    return rows, lines
+
+
+def read_tsv(path: Union[str, Path]) -> List[StrTriple]:
+    """Read ``head<TAB>relation<TAB>tail`` lines (UTF-8; CR stripped; blank lines skipped)."""
+    rows, _ = _read_rows(Path(path), 3, "triples")
+    return rows  # type: ignore[return-value]
+
+
+def _find(folder: Path, names: Tuple[str, ...]) -> Optional[Path]:
+    """First of ``folder/name`` that is a file, or None."""
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def split_files(folder: Path) -> Dict[str, Path]:
+    """``{split: path}`` for train/valid/test (``.txt``, ``.tsv`` or no suffix)."""
+    found: Dict[str, Path] = {}
+    for split in SPLITS:
+        path = _find(folder, tuple(split + s for s in _SUFFIXES))
+        if path is None:
+            raise DataError(f"{folder}: missing split '{split}' (expected {split}.txt or {split}.tsv)")
+        found[split] = path
+    return found
+
+
+def _input_hashes(path: Path) -> Dict[str, str]:
+    """sha256 of an archive, or of a folder's split and map files (names relative)."""
+    if path.is_file():
+        return {path.name: registry.sha256_file(path)}
+    names = [s + x for s in SPLITS for x in _SUFFIXES] + list(_ENTITY_MAPS + _RELATION_MAPS)
+    return {n: registry.sha256_file(path / n) for n in names if (path / n).is_file()}
+
+
+def detect_format(folder: Path) -> str:
+    """``udd_hrt`` if both id maps exist and train's first line is integers, else ``tsv``."""
+    if _find(folder, _ENTITY_MAPS) is None or _find(folder, _RELATION_MAPS) is None:
+        return "tsv"
+    rows, _ = _read_rows(split_files(folder)["train"], 3, "triples")
+    return "udd_hrt" if all(f.strip().lstrip("-").isdigit() for f in rows[0]) else "tsv"
+
+
+def _write_copy(folder: Path, name: str, rows: List[Tuple[str, ...]]) -> None:
+    (folder / name).write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _dglke_reader(kind: str, folder: Path, files: List[str]):  # -> dglke KGDataset
+    """Run DGL-KE's ``KGDatasetUDDRaw``/``KGDatasetUDD`` quietly on a scratch copy."""
+    from dglke.dataloader.KGDataset import KGDatasetUDD, KGDatasetUDDRaw
+
+    cls = KGDatasetUDDRaw if kind == "raw_udd_hrt" else KGDatasetUDD
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return cls(str(folder), kind, "\t", files, "hrt")
+    except (AssertionError, KeyError, ValueError, IndexError) as exc:
+        raise DataError(f"{folder}: DGL-KE's {kind} reader failed: {exc!r}") from None
+
+
+def _as_names(names: np.ndarray, h: np.ndarray, r: np.ndarray, t: np.ndarray,
+              rel_names: np.ndarray) -> List[StrTriple]:
+    """Integer columns -> list of name triples (vectorised lookups)."""
+    return list(zip(names[h].tolist(), rel_names[r].tolist(), names[t].tolist()))
+
+
+def _read_raw_udd(folder: Path, work: Path) -> Dict[str, List[StrTriple]]:
+    files = split_files(folder)
+    parsed = {s: read_tsv(p) for s, p in files.items()}  # validation with file:line errors
+    copy = work / "raw_udd_hrt"
+    copy.mkdir()
+    for split, rows in parsed.items():
+        _write_copy(copy, f"{split}.tsv", rows)  # type: ignore[arg-type]
+    ds = _dglke_reader("raw_udd_hrt", copy, [f"{s}.tsv" for s in SPLITS])
+    ents = np.empty(len(ds.entity2id), dtype=object)
+    ents[list(ds.entity2id.values())] = list(ds.entity2id.keys())
+    rels = np.empty(len(ds.relation2id), dtype=object)
+    rels[list(ds.relation2id.values())] = list(ds.relation2id.keys())
+    out = {s: _as_names(ents, *getattr(ds, s), rel_names=rels) for s in SPLITS}
+    if out != parsed:  # e.g. DGL-KE opened the copy with a non-UTF-8 locale encoding
+        raise DataError(f"{folder}: DGL-KE's raw_udd_hrt reader disagrees with the files; use format tsv")
+    return out
+
+
+def _read_map(path: Path) -> List[str]:
+    """``id<TAB>name`` lines with ids exactly 0..n-1 -> names in id order."""
+    rows, lines = _read_rows(path, 2, "entries")
+    names: List[Optional[str]] = [None] * len(rows)
+    for (raw_id, name), line in zip(rows, lines):
+        if not raw_id.strip().isdigit() or int(raw_id) >= len(rows):
+            raise DataError(f"{path}:{line}: expected 'id<TAB>name' with id in 0..{len(rows) - 1}, "
+                            f"got id {raw_id!r}")
+        if names[int(raw_id)] is not None:
+            raise DataError(f"{path}:{line}: id {int(raw_id)} given twice")
+        names[int(raw_id)] = name
+    if len(set(names)) != len(names):
+        raise DataError(f"{path}: a name is given two ids")
+    return names  # type: ignore[return-value]
+
+
+def _int_triples(path: Path, num_entities: int, num_relations: int) -> np.ndarray:
+    """Validated (n, 3) int64 ids of an integer triple file."""
+    rows, lines = _read_rows(path, 3, "triples")
+    text = np.array(rows)
+    ok = np.char.isdigit(np.char.strip(text))
+    if not ok.all():
+        i, j = np.argwhere(~ok)[0]
+        raise DataError(f"{path}:{lines[i]}: expected non-negative integer ids, got {rows[i][j]!r}")
+    ids = text.astype(np.int64)
+    bad = (ids[:, [0, 2]] >= num_entities).any(axis=1) | (ids[:, 1] >= num_relations)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}:{lines[i]}: id out of range (entities 0..{num_entities - 1}, "
+                        f"relations 0..{num_relations - 1})")
+    return ids
+
+
+def _read_udd(folder: Path, work: Path) -> Tuple[Dict[str, List[StrTriple]], List[str], List[str]]:
+    files = split_files(folder)
+    emap, rmap = _find(folder, _ENTITY_MAPS), _find(folder, _RELATION_MAPS)
+    if emap is None or rmap is None:
+        raise DataError(f"{folder}: udd_hrt needs entities.tsv and relations.tsv ('id<TAB>name')")
+    entities, relations = _read_map(emap), _read_map(rmap)
+    ours = {s: _int_triples(p, len(entities), len(relations)) for s, p in files.items()}
+    copy = work / "udd_hrt"
+    copy.mkdir()
+    _write_copy(copy, "entities.tsv", [(str(i), n) for i, n in enumerate(entities)])
+    _write_copy(copy, "relations.tsv", [(str(i), n) for i, n in enumerate(relations)])
+    for split, ids in ours.items():
+        _write_copy(copy, f"{split}.tsv", [tuple(map(str, row)) for row in ids.tolist()])
+    ds = _dglke_reader("udd_hrt", copy, ["entities.tsv", "relations.tsv"] + [f"{s}.tsv" for s in SPLITS])
+    ents, rels = np.array(entities, dtype=object), np.array(relations, dtype=object)
+    out: Dict[str, List[StrTriple]] = {}
+    for split in SPLITS:
+        h, r, t = getattr(ds, split)
+        if not np.array_equal(np.stack([h, r, t], axis=1), ours[split]):
+            raise DataError(f"{files[split]}: DGL-KE's udd_hrt reader disagrees with the file")
+        out[split] = _as_names(ents, h, r, t, rel_names=rels)
+    return out, entities, relations
+
+
+def read_folder(folder: Path, fmt: str, work: Path) -> RawKG:
+    """Read a folder in layout ``fmt`` (see module docstring); ``work`` is scratch space."""
+    layout = detect_format(folder) if fmt == "auto" else fmt
+    entities = relations = None
+    if layout == "tsv":
+        splits = {s: read_tsv(p) for s, p in split_files(folder).items()}
+    elif layout == "raw_udd_hrt":
+        splits = _read_raw_udd(folder, work)
+    else:
+        splits, entities, relations = _read_udd(folder, work)
+    return RawKG(splits["train"], splits["valid"], splits["test"], f"{layout} folder {folder}",
+                 layout, _input_hashes(folder), None, entities, relations)
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Extract regular files of a tar archive into ``dest``; return the folder holding train.
+
+    Absolute member paths, ``..`` components and links are rejected (DataError).
+    """
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar.getmembers():
+                parts = Path(member.name).parts
+                if member.name.startswith(("/", "\\")) or Path(member.name).is_absolute() or ".." in parts:
+                    raise DataError(f"{archive}: unsafe member path {member.name!r}")
+                if member.issym() or member.islnk() or member.isdev():
+                    raise DataError(f"{archive}: member {member.name!r} is a link or device")
+                if member.isfile():
+                    target = dest.joinpath(*parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src, open(target, "wb") as out:  # type: ignore[union-attr]
+                        shutil.copyfileobj(src, out)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DataError(f"{archive}: not a readable tar archive ({exc})") from None
+    homes = sorted({p.parent for s in _SUFFIXES for p in dest.rglob("train" + s) if p.is_file()})
+    if not homes:
+        raise DataError(f"{archive}: no train.txt/valid.txt/test.txt inside")
+    if len(homes) > 1:
+        raise DataError(f"{archive}: several folders hold a train split: "
+                        + ", ".join(str(h.relative_to(dest)) for h in homes))
+    return homes[0]
+
+
+def _looks_like_path(source: str) -> bool:
+    return any(c in source for c in "/\\") or source.startswith((".", "~")) or \
+        source.endswith(_ARCHIVES + (".txt", ".tsv"))
+
+
+@contextlib.contextmanager
+def _scratch(workdir: Optional[Path]) -> Iterator[Path]:
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="metasd-read-", dir=workdir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def read_source(source: Union[str, Path], data_dir: Optional[Path] = None, fmt: str = "auto",
+                workdir: Optional[Path] = None) -> RawKG:
+    """Read a built-in name, a folder, or a tar archive into string triples.
+
+    ``data_dir`` is where built-in archives are looked for first (see
+    ``datasets.registry.resolve``); ``workdir`` hosts a scratch folder that is
+    removed before returning (default: the system temp folder).
+    """
+    if fmt not in FORMATS:
+        raise DataError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    text = str(source)
+    entry = None if isinstance(source, Path) or _looks_like_path(text) else registry.lookup(text)
+    with _scratch(workdir) as work:
+        if entry is not None:
+            if fmt not in ("auto", "tsv"):
+                raise DataError(f"{text}: built-in datasets are TSV; format {fmt!r} does not apply")
+            found = registry.resolve(entry.name, data_dir)
+            if found.kind == "archive":
+                raw = read_folder(extract_archive(found.path, work / "archive"), "tsv", work)
+            else:
+                raw = read_folder(found.path, "tsv", work)
+            raw.source, raw.input_sha256, raw.builtin = found.describe(), found.input_sha256, entry.name
+            return raw
+        path = Path(text).expanduser()
+        if path.is_dir():
+            return read_folder(path, fmt, work)
+        if path.is_file():
+            if not path.name.endswith(_ARCHIVES):
+                raise DataError(f"{path}: not a folder or a .tar.gz archive")
+            raw = read_folder(extract_archive(path, work / "archive"), fmt, work)
+            raw.source, raw.input_sha256 = f"{raw.format} archive {path}", _input_hashes(path)
+            return raw
+        if _looks_like_path(text):
+            raise DataError(f"{path}: file not found")
+        raise DataError(f"{text}: not a built-in dataset ({', '.join(registry.known_names())}) "
+                        "nor an existing file or folder")
+
+
+def source_identity(source: Union[str, Path], fmt: str = "auto") -> Dict[str, object]:
+    """Cheap identity of a source, without parsing it: ``{"key", "input_sha256"}``.
+
+    Built-ins are pinned by the registry, so their key suffices
+    (``input_sha256`` None); paths are identified by the sha256 of their files.
+    """
+    text = str(source)
+    entry = None if isinstance(source, Path) or _looks_like_path(text) else registry.lookup(text)
+    if entry is not None:
+        return {"key": f"builtin:{entry.name}", "input_sha256": None}
+    path = Path(text).expanduser().resolve()
+    hashes = _input_hashes(path) if path.exists() else {}
+    return {"key": f"path:{path}:{fmt}", "input_sha256": hashes}
