@@ -17,7 +17,7 @@ from .errors import UserError
 
 
 def _overrides(options: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]:
-    out = {k: v for k, v in options.items() if v is not None}
+    out = {k.replace("__", "."): v for k, v in options.items() if v is not None}
     for item in sets:
         if "=" not in item:
             raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
@@ -35,23 +35,23 @@ TRAIN_OPTIONS = [
                  help="YAML override file(s), applied in order."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                  help="Override any option, e.g. --set train.lr=0.05."),
-    click.option("--dataset", "data.dataset", help="Built-in name, folder or .tar.gz."),
-    click.option("--data-dir", "data.data_dir", type=click.Path(file_okay=False),
+    click.option("--dataset", "data__dataset", help="Built-in name, folder or .tar.gz."),
+    click.option("--data-dir", "data__data_dir", type=click.Path(file_okay=False),
                  help="Folder with the published archives (env METASD_DATA_DIR)."),
     click.option("--run-dir", "run_dir", type=click.Path(file_okay=False), help="Output folder."),
-    click.option("--encoder", "model.encoder", type=_choice("model.encoder")),
-    click.option("--decoder", "model.decoder", type=_choice("model.decoder")),
-    click.option("--dim", "model.dim", type=int),
-    click.option("--method", "train.method", type=_choice("train.method")),
-    click.option("--regime", "train.regime", type=_choice("train.regime")),
-    click.option("--epochs", "train.epochs", type=int),
-    click.option("--batch-size", "train.batch_size", type=int),
-    click.option("--lr", "train.lr", type=float),
-    click.option("--prune-rate", "metasd.prune_rate", type=float),
-    click.option("--num-bases", "model.num_bases", type=int),
-    click.option("--regularizer", "model.regularizer", type=_choice("model.regularizer")),
-    click.option("--seed", "train.seed", type=int),
-    click.option("--device", "train.device", help="cpu, cuda or cuda:N."),
+    click.option("--encoder", "model__encoder", type=_choice("model.encoder")),
+    click.option("--decoder", "model__decoder", type=_choice("model.decoder")),
+    click.option("--dim", "model__dim", type=int),
+    click.option("--method", "train__method", type=_choice("train.method")),
+    click.option("--regime", "train__regime", type=_choice("train.regime")),
+    click.option("--epochs", "train__epochs", type=int),
+    click.option("--batch-size", "train__batch_size", type=int),
+    click.option("--lr", "train__lr", type=float),
+    click.option("--prune-rate", "metasd__prune_rate", type=float),
+    click.option("--num-bases", "model__num_bases", type=int),
+    click.option("--regularizer", "model__regularizer", type=_choice("model.regularizer")),
+    click.option("--seed", "train__seed", type=int),
+    click.option("--device", "train__device", help="cpu, cuda or cuda:N."),
 ]
 
 
@@ -145,7 +145,7 @@ def export(run_dir: str, checkpoint: str) -> None:
 @click.argument("config_files", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
 @click.option("--run-dir", "run_dir", type=click.Path(file_okay=False))
-@click.option("--device", "train.device")
+@click.option("--device", "train__device")
 @click.option("--quiet", is_flag=True)
 def pipeline(config_files, sets, quiet: bool, **options) -> None:
     """Preprocess, train, evaluate and export in one run folder.

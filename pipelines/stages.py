@@ -17,7 +17,7 @@ import torch
 from metasd_dgl.checkpoint import load_checkpoint
 from metasd_dgl.config import Config, from_dict
 from metasd_dgl.data.preprocess import load_processed, preprocess
-from metasd_dgl.data.stats import triple_buckets
+from metasd_dgl.data.stats import evaluation_buckets
 from metasd_dgl.errors import CheckpointError, UserError
 from metasd_dgl.evaluation import format_table, summarize
 from metasd_dgl.export import dense_size_bytes, export_student, load_student, save_dense
@@ -89,7 +89,7 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     cfg, data, model, masks, ckpt = load_run(run_dir, checkpoint)
     triples = getattr(data, split)
     graph = data.graph if cfg.model.encoder == "rgcn" else None
-    buckets = triple_buckets(triples, data.train, data.num_entities, data.num_relations, cfg.eval.num_buckets)
+    buckets = evaluation_buckets(triples, data.train, data.num_entities, data.num_relations, cfg.eval.num_buckets)
     variants: dict[str, Any] = {"teacher": None}
     if masks:
         variants["student"] = masks

@@ -137,3 +137,22 @@ def summarize(train: torch.Tensor, num_entities: int, num_relations: int,
         "relation_buckets": _summary(freq, num_buckets, "rel freq"),
         "entity_buckets": _summary(degree, num_buckets, "ent degree"),
     }
+
+
+def evaluation_buckets(triples: torch.Tensor, train: torch.Tensor, num_entities: int,
+                       num_relations: int, num_buckets: int) -> Dict[str, tuple]:
+    """Bucket specs for ``evaluation.summarize``: kind -> (ids, labels).
+
+    ``"relation"``: (m,) relation-frequency bucket per triple (both sides);
+    ``"entity"``: (2m,) degree bucket of the *predicted* entity, ordered
+    tail queries first, then head queries (as ``Ranks.both()``).
+    """
+    freq, degree = relation_frequency(train, num_relations), entity_degree(train, num_entities)
+    rb, eb = quantile_buckets(freq, num_buckets), quantile_buckets(degree, num_buckets)
+    per = triple_buckets(triples, rb, eb)
+    rel_labels = bucket_labels(bucket_ranges(freq, rb, num_buckets), "rel freq")
+    ent_labels = bucket_labels(bucket_ranges(degree, eb, num_buckets), "ent degree")
+    return {
+        "relation": (per["relation"], rel_labels),
+        "entity": (torch.cat([per["tail"], per["head"]]), ent_labels),
+    }
