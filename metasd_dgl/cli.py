@@ -121,12 +121,25 @@ def train(configs, sets, resume: Optional[str], quiet: bool, **options) -> None:
 @click.option("--checkpoint", default="best", show_default=True, help="best, last, or a checkpoint path.")
 @click.option("--compact", type=click.Path(dir_okay=False, exists=True),
               help="Evaluate the student from its compact export instead of masking.")
-def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str]) -> None:
+@click.option("--triple-classification", is_flag=True,
+              help="Also score valid/test triples against filtered DGL-sampled negatives (ROC-AUC, AP, accuracy).")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNGs into RUN_DIR/plots.")
+def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
+             triple_classification: bool, plots: bool) -> None:
     """Exact filtered ranking of teacher and true student, overall and per bucket."""
     from pipelines.stages import stage_evaluate
 
     stage_evaluate(Path(run_dir), split, checkpoint, Path(compact) if compact else None, echo=click.echo)
     click.echo(f"metrics: {Path(run_dir) / 'eval' / (split + '.json')}")
+    if triple_classification:
+        from .cli_tools import classify_run
+
+        click.echo(f"triple classification: {classify_run(Path(run_dir), checkpoint, 1, 0)}")
+    if plots:
+        from .report import make_report
+
+        for png in make_report(Path(run_dir), split=split):
+            click.echo(f"plot: {png}")
 
 
 @cli.command()
@@ -169,6 +182,16 @@ def pipeline(config_files, sets, quiet: bool, **options) -> None:
     stage_evaluate(Path(cfg.run_dir), "test", echo=click.echo)
 
 
+def _register_tools() -> None:
+    from .cli_tools import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_register_tools()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -183,7 +206,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if debug:
             raise
         click.echo(f"error: {exc}", err=True)
-        return 2
+        signum = getattr(exc, "signum", None)
+        return 128 + signum if signum else 2
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130

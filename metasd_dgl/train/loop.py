@@ -43,6 +43,10 @@ STUDENT_METHODS = ("prune", "kd", "metasd")
 class TrainingInterrupted(UserError):
     """SIGINT/SIGTERM: a checkpoint was written; the message says how to resume."""
 
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
 
 class NumericalError(UserError):
     """A NaN/Inf loss or weight; the last good checkpoint is kept."""
@@ -56,6 +60,8 @@ class TrainState:
     best_mrr: float = -1.0
     best_epoch: int = -1
     bad_validations: int = 0
+    validated_epoch: int = 0  # last epoch whose validation is done
+    epoch_sums: dict = field(default_factory=dict)  # running loss sums of the current epoch
     history: list = field(default_factory=list)
 
 
@@ -139,6 +145,11 @@ class Trainer:
             self.meta_optimizer.load_state_dict(ckpt["meta_optimizer"])
         self.masks = {k: v.to(self.device) for k, v in ckpt["masks"].items()} if ckpt.get("masks") else None
         self.state = TrainState(**ckpt["state"])
+        # The log is rewritten from the checkpoint's history, so lines written
+        # after the checkpoint (by the run that was killed) do not repeat.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in self.state.history)
         self._resume_gen_state = ckpt["rng"]["epoch_generator"]
         torch.set_rng_state(ckpt["rng"]["torch"])
 
@@ -152,11 +163,14 @@ class Trainer:
         save_config(self.cfg, self.run_dir / "config.yaml")
         old_handlers = self._install_signal_handlers()
         try:
-            while self.state.epoch < tc.epochs:
+            while True:
+                # Validation first, so a run resumed between an epoch's end and
+                # its validation still validates that epoch.
+                self._validate_if_due()
+                if self.early_stopped or self.state.epoch >= tc.epochs:
+                    break
                 self._run_epoch()
                 if self._stop_signal is not None:
-                    break
-                if self._validate_if_due():
                     break
         finally:
             for sig, handler in old_handlers.items():
@@ -164,9 +178,8 @@ class Trainer:
         if self._stop_signal is not None:
             self.checkpoint("last.pt")
             raise TrainingInterrupted(
-                f"interrupted by signal {self._stop_signal}; checkpoint saved. "
-                f"Resume with: metasd-dgl train --resume {self.run_dir}"
-            )
+                f"interrupted by signal {self._stop_signal} at step {self.state.step}; checkpoint saved. "
+                f"Resume with: metasd-dgl train --resume {self.run_dir}", self._stop_signal)
         return self.state
 
     def _run_epoch(self) -> None:
@@ -183,7 +196,7 @@ class Trainer:
         self._resume_gen_state = None
         self._gen = gen
         batches = perm.split(tc.batch_size)
-        sums: dict[str, float] = {}
+        sums = st.epoch_sums
         t0 = time.perf_counter()
         bar = tqdm(total=len(batches), initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{tc.epochs}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
@@ -215,6 +228,7 @@ class Trainer:
             record["density"] = sparsity_report(self.masks)["total"]["density"]
         st.epoch += 1
         st.batch_in_epoch = 0
+        st.epoch_sums = {}
         self._log(record)
         self._check_weights()
         self.checkpoint("last.pt")
@@ -223,11 +237,19 @@ class Trainer:
             old = st.epoch - tc.keep_checkpoints
             (self.run_dir / "checkpoints" / f"epoch-{old}.pt").unlink(missing_ok=True)
 
-    def _validate_if_due(self) -> bool:
-        """Validate on schedule; keep best; return True to stop early."""
+    @property
+    def early_stopped(self) -> bool:
+        patience = self.cfg.train.patience
+        return bool(patience) and self.state.bad_validations >= patience
+
+    def _validate_if_due(self) -> None:
+        """Validate on schedule (once per epoch); keep the best checkpoint."""
         tc, st = self.cfg.train, self.state
-        if st.epoch % tc.valid_every != 0 and st.epoch != tc.epochs:
-            return False
+        if st.epoch == 0 or st.validated_epoch == st.epoch or st.batch_in_epoch:
+            return
+        if st.epoch % tc.valid_every != 0 and st.epoch < tc.epochs:
+            return
+        st.validated_epoch = st.epoch
         result = self.validate()
         self._log({"epoch": st.epoch, "valid": result})
         key = "student" if "student" in result else "teacher"
@@ -238,7 +260,6 @@ class Trainer:
         else:
             st.bad_validations += 1
         self.checkpoint("last.pt")
-        return bool(tc.patience) and st.bad_validations >= tc.patience
 
     def validate(self) -> dict[str, dict[str, float]]:
         ev = self.cfg.eval

@@ -1,0 +1,232 @@
+"""Click commands for plots, predictions, DGL-KE interop and triple classification.
+
+Register them on the main group (``metasd_dgl/cli.py``)::
+
+    from .cli_tools import COMMANDS
+    for command in COMMANDS:
+        cli.add_command(command)
+
+``predict``, ``report``, ``export-dglke``, ``classify`` read a run folder
+(``pipelines.stages.load_run``); ``import-dglke`` reads a DGL-KE save folder and
+a processed dataset, evaluates the imported model directly (exact filtered
+ranking, both directions) and prints the metrics; ``--out FILE`` also writes
+them as JSON.  It writes no run folder: DGL-KE's RotatE and TransE_l1 scores
+have no config-buildable decoder.  User errors raise ``UserError``
+subclasses (one line, exit 2 under ``metasd_dgl.cli.main``).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from .errors import UserError
+
+#: DGL-KE model names ``import-dglke`` accepts (= ``interop.NATIVE``; kept literal so that
+#: registering the commands imports neither torch nor DGL).
+DGLKE_MODELS = ("ComplEx", "DistMult", "TransE", "TransE_l2", "TransE_l1", "RotatE")
+
+
+def _tables(run_dir: Path, checkpoint: str, student: bool):
+    """-> (cfg, data, model, masks, ckpt, tables) of the teacher or the true student."""
+    from pipelines.stages import load_run
+
+    from .inference import encode_tables
+
+    cfg, data, model, masks, ckpt = load_run(run_dir, checkpoint)
+    if student and not masks:
+        raise UserError(f"{run_dir}: this run has no student (train.method={cfg.train.method}); "
+                        "drop --student")
+    graph = data.graph if cfg.model.encoder == "rgcn" else None
+    return cfg, data, model, masks, ckpt, encode_tables(model, graph, masks if student else None)
+
+
+@click.command("predict")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--head", help="Head entity name: predicts tails of (HEAD, RELATION, ?).")
+@click.option("--relation", help="Relation name.")
+@click.option("--tail", help="Tail entity name: predicts heads of (?, RELATION, TAIL).")
+@click.option("--queries", type=click.Path(dir_okay=False, exists=True),
+              help="TSV file of queries: head<TAB>relation<TAB>? or ?<TAB>relation<TAB>tail.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Answers per query.")
+@click.option("--unfiltered", is_flag=True, help="Keep answers already known in train/valid/test.")
+@click.option("--student", is_flag=True, help="Use the pruned student (masked weights) instead of the teacher.")
+@click.option("--checkpoint", default="best", show_default=True, help="best, last, or a checkpoint path.")
+def predict_command(run_dir: str, head: Optional[str], relation: Optional[str], tail: Optional[str],
+                    queries: Optional[str], k: int, unfiltered: bool, student: bool, checkpoint: str) -> None:
+    """Top-k entities by name for (HEAD, RELATION, ?) or (?, RELATION, TAIL)."""
+    from .predict import QueryError, parse_query, predict, read_queries
+
+    if queries:
+        if head or tail or relation:
+            raise QueryError("give either --queries or --head/--tail with --relation, not both")
+        asked = read_queries(queries)
+    else:
+        if not relation:
+            raise QueryError("--relation is required (or give --queries FILE)")
+        asked = [parse_query(head, relation, tail)]
+    _, data, model, _, _, tables = _tables(Path(run_dir), checkpoint, student)
+    results = predict(tables, model.decoder, data, asked, k=k, filtered=not unfiltered)
+    for i, p in enumerate(results):
+        lines = p.lines()
+        lines[0] = f"[{'student' if student else 'teacher'}] " + lines[0]
+        if i:
+            click.echo("")
+        click.echo("\n".join(lines))
+
+
+def _compare_item(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise click.BadParameter(f"expected LABEL=RUN_DIR[@teacher|@student], got {text!r}", param_hint="--compare")
+    label, ref = text.split("=", 1)
+    variant = None
+    match = re.fullmatch(r"(.*)@(teacher|student)", ref)
+    if match:
+        ref, variant = match.group(1), match.group(2)
+    if not Path(ref).exists():
+        raise click.BadParameter(f"{ref}: no such run folder or eval file", param_hint="--compare")
+    return label.strip(), (Path(ref), variant) if variant else Path(ref)
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--compare", multiple=True, metavar="LABEL=RUN_DIR[@teacher|@student]",
+              help="Another run (or eval JSON) to show in the bucket plots; repeatable.")
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True,
+              help="Which eval/<split>.json to plot buckets from.")
+def report_command(run_dir: str, compare: tuple[str, ...], split: str) -> None:
+    """PNG plots into RUN_DIR/plots: training curves, MRR per bucket, relation frequencies."""
+    from .report import make_report
+
+    others = dict(_compare_item(c) for c in compare)
+    names = None
+    try:
+        from .data.preprocess import load_processed
+        from .report import stats_path
+
+        stats = stats_path(run_dir)
+        names = load_processed(stats.parent).relation_names if stats else None
+    except UserError:
+        names = None
+    made = make_report(Path(run_dir), others, split=split, relation_names=names)
+    if not made:
+        raise UserError(f"{run_dir}: nothing to plot (no metrics.jsonl, eval/*.json or dataset stats)")
+    for path in made:
+        click.echo(str(path))
+
+
+def _dataset_name(data) -> str:
+    src = (data.manifest.get("source") or {}).get("builtin") or Path(data.path).name
+    return re.sub(r"[^A-Za-z0-9._\-]+", "-", str(src)).strip("-._") or "dataset"
+
+
+@click.command("export-dglke")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--student", is_flag=True, help="Export the pruned student's (masked) embeddings.")
+@click.option("--checkpoint", default="best", show_default=True)
+@click.option("--dataset-name", help="File prefix <dataset>_<Model>_*.npy (default: the dataset's name).")
+@click.option("--gamma", type=float, default=0.0, show_default=True,
+              help="gamma written to config.json (RotatE phases are scaled by (gamma + 2) / dim).")
+def export_dglke_command(run_dir: str, out: str, student: bool, checkpoint: str,
+                         dataset_name: Optional[str], gamma: float) -> None:
+    """Write embeddings in DGL-KE's layout (entity/relation .npy, id maps, config.json)."""
+    from .interop import export_dglke
+
+    cfg, data, _, _, _, (ent, rel) = _tables(Path(run_dir), checkpoint, student)
+    paths = export_dglke(ent, rel, cfg.model.decoder, data.num_relations, out, dataset_name or _dataset_name(data),
+                         data.entity_names, data.relation_names, gamma=gamma)
+    for key, path in paths.items():
+        click.echo(f"{key}: {path}")
+    if cfg.model.decoder == "rotate":
+        click.echo("note: DGL-KE scores RotatE with the sum of complex moduli, metasd-dgl with the L2 norm; "
+                   "rankings under DGL-KE's score may differ")
+
+
+@click.command("import-dglke")
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+@click.option("--dataset", "processed", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Processed dataset folder (metasd-dgl preprocess) to evaluate on.")
+@click.option("--model", "model_name", type=click.Choice(DGLKE_MODELS),
+              help="DGL-KE model (default: config.json or the file name).")
+@click.option("--dataset-name", help="DGL-KE file prefix (default: config.json or the file name).")
+@click.option("--gamma", type=float, help="Training gamma (default: config.json); RotatE needs it.")
+@click.option("--scoring", type=click.Choice(["dglke", "native"]), default="dglke", show_default=True,
+              help="dglke: DGL-KE's score functions; native: metasd-dgl's decoders (+ exported inverse rows).")
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
+def import_dglke_command(folder: str, processed: str, model_name: Optional[str], dataset_name: Optional[str],
+                         gamma: Optional[float], scoring: str, split: str, out: Optional[str]) -> None:
+    """Evaluate DGL-KE-trained embeddings (filtered ranking, both directions) on a processed dataset."""
+    from .data.preprocess import load_processed
+    from .evaluation import metrics
+    from .inference import encode_tables, rank_split
+    from .interop import import_dglke, read_dglke
+
+    data = load_processed(processed)
+    emb = read_dglke(folder, dataset_name, model_name, gamma)
+    model = import_dglke(emb, data.entity_names, data.relation_names, scoring)
+    triples = data.split(split)
+    ranks = rank_split(model, triples, data.num_relations, data.filter, tables=encode_tables(model))
+    result = {"both": metrics(ranks.both()), "head": metrics(ranks.head),
+              "tail": metrics(ranks.tail)}
+    click.echo(f"{emb.dataset}_{emb.model_name} ({scoring} scoring) on {data.path} {split}:")
+    for side, m in result.items():
+        click.echo(f"  {side:<5} " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in m.items()))
+    if out:
+        record = {"split": split, "source": str(folder), "model": emb.model_name, "scoring": scoring,
+                  "gamma": emb.gamma, "results": {"dglke": result}}
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"metrics: {out}")
+
+
+def classify_run(run_dir: Path, checkpoint: str = "best", num_negatives: int = 1, seed: int = 0) -> Path:
+    """Triple classification of the teacher (and student, if any) -> ``eval/triple_classification.json``.
+
+    Both variants are scored on the same negatives (same seed).  Callable from
+    ``evaluate --triple-classification``.
+    """
+    import torch
+
+    from .classification import triple_classification
+    from .inference import encode_tables
+
+    cfg, data, model, masks, ckpt, teacher = _tables(Path(run_dir), checkpoint, False)
+    graph = data.graph if cfg.model.encoder == "rgcn" else None
+    variants = {"teacher": teacher}
+    if masks:
+        variants["student"] = encode_tables(model, graph, masks)
+    results = {name: triple_classification(tables, model.decoder, data, torch.Generator().manual_seed(seed),
+                                           num_negatives) for name, tables in variants.items()}
+    record = {"checkpoint": checkpoint, "epoch": (ckpt.get("state") or {}).get("epoch"), "seed": seed,
+              "num_negatives": num_negatives, "results": results}
+    path = Path(run_dir) / "eval" / "triple_classification.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+@click.command("classify")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--checkpoint", default="best", show_default=True)
+@click.option("--num-negatives", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Corrupted negatives per valid/test triple.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the negative draws.")
+def classify_command(run_dir: str, checkpoint: str, num_negatives: int, seed: int) -> None:
+    """Triple classification: ROC-AUC, AP, per-relation thresholds (valid) and test accuracy."""
+    path = classify_run(Path(run_dir), checkpoint, num_negatives, seed)
+    record = json.loads(path.read_text(encoding="utf-8"))
+    for name, res in record["results"].items():
+        for split in ("valid", "test"):
+            m = res["overall"][split]
+            click.echo(f"{name:<8} {split:<5} roc_auc {m['roc_auc']:.4f}  ap {m['average_precision']:.4f}  "
+                       f"accuracy {m['accuracy']:.4f}  (+{m['positives']} / -{m['negatives']})")
+    click.echo(f"metrics: {path}")
+
+
+COMMANDS = [predict_command, report_command, export_dglke_command, import_dglke_command, classify_command]
