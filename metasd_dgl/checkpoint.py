@@ -66,11 +66,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(f"{path}: refused to load (not a plain checkpoint: {first[:160]})") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain containers "
+            "(unsafe pickle); nothing in it was run") from None
     except Exception as exc:  # noqa: BLE001 - any failure to parse means a damaged file
-        raise CheckpointError(f"{path}: corrupted or truncated checkpoint ({type(exc).__name__})") from None
+        raise CheckpointError(
+            f"{path}: corrupted or truncated checkpoint, or not a checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a metasd-dgl checkpoint")
     return state

@@ -205,9 +205,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo("error: " + " ".join(str(exc).splitlines()), err=True)
         signum = getattr(exc, "signum", None)
         return 128 + signum if signum else 2
+    except OSError as exc:  # the environment, not a bug: unwritable folder, full disk, ...
+        if debug:
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        return 2
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130

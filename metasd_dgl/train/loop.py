@@ -88,6 +88,23 @@ def dataset_fingerprint(data) -> str:
     return f"{files.get('entities.tsv', '?')}:{files.get('relations.tsv', '?')}"
 
 
+#: Options a resumed run may not change (they change shapes or the meaning of the state).
+FIXED_ON_RESUME = ("model", "train.method", "train.regime", "train.optimizer", "train.seed",
+                   "train.batch_size", "metasd.prune_rate", "metasd.prune_scope",
+                   "metasd.meta_optimizer", "metasd.quiz_fraction")
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """``["model.dim: 8 (checkpoint) vs 16 (now)", ...]`` over FIXED_ON_RESUME."""
+    out = []
+    for key in FIXED_ON_RESUME:
+        section, _, name = key.partition(".")
+        a, b = old.get(section, {}), new.get(section, {})
+        pairs = [(name, a.get(name), b.get(name))] if name else [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))]
+        out += [f"{section}.{k}: {x!r} (checkpoint) vs {y!r} (now)" for k, x, y in pairs if x != y]
+    return out
+
+
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
 
@@ -137,8 +154,13 @@ class Trainer:
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        if ckpt.get("dataset") != dataset_fingerprint(self.data):
-            raise CheckpointError("checkpoint was trained on another dataset (id maps differ)")
+        here = dataset_fingerprint(self.data)
+        if ckpt.get("dataset") != here:
+            raise CheckpointError(f"checkpoint was trained on another dataset (id-map hashes "
+                                  f"{ckpt.get('dataset')} vs {here} of {self.data.path})")
+        diffs = config_differences(ckpt.get("config", {}), to_dict(self.cfg))
+        if diffs:
+            raise CheckpointError("checkpoint has an incompatible config: " + "; ".join(diffs))
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.meta_optimizer is not None and ckpt.get("meta_optimizer"):

@@ -1,0 +1,28 @@
+"""Every bad input: exit code 2, one error line naming the cause, no traceback,
+nothing half-written (the case list and its message table: tests/bad_inputs.py)."""
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bad_inputs import CASES, message, run_case  # noqa: E402
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case, tmp_path):
+    code, out, err = run_case(case, tmp_path)
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    msg = message(err)
+    assert re.search(case.expect, msg), msg
+    assert len([ln for ln in err.strip().splitlines() if ln.lower().startswith(("error", "usage"))]) <= 2
+    if case.leaves:
+        assert not (tmp_path / case.leaves).exists(), f"{case.leaves} was left behind"
+    assert not list(tmp_path.rglob("*.tmp")), "temporary files left behind"
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_at_least_25_cases():
+    assert len(CASES) >= 25
