@@ -62,6 +62,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     seed: int = 0
     device: str = "cpu"
+    num_threads: int = 0  # CPU threads for torch (0 = torch's default)
     valid_every: int = 5  # epochs between validations
     patience: int = 5  # validations without improvement before stopping (0 = off)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = epoch ends only)
@@ -139,6 +140,7 @@ def validate(cfg: Config) -> Config:
         ("train.valid_every", cfg.train.valid_every >= 1, "must be >= 1"),
         ("train.patience", cfg.train.patience >= 0, "must be >= 0"),
         ("train.grad_clip", cfg.train.grad_clip >= 0, "must be >= 0"),
+        ("train.num_threads", cfg.train.num_threads >= 0, "must be >= 0"),
         ("metasd.prune_rate", 0 <= cfg.metasd.prune_rate < 1, "must be in [0, 1)"),
         ("metasd.temperature", cfg.metasd.temperature > 0, "must be > 0"),
         ("metasd.quiz_fraction", 0 < cfg.metasd.quiz_fraction < 1, "must be in (0, 1)"),

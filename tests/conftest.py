@@ -23,3 +23,11 @@ def kg_dir() -> Path:
     if not (path / "umls.tar.gz").exists():
         pytest.fail(f"benchmark data not found in {path}; set METASD_DATA_DIR")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tests use tiny tensors: one thread avoids OpenMP spin-waits on a busy 2-core machine."""
+    import torch
+
+    torch.set_num_threads(1)
