@@ -20,9 +20,9 @@ from metasd_dgl.data.preprocess import load_processed, preprocess
 from metasd_dgl.data.stats import evaluation_buckets
 from metasd_dgl.errors import CheckpointError, UserError
 from metasd_dgl.evaluation import format_table, summarize
-from metasd_dgl.export import dense_size_bytes, export_student, load_student, save_dense
-from metasd_dgl.inference import encode_tables, rank_split, student_params
-from metasd_dgl.train.loop import Trainer, dataset_fingerprint, make_model, train
+from metasd_dgl.export import export_student, load_student, save_dense
+from metasd_dgl.inference import encode_tables, rank_split
+from metasd_dgl.train.loop import dataset_fingerprint, make_model, train
 
 
 def processed_dir(cfg: Config) -> Path:
@@ -120,18 +120,17 @@ def stage_export(run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
     cfg, data, model, masks, _ = load_run(run_dir, checkpoint)
     out = Path(run_dir) / "export"
     out.mkdir(parents=True, exist_ok=True)
-    prunable = {n: p.detach() for n, p in model.named_parameters() if n in model.prunable_names()}
+    params = {n: p.detach() for n, p in model.named_parameters()}
     teacher_path = out / "teacher.safetensors"
-    save_dense({n: p.detach() for n, p in model.named_parameters()}, teacher_path)
-    info: dict[str, Any] = {"teacher_bytes": teacher_path.stat().st_size,
-                            "teacher_params": sum(p.numel() for p in model.parameters())}
+    save_dense(params, teacher_path)
+    info: dict[str, Any] = {"teacher_file": str(teacher_path), "teacher_bytes": teacher_path.stat().st_size,
+                            "teacher_params": sum(p.numel() for p in params.values())}
     if masks:
         student_path = out / "student.msd"
-        export_student(prunable, masks, student_path, {"config": cfg.run_dir})
-        info.update({
-            "student_bytes": student_path.stat().st_size,
-            "student_nonzero": int(sum(int(m.sum()) for m in masks.values())),
-            "ratio": student_path.stat().st_size / teacher_path.stat().st_size,
-        })
+        manifest = export_student(params, masks, student_path, {"run_dir": str(run_dir)},
+                                  dense_file=teacher_path)
+        info.update({"student_file": str(student_path), "student_bytes": manifest["bytes"],
+                     "student_nonzero": manifest["nonzeros"],
+                     "ratio_to_teacher_file": manifest["ratio_to_dense_file"]})
     (out / "manifest.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info
