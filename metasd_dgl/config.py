@@ -60,6 +60,7 @@ class TrainConfig:
     margin: float = 9.0  # negative-sampling regime: gamma of distance models
     edge_dropout: float = 0.5  # rgcn: share of training edges hidden from message passing
     grad_clip: float = 0.0  # 0 = off
+    tune_malloc: bool = True  # keep large temporaries mapped (glibc mallopt), faster 1-N steps
     seed: int = 0
     device: str = "cpu"
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
@@ -84,6 +85,9 @@ class MetaSDConfig:
     quiz_batch_size: int = 1000
     meta_every: int = 1  # run the meta step every k batches
     extra_teacher_step: bool = False  # reference code: plain teacher step first
+    meta_grad_path: str = "full"  # full: through teacher predictions and W*M | kd: predictions only (reference)
+    share_forward: bool = False  # approximate: real step reuses the pre-meta forward (faster)
+    kd_t2_scale: bool = True  # scale KD by T^2 (the reference code does not)
 
 
 @dataclass
@@ -114,6 +118,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.regularizer": ("dura", "n3", "none"),
     "metasd.prune_scope": ("global", "per-tensor"),
     "metasd.meta_optimizer": ("adam", "adagrad", "sgd"),
+    "metasd.meta_grad_path": ("full", "kd"),
     "data.format": ("auto", "tsv", "raw_udd_hrt", "udd_hrt"),
 }
 

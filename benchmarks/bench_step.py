@@ -1,0 +1,147 @@
+"""Time one training step of plain / prune / kd / metasd at FB15k-237 sizes.
+
+Random data (no dataset needed): N = 14,541 entities, R = 237 relations
+(474 with reciprocals), ComplEx dim 64 (128 real columns), batch 1000, quiz
+batch 1000, prune rate 0.9.  Every configuration gets its own model and
+optimisers; rounds are interleaved (one step of each configuration per
+round) so that load from other processes spreads evenly, and the median
+over rounds is reported.  ``metasd every k`` is the mean time per batch over
+a cycle of k batches of which one runs the meta step.
+
+    python benchmarks/bench_step.py            # ~2-3 minutes on 2 CPU cores
+    python benchmarks/bench_step.py --rounds 3 --entities 2000   # quick look
+
+Writes benchmarks/results/step_timing.json and prints a table with wall-clock
+and process CPU time per step (CPU time is the steadier measure when other
+processes share the cores; with ``--threads 1`` it is the work done).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("DGLBACKEND", "pytorch")
+
+import torch  # noqa: E402
+
+from metasd_dgl.config import MetaSDConfig, TrainConfig  # noqa: E402
+from metasd_dgl.model import build_model  # noqa: E402
+from metasd_dgl.pruning import compute_masks, prunable_params  # noqa: E402
+from metasd_dgl.train.steps import Stepper, make_optimizers  # noqa: E402
+
+
+def random_queries(n: int, num_entities: int, num_relations: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, 3) random reciprocal tail queries."""
+    return torch.stack(
+        [
+            torch.randint(0, num_entities, (n,), generator=gen),
+            torch.randint(0, 2 * num_relations, (n,), generator=gen),
+            torch.randint(0, num_entities, (n,), generator=gen),
+        ],
+        dim=1,
+    )
+
+
+class Runner:
+    """One configuration: its own model, optimisers, masks and batch stream."""
+
+    def __init__(self, label: str, method: str, meta_every: int, path: str, share: bool, args, seed: int) -> None:
+        self.label, self.meta_every = label, meta_every
+        gen = torch.Generator().manual_seed(seed)
+        self.model = build_model(
+            "kge", args.decoder, args.entities, args.relations, args.dim, init_scale=1e-1, generator=gen
+        )
+        tc = TrainConfig(method=method, batch_size=args.batch)
+        mc = MetaSDConfig(meta_every=meta_every, quiz_batch_size=args.quiz)
+        setattr(mc, "meta_grad_path", path)  # options this project may not declare yet
+        setattr(mc, "share_forward", share)
+        opt, meta = make_optimizers(self.model, tc, mc)
+        self.stepper = Stepper(self.model, opt, meta, tc, mc, args.relations)
+        self.masks = None if method == "plain" else compute_masks(prunable_params(self.model), 0.9)
+        self.batches = [random_queries(args.batch, args.entities, args.relations, gen) for _ in range(4)]
+        self.quiz = [random_queries(args.quiz, args.entities, args.relations, gen) for _ in range(4)]
+        self.i = 0
+        self.times: list[float] = []
+        self.cpu: list[float] = []
+
+    def run_cycle(self) -> None:
+        """meta_every steps (1 for plain/prune/kd), timed; records wall and CPU ms per step."""
+        start, cpu = time.perf_counter(), time.process_time()
+        for k in range(self.meta_every):
+            j = self.i % 4
+            self.stepper.step(self.batches[j], self.masks, self.quiz[j], do_meta=(k == 0))
+            self.i += 1
+        self.times.append((time.perf_counter() - start) * 1e3 / self.meta_every)
+        self.cpu.append((time.process_time() - cpu) * 1e3 / self.meta_every)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--entities", type=int, default=14541)
+    ap.add_argument("--relations", type=int, default=237)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--decoder", default="complex")
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--quiz", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--paths", default="full,kd", help="meta_grad_path values to time for metasd")
+    ap.add_argument("--shared", type=int, default=1, help="also time share_forward=True (1) or not (0)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_timing.json"))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    configs = [("plain", "plain", 1, "full", False), ("prune", "prune", 1, "full", False),
+               ("kd", "kd", 1, "full", False)]
+    for path in [p for p in args.paths.split(",") if p]:
+        configs += [(f"metasd[{path}] every 1", "metasd", 1, path, False),
+                    (f"metasd[{path}] every 4", "metasd", 4, path, False)]
+        if args.shared:
+            configs.append((f"metasd[{path},shared] every 1", "metasd", 1, path, True))
+    runners = [Runner(*c, args=args, seed=i) for i, c in enumerate(configs)]
+    for _ in range(args.warmup):
+        for r in runners:
+            r.run_cycle()
+    for r in runners:
+        r.times.clear()
+        r.cpu.clear()
+    for _ in range(args.rounds):
+        for r in runners:
+            r.run_cycle()
+
+    plain = statistics.median(runners[0].times)
+    plain_cpu = statistics.median(runners[0].cpu)
+    rows = []
+    print(f"\nstep timing: N={args.entities} 2R={2 * args.relations} {args.decoder} dim {args.dim} "
+          f"batch {args.batch} quiz {args.quiz}, {torch.get_num_threads()} threads, "
+          f"median of {args.rounds} rounds")
+    print(f"{'method':<30}{'wall ms':>10}{'x plain':>9}{'cpu ms':>10}{'x plain':>9}")
+    for r in runners:
+        med, cpu = statistics.median(r.times), statistics.median(r.cpu)
+        rows.append({"method": r.label, "ms_per_step": med, "ratio_to_plain": med / plain,
+                     "cpu_ms_per_step": cpu, "cpu_ratio_to_plain": cpu / plain_cpu,
+                     "times_ms": r.times, "cpu_ms": r.cpu})
+        print(f"{r.label:<30}{med:>10.1f}{med / plain:>9.2f}{cpu:>10.1f}{cpu / plain_cpu:>9.2f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "config": vars(args),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
+        "results": rows,
+    }
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

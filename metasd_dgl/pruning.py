@@ -1,0 +1,131 @@
+"""Magnitude-pruning masks: the MetaSD student is the teacher's weights times a mask.
+
+* ``compute_masks`` keeps *exactly* ``round((1 - rate) * numel)`` weights of
+  the largest magnitude, either over all tensors together (``"global"``, the
+  paper's default) or tensor by tensor (``"per-tensor"``).  Ties in magnitude
+  are broken deterministically: among equal ``|w|`` the weight with the lower
+  flat index wins, where the flat index runs over the tensors in the order of
+  the ``params`` dict (``model.named_parameters()`` order) and row-major
+  inside each tensor.  ``round`` is Python's (half to even), applied to the
+  float ``(1 - rate) * numel``.
+* ``apply_masks`` returns ``{name: w * m}``: differentiable with respect to
+  ``w``; the gradient of a pruned weight is exactly zero (plain chain rule
+  through the product, *not* a straight-through estimator).
+* ``sparsity_report`` counts kept weights per tensor and in total.
+
+Masks are recomputed from the teacher's current weights at the start of every
+epoch by the training loop (pruned weights may come back); nothing here keeps
+state between calls.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .typing import MaskDict, ParamDict
+
+SCOPES = ("global", "per-tensor")
+
+
+def prunable_params(model: nn.Module) -> ParamDict:
+    """``{name: detached weight}`` for ``model.prunable_names()``, in module order."""
+    names = set(model.prunable_names())
+    return {n: p.detach() for n, p in model.named_parameters() if n in names}
+
+
+def keep_count(numel: int, rate: float) -> int:
+    """Number of weights kept out of ``numel`` at prune rate ``rate``."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"prune rate must be in [0, 1], got {rate}")
+    return min(numel, max(0, int(round((1.0 - rate) * numel))))
+
+
+def _top_k_mask(magnitudes: Tensor, k: int) -> Tensor:
+    """Bool mask over the 1-D ``magnitudes`` keeping exactly ``k`` largest.
+
+    Ties at the threshold go to the lowest indices.  O(n): one ``kthvalue``
+    and two comparisons instead of a full sort.
+    """
+    n = magnitudes.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=magnitudes.device)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=magnitudes.device)
+    if torch.isnan(magnitudes).any():
+        raise ValueError("cannot prune: a weight is NaN")
+    # The k-th largest is the (n - k + 1)-th smallest.
+    threshold = torch.kthvalue(magnitudes, n - k + 1).values
+    keep = magnitudes > threshold
+    missing = k - int(keep.sum())
+    if missing > 0:
+        tied = torch.nonzero(magnitudes == threshold).flatten()[:missing]
+        keep[tied] = True
+    return keep
+
+
+def compute_masks(params: ParamDict, rate: float, scope: str = "global") -> MaskDict:
+    """Magnitude masks for every tensor in ``params`` (True = kept).
+
+    params: ``{name: (any shape) float tensor}`` -- pass only the prunable
+        tensors (``prunable_params(model)``); the values are not modified.
+    rate: share of weights zeroed, in [0, 1].
+    scope: ``"global"`` (one threshold over all tensors) or ``"per-tensor"``.
+    Returns ``{name: bool tensor of the same shape and device}``.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"prune scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if not params:
+        return {}
+    with torch.no_grad():
+        if scope == "per-tensor":
+            return {
+                n: _top_k_mask(p.detach().abs().flatten(), keep_count(p.numel(), rate)).view(p.shape)
+                for n, p in params.items()
+            }
+        dtype = torch.promote_types(torch.float32, _common_dtype(params.values()))
+        flat = torch.cat([p.detach().abs().flatten().to(dtype) for p in params.values()])
+        keep = _top_k_mask(flat, keep_count(flat.numel(), rate))
+        masks: MaskDict = {}
+        start = 0
+        for n, p in params.items():
+            masks[n] = keep[start : start + p.numel()].view(p.shape).clone()
+            start += p.numel()
+        return masks
+
+
+def _common_dtype(tensors: Iterable[Tensor]) -> torch.dtype:
+    dtype: Optional[torch.dtype] = None
+    for t in tensors:
+        dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
+    return dtype if dtype is not None else torch.float32
+
+
+def apply_masks(params: ParamDict, masks: Optional[MaskDict]) -> ParamDict:
+    """``{name: w * m}`` for masked names, ``w`` unchanged otherwise.
+
+    Differentiable in ``w``: ``d(w * m)/dw = m``, so pruned weights receive a
+    zero gradient from any loss of the masked model.
+    """
+    if not masks:
+        return dict(params)
+    return {n: (p * masks[n] if n in masks else p) for n, p in params.items()}
+
+
+def sparsity_report(masks: MaskDict) -> Dict[str, dict]:
+    """Per tensor and total: ``numel``, ``nonzero`` (kept), ``density`` (kept / numel).
+
+    Returns ``{"tensors": {name: {...}}, "total": {...}}`` with plain Python numbers.
+    """
+    tensors: Dict[str, dict] = {}
+    total, kept = 0, 0
+    for n, m in masks.items():
+        numel, nz = m.numel(), int(m.sum())
+        tensors[n] = {"numel": numel, "nonzero": nz, "density": nz / numel if numel else 0.0}
+        total += numel
+        kept += nz
+    return {
+        "tensors": tensors,
+        "total": {"numel": total, "nonzero": kept, "density": kept / total if total else 0.0},
+    }

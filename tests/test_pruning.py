@@ -1,0 +1,109 @@
+"""Pruning masks: exact counts, deterministic ties, the student ignores pruned weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metasd_dgl.model import build_model, call
+from metasd_dgl.pruning import apply_masks, compute_masks, keep_count, prunable_params, sparsity_report
+
+
+def _params(seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {"a": torch.randn(37, 11, generator=gen), "b": torch.randn(5, generator=gen),
+            "c": torch.randn(3, 4, 6, generator=gen)}
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 0.9, 0.95, 0.999, 1.0])
+def test_global_keeps_exact_count_and_largest(rate):
+    params = _params()
+    masks = compute_masks(params, rate, "global")
+    total = sum(p.numel() for p in params.values())
+    assert sum(int(m.sum()) for m in masks.values()) == round((1 - rate) * total)
+    kept = torch.cat([p[m].abs() for p, m in zip(params.values(), masks.values())])
+    dropped = torch.cat([p[~m].abs() for p, m in zip(params.values(), masks.values())])
+    if kept.numel() and dropped.numel():
+        assert kept.min() >= dropped.max()
+    for n, m in masks.items():
+        assert m.dtype == torch.bool and m.shape == params[n].shape
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3, 0.9, 1.0])
+def test_per_tensor_keeps_exact_count_each(rate):
+    params = _params(1)
+    masks = compute_masks(params, rate, "per-tensor")
+    for n, p in params.items():
+        assert int(masks[n].sum()) == round((1 - rate) * p.numel())
+        if 0 < masks[n].sum() < p.numel():
+            assert p[masks[n]].abs().min() >= p[~masks[n]].abs().max()
+
+
+def test_ties_are_broken_by_position_and_deterministic():
+    # 10 + 6 weights of equal magnitude (signs mixed): keep 4 -> the first 4 in dict order.
+    params = {"x": torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0, -1.0, 1.0]),
+              "y": torch.full((2, 3), -1.0)}
+    masks = compute_masks(params, 0.75, "global")
+    assert masks["x"].tolist() == [True] * 4 + [False] * 6
+    assert not masks["y"].any()
+    # A larger weight wins over ties; the remaining slots go to the lowest indices.
+    params["y"][1, 2] = 2.0
+    masks = compute_masks(params, 0.75, "global")
+    assert masks["y"].sum() == 1 and masks["y"][1, 2]
+    assert masks["x"].tolist() == [True] * 3 + [False] * 7
+    again = compute_masks(params, 0.75, "global")
+    assert all(torch.equal(masks[n], again[n]) for n in masks)
+    per = compute_masks({"z": torch.zeros(7)}, 0.5, "per-tensor")
+    assert per["z"].tolist() == [True] * 4 + [False] * 3  # round(3.5) = 4 (half to even)
+
+
+def test_many_ties_large_tensor_exact():
+    gen = torch.Generator().manual_seed(3)
+    p = {"e": torch.randint(-3, 4, (1000, 50), generator=gen).float()}  # 7 distinct values
+    masks = compute_masks(p, 0.9)
+    assert int(masks["e"].sum()) == 5000
+    assert torch.equal(masks["e"], compute_masks(p, 0.9)["e"])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        compute_masks(_params(), 0.5, "layer")
+    with pytest.raises(ValueError):
+        keep_count(10, 1.5)
+    with pytest.raises(ValueError):
+        compute_masks({"a": torch.tensor([1.0, float("nan")])}, 0.5)
+    assert compute_masks({}, 0.5) == {}
+
+
+def test_apply_masks_gradient_is_zero_on_pruned():
+    params = {n: p.clone().requires_grad_() for n, p in _params().items()}
+    masks = compute_masks({n: p.detach() for n, p in params.items()}, 0.8)
+    masked = apply_masks(params, {"a": masks["a"], "c": masks["c"]})
+    assert masked["b"] is params["b"]
+    (sum((v**2).sum() for v in masked.values())).backward()
+    for n in ("a", "c"):
+        assert torch.all(params[n].grad[~masks[n]] == 0)
+        assert torch.equal(params[n].grad[masks[n]], 2 * params[n].detach()[masks[n]])
+
+
+def test_sparsity_report():
+    masks = {"a": torch.tensor([True, False, False, True]), "b": torch.zeros(2, 3, dtype=torch.bool)}
+    rep = sparsity_report(masks)
+    assert rep["tensors"]["a"] == {"numel": 4, "nonzero": 2, "density": 0.5}
+    assert rep["tensors"]["b"]["nonzero"] == 0
+    assert rep["total"] == {"numel": 10, "nonzero": 2, "density": 0.2}
+
+
+@pytest.mark.parametrize("decoder", ["complex", "distmult", "rotate", "transe"])
+def test_pruned_weights_do_not_change_student_scores(decoder):
+    gen = torch.Generator().manual_seed(0)
+    model = build_model("kge", decoder, 30, 4, 6, init_scale=0.5, generator=gen)
+    masks = compute_masks(prunable_params(model), 0.9)
+    assert set(masks) == set(model.prunable_names())
+    queries = torch.stack([torch.randint(0, 30, (9,), generator=gen), torch.randint(0, 8, (9,), generator=gen)], 1)
+    weights = dict(model.named_parameters())
+    s1 = call(model, apply_masks(weights, masks), queries)
+    noisy = {n: p.detach() + torch.randn(p.shape, generator=gen) * (~masks[n]) for n, p in weights.items()}
+    s2 = call(model, apply_masks(noisy, masks), queries)
+    assert torch.equal(s1, s2)
+    s3 = call(model, noisy, queries)  # the dense model does see them
+    assert not torch.equal(s1, s3)

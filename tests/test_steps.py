@@ -1,0 +1,304 @@
+"""Training steps: against autograd references, finite differences, determinism, toy convergence."""
+from __future__ import annotations
+
+import copy
+
+import dgl
+import pytest
+import torch
+from torch.func import functional_call
+
+from metasd_dgl.config import MetaSDConfig, TrainConfig
+from metasd_dgl.graph.sampling import dst_norm
+from metasd_dgl.model import build_model, call
+from metasd_dgl.pruning import apply_masks, compute_masks, prunable_params
+from metasd_dgl.train.losses import cross_entropy_1n, dura, kd_loss, log_probs, regularizer
+from metasd_dgl.train.steps import Stepper, make_optimizers
+
+N, R = 6, 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: OpenMP synchronisation costs more than it saves (and more under load)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def queries(n: int, gen: torch.Generator, num_entities: int = N, num_relations: int = R) -> torch.Tensor:
+    return torch.stack([torch.randint(0, num_entities, (n,), generator=gen),
+                        torch.randint(0, 2 * num_relations, (n,), generator=gen),
+                        torch.randint(0, num_entities, (n,), generator=gen)], 1)
+
+
+def toy_graph(seed: int = 0) -> dgl.DGLGraph:
+    gen = torch.Generator().manual_seed(seed)
+    h, r, t = queries(10, gen).unbind(1)
+    r = r % R
+    g = dgl.graph((torch.cat([h, t]), torch.cat([t, h])), num_nodes=N)
+    g.edata["etype"] = torch.cat([r, r + R])
+    g.edata["norm"] = dst_norm(g)
+    return g
+
+
+def tiny(encoder: str = "kge", decoder: str = "complex", seed: int = 0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    opts = dict(num_layers=1, num_bases=2, dropout=0.0)
+    model = build_model(encoder, decoder, N, R, 2, init_scale=0.5, generator=gen, rgcn_options=opts)
+    return model.to(dtype)
+
+
+def stepper(model, method: str, sgd_lr: float = 0.0, meta_lr: float = 1e-2, **mc) -> Stepper:
+    tc = TrainConfig(method=method, reg_weight=0.05)
+    extra = ("meta_grad_path", "share_forward")  # options not (yet) in MetaSDConfig
+    cfg = MetaSDConfig(**{k: v for k, v in mc.items() if k not in extra})
+    for k in extra:
+        if k in mc:
+            setattr(cfg, k, mc[k])
+    if sgd_lr:
+        opt = torch.optim.SGD(model.parameters(), lr=sgd_lr)
+        meta = torch.optim.SGD(model.parameters(), lr=meta_lr) if method == "metasd" else None
+    else:
+        opt, meta = make_optimizers(model, tc, cfg)
+    return Stepper(model, opt, meta, tc, cfg, R)
+
+
+# ------------------------------------------------------------- references
+def _scores_rows(model, weights, q, graph):
+    own = {n[len("encoder."):]: w for n, w in weights.items() if n.startswith("encoder.")}
+    ent, rel = functional_call(model.encoder, own, (graph,))
+    scores = call(model, weights, q[:, :2], graph=graph)
+    return scores, (ent[q[:, 0]], rel[q[:, 1]], ent[q[:, 2]])
+
+
+def _ref_losses(model, st: Stepper, W, masks, batch, graph, detach_other=True):
+    """Reference (autograd, losses.py) student and teacher losses of the real step."""
+    spec, y = st.spec, batch[:, 2]
+    S, rs = _scores_rows(model, apply_masks(W, masks), batch, graph)
+    T, rt = _scores_rows(model, W, batch, graph)
+    reg = lambda rows: regularizer(st.reg_kind, *rows, 0.05, model.decoder.name)  # noqa: E731
+    kd = lambda a, b: kd_loss(log_probs(a, spec.temperature), log_probs(b, spec.temperature),  # noqa: E731
+                              spec.forward_weight, spec.reverse_weight, spec.temperature, spec.scale)
+    other = (lambda x: x.detach()) if detach_other else (lambda x: x)
+    student = cross_entropy_1n(S, y) + reg(rs) + kd(S, other(T))
+    teacher = cross_entropy_1n(T, y) + reg(rt) + kd(T, other(S))
+    return student, teacher
+
+
+def _ref_quiz_loss(model, st: Stepper, W, W0, masks, batch, quiz, graph, path):
+    """CE(S' on quiz) with S' built by autograd (create_graph) from losses.py."""
+    names = [n for n in model.prunable_names() if n in masks]
+    if path == "full":
+        student = apply_masks(W, masks)
+    else:
+        student = {n: w.detach() for n, w in apply_masks(W0, masks).items()}
+        for n in names:
+            student[n].requires_grad_(True)
+    S, rs = _scores_rows(model, student, batch, graph)
+    T, _ = _scores_rows(model, W, batch, graph)
+    spec = st.spec
+    loss = cross_entropy_1n(S, batch[:, 2]) + regularizer(st.reg_kind, *rs, 0.05, model.decoder.name) + kd_loss(
+        log_probs(S, spec.temperature), log_probs(T, spec.temperature),
+        spec.forward_weight, spec.reverse_weight, spec.temperature, spec.scale)
+    grads = torch.autograd.grad(loss, [student[n] for n in names], create_graph=True)
+    virtual = dict(student)
+    for n, g in zip(names, grads):
+        virtual[n] = student[n] - st.metasd_cfg.virtual_lr * g * masks[n]
+    Q, _ = _scores_rows(model, virtual, quiz, graph)
+    return cross_entropy_1n(Q, quiz[:, 2])
+
+
+# ------------------------------------------------------------------ tests
+@pytest.mark.parametrize("encoder,decoder,path", [
+    ("kge", "complex", "full"), ("kge", "complex", "kd"), ("kge", "distmult", "full"),
+    ("kge", "transe", "full"), ("rgcn", "distmult", "full"), ("rgcn", "complex", "kd"),
+])
+def test_meta_gradient_matches_finite_differences(encoder, decoder, path):
+    model = tiny(encoder, decoder)
+    graph = toy_graph() if encoder == "rgcn" else None
+    st = stepper(model, "metasd", virtual_lr=0.5, meta_grad_path=path)
+    gen = torch.Generator().manual_seed(1)
+    batch, quiz = queries(8, gen), queries(5, gen)
+    masks = compute_masks(prunable_params(model), 0.5)
+    grads, quiz_loss = st.meta_gradient(batch, masks, quiz, graph)
+    W0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def f(W):
+        W = {n: w.clone().requires_grad_(True) for n, w in W.items()}
+        return _ref_quiz_loss(model, st, W, W0, masks, batch, quiz, graph, path).item()
+
+    assert quiz_loss.item() == pytest.approx(f(W0), abs=1e-12)
+    # Exact: autograd through the reference construction, every element.
+    W = {n: w.clone().requires_grad_(True) for n, w in W0.items()}
+    ref = torch.autograd.grad(_ref_quiz_loss(model, st, W, W0, masks, batch, quiz, graph, path),
+                              list(W.values()), allow_unused=True)
+    for (name, w), r in zip(W0.items(), ref):
+        got = grads[name] if grads[name] is not None else torch.zeros_like(w)
+        assert torch.allclose(got, torch.zeros_like(w) if r is None else r, atol=1e-11, rtol=1e-9), name
+    # Finite differences on a few elements of every tensor (checks the reference itself).
+    eps, checked, pick = 1e-6, 0, torch.Generator().manual_seed(5)
+    for name, w in W0.items():
+        got = (grads[name] if grads[name] is not None else torch.zeros_like(w)).flatten()
+        for i in torch.randperm(w.numel(), generator=pick)[:3].tolist():
+            bump = torch.zeros(w.numel(), dtype=w.dtype)
+            bump[i] = eps
+            plus, minus = dict(W0), dict(W0)
+            plus[name], minus[name] = w + bump.view_as(w), w - bump.view_as(w)
+            fd = (f(plus) - f(minus)) / (2 * eps)
+            assert got[i].item() == pytest.approx(fd, abs=1e-7, rel=1e-5), (name, i)
+            checked += abs(fd) > 1e-6
+    assert checked > 0
+    assert grads["encoder.entity"].abs().sum() > 0 and grads["encoder.relation"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("method", ["plain", "prune", "kd"])
+def test_real_steps_match_autograd_reference(method):
+    model = tiny()
+    twin = copy.deepcopy(model)
+    st = stepper(model, method, sgd_lr=0.3)
+    gen = torch.Generator().manual_seed(2)
+    batch = queries(9, gen)
+    masks = compute_masks(prunable_params(model), 0.6)
+    out = st.step(batch, None if method == "plain" else masks)
+
+    W = dict(twin.named_parameters())
+    student, teacher = _ref_losses(twin, st, W, masks, batch, None)
+    if method == "plain":
+        T, rt = _scores_rows(twin, W, batch, None)
+        loss = cross_entropy_1n(T, batch[:, 2]) + dura(*rt, 0.05, "complex")
+    elif method == "prune":
+        S, rs = _scores_rows(twin, apply_masks(W, masks), batch, None)
+        loss = cross_entropy_1n(S, batch[:, 2]) + dura(*rs, 0.05, "complex")
+    else:
+        loss = student + teacher
+    loss.backward()
+    with torch.no_grad():
+        for p in twin.parameters():
+            p -= 0.3 * p.grad
+    assert out["loss"] == pytest.approx(loss.item(), abs=1e-12)
+    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-12), n
+
+
+def test_metasd_step_is_meta_update_then_kd_step():
+    model = tiny()
+    twin = copy.deepcopy(model)
+    st = stepper(model, "metasd", sgd_lr=0.3, meta_lr=0.05)
+    gen = torch.Generator().manual_seed(3)
+    batch, quiz = queries(9, gen), queries(4, gen)
+    masks = compute_masks(prunable_params(model), 0.6)
+    out = st.step(batch, masks, quiz)
+    assert {"meta_quiz_loss", "meta_grad_norm", "kd_student", "ce_teacher"} <= set(out)
+    W = dict(twin.named_parameters())
+    q = _ref_quiz_loss(twin, st, W, None, masks, batch, quiz, None, "full")
+    q.backward()
+    with torch.no_grad():
+        for p in twin.parameters():
+            p -= 0.05 * p.grad
+            p.grad = None
+    student, teacher = _ref_losses(twin, st, W, masks, batch, None)
+    (student + teacher).backward()
+    with torch.no_grad():
+        for p in twin.parameters():
+            p -= 0.3 * p.grad
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["full", "kd"])
+def test_share_forward_takes_real_step_at_pre_meta_weights(path):
+    model = tiny(encoder="rgcn", decoder="distmult") if path == "kd" else tiny()
+    graph = toy_graph() if path == "kd" else None
+    twin = copy.deepcopy(model)
+    st = stepper(model, "metasd", sgd_lr=0.3, meta_lr=0.05, share_forward=True, meta_grad_path=path)
+    gen = torch.Generator().manual_seed(3)
+    batch, quiz = queries(9, gen), queries(4, gen)
+    masks = compute_masks(prunable_params(model), 0.6)
+    out = st.step(batch, masks, quiz, graph)
+    W = dict(twin.named_parameters())
+    W0 = {n: w.detach().clone() for n, w in W.items()}
+    meta = torch.autograd.grad(_ref_quiz_loss(twin, st, W, W0, masks, batch, quiz, graph, path), list(W.values()),
+                               allow_unused=True)
+    student, teacher = _ref_losses(twin, st, W, masks, batch, graph)
+    real = torch.autograd.grad(student + teacher, list(W.values()), allow_unused=True)
+    with torch.no_grad():
+        for p, gm, gr in zip(W.values(), meta, real):
+            p -= 0.05 * (0 if gm is None else gm) + 0.3 * (0 if gr is None else gr)
+    assert out["loss"] == pytest.approx((student + teacher).item(), abs=1e-12)
+    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-12), n
+
+
+def _run_metasd(seed: int) -> dict:
+    model = tiny(seed=0, dtype=torch.float32)
+    st = stepper(model, "metasd", extra_teacher_step=True)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(3):
+        masks = compute_masks(prunable_params(model), 0.9)
+        st.step(queries(16, gen), masks, queries(8, gen), do_meta=(i != 1))
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_metasd_step_is_deterministic():
+    a, b, c = _run_metasd(7), _run_metasd(7), _run_metasd(8)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], c[n]) for n in a)
+
+
+@pytest.mark.parametrize("method", ["plain", "prune", "kd", "metasd"])
+def test_training_decreases_loss_on_toy_problem(method):
+    gen = torch.Generator().manual_seed(0)
+    model = build_model("kge", "complex", 20, 3, 8, init_scale=0.1, generator=gen)
+    st = stepper(model, method)
+    batch = queries(40, gen, 20, 3)
+    masks = compute_masks(prunable_params(model), 0.5)
+    key = "ce_teacher" if method == "plain" else "ce_student"
+    first = st.step(batch, masks, batch[:10])[key]
+    for _ in range(25):
+        last = st.step(batch, masks, batch[:10])[key]
+    assert last < 0.75 * first
+
+
+def test_prune_step_leaves_pruned_weights_alone():
+    model = tiny(dtype=torch.float32)
+    st = stepper(model, "prune")
+    masks = compute_masks(prunable_params(model), 0.7)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    st.step(queries(12, torch.Generator().manual_seed(4)), masks)
+    for n, p in model.named_parameters():
+        assert torch.equal(p[~masks[n]], before[n][~masks[n]])
+        assert not torch.equal(p[masks[n]], before[n][masks[n]])
+
+
+@pytest.mark.parametrize("method,decoder", [("plain", "complex"), ("prune", "rotate")])
+def test_negative_sampling_step(method, decoder):
+    gen = torch.Generator().manual_seed(0)
+    model = build_model("kge", decoder, 20, 3, 8, init_scale=0.1, generator=gen)
+    tc = TrainConfig(method=method, regime="negative-sampling", num_negatives=4, margin=2.0)
+    opt, _ = make_optimizers(model, tc, MetaSDConfig())
+    st = Stepper(model, opt, None, tc, MetaSDConfig(), 3)
+    masks = compute_masks(prunable_params(model), 0.5)
+    pos, neg = queries(30, gen, 20, 3), torch.randint(0, 20, (30, 4), generator=gen)
+    first = st.step_negative(pos, neg, masks)["ns_loss"]
+    for _ in range(30):
+        last = st.step_negative(pos, neg, masks)["ns_loss"]
+    assert last < first
+    out = st.step(pos, masks, generator=torch.Generator().manual_seed(1))  # negatives drawn here
+    assert set(out) == {"loss", "ns_loss", "reg"}
+
+
+def test_bad_configurations():
+    model = tiny()
+    with pytest.raises(ValueError):
+        Stepper(model, torch.optim.SGD(model.parameters(), lr=0.1), None, TrainConfig(method="metasd"),
+                MetaSDConfig(), R)
+    st = stepper(model, "prune")
+    with pytest.raises(ValueError):
+        st.step(queries(3, torch.Generator()), None)
+    st = stepper(model, "metasd")
+    masks = compute_masks(prunable_params(model), 0.5)
+    with pytest.raises(ValueError):
+        st.step(queries(3, torch.Generator()), masks, None)
+    assert "meta_quiz_loss" not in st.step(queries(3, torch.Generator()), masks, None, do_meta=False)
