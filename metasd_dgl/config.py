@@ -87,7 +87,7 @@ class MetaSDConfig:
     extra_teacher_step: bool = False  # reference code: plain teacher step first
     meta_grad_path: str = "full"  # full: through teacher predictions and W*M | kd: predictions only (reference)
     share_forward: bool = False  # approximate: real step reuses the pre-meta forward (faster)
-    kd_t2_scale: bool = True  # scale KD by T^2 (the reference code does not)
+    kd_t2_scale: bool = False  # scale KD by T^2 (the reference code does not; off = reference)
 
 
 @dataclass
