@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .evaluation import Ranks, chunk_size, evaluate_ranking, model_score_fn
+from .evaluation import DEFAULT_BATCH_SIZE, Ranks, chunk_size, evaluate_ranking, model_score_fn
 from .model import LinkPredictor, call
 from .pruning import apply_masks
 from .typing import MaskDict
@@ -57,5 +57,7 @@ def rank_split(
     """Filtered realistic ranks of ``triples`` (n, 3), both sides."""
     ent, rel = tables if tables is not None else encode_tables(model, graph, masks)
     bs = batch_size or chunk_size(ent.shape[0], max_memory_mb)
+    if not batch_size and ent.device.type == "cpu":
+        bs = min(bs, DEFAULT_BATCH_SIZE)  # on CPU, chunks of 256-512 queries measured fastest
     fn = model_score_fn(ent, rel, model.decoder)
     return evaluate_ranking(fn, triples.to(ent.device), num_relations, filter_index, bs)

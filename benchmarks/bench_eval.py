@@ -1,0 +1,274 @@
+"""Filtered evaluation speed on FB15k-237: this project vs PyKEEN vs the matmul bound.
+
+One model, the same random embeddings everywhere: entity (14,541, 128) and
+relation (2R, 128) float32 tables scored DistMult-style (``<h, r, t>``).  The
+reciprocal rows are copies (``rel[r + R] = rel[r]``), so this project's head
+query ``(t, r + R, ?)`` scores exactly what PyKEEN's head prediction
+``(?, r, t)`` scores and the two MRRs must agree.
+
+In one process, rounds interleaved so that load from other processes spreads:
+
+(a) ``evaluate_ranking`` of the test split, both sides, filtered with
+    train+valid+test (the ``FilterIndex`` is built once beforehand, as the
+    preprocess step stores it; its build time is reported apart);
+(b) PyKEEN 1.11's ``RankBasedEvaluator(filtered=True)`` on a ``DistMult``
+    whose embeddings are overwritten with the same tensors,
+    ``additional_filter_triples`` = train + valid, batch size fixed at 256
+    (``--pykeen-batch``; ``batch_size=None`` would pick 32 on CPU, which was
+    slower here); PyKEEN's DistMult scores by broadcasting (b, N, w), not by a
+    matrix product, which is most of its time;
+(c) the bare product of all 2 x 20,466 query rows (``h * r``, precomputed)
+    against all entities, ``torch.mm`` chunk by chunk into one reused buffer
+    (best over chunk sizes): what no exact evaluation can beat.
+
+(a) and (c) run at each ``--threads`` count (default 1 and all cores), rounds
+interleaved; times are the minimum over rounds (medians in the JSON).  The
+headline ratio is our best time over the best matmul time, whatever their
+thread counts; per-thread ratios are printed too.  ``OMP_WAIT_POLICY``
+defaults to PASSIVE here (set it to ACTIVE to override): on a 2-core machine
+shared with other jobs, spinning OpenMP workers steal the main thread's core
+and slow every small operation, for all three contestants alike.
+
+    python benchmarks/bench_eval.py            # ~20-25 minutes on a busy 2-core machine (PyKEEN is ~17 of them)
+    python benchmarks/bench_eval.py --quick    # 2,000 test triples, one round (~3 minutes)
+
+Writes benchmarks/results/eval_fb15k237.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+os.environ.setdefault("DGLBACKEND", "pytorch")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads OpenMP
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from metasd_dgl.data.filters import FilterIndex  # noqa: E402
+from metasd_dgl.decoders import DistMult  # noqa: E402
+from metasd_dgl.evaluation import DEFAULT_BATCH_SIZE, chunk_size, evaluate_ranking, metrics, model_score_fn  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SPLITS = ("train", "valid", "test")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def read_archive(archive: Path) -> Tuple[Dict[str, torch.Tensor], int, int, str]:
+    """Own small reader: train/valid/test.txt inside the tar (CRLF tolerated) -> int64 ids.
+
+    Ids in order of first appearance over train, valid, test (head before tail).
+    """
+    rows: Dict[str, np.ndarray] = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar.getmembers():
+            name = Path(member.name).name
+            if member.isfile() and name in {f"{s}.txt" for s in SPLITS}:
+                text = io.TextIOWrapper(tar.extractfile(member), encoding="utf-8").read()  # type: ignore[arg-type]
+                lines = [ln for ln in text.splitlines() if ln.strip()]
+                rows[name[:-4]] = np.array([ln.split("\t") for ln in lines], dtype=object).reshape(-1, 3)
+    import pandas as pd
+
+    ents, _ = pd.factorize(np.concatenate([rows[s][:, [0, 2]].ravel() for s in SPLITS]))
+    rels, _ = pd.factorize(np.concatenate([rows[s][:, 1] for s in SPLITS]))
+    out, e0, r0 = {}, 0, 0
+    for s in SPLITS:
+        n = rows[s].shape[0]
+        hts = ents[e0:e0 + 2 * n].reshape(n, 2)
+        out[s] = torch.from_numpy(np.stack([hts[:, 0], rels[r0:r0 + n], hts[:, 1]], 1).astype(np.int64))
+        e0, r0 = e0 + 2 * n, r0 + n
+    return out, int(ents.max()) + 1, int(rels.max()) + 1, "own tar reader (bench_eval.read_archive)"
+
+
+def load_fb15k237(data_dir: Path) -> Tuple[Dict[str, torch.Tensor], int, int, str]:
+    """Through the project's preprocess when it imports and works, else the own reader."""
+    archive = data_dir / "FB15k-237.tar.gz"
+    if not archive.exists():
+        raise SystemExit(f"{archive} not found; pass --data-dir or set METASD_DATA_DIR")
+    try:
+        from metasd_dgl.data.preprocess import load_processed, preprocess
+    except ImportError:
+        return read_archive(archive)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = load_processed(preprocess(archive, Path(tmp) / "fb15k237"))
+            splits = {s: data.split(s).clone() for s in SPLITS}
+            return splits, data.num_entities, data.num_relations, "metasd_dgl.data.preprocess"
+    except Exception as exc:  # noqa: BLE001 - a broken sibling module must not stop the benchmark
+        print(f"preprocess failed ({type(exc).__name__}: {exc}); using the own reader")
+        return read_archive(archive)
+
+
+def timed(fn: Callable[[], object]) -> Tuple[float, object]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def matmul_bound(queries: torch.Tensor, entity: torch.Tensor, chunk: int) -> None:
+    """(m, w) @ (N, w).T chunk by chunk into one reused (chunk, N) buffer."""
+    buf = torch.empty(chunk, entity.shape[0])
+    for q in queries.split(chunk):
+        torch.mm(q, entity.t(), out=buf[: q.shape[0]])
+
+
+def pykeen_eval(splits, n_ent: int, n_rel: int, entity, relation, batch_size: int) -> Tuple[float, float, dict]:
+    """PyKEEN's filtered evaluation of the same DistMult embeddings -> (seconds, MRR, metrics)."""
+    from pykeen.evaluation import RankBasedEvaluator
+    from pykeen.models import DistMult as PKDistMult
+    from pykeen.triples import CoreTriplesFactory
+
+    tf = CoreTriplesFactory.create(splits["train"], num_entities=n_ent, num_relations=n_rel)
+    model = PKDistMult(triples_factory=tf, embedding_dim=entity.shape[1], random_seed=0)
+    with torch.no_grad():
+        model.entity_representations[0]._embeddings.weight.copy_(entity)
+        model.relation_representations[0]._embeddings.weight.copy_(relation[:n_rel])
+    evaluator = RankBasedEvaluator(filtered=True)
+    seconds, result = timed(lambda: evaluator.evaluate(
+        model, splits["test"], batch_size=batch_size, use_tqdm=False,
+        additional_filter_triples=[splits["train"], splits["valid"]]))
+    flat = {k: result.get_metric(f"both.realistic.{m}") for k, m in (
+        ("mrr", "inverse_harmonic_mean_rank"), ("mr", "arithmetic_mean_rank"), ("hits@1", "hits_at_1"),
+        ("hits@3", "hits_at_3"), ("hits@10", "hits_at_10"))}
+    return seconds, flat["mrr"], flat
+
+
+def main() -> None:
+    default_data = os.environ.get("METASD_DATA_DIR") or str(REPO.parent / "shared" / "data" / "kg")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", default=default_data, help="folder holding FB15k-237.tar.gz")
+    ap.add_argument("--quick", action="store_true", help="2,000 test triples, one round")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (a) and (c)")
+    ap.add_argument("--batch-size", type=int, default=0, help="queries per chunk for (a); 0 = library default")
+    ap.add_argument("--max-memory-mb", type=float, default=0, help="derive (a)'s chunk from this cap instead")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="torch thread counts for (a) and (c) (default: 1 and all cores); PyKEEN uses the largest")
+    ap.add_argument("--pykeen-batch", type=int, nargs="+", default=[256], help="PyKEEN evaluation batch size(s)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "eval_fb15k237.json"))
+    args = ap.parse_args()
+    threads = sorted(set(args.threads or [1, torch.get_num_threads()]))
+    rounds = 1 if args.quick else max(1, args.rounds)
+
+    t_load, (splits, n_ent, n_rel, loader) = timed(lambda: load_fb15k237(Path(args.data_dir)))
+    if args.quick:
+        splits["test"] = splits["test"][:2000]
+    test = splits["test"]
+    print(f"FB15k-237 via {loader} ({t_load:.1f} s): {n_ent} entities, {n_rel} relations, "
+          + ", ".join(f"{s} {splits[s].shape[0]}" for s in SPLITS))
+
+    gen = torch.Generator().manual_seed(0)
+    entity = torch.randn(n_ent, args.dim, generator=gen) / args.dim ** 0.25
+    relation = torch.randn(n_rel, args.dim, generator=gen) / args.dim ** 0.25
+    relation = torch.cat([relation, relation])  # rel[r + R] = rel[r]: DistMult is symmetric
+    t_filter, index = timed(lambda: FilterIndex.from_triples(torch.cat([splits[s] for s in SPLITS]), n_ent, n_rel))
+    score_fn = model_score_fn(entity, relation, DistMult())
+    if args.batch_size:
+        chunk = args.batch_size
+    elif args.max_memory_mb:
+        chunk = chunk_size(n_ent, args.max_memory_mb)
+    else:
+        chunk = DEFAULT_BATCH_SIZE
+    heads = torch.cat([test[:, 0], test[:, 2]])
+    rels = torch.cat([test[:, 1], test[:, 1] + n_rel])
+    query_rows = entity[heads] * relation[rels]  # (2n, w), precomputed for the bound only
+    bound_chunks = sorted({chunk, 256, 2048})
+    rss_loaded = peak_rss_mb()
+
+    ours: Dict[int, List[float]] = {t: [] for t in threads}
+    bound: Dict[Tuple[int, int], List[float]] = {(t, c): [] for t in threads for c in bound_chunks}
+    ranks = None
+    for _ in range(rounds):
+        for t in threads:
+            torch.set_num_threads(t)
+            for c in bound_chunks:
+                bound[t, c].append(timed(lambda: matmul_bound(query_rows, entity, c))[0])
+            seconds, ranks = timed(lambda: evaluate_ranking(score_fn, test, n_rel, index, chunk))
+            ours[t].append(seconds)
+    rss_ours = peak_rss_mb()
+    our_metrics = metrics(ranks.both())
+
+    torch.set_num_threads(max(threads))
+    pk: Dict[int, dict] = {}
+    for b in args.pykeen_batch:
+        seconds, mrr, flat = pykeen_eval(splits, n_ent, n_rel, entity, relation, b)
+        pk[b] = {"seconds": seconds, "mrr": mrr, "metrics": flat, "threads": max(threads)}
+        print(f"  PyKEEN batch {b}: {seconds:.1f} s, MRR {mrr:.6f}")
+    rss_pk = peak_rss_mb()
+
+    best_ours = {t: min(v) for t, v in ours.items()}
+    best_bound = {t: min(min(bound[t, c]) for c in bound_chunks) for t in threads}
+    bound_chunk = {t: min(bound_chunks, key=lambda c: min(bound[t, c])) for t in threads}
+    t_ours, t_bound = min(best_ours.values()), min(best_bound.values())
+    t_pk = min(v["seconds"] for v in pk.values())
+    mrr_gap = max(abs(our_metrics["mrr"] - v["mrr"]) for v in pk.values())
+
+    rows = [("metasd-dgl evaluate_ranking", t, f"chunk {chunk}", best_ours[t], rss_ours) for t in threads]
+    rows += [("bare matmul bound", t, f"chunk {bound_chunk[t]}", best_bound[t], rss_ours) for t in threads]
+    rows += [("PyKEEN RankBasedEvaluator", v["threads"], f"batch {b}", v["seconds"], rss_pk) for b, v in pk.items()]
+    print(f"\nfiltered evaluation, FB15k-237 test ({test.shape[0]} triples, {2 * test.shape[0]} queries, "
+          f"both sides), {n_ent} entities, width {args.dim}, min of {rounds} round(s), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    print(f"{'':29s} {'threads':>7s} {'setting':>10s} {'seconds':>8s} {'PyKEEN/this':>11s} "
+          f"{'this/matmul':>11s} {'same-threads':>12s} {'peak RSS MB':>11s}")
+    for name, t, setting, sec, rss in rows:
+        same = f"{sec / best_bound[t]:.2f}x" if t in best_bound else "-"
+        print(f"{name:29s} {t:7d} {setting:>10s} {sec:8.2f} {t_pk / sec:10.1f}x {sec / t_bound:10.2f}x "
+              f"{same:>12s} {rss:11.0f}")
+    print(f"(this/matmul: over the best matmul time of any thread count; same-threads: over the matmul at the "
+          f"row's thread count; peak RSS: process peak after that phase, {rss_loaded:.0f} MB after loading)")
+    print(f"MRR metasd-dgl {our_metrics['mrr']:.6f} | PyKEEN "
+          + " | ".join(f"batch {b} {v['mrr']:.6f}" for b, v in pk.items()) + f" | max |diff| {mrr_gap:.2e}")
+    print(f"FilterIndex build {t_filter:.2f} s ({len(index)} facts); best of ours vs best PyKEEN "
+          f"{t_pk / t_ours:.1f}x faster (target >= 3x); best of ours / best matmul {t_ours / t_bound:.2f}x "
+          f"(target <= 3x)")
+
+    record = {
+        "benchmark": "filtered evaluation, FB15k-237 test split, both sides",
+        "command": "python benchmarks/bench_eval.py " + " ".join(sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                    "load_average": os.getloadavg()},
+        "data": {"loader": loader, "entities": n_ent, "relations": n_rel,
+                 **{s: int(splits[s].shape[0]) for s in SPLITS}, "quick": args.quick},
+        "model": f"DistMult-style score, random float32 tables, width {args.dim}, rel[r+R] = rel[r]",
+        "rounds": rounds,
+        "ours": {"chunk": chunk, "metrics": our_metrics, "filter_build_seconds": t_filter,
+                 "filter_facts": len(index),
+                 "by_threads": {str(t): {"seconds_min": min(v), "seconds_median": statistics.median(v), "all": v}
+                                for t, v in ours.items()}},
+        "pykeen": {str(b): v for b, v in pk.items()},
+        "matmul_bound": {str(t): {str(c): {"min": min(bound[t, c]), "median": statistics.median(bound[t, c])}
+                                  for c in bound_chunks} for t in threads},
+        "ratios": {"pykeen_best_over_ours_best": t_pk / t_ours, "ours_best_over_matmul_best": t_ours / t_bound,
+                   "ours_over_matmul_same_threads": {str(t): best_ours[t] / best_bound[t] for t in threads}},
+        "targets_met": {"3x_faster_than_pykeen": t_pk / t_ours >= 3, "within_3x_of_matmul": t_ours / t_bound <= 3},
+        "mrr_max_abs_diff": mrr_gap,
+        "peak_rss_mb": {"after_load": rss_loaded, "after_ours_and_matmul": rss_ours, "after_pykeen": rss_pk},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    if mrr_gap > 1e-4:
+        raise SystemExit(f"MRR mismatch between metasd-dgl and PyKEEN: {mrr_gap:.2e}")
+
+
+if __name__ == "__main__":
+    main()

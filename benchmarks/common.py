@@ -1,0 +1,81 @@
+"""Small helpers shared by the benchmark scripts (no project imports here).
+
+* ``default_data_dir()``   -- ``$METASD_DATA_DIR``, else ``../shared/data/kg`` next to the repo
+* ``peak_rss_mb()``        -- peak resident set size of this process so far
+* ``timed(fn)``            -- ``(seconds, fn())``
+* ``machine_info()``       -- platform, CPU count, torch version and threads (for the JSON)
+* ``write_json(path, d)``  -- create the folder, write indented JSON with a final newline
+* ``format_table(...)``    -- a plain fixed-width text table
+
+Scripts import it as ``from common import ...``: ``python benchmarks/X.py``
+puts ``benchmarks/`` first on ``sys.path`` (also in spawned worker processes).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def default_data_dir() -> str:
+    """Folder holding the ``<name>.tar.gz`` archives: ``$METASD_DATA_DIR`` or ``<repo>/../shared/data/kg``."""
+    return os.environ.get("METASD_DATA_DIR") or str(REPO.parent / "shared" / "data" / "kg")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn: Callable[[], Any]) -> Tuple[float, Any]:
+    """Run ``fn`` once; return ``(wall seconds, its value)``."""
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on (torch imported lazily)."""
+    info = {"platform": platform.platform(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    try:
+        import torch
+
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    except ImportError:  # pragma: no cover - every benchmark needs torch anyway
+        pass
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:  # pragma: no cover
+        pass
+    return info
+
+
+def write_json(path: str | Path, record: Mapping[str, Any]) -> Path:
+    """Write ``record`` as indented JSON (folder created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> str:
+    """Fixed-width table: the first ``left`` columns left-aligned, the rest right-aligned.
+
+    Cells are printed with ``str``; format numbers before passing them in.
+    """
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
