@@ -59,6 +59,7 @@ class TrainConfig:
     num_negatives: int = 32  # negative-sampling regime: corruptions per positive
     margin: float = 9.0  # negative-sampling regime: gamma of distance models
     edge_dropout: float = 0.5  # rgcn: share of training edges hidden from message passing
+    sample_edges: int = 0  # rgcn + negative-sampling: message edges sampled per batch (0 = all)
     grad_clip: float = 0.0  # 0 = off
     tune_malloc: bool = True  # keep large temporaries mapped (glibc mallopt), faster 1-N steps
     seed: int = 0
@@ -154,6 +155,9 @@ def validate(cfg: Config) -> Config:
         ("eval.max_memory_mb", cfg.eval.max_memory_mb >= 1, "must be >= 1"),
         ("eval.num_buckets", cfg.eval.num_buckets >= 1, "must be >= 1"),
     ]
+    checks.append(("train.regime", cfg.train.regime == "1-n" or cfg.train.method in ("plain", "prune"),
+                   f"negative-sampling supports methods plain and prune, not {cfg.train.method!r}"))
+    checks.append(("train.sample_edges", cfg.train.sample_edges >= 0, "must be >= 0"))
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"{key}={get(cfg, key)!r} {why}")

@@ -30,7 +30,8 @@ from ..config import Config, save_config, to_dict
 from ..device import resolve_device
 from ..errors import CheckpointError, UserError
 from ..evaluation import metrics
-from ..graph.sampling import quiz_split
+from ..device import to_device
+from ..graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local
 from ..inference import rank_split
 from ..model import LinkPredictor, build_model
 from ..pruning import compute_masks, sparsity_report
@@ -118,8 +119,9 @@ class Trainer:
         self.device = resolve_device(tc.device)
         init_gen = torch.Generator().manual_seed(tc.seed)
         self.model = make_model(cfg, data, init_gen).to(self.device)
-        needs_graph = cfg.model.encoder == "rgcn" or tc.regime == "negative-sampling"
-        self.graph = data.graph.to(self.device) if needs_graph else None
+        self.rgcn = cfg.model.encoder == "rgcn"
+        needs_graph = self.rgcn or tc.regime == "negative-sampling"
+        self.graph = to_device(data.graph, self.device) if needs_graph else None
         self.optimizer = make_optimizer(tc.optimizer, self.model.parameters(), tc.lr)
         self.meta_optimizer = (
             make_optimizer(mc.meta_optimizer, self.model.parameters(), mc.meta_lr)
@@ -127,14 +129,23 @@ class Trainer:
         )
         self.stepper = Stepper(self.model, self.optimizer, self.meta_optimizer, tc, mc, data.num_relations)
         # Quiz split: a seeded random slice of train, removed from the training examples.
-        train = data.train
+        n_all = len(data.train)
+        train_idx = torch.arange(n_all)
+        self.quiz = None
         if tc.method == "metasd":
-            train_idx, quiz_idx = quiz_split(len(train), mc.quiz_fraction, init_gen)
-            self.quiz = reciprocal_queries(train[quiz_idx], data.num_relations)
-            train = train[train_idx]
-        else:
-            self.quiz = None
-        self.examples = reciprocal_queries(train, data.num_relations)
+            train_idx, quiz_idx = quiz_split(n_all, mc.quiz_fraction, init_gen)
+            self.quiz = reciprocal_queries(data.train[quiz_idx], data.num_relations)
+        self.examples = reciprocal_queries(data.train[train_idx], data.num_relations)
+        # Graph edges of each example: edge i is (h, r, t), edge i + n its inverse (t, r+R, h),
+        # i.e. exactly the reciprocal query; ``example_pair`` is the forward id of the pair.
+        self.example_pair = torch.cat([train_idx, train_idx])
+        self.example_edge = torch.cat([train_idx, train_idx + n_all])
+        # R-GCN message passing never sees the quiz triples.
+        self.hidden = quiz_idx if self.quiz is not None else torch.zeros(0, dtype=torch.int64)
+        self.msg_graph = self.graph
+        if self.rgcn and self.quiz is not None:
+            self.msg_graph = full_graph_dropout(self.graph, 0.0, torch.Generator().manual_seed(0),
+                                                exclude_edge_ids=quiz_idx)
         self.masks: Optional[dict] = None
         self.state = TrainState()
         self._stop_signal: Optional[int] = None
@@ -223,13 +234,17 @@ class Trainer:
         bar = tqdm(total=len(batches), initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{tc.epochs}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         for i in range(st.batch_in_epoch, len(batches)):
-            batch = self.examples[batches[i]].to(self.device)
+            idx = batches[i]
+            batch, graph, negatives = self._batch_inputs(idx, gen)
             quiz = None
             if self.quiz is not None:
                 q = torch.randint(len(self.quiz), (min(mc.quiz_batch_size, len(self.quiz)),), generator=gen)
                 quiz = self.quiz[q].to(self.device)
-            out = self.stepper.step(batch, masks=self.masks, quiz=quiz, graph=self.graph,
-                                    do_meta=(st.step % mc.meta_every == 0), generator=gen)
+            if negatives is not None:
+                out = self.stepper.step_negative(batch, negatives, masks=self.masks, graph=graph)
+            else:
+                out = self.stepper.step(batch, masks=self.masks, quiz=quiz, graph=graph,
+                                        do_meta=(st.step % mc.meta_every == 0), generator=gen)
             self._check_finite(out)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -264,6 +279,35 @@ class Trainer:
         patience = self.cfg.train.patience
         return bool(patience) and self.state.bad_validations >= patience
 
+    def _batch_inputs(self, idx: torch.Tensor, gen: torch.Generator):
+        """-> (queries (b, 3), message graph or None, negatives (b, k) or None) for one batch.
+
+        1-N: R-GCN runs on the message graph with ``edge_dropout`` of its
+        triples hidden, the batch's own triples always among them (a triple is
+        never predicted from itself).  Negative sampling: DGL's uniform sampler
+        corrupts the tail of each example's graph edge; R-GCN then runs on an
+        edge-sampled subgraph and ids become the subgraph's node ids.
+        """
+        tc = self.cfg.train
+        batch = self.examples[idx]
+        if tc.regime != "negative-sampling":
+            graph = None
+            if self.rgcn:
+                graph = full_graph_dropout(self.graph, tc.edge_dropout, gen,
+                                           exclude_edge_ids=torch.cat([self.hidden, self.example_pair[idx]]))
+            return batch.to(self.device), graph, None
+        negatives = negative_tails(self.graph, self.example_edge[idx].to(self.device), tc.num_negatives, gen)
+        if not self.rgcn:
+            return batch.to(self.device), None, negatives.to(self.device)
+        sub, _ = edge_sampled_subgraph(self.graph, self.data.train, self.example_pair[idx], gen,
+                                       tc.edge_dropout, sample_size=tc.sample_edges or None,
+                                       extra_nodes=torch.cat([batch[:, 0], batch[:, 2], negatives.reshape(-1).cpu()]))
+        local = batch.clone()
+        local[:, 0] = to_local(sub, batch[:, 0])
+        local[:, 2] = to_local(sub, batch[:, 2])
+        neg_local = to_local(sub, negatives.reshape(-1)).view_as(negatives)
+        return local.to(self.device), sub, neg_local.to(self.device)
+
     def _validate_if_due(self) -> None:
         """Validate on schedule (once per epoch); keep the best checkpoint."""
         tc, st = self.cfg.train, self.state
@@ -291,7 +335,7 @@ class Trainer:
             variants["student"] = self.masks
         for name, masks in variants.items():
             ranks = rank_split(self.model, self.data.valid, self.data.num_relations, self.data.filter,
-                               graph=self.graph if self.cfg.model.encoder == "rgcn" else None,
+                               graph=self.msg_graph if self.rgcn else None,
                                masks=masks, max_memory_mb=ev.max_memory_mb, batch_size=ev.batch_size)
             out[name] = metrics(torch.cat([ranks.tail, ranks.head]))
         return out
