@@ -36,8 +36,6 @@ def stage_preprocess(cfg: Config, force: bool = False) -> Path:
 
 
 def stage_train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
     data = load_processed(processed_dir(cfg))
     run_dir = Path(cfg.run_dir)
     if not resume and (run_dir / "checkpoints" / "last.pt").exists():

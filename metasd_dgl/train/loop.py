@@ -116,6 +116,8 @@ class Trainer:
     def __init__(self, cfg: Config, data, run_dir: Path, progress: bool = True) -> None:
         self.cfg, self.data, self.run_dir, self.progress = cfg, data, Path(run_dir), progress
         tc, mc = cfg.train, cfg.metasd
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
         self.device = resolve_device(tc.device)
         init_gen = torch.Generator().manual_seed(tc.seed)
         self.model = make_model(cfg, data, init_gen).to(self.device)
