@@ -105,12 +105,19 @@ def train(configs, sets, resume: Optional[str], quiet: bool, **options) -> None:
     """Train a model (dense or MetaSD) into a run folder."""
     from pipelines.stages import stage_preprocess, stage_train
 
+    from .device import resolve_device
+    from .distributed import barrier, init_from_env
+
     if resume:
         cfg = load_config(Path(resume) / "config.yaml", *configs, overrides=_overrides(options, sets))
         cfg.run_dir = resume
     else:
         cfg = resolve(configs, sets, **options)
-        stage_preprocess(cfg)
+        # Under torchrun, rank 0 preprocesses while the others wait.
+        info = init_from_env(resolve_device(cfg.train.device))
+        if info.is_main:
+            stage_preprocess(cfg)
+        barrier()
     run_dir = stage_train(cfg, resume=bool(resume), progress=not quiet)
     click.echo(f"run folder: {run_dir}")
 

@@ -31,6 +31,7 @@ from ..device import resolve_device
 from ..errors import CheckpointError, UserError
 from ..evaluation import metrics
 from ..device import to_device
+from ..distributed import init_from_env
 from ..graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local
 from ..inference import rank_split
 from ..model import LinkPredictor, build_model
@@ -119,6 +120,7 @@ class Trainer:
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         self.device = resolve_device(tc.device)
+        self.dist = init_from_env(self.device)  # rank 0 of 1 unless launched by torchrun
         init_gen = torch.Generator().manual_seed(tc.seed)
         self.model = make_model(cfg, data, init_gen).to(self.device)
         self.rgcn = cfg.model.encoder == "rgcn"
@@ -180,22 +182,27 @@ class Trainer:
             self.meta_optimizer.load_state_dict(ckpt["meta_optimizer"])
         self.masks = {k: v.to(self.device) for k, v in ckpt["masks"].items()} if ckpt.get("masks") else None
         self.state = TrainState(**ckpt["state"])
-        # The log is rewritten from the checkpoint's history, so lines written
-        # after the checkpoint (by the run that was killed) do not repeat.
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in self.state.history)
         self._resume_gen_state = ckpt["rng"]["epoch_generator"]
         torch.set_rng_state(ckpt["rng"]["torch"])
+        # The log is rewritten from the checkpoint's history, so lines written
+        # after the checkpoint (by the run that was killed) do not repeat.
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in self.state.history)
 
     def checkpoint(self, name: str) -> Path:
-        return save_checkpoint(self.state_dict(), self.run_dir / "checkpoints" / name)
+        path = self.run_dir / "checkpoints" / name
+        if self.dist.is_main:  # one process writes; the others hold identical weights
+            save_checkpoint(self.state_dict(), path)
+        return path
 
     # ------------------------------------------------------------------ loop
     def run(self) -> TrainState:
         tc = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.run_dir / "config.yaml")
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
         old_handlers = self._install_signal_handlers()
         try:
             while True:
@@ -236,7 +243,7 @@ class Trainer:
         bar = tqdm(total=len(batches), initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{tc.epochs}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         for i in range(st.batch_in_epoch, len(batches)):
-            idx = batches[i]
+            idx = batches[i][self.dist.rank::self.dist.world]  # this process's share
             batch, graph, negatives = self._batch_inputs(idx, gen)
             quiz = None
             if self.quiz is not None:
@@ -274,7 +281,8 @@ class Trainer:
         if tc.keep_checkpoints:
             self.checkpoint(f"epoch-{st.epoch}.pt")
             old = st.epoch - tc.keep_checkpoints
-            (self.run_dir / "checkpoints" / f"epoch-{old}.pt").unlink(missing_ok=True)
+            if self.dist.is_main:
+                (self.run_dir / "checkpoints" / f"epoch-{old}.pt").unlink(missing_ok=True)
 
     @property
     def early_stopped(self) -> bool:
@@ -345,6 +353,8 @@ class Trainer:
     # --------------------------------------------------------------- helpers
     def _log(self, record: dict[str, Any]) -> None:
         self.state.history.append(record)
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.progress:

@@ -23,6 +23,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..distributed import average_gradients
 from ..config import MetaSDConfig, TrainConfig
 from ..pruning import apply_masks
 from ..typing import TAIL, MaskDict, ParamDict
@@ -103,12 +104,11 @@ class MetaSteps:
 
     def _set_grads_and_step(self, opt: torch.optim.Optimizer, grads: Dict[str, Optional[Tensor]]) -> float:
         """``p.grad = grads[name]``, clip, ``opt.step()``, clear; returns the gradient norm."""
-        sq = 0.0
         for n, gr in grads.items():
             self.params[n].grad = gr
-            if gr is not None:
-                sq += float(gr.double().pow(2).sum())
         leaves = [self.params[n] for n in grads]
+        average_gradients(leaves)  # no-op unless running under torchrun
+        sq = sum(float(p.grad.double().pow(2).sum()) for p in leaves if p.grad is not None)
         if self.train_cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(leaves, self.train_cfg.grad_clip)
         opt.step()

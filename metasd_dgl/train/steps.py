@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..config import MetaSDConfig, TrainConfig
+from ..distributed import average_gradients
 from ..pruning import apply_masks
 from ..typing import HEAD, REL, TAIL, MaskDict, ParamDict
 from .fused import KDSpec, ce_grad, mutual_grads, tune_malloc
@@ -170,6 +171,7 @@ class Stepper(MetaSteps):
         pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward([o for o, _ in pairs], [c for _, c in pairs])
+        average_gradients(self.params.values())  # no-op unless running under torchrun
         if self.train_cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params.values(), self.train_cfg.grad_clip)
         opt.step()
