@@ -55,3 +55,13 @@ def test_bad_yaml(tmp_path):
 
 def test_every_option_has_a_default():
     assert to_dict(Config())["metasd"]["prune_rate"] == 0.9
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "pipelines" / "configs").glob("*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.run_dir.startswith("runs/"), path
