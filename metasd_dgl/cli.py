@@ -187,6 +187,10 @@ def pipeline(config_files, sets, quiet: bool, **options) -> None:
         click.echo(f"  {k}: {v}")
     click.echo("[4/4] evaluate (test)")
     stage_evaluate(Path(cfg.run_dir), "test", echo=click.echo)
+    from .report import make_report
+
+    for png in make_report(Path(cfg.run_dir), split="test"):
+        click.echo(f"plot: {png}")
 
 
 def _register_tools() -> None:
