@@ -37,7 +37,7 @@ from ..inference import rank_split
 from ..model import LinkPredictor, build_model
 from ..pruning import compute_masks, sparsity_report
 from ..typing import reciprocal_queries
-from .steps import Stepper
+from .steps import Stepper, make_optimizers
 
 STUDENT_METHODS = ("prune", "kd", "metasd")
 
@@ -73,16 +73,6 @@ def make_model(cfg: Config, data, generator: torch.Generator) -> LinkPredictor:
                 dropout=m.dropout, self_loop=m.self_loop)
     return build_model(m.encoder, m.decoder, data.num_entities, data.num_relations, m.dim,
                        m.init_scale, generator, rgcn_options=rgcn)
-
-
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}")
 
 
 def dataset_fingerprint(data) -> str:
@@ -126,11 +116,7 @@ class Trainer:
         self.rgcn = cfg.model.encoder == "rgcn"
         needs_graph = self.rgcn or tc.regime == "negative-sampling"
         self.graph = to_device(data.graph, self.device) if needs_graph else None
-        self.optimizer = make_optimizer(tc.optimizer, self.model.parameters(), tc.lr)
-        self.meta_optimizer = (
-            make_optimizer(mc.meta_optimizer, self.model.parameters(), mc.meta_lr)
-            if tc.method == "metasd" else None
-        )
+        self.optimizer, self.meta_optimizer = make_optimizers(self.model, tc, mc)
         self.stepper = Stepper(self.model, self.optimizer, self.meta_optimizer, tc, mc, data.num_relations)
         # Quiz split: a seeded random slice of train, removed from the training examples.
         n_all = len(data.train)
