@@ -1,7 +1,7 @@
 """Small helpers shared by the benchmark scripts (no project imports here).
 
 * ``default_data_dir()``   -- ``$METASD_DATA_DIR``, else ``../shared/data/kg`` next to the repo
-* ``peak_rss_mb()``        -- peak resident set size of this process so far
+* ``peak_rss_mb()``        -- peak resident set size of this process so far (VmHWM)
 * ``timed(fn)``            -- ``(seconds, fn())``
 * ``machine_info()``       -- platform, CPU count, torch version and threads (for the JSON)
 * ``write_json(path, d)``  -- create the folder, write indented JSON with a final newline
@@ -30,8 +30,23 @@ def default_data_dir() -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process so far, in MB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status`` (the high-water mark of the current
+    address space).  Not ``ru_maxrss``: that one survives ``exec`` and so starts at
+    the parent's RSS in a process started by ``fork`` + ``exec`` (multiprocessing's
+    spawn), which would floor every worker's peak at its parent's.  Elsewhere
+    ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if platform.system() == "Darwin" else rss / 1024
 
 
 def timed(fn: Callable[[], Any]) -> Tuple[float, Any]:

@@ -59,6 +59,7 @@ class TrainConfig:
     num_negatives: int = 32  # negative-sampling regime: corruptions per positive
     margin: float = 9.0  # negative-sampling regime: gamma of distance models
     edge_dropout: float = 0.5  # rgcn: share of training edges hidden from message passing
+    batches_per_epoch: int = 0  # cap on batches per epoch, a random part of it (0 = the whole epoch)
     sample_edges: int = 0  # rgcn + negative-sampling: message edges sampled per batch (0 = all)
     grad_clip: float = 0.0  # 0 = off
     tune_malloc: bool = True  # keep large temporaries mapped (glibc mallopt), faster 1-N steps
@@ -75,6 +76,7 @@ class TrainConfig:
 class MetaSDConfig:
     prune_rate: float = 0.9  # share of prunable weights zeroed in the student
     prune_scope: str = "global"  # global | per-tensor
+    prune_structure: str = "element"  # element | dimension (whole coordinates, aligned across tables; kge)
     temperature: float = 3.0
     kd_weight: float = 1.0  # weight of distillation next to cross-entropy
     kd_forward_weight: float = 3.0  # KL(teacher || student)
@@ -118,6 +120,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("adagrad", "adam"),
     "train.regularizer": ("dura", "n3", "none"),
     "metasd.prune_scope": ("global", "per-tensor"),
+    "metasd.prune_structure": ("element", "dimension"),
     "metasd.meta_optimizer": ("adam", "adagrad", "sgd"),
     "metasd.meta_grad_path": ("full", "kd"),
     "data.format": ("auto", "tsv", "raw_udd_hrt", "udd_hrt"),
@@ -158,6 +161,10 @@ def validate(cfg: Config) -> Config:
     checks.append(("train.regime", cfg.train.regime == "1-n" or cfg.train.method in ("plain", "prune"),
                    f"negative-sampling supports methods plain and prune, not {cfg.train.method!r}"))
     checks.append(("train.sample_edges", cfg.train.sample_edges >= 0, "must be >= 0"))
+    checks.append(("train.batches_per_epoch", cfg.train.batches_per_epoch >= 0, "must be >= 0"))
+    checks.append(("metasd.prune_structure", cfg.metasd.prune_structure == "element" or (
+        cfg.model.encoder == "kge" and cfg.metasd.prune_scope == "global"),
+        "needs model.encoder=kge and metasd.prune_scope=global"))
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"{key}={get(cfg, key)!r} {why}")

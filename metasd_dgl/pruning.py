@@ -8,6 +8,15 @@
   the ``params`` dict (``model.named_parameters()`` order) and row-major
   inside each tensor.  ``round`` is Python's (half to even), applied to the
   float ``(1 - rate) * numel``.
+* ``metasd.prune_structure = "dimension"`` (pass ``coordinates``, from
+  ``dimension_coordinates``): whole embedding coordinates are kept or pruned,
+  the same ones in every table (ComplEx/RotatE: a complex coordinate's real
+  and imaginary columns together).  Importance of a coordinate = the sum of
+  its squared weights over all tables; the kept count is
+  ``round((1 - rate) * dim)`` coordinates.  Why: the trilinear and distance
+  scores only combine a coordinate where head, relation and tail all have it,
+  so scattered (element-wise) survivors rarely meet at 10 % density; aligned
+  survivors make the student an exact dense model of the smaller dimension.
 * ``apply_masks`` returns ``{name: w * m}``: differentiable with respect to
   ``w``; the gradient of a pruned weight is exactly zero (plain chain rule
   through the product, *not* a straight-through estimator).
@@ -27,6 +36,7 @@ from torch import Tensor, nn
 from .typing import MaskDict, ParamDict
 
 SCOPES = ("global", "per-tensor")
+STRUCTURES = ("element", "dimension")
 
 
 def prunable_params(model: nn.Module) -> ParamDict:
@@ -65,19 +75,55 @@ def _top_k_mask(magnitudes: Tensor, k: int) -> Tensor:
     return keep
 
 
-def compute_masks(params: ParamDict, rate: float, scope: str = "global") -> MaskDict:
+def dimension_coordinates(params: ParamDict, dim: int) -> Dict[str, Tensor]:
+    """``{name: (width,) long}``: the embedding coordinate of every column (``column % dim``).
+
+    Every tensor must be a 2-D table whose width is a multiple of ``dim``
+    (lookup tables of any decoder: width ``dim`` or ``2 * dim`` with the real
+    parts first).  Raises ``ValueError`` otherwise (e.g. R-GCN weights).
+    """
+    out: Dict[str, Tensor] = {}
+    for n, p in params.items():
+        if p.dim() != 2 or p.shape[1] % dim:
+            raise ValueError(f"prune structure 'dimension' needs embedding tables of width k * {dim}; "
+                             f"{n} has shape {tuple(p.shape)} (use the kge encoder or prune_structure=element)")
+        out[n] = torch.arange(p.shape[1], device=p.device) % dim
+    return out
+
+
+def _dimension_masks(params: ParamDict, rate: float, coordinates: Dict[str, Tensor]) -> MaskDict:
+    dim = int(max(int(c.max()) for c in coordinates.values())) + 1
+    importance = torch.zeros(dim, dtype=torch.float64)
+    for n, p in params.items():
+        importance.index_add_(0, coordinates[n].cpu(), p.detach().double().pow(2).sum(0).cpu())
+    keep = _top_k_mask(importance, max(1, keep_count(dim, rate)))
+    return {n: keep.to(p.device)[coordinates[n]].expand(p.shape).clone() for n, p in params.items()}
+
+
+def compute_masks(
+    params: ParamDict, rate: float, scope: str = "global", coordinates: Optional[Dict[str, Tensor]] = None
+) -> MaskDict:
     """Magnitude masks for every tensor in ``params`` (True = kept).
 
     params: ``{name: (any shape) float tensor}`` -- pass only the prunable
         tensors (``prunable_params(model)``); the values are not modified.
     rate: share of weights zeroed, in [0, 1].
     scope: ``"global"`` (one threshold over all tensors) or ``"per-tensor"``.
+    coordinates: ``dimension_coordinates(params, dim)`` for whole-coordinate
+        masks (structure ``"dimension"``; global by nature, ``scope`` must be
+        ``"global"``); ``None`` for element-wise masks.
     Returns ``{name: bool tensor of the same shape and device}``.
     """
     if scope not in SCOPES:
         raise ValueError(f"prune scope must be one of {', '.join(SCOPES)}, got {scope!r}")
     if not params:
         return {}
+    if coordinates is not None:
+        if scope != "global":
+            raise ValueError("prune structure 'dimension' keeps the same coordinates in every table: "
+                             "use prune_scope=global")
+        with torch.no_grad():
+            return _dimension_masks(params, rate, coordinates)
     with torch.no_grad():
         if scope == "per-tensor":
             return {

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from metasd_dgl.model import build_model, call
-from metasd_dgl.pruning import apply_masks, compute_masks, keep_count, prunable_params, sparsity_report
+from metasd_dgl.pruning import (apply_masks, compute_masks, dimension_coordinates, keep_count, prunable_params,
+                                 sparsity_report)
 
 
 def _params(seed: int = 0) -> dict:
@@ -107,3 +108,72 @@ def test_pruned_weights_do_not_change_student_scores(decoder):
     assert torch.equal(s1, s2)
     s3 = call(model, noisy, queries)  # the dense model does see them
     assert not torch.equal(s1, s3)
+
+
+# ----------------------------------------------------------------------------- prune_structure = "dimension"
+def _kept_coordinates_by_brute_force(params: dict, dim: int, k: int) -> list:
+    importance = [0.0] * dim
+    for p in params.values():
+        for row in p.tolist():
+            for j, w in enumerate(row):
+                importance[j % dim] += w * w
+    return sorted(sorted(range(dim), key=lambda c: -importance[c])[:k])
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5, 0.9, 0.99])
+def test_dimension_masks_keep_whole_top_coordinates(rate):
+    gen = torch.Generator().manual_seed(3)
+    dim = 10
+    params = {"ent": torch.randn(7, 2 * dim, generator=gen), "rel": torch.randn(4, dim, generator=gen)}
+    masks = compute_masks(params, rate, "global", dimension_coordinates(params, dim))
+    k = max(1, round((1 - rate) * dim))
+    expect = _kept_coordinates_by_brute_force(params, dim, k)
+    for n, p in params.items():
+        cols = masks[n].all(0)
+        assert torch.equal(masks[n], cols.expand_as(p))  # whole columns
+        assert sorted({j % dim for j in torch.nonzero(cols).flatten().tolist()}) == expect
+        assert int(cols.sum()) == k * p.shape[1] // dim  # real and imaginary parts together
+
+
+def test_dimension_masks_need_tables_and_global_scope():
+    params = {"w": torch.randn(2, 3, 4)}
+    with pytest.raises(ValueError, match="dimension"):
+        dimension_coordinates(params, 4)
+    table = {"e": torch.randn(3, 4)}
+    with pytest.raises(ValueError, match="global"):
+        compute_masks(table, 0.5, "per-tensor", dimension_coordinates(table, 4))
+
+
+@pytest.mark.parametrize("decoder", ["complex", "distmult", "rotate", "transe"])
+def test_dimension_student_is_the_dense_model_of_the_kept_coordinates(decoder):
+    """The student equals a dense model of dimension k holding only the kept coordinates."""
+    gen = torch.Generator().manual_seed(0)
+    dim, n_ent, n_rel = 12, 25, 3
+    model = build_model("kge", decoder, n_ent, n_rel, dim, init_scale=0.5, generator=gen)
+    prunable = prunable_params(model)
+    masks = compute_masks(prunable, 0.75, "global", dimension_coordinates(prunable, dim))
+    kept = torch.nonzero(masks["encoder.relation"][0]).flatten() % dim
+    kept = torch.unique(kept)
+    assert len(kept) == 3
+    small = build_model("kge", decoder, n_ent, n_rel, 3, init_scale=0.5, generator=gen)
+    with torch.no_grad():
+        for name in ("encoder.entity", "encoder.relation"):
+            w = dict(model.named_parameters())[name]
+            parts = w.shape[1] // dim  # 1 (real) or 2 (real, imaginary halves)
+            cols = torch.cat([kept + i * dim for i in range(parts)])
+            dict(small.named_parameters())[name].copy_(w[:, cols])
+    queries = torch.stack([torch.randint(0, n_ent, (8,), generator=gen),
+                           torch.randint(0, 2 * n_rel, (8,), generator=gen)], 1)
+    student = call(model, apply_masks(dict(model.named_parameters()), masks), queries)
+    torch.testing.assert_close(student, small(queries), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(student, model(queries), atol=1e-3)  # the teacher differs
+
+
+def test_dimension_structure_config_checks():
+    from metasd_dgl.config import ConfigError, load_config
+
+    load_config(overrides={"metasd.prune_structure": "dimension"})
+    with pytest.raises(ConfigError, match="prune_structure"):
+        load_config(overrides={"metasd.prune_structure": "dimension", "model.encoder": "rgcn"})
+    with pytest.raises(ConfigError, match="prune_structure"):
+        load_config(overrides={"metasd.prune_structure": "dimension", "metasd.prune_scope": "per-tensor"})

@@ -35,7 +35,7 @@ from ..distributed import init_from_env
 from ..graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local
 from ..inference import rank_split
 from ..model import LinkPredictor, build_model
-from ..pruning import compute_masks, sparsity_report
+from ..pruning import compute_masks, dimension_coordinates, sparsity_report
 from ..typing import reciprocal_queries
 from .steps import Stepper, make_optimizers
 
@@ -83,6 +83,7 @@ def dataset_fingerprint(data) -> str:
 #: Options a resumed run may not change (they change shapes or the meaning of the state).
 FIXED_ON_RESUME = ("model", "train.method", "train.regime", "train.optimizer", "train.seed",
                    "train.batch_size", "metasd.prune_rate", "metasd.prune_scope",
+                   "metasd.prune_structure",
                    "metasd.meta_optimizer", "metasd.quiz_fraction")
 
 
@@ -214,9 +215,11 @@ class Trainer:
         tc, mc, st = self.cfg.train, self.cfg.metasd, self.state
         if self.cfg.train.method in STUDENT_METHODS and st.batch_in_epoch == 0:
             # Masks are recomputed from the teacher's current magnitudes every epoch.
-            prunable = dict(self.model.named_parameters())
-            self.masks = compute_masks({n: prunable[n].detach() for n in self.model.prunable_names()},
-                                       mc.prune_rate, mc.prune_scope)
+            named = dict(self.model.named_parameters())
+            prunable = {n: named[n].detach() for n in self.model.prunable_names()}
+            coords = (dimension_coordinates(prunable, self.cfg.model.dim)
+                      if mc.prune_structure == "dimension" else None)
+            self.masks = compute_masks(prunable, mc.prune_rate, mc.prune_scope, coords)
         gen = _epoch_generator(tc.seed, st.epoch)
         perm = torch.randperm(len(self.examples), generator=gen)
         if st.batch_in_epoch and getattr(self, "_resume_gen_state", None) is not None:
@@ -224,6 +227,8 @@ class Trainer:
         self._resume_gen_state = None
         self._gen = gen
         batches = perm.split(tc.batch_size)
+        if tc.batches_per_epoch:  # a CPU budget: a random part of the epoch
+            batches = batches[: tc.batches_per_epoch]
         sums = st.epoch_sums
         t0 = time.perf_counter()
         bar = tqdm(total=len(batches), initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{tc.epochs}",
