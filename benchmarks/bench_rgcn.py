@@ -13,6 +13,15 @@ Parts (each writes into the JSON as soon as it finishes, so partial results surv
     coefficients and self-loop weights live on different scales.  Checkpoint
     chosen on validation MRR; test metrics filtered, both sides, realistic ranks.
 
+``fb-quality``
+    FB15k-237 MRR/H@10 at a CPU budget (``FB_BUDGET``: dim 100, 16 bases, batch
+    2000, one epoch cut to 150 random batches, about 25 minutes in all): dense,
+    prune-only and MetaSD (exact meta step every 4th batch; every batch would be
+    ~6x a plain batch) in the 1-n regime on the full graph, plus a dense run at
+    PyKEEN's configuration of ``fb-speed`` (one negative, batch 1000, sampled
+    subgraphs, 300 batches).  PyKEEN's R-GCN gets no MRR row: at ~100 s per
+    batch (``fb-speed``) the same budget is ~15 of its batches.
+
 ``fb-speed``
     FB15k-237 at PyKEEN's R-GCN configuration: dim 100, 2 layers, 16 bases,
     DistMult, one negative per positive, batch 1000.  Ours: the
@@ -35,6 +44,7 @@ Parts (each writes into the JSON as soon as it finishes, so partial results surv
     python benchmarks/bench_rgcn.py            # everything (~20 min on 2 busy cores)
     python benchmarks/bench_rgcn.py --quick    # smoke run (< 2 min, no PyKEEN)
     python benchmarks/bench_rgcn.py --parts umls
+    python benchmarks/bench_rgcn.py --parts fb-quality --out benchmarks/results/rgcn_fb_quality.json
 
 Every torch process uses ``--threads`` (default 1) threads.
 """
@@ -63,6 +73,19 @@ UMLS_BUDGET = dict(dim=64, layers=2, bases=4, epochs=25, batch=1000, lr=0.1, reg
                    edge_dropout=0.5, dropout=0.2)
 UMLS_QUICK = dict(dim=16, layers=2, bases=2, epochs=3, batch=1000, lr=0.1, reg=0.0, valid_every=3,
                   edge_dropout=0.5, dropout=0.2)
+# FB15k-237 quality rows: a CPU budget of about 25 minutes for all four runs (stated in the table).
+FB_BUDGET = dict(dim=100, layers=2, bases=16, epochs=1, batch=2000, batches_per_epoch=150, lr=0.1, reg=0.0,
+                 valid_every=1, edge_dropout=0.5, dropout=0.2)
+FB_QUICK = dict(FB_BUDGET, dim=16, bases=2, batches_per_epoch=2)
+FB_VARIANTS = [  # name, overrides, rows reported
+    ("dense (plain)", {"train.method": "plain"}, ("teacher",)),
+    ("prune-only", {"train.method": "prune"}, ("student",)),
+    ("metasd (meta/4)", {"train.method": "metasd", "metasd.meta_every": 4}, ("teacher", "student")),
+    # PyKEEN's configuration of the speed rows: one DGL negative per positive, batch 1000, sampled subgraphs.
+    ("dense, 1 negative", {"train.method": "plain", "train.regime": "negative-sampling", "train.num_negatives": 1,
+                           "train.batch_size": 1000, "train.sample_edges": 30000, "train.batches_per_epoch": 300},
+     ("teacher",)),
+]
 UMLS_VARIANTS = [  # name, overrides, rows reported
     ("dense (plain)", {"train.method": "plain"}, ("teacher",)),
     ("prune-only", {"train.method": "prune"}, ("student",)),
@@ -109,6 +132,7 @@ def run_umls_variant(name, overrides, data_path, budget, root: Path, seed: int, 
         "train.epochs": budget["epochs"], "train.batch_size": budget["batch"], "train.lr": budget["lr"],
         "train.reg_weight": budget["reg"], "train.valid_every": budget["valid_every"], "train.patience": 0,
         "train.seed": seed, "train.keep_checkpoints": 0, "train.num_threads": threads,
+        "train.batches_per_epoch": budget.get("batches_per_epoch", 0),
         "metasd.prune_scope": "per-tensor", "metasd.quiz_batch_size": budget["batch"], **overrides})
     data = load_processed(data_path)
     t0 = time.perf_counter()
@@ -135,6 +159,27 @@ def run_umls_variant(name, overrides, data_path, budget, root: Path, seed: int, 
                     "nonzero": export["student_nonzero"] if m else export["teacher_params"],
                     "bytes": export["student_bytes"] if m else export["teacher_bytes"]}
     return out
+
+
+def part_fb_quality(args, record, root: Path) -> None:
+    """FB15k-237 MRR/H@10 rows at a CPU budget: dense, prune-only, MetaSD (meta step every 4th batch)."""
+    from metasd_dgl.data.preprocess import preprocess
+
+    budget = FB_QUICK if args.quick else FB_BUDGET
+    record["fb_quality_budget"] = budget
+    data_path = preprocess("fb15k-237", Path(args.cache) / "fb15k-237", Path(args.data_dir))
+    res = record["results"].setdefault("fb15k-237 quality", {})
+    for name, overrides, reported in FB_VARIANTS:
+        if args.quick and "negative" in name:
+            overrides = {**overrides, "train.batches_per_epoch": 2}
+        print(f"[fb15k-237] {name} ...", file=sys.stderr, flush=True)
+        res[name] = run_umls_variant(name, overrides, data_path, budget, root / "fb", args.seed, args.threads)
+        res[name]["reported"] = list(reported)
+        res[name]["batches"] = overrides.get("train.batches_per_epoch", budget["batches_per_epoch"])
+        write_json(args.out, record)
+        print(f"[fb15k-237] {name}: {res[name]['seconds_per_epoch']:.0f} s, teacher="
+              f"{res[name].get('teacher', {}).get('mrr')} student={res[name].get('student', {}).get('mrr')}",
+              file=sys.stderr, flush=True)
 
 
 def part_umls(args, record, budget, root: Path) -> None:
@@ -319,6 +364,26 @@ def tables(record) -> str:
                              f"{m['rarest_mrr']:.4f}", f"{r['best_epoch']}/{r['epochs']}"])
         out.append("UMLS, R-GCN + DistMult, 1-n regime (test, filtered, both sides)\n" + format_table(
             ["model", "dim", "MRR", "H@10", "s/epoch", "non-zeros", "bytes", "rarest-rel MRR", "best/epochs"], rows))
+    fbq = record["results"].get("fb15k-237 quality")
+    if fbq:
+        b = record.get("fb_quality_budget", FB_BUDGET)
+        rows = []
+        for name, overrides, reported in FB_VARIANTS:
+            if name not in fbq:
+                continue
+            r = fbq[name]
+            n_batches = r.get("batches", overrides.get("train.batches_per_epoch", b["batches_per_epoch"]))
+            size = overrides.get("train.batch_size", b["batch"])
+            full = math.ceil(2 * FB_TRIPLES / size)
+            for row in reported:
+                m = r[row]
+                rows.append([f"{name} {row}", f"{m['mrr']:.4f}", f"{m['hits@10']:.4f}", f"{n_batches} x {size}",
+                             f"{r['seconds_per_epoch']:.0f}", f"{r['seconds_per_epoch'] * full / n_batches:,.0f}",
+                             f"{m['nonzero']:,}", f"{m['bytes']:,}", f"{m['rarest_mrr']:.4f}"])
+        out.append(f"FB15k-237, R-GCN ({b['layers']} layers, {b['bases']} bases, dim {b['dim']}) + DistMult, "
+                   f"{b['epochs']} epoch cut to the batches shown (test, filtered, both sides)\n" + format_table(
+                       ["model", "MRR", "H@10", "batches", "train s", "s/full epoch (extrap.)", "non-zeros",
+                        "bytes", "rarest-rel MRR"], rows))
     fb = record["results"].get("fb15k-237")
     if fb:
         rows = []
@@ -351,7 +416,7 @@ def tables(record) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=default_data_dir())
-    ap.add_argument("--parts", default="umls,fb-speed,fb-memory")
+    ap.add_argument("--parts", default="umls,fb-quality,fb-speed,fb-memory")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -402,6 +467,8 @@ def main() -> None:
         root = Path(tmp)
         if "umls" in args.parts:
             part_umls(args, record, budget, root)
+        if "fb-quality" in args.parts:
+            part_fb_quality(args, record, root)
         if "fb-speed" in args.parts or "fb-memory" in args.parts:
             part_fb(args, record, root, args.quick)
     record["peak_rss_mb_main"] = peak_rss_mb()
