@@ -302,3 +302,32 @@ def test_bad_configurations():
     with pytest.raises(ValueError):
         st.step(queries(3, torch.Generator()), masks, None)
     assert "meta_quiz_loss" not in st.step(queries(3, torch.Generator()), masks, None, do_meta=False)
+
+
+@pytest.mark.parametrize("decoder", ["complex", "distmult", "rotate", "transe"])
+@pytest.mark.parametrize("method,opts", [
+    ("prune", {}), ("kd", {}), ("metasd", {}), ("metasd", {"meta_grad_path": "kd"}),
+    ("metasd", {"meta_grad_path": "kd", "share_forward": True}),
+])
+def test_narrow_student_equals_masked_student(decoder, method, opts):
+    """Whole-coordinate masks: the student on the kept columns takes exactly the masked student's step."""
+    gen = torch.Generator().manual_seed(5)
+    model = build_model("kge", decoder, N, R, 6, init_scale=0.5, generator=gen).to(torch.float64)
+    prunable = prunable_params(model)
+    from metasd_dgl.pruning import dimension_coordinates
+    masks = compute_masks(prunable, 0.5, "global", dimension_coordinates(prunable, 6))
+    batch, quiz = queries(5, gen), queries(4, gen)
+    after = []
+    for narrow in (False, True):
+        m = copy.deepcopy(model)
+        st = stepper(m, method, sgd_lr=0.1, **opts)
+        st.narrow_student = narrow
+        for _ in range(2):
+            out = st.step(batch, masks, quiz)
+        after.append(({n: p.detach().clone() for n, p in m.named_parameters()}, out))
+    (w0, o0), (w1, o1) = after
+    for n in w0:
+        torch.testing.assert_close(w1[n], w0[n], rtol=1e-10, atol=1e-12)
+    assert set(o0) == set(o1)
+    for k in o0:
+        assert o1[k] == pytest.approx(o0[k], rel=1e-9, abs=1e-12)

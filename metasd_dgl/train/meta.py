@@ -25,7 +25,6 @@ from torch import Tensor
 
 from ..distributed import average_gradients
 from ..config import MetaSDConfig, TrainConfig
-from ..pruning import apply_masks
 from ..typing import TAIL, MaskDict, ParamDict
 from .fused import KDSpec, ce_grad, mutual_grads, virtual_grad
 
@@ -41,8 +40,16 @@ class MetaSteps:
     meta_optimizer: Optional[torch.optim.Optimizer]
     meta_grad_path: str
 
+    narrow_student: bool
+
     # Provided by Stepper (declared here for readers and type checkers).
     def float_masks(self, masks: MaskDict) -> MaskDict:
+        raise NotImplementedError
+
+    def student_weights(self, masks: MaskDict, params: Optional[ParamDict] = None) -> ParamDict:
+        raise NotImplementedError
+
+    def widen(self, name: str, grad: Tensor) -> Tensor:
         raise NotImplementedError
 
     def forward(self, weights: Optional[ParamDict], queries: Tensor, graph=None) -> Tuple[Tensor, Tuple[Tensor, ...]]:
@@ -71,7 +78,7 @@ class MetaSteps:
         masks = self.float_masks(masks)
         full = self.meta_grad_path == "full"
         W = self.params
-        student = apply_masks(W, masks)
+        student = self.student_weights(masks)  # W * M, or W's kept columns (whole-coordinate masks)
         if not full:  # S' depends on W only through the teacher's predictions
             student = {n: w.detach().requires_grad_(share or n in masks) for n, w in student.items()}
         wrt = [n for n, w in student.items() if w.requires_grad and (share or n in masks)]
@@ -89,7 +96,8 @@ class MetaSteps:
         virtual = dict(student)
         for n in masks:
             if grads.get(n) is not None:
-                virtual[n] = student[n] - lr * (grads[n] * masks[n])
+                step = grads[n] if self.narrow_student else grads[n] * masks[n]
+                virtual[n] = student[n] - lr * step
         q_scores, _ = self.forward(virtual, quiz, graph)
         gq, quiz_loss = ce_grad(q_scores.detach(), quiz[:, TAIL])
         leaves = [n for n, p in W.items() if p.requires_grad]
@@ -98,8 +106,7 @@ class MetaSteps:
         if not share:
             return meta_grads, quiz_loss, None
         # The student's real-step gradient is the virtual step's: d/dW (W*M) = M.
-        s_grads = {n: gr.detach() * masks[n] if n in masks else gr.detach()
-                   for n, gr in grads.items() if gr is not None}
+        s_grads = {n: self.widen(n, gr.detach()) for n, gr in grads.items() if gr is not None}
         return meta_grads, quiz_loss, (s_scores.detach(), t_scores, t_rows, reg.detach(), s_grads)
 
     def _set_grads_and_step(self, opt: torch.optim.Optimizer, grads: Dict[str, Optional[Tensor]]) -> float:

@@ -34,6 +34,11 @@ Design decisions
   virtual step as an exact Hessian-vector product.
 * The meta step (virtual student, quiz loss, options ``meta_grad_path`` and
   ``share_forward``) lives in ``meta.py``.
+* With whole-coordinate masks (``metasd.prune_structure = "dimension"``) the
+  student is computed on the kept columns only (``student_weights``): the
+  same scores as ``W * M`` (pruned coordinates add exactly zero to every
+  score function and regulariser), a tenth of the matrix-product work, and
+  the gradients still land in the kept columns of ``W``.
 * Options that ``config.py`` does not declare yet are read with defaults:
   ``metasd.meta_grad_path`` ("full"), ``metasd.share_forward`` (False),
   ``metasd.kd_t2_scale`` (True), ``train.tune_malloc`` (True).
@@ -126,6 +131,8 @@ class Stepper(MetaSteps):
         self._mask_source: Optional[MaskDict] = None
         self._mask_versions: Tuple[int, ...] = ()
         self._float_masks: MaskDict = {}
+        self._columns: Dict[str, Tensor] = {}
+        self.narrow_student = _option(metasd_cfg, "prune_structure", "element") == "dimension"
         if _option(train_cfg, "tune_malloc", True):
             tune_malloc()
 
@@ -137,13 +144,38 @@ class Stepper(MetaSteps):
         (keyed by the dict itself, which the cache keeps alive, and the
         tensors' version counters, so in-place edits are seen).
         """
+        if masks is self._float_masks:
+            return masks
         versions = tuple(m._version for m in masks.values())
         if masks is not self._mask_source or versions != self._mask_versions:
             self._float_masks = {
                 n: m.to(self.params[n].dtype) if n in self.params else m for n, m in masks.items()
             }
+            if self.narrow_student:  # whole columns: the kept ones, in order (real parts, then imaginary)
+                self._columns = {n: torch.nonzero(m[0]).flatten() for n, m in masks.items()}
             self._mask_source, self._mask_versions = masks, versions
         return self._float_masks
+
+    def student_weights(self, masks: MaskDict, params: Optional[ParamDict] = None) -> ParamDict:
+        """The student's weights: ``W * M``, or the kept columns of ``W`` with whole-coordinate masks.
+
+        ``params`` defaults to the model's own.  Narrow tables (``(N, k)`` for
+        ``k`` kept columns) give the same scores and regulariser values as the
+        masked full tables; gradients reach ``W``'s kept columns through
+        ``index_select``.
+        """
+        params = self.params if params is None else params
+        fm = self.float_masks(masks)
+        if not self.narrow_student:
+            return apply_masks(params, fm)
+        return {n: (p.index_select(1, self._columns[n]) if n in self._columns else p) for n, p in params.items()}
+
+    def widen(self, name: str, grad: Tensor) -> Tensor:
+        """A gradient with respect to the student's ``name`` as a gradient with respect to ``W[name]``."""
+        if not self.narrow_student or name not in self._columns:
+            fm = self._float_masks
+            return grad * fm[name] if name in fm else grad
+        return torch.zeros_like(self.params[name]).index_copy_(1, self._columns[name], grad)
 
     # ------------------------------------------------------------------ forward
     def encode(self, weights: Optional[ParamDict], graph=None) -> Tuple[Tensor, Tensor]:
@@ -220,7 +252,7 @@ class Stepper(MetaSteps):
 
     def _single(self, batch: Tensor, masks: Optional[MaskDict], graph, name: str) -> Dict[str, float]:
         """plain (masks None) or prune: CE + reg of one model; optimiser step."""
-        weights = None if masks is None else apply_masks(self.params, masks)
+        weights = None if masks is None else self.student_weights(masks)
         scores, rows = self.forward(weights, batch, graph)
         g, ce = ce_grad(scores.detach(), batch[:, TAIL], self.train_cfg.label_smoothing)
         reg = self._reg(rows)
@@ -229,7 +261,7 @@ class Stepper(MetaSteps):
 
     def _mutual(self, batch: Tensor, masks: MaskDict, graph) -> Dict[str, float]:
         """METHOD.md step 3: teacher and student learn from the data and from each other."""
-        s_scores, s_rows = self.forward(apply_masks(self.params, masks), batch, graph)
+        s_scores, s_rows = self.forward(self.student_weights(masks), batch, graph)
         t_scores, t_rows = self.forward(None, batch, graph)
         gs, gt, v = mutual_grads(s_scores.detach(), t_scores.detach(), batch[:, TAIL], self.spec)
         reg = self._reg(s_rows) + self._reg(t_rows)
@@ -265,7 +297,7 @@ class Stepper(MetaSteps):
             raise ValueError(f"the negative-sampling regime supports plain and prune, not {self.method!r}")
         if self.method == "prune" and masks is None:
             raise ValueError("method 'prune' needs masks")
-        ent, rel = self.encode(None if masks is None else apply_masks(self.params, masks), graph)
+        ent, rel = self.encode(None if masks is None else self.student_weights(masks), graph)
         if negatives is None:
             if generator is None:
                 raise ValueError("the negative-sampling regime needs negatives or a generator")
