@@ -10,6 +10,7 @@ a cycle of k batches of which one runs the meta step.
 
     python benchmarks/bench_step.py            # ~2-3 minutes on 2 CPU cores
     python benchmarks/bench_step.py --rounds 3 --entities 2000   # quick look
+    python benchmarks/bench_step.py --structure dimension --out benchmarks/results/step_timing_dimension.json
 
 Writes benchmarks/results/step_timing.json and prints a table with wall-clock
 and process CPU time per step (CPU time is the steadier measure when other
@@ -31,7 +32,7 @@ import torch  # noqa: E402
 
 from metasd_dgl.config import MetaSDConfig, TrainConfig  # noqa: E402
 from metasd_dgl.model import build_model  # noqa: E402
-from metasd_dgl.pruning import compute_masks, prunable_params  # noqa: E402
+from metasd_dgl.pruning import compute_masks, dimension_coordinates, prunable_params  # noqa: E402
 from metasd_dgl.train.steps import Stepper, make_optimizers  # noqa: E402
 
 
@@ -61,8 +62,11 @@ class Runner:
         setattr(mc, "meta_grad_path", path)  # options this project may not declare yet
         setattr(mc, "share_forward", share)
         opt, meta = make_optimizers(self.model, tc, mc)
+        setattr(mc, "prune_structure", args.structure)
         self.stepper = Stepper(self.model, opt, meta, tc, mc, args.relations)
-        self.masks = None if method == "plain" else compute_masks(prunable_params(self.model), 0.9)
+        prunable = prunable_params(self.model)
+        coords = dimension_coordinates(prunable, args.dim) if args.structure == "dimension" else None
+        self.masks = None if method == "plain" else compute_masks(prunable, 0.9, "global", coords)
         self.batches = [random_queries(args.batch, args.entities, args.relations, gen) for _ in range(4)]
         self.quiz = [random_queries(args.quiz, args.entities, args.relations, gen) for _ in range(4)]
         self.i = 0
@@ -93,6 +97,8 @@ def main() -> None:
     ap.add_argument("--paths", default="full,kd", help="meta_grad_path values to time for metasd")
     ap.add_argument("--shared", type=int, default=1, help="also time share_forward=True (1) or not (0)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    ap.add_argument("--structure", choices=("element", "dimension"), default="element",
+                    help="student masks: element-wise, or whole coordinates (the student runs on the kept columns)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_timing.json"))
     args = ap.parse_args()
     if args.threads:
@@ -120,6 +126,7 @@ def main() -> None:
     plain_cpu = statistics.median(runners[0].cpu)
     rows = []
     print(f"\nstep timing: N={args.entities} 2R={2 * args.relations} {args.decoder} dim {args.dim} "
+          f"{args.structure} masks, "
           f"batch {args.batch} quiz {args.quiz}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} rounds")
     print(f"{'method':<30}{'wall ms':>10}{'x plain':>9}{'cpu ms':>10}{'x plain':>9}")
