@@ -81,6 +81,8 @@ FB_VARIANTS = [  # name, overrides, rows reported
     ("dense (plain)", {"train.method": "plain"}, ("teacher",)),
     ("prune-only", {"train.method": "prune"}, ("student",)),
     ("metasd (meta/4)", {"train.method": "metasd", "metasd.meta_every": 4}, ("teacher", "student")),
+    ("metasd (meta/4) + student owns kept", {"train.method": "metasd", "metasd.meta_every": 4,
+                                            "metasd.student_owns_kept": True}, ("teacher", "student")),
     # PyKEEN's configuration of the speed rows: one DGL negative per positive, batch 1000, sampled subgraphs.
     ("dense, 1 negative", {"train.method": "plain", "train.regime": "negative-sampling", "train.num_negatives": 1,
                            "train.batch_size": 1000, "train.sample_edges": 30000, "train.batches_per_epoch": 300},
@@ -90,6 +92,8 @@ UMLS_VARIANTS = [  # name, overrides, rows reported
     ("dense (plain)", {"train.method": "plain"}, ("teacher",)),
     ("prune-only", {"train.method": "prune"}, ("student",)),
     ("metasd", {"train.method": "metasd"}, ("teacher", "student")),
+    ("metasd + student owns kept", {"train.method": "metasd", "metasd.student_owns_kept": True},
+     ("teacher", "student")),
 ]
 
 
@@ -170,6 +174,8 @@ def part_fb_quality(args, record, root: Path) -> None:
     data_path = preprocess("fb15k-237", Path(args.cache) / "fb15k-237", Path(args.data_dir))
     res = record["results"].setdefault("fb15k-237 quality", {})
     for name, overrides, reported in FB_VARIANTS:
+        if args.only and name not in args.only:
+            continue
         if args.quick and "negative" in name:
             overrides = {**overrides, "train.batches_per_epoch": 2}
         print(f"[fb15k-237] {name} ...", file=sys.stderr, flush=True)
@@ -188,6 +194,8 @@ def part_umls(args, record, budget, root: Path) -> None:
     data_path = preprocess("umls", Path(args.cache) / "umls", Path(args.data_dir))
     res = record["results"].setdefault("umls", {})
     for name, overrides, reported in UMLS_VARIANTS:
+        if args.only and name not in args.only:
+            continue
         print(f"[umls] {name} ...", file=sys.stderr, flush=True)
         res[name] = run_umls_variant(name, overrides, data_path, budget, root / "umls", args.seed, args.threads)
         res[name]["reported"] = list(reported)
@@ -430,6 +438,8 @@ def main() -> None:
     ap.add_argument("--pykeen-batches", type=int, default=3)
     ap.add_argument("--no-pykeen", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default="", help="comma-separated variant names of umls / fb-quality (default: all)")
+    ap.add_argument("--merge", action="store_true", help="keep the results already in --out, add these")
     # worker mode
     ap.add_argument("--worker", choices=("ours", "pykeen"))
     ap.add_argument("--processed")
@@ -462,6 +472,11 @@ def main() -> None:
                   "fb_epoch_ours": "2 x 272,115 reciprocal examples / 1000 = 545 batches",
                   "fb_epoch_pykeen": "272,115 triples (create_inverse_triples=False, required by RGCN) / 1000 = 273",
                   "threads": args.threads}, "results": {}}
+    args.only = [x for x in args.only.split(",") if x]
+    if args.merge and Path(args.out).exists():
+        old = json.loads(Path(args.out).read_text())
+        record["results"] = old.get("results", {})
+        record["merged_into"] = {k: old[k] for k in ("command", "machine") if k in old}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_rgcn_") as tmp:
         root = Path(tmp)

@@ -91,6 +91,7 @@ class MetaSDConfig:
     meta_grad_path: str = "full"  # full: through teacher predictions and W*M | kd: predictions only (reference)
     share_forward: bool = False  # approximate: real step reuses the pre-meta forward (faster)
     kd_t2_scale: bool = False  # scale KD by T^2 (the reference code does not; off = reference)
+    student_owns_kept: bool = False  # real step: the teacher's loss skips the weights the student keeps
 
 
 @dataclass

@@ -331,3 +331,37 @@ def test_narrow_student_equals_masked_student(decoder, method, opts):
     assert set(o0) == set(o1)
     for k in o0:
         assert o1[k] == pytest.approx(o0[k], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("method,opts", [("kd", {}), ("metasd", {"share_forward": True})])
+def test_student_owns_kept_weights(method, opts):
+    """student_owns_kept: the teacher's real-step loss reaches only the weights the student does not keep."""
+    model = tiny()
+    twin = copy.deepcopy(model)
+    st = stepper(model, method, sgd_lr=0.3, meta_lr=0.05, student_owns_kept=True, **opts)
+    gen = torch.Generator().manual_seed(4)
+    batch, quiz = queries(9, gen), queries(4, gen)
+    masks = compute_masks(prunable_params(model), 0.6)
+    out = st.step(batch, masks, quiz)
+    W = dict(twin.named_parameters())
+    W0 = {n: w.detach().clone() for n, w in W.items()}
+    student, teacher = _ref_losses(twin, st, W, masks, batch, None)
+    gs = torch.autograd.grad(student, list(W.values()), retain_graph=True, allow_unused=True)
+    gt = torch.autograd.grad(teacher, list(W.values()), allow_unused=True)
+    gm = [None] * len(W)
+    if method == "metasd":
+        gm = torch.autograd.grad(_ref_quiz_loss(twin, st, W, W0, masks, batch, quiz, None, "full"),
+                                 list(W.values()), allow_unused=True)
+    with torch.no_grad():
+        for (n, p), a, b, m in zip(W.items(), gs, gt, gm):
+            keep = masks[n].to(p.dtype) if n in masks else torch.zeros_like(p)
+            real = (0 if a is None else a) + (0 if b is None else b * (1 - keep))
+            p -= 0.3 * real + (0 if m is None else 0.05 * m)
+    assert out["loss"] == pytest.approx((student + teacher).item(), abs=1e-12)
+    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-12), n
+    default = tiny()  # the same start; the default step moves the kept weights differently
+    stepper(default, method, sgd_lr=0.3, meta_lr=0.05, **opts).step(batch, masks, quiz)
+    ent = "encoder.entity"
+    assert not torch.allclose(dict(default.named_parameters())[ent][masks[ent]],
+                              dict(model.named_parameters())[ent][masks[ent]], atol=1e-6)

@@ -39,6 +39,7 @@ class MetaSteps:
     optimizer: torch.optim.Optimizer
     meta_optimizer: Optional[torch.optim.Optimizer]
     meta_grad_path: str
+    student_owns_kept: bool
 
     narrow_student: bool
 
@@ -150,7 +151,10 @@ class MetaSteps:
         names = [n for n, p in self.params.items() if p.requires_grad]
         t_grads = torch.autograd.grad(outputs, [self.params[n] for n in names], cotangents, allow_unused=True)
         real: Dict[str, Optional[Tensor]] = {}
+        fm = self.float_masks(masks)
         for n, gr in zip(names, t_grads):
+            if gr is not None and self.student_owns_kept and n in fm:
+                gr = gr - gr * fm[n]  # the teacher's loss skips the student's weights
             parts = [x for x in (gr, s_grads.get(n)) if x is not None]
             real[n] = None if not parts else (parts[0] if len(parts) == 1 else parts[0] + parts[1])
         assert self.meta_optimizer is not None

@@ -27,6 +27,9 @@ Methods (1-N regime; batches are reciprocal tail queries ``(h, r, t)``):
   ``kd`` step.  ``do_meta=False`` skips (1)-(2) (``meta_every``).  With
   ``extra_teacher_step`` a plain teacher step runs first (also for ``kd``, so
   that the ablation differs from ``metasd`` by the meta step only).
+  ``student_owns_kept`` (kd, metasd): in the real step the teacher's loss
+  skips the weights the student keeps; they learn from the student's losses
+  only (off = METHOD.md: one step on the sum, both losses reach them).
 
 Design decisions
 * Losses are applied as closed-form score gradients (``fused.py``): one
@@ -116,6 +119,7 @@ class Stepper(MetaSteps):
         if self.meta_grad_path not in META_GRAD_PATHS:
             raise ValueError(f"meta_grad_path must be one of {META_GRAD_PATHS}, got {self.meta_grad_path!r}")
         self.share_forward = bool(_option(metasd_cfg, "share_forward", False))
+        self.student_owns_kept = bool(_option(metasd_cfg, "student_owns_kept", False))
         self.decoder = model.decoder
         self.params: ParamDict = dict(model.named_parameters())
         self.prunable: List[str] = list(model.prunable_names())
@@ -262,11 +266,20 @@ class Stepper(MetaSteps):
     def _mutual(self, batch: Tensor, masks: MaskDict, graph) -> Dict[str, float]:
         """METHOD.md step 3: teacher and student learn from the data and from each other."""
         s_scores, s_rows = self.forward(self.student_weights(masks), batch, graph)
-        t_scores, t_rows = self.forward(None, batch, graph)
+        t_scores, t_rows = self.forward(self.teacher_weights(masks), batch, graph)
         gs, gt, v = mutual_grads(s_scores.detach(), t_scores.detach(), batch[:, TAIL], self.spec)
         reg = self._reg(s_rows) + self._reg(t_rows)
         self._apply(self.optimizer, [s_scores, t_scores, reg], [gs, gt, torch.ones_like(reg)])
         return self._mutual_values(v, reg.detach())
+
+    def teacher_weights(self, masks: MaskDict) -> Optional[ParamDict]:
+        """The teacher's weights for the real step: its own (``None``), or with
+        ``student_owns_kept`` the kept weights detached, ``W * (1 - M) + stop_grad(W * M)``,
+        so that the teacher's loss moves only the weights the student does not keep."""
+        if not self.student_owns_kept:
+            return None
+        fm = self.float_masks(masks)
+        return {n: (p - p * fm[n] + (p * fm[n]).detach()) if n in fm else p for n, p in self.params.items()}
 
     def _mutual_values(self, v: Dict[str, Tensor], reg: Tensor) -> Dict[str, float]:
         fw, rw, s = self.spec.forward_weight, self.spec.reverse_weight, self.spec.scale
