@@ -36,7 +36,6 @@ from torch import Tensor, nn
 from .typing import MaskDict, ParamDict
 
 SCOPES = ("global", "per-tensor")
-STRUCTURES = ("element", "dimension")
 
 
 def prunable_params(model: nn.Module) -> ParamDict:

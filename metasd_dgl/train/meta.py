@@ -40,14 +40,13 @@ class MetaSteps:
     meta_optimizer: Optional[torch.optim.Optimizer]
     meta_grad_path: str
     student_owns_kept: bool
-
     narrow_student: bool
 
     # Provided by Stepper (declared here for readers and type checkers).
     def float_masks(self, masks: MaskDict) -> MaskDict:
         raise NotImplementedError
 
-    def student_weights(self, masks: MaskDict, params: Optional[ParamDict] = None) -> ParamDict:
+    def student_weights(self, masks: MaskDict) -> ParamDict:
         raise NotImplementedError
 
     def widen(self, name: str, grad: Tensor) -> Tensor:

@@ -160,19 +160,18 @@ class Stepper(MetaSteps):
             self._mask_source, self._mask_versions = masks, versions
         return self._float_masks
 
-    def student_weights(self, masks: MaskDict, params: Optional[ParamDict] = None) -> ParamDict:
+    def student_weights(self, masks: MaskDict) -> ParamDict:
         """The student's weights: ``W * M``, or the kept columns of ``W`` with whole-coordinate masks.
 
-        ``params`` defaults to the model's own.  Narrow tables (``(N, k)`` for
-        ``k`` kept columns) give the same scores and regulariser values as the
-        masked full tables; gradients reach ``W``'s kept columns through
-        ``index_select``.
+        Narrow tables (``(N, k)`` for ``k`` kept columns) give the same scores
+        and regulariser values as the masked full tables; gradients reach
+        ``W``'s kept columns through ``index_select``.
         """
-        params = self.params if params is None else params
         fm = self.float_masks(masks)
         if not self.narrow_student:
-            return apply_masks(params, fm)
-        return {n: (p.index_select(1, self._columns[n]) if n in self._columns else p) for n, p in params.items()}
+            return apply_masks(self.params, fm)
+        return {n: (p.index_select(1, self._columns[n]) if n in self._columns else p)
+                for n, p in self.params.items()}
 
     def widen(self, name: str, grad: Tensor) -> Tensor:
         """A gradient with respect to the student's ``name`` as a gradient with respect to ``W[name]``."""
