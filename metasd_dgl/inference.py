@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .evaluation import DEFAULT_BATCH_SIZE, Ranks, chunk_size, evaluate_ranking, model_score_fn
-from .model import LinkPredictor, call
+from .model import LinkPredictor
 from .pruning import apply_masks
 from .typing import MaskDict
 
@@ -33,10 +33,7 @@ def encode_tables(model: LinkPredictor, graph=None, masks: Optional[MaskDict] = 
     was_training = model.training
     model.eval()
     try:
-        if masks:
-            ent, rel = call(model.encoder, {k[len("encoder."):]: v for k, v in student_params(model, masks).items() if k.startswith("encoder.")}, graph)
-        else:
-            ent, rel = model.encode(graph)
+        ent, rel = model.encode(graph, student_params(model, masks) if masks else None)
     finally:
         model.train(was_training)
     return ent.detach(), rel.detach()

@@ -24,9 +24,16 @@ class LinkPredictor(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
 
-    def encode(self, graph=None) -> tuple[Tensor, Tensor]:
-        """-> entity rows (N, w_e), reciprocal relation rows (2R, w_r)."""
-        return self.encoder(graph)
+    def encode(self, graph=None, weights: Optional[ParamDict] = None) -> tuple[Tensor, Tensor]:
+        """-> entity rows (N, w_e), reciprocal relation rows (2R, w_r).
+
+        weights: ``{"encoder.<name>": tensor}`` overriding the encoder's own
+        (the student, a virtual student); ``None`` uses the module's weights.
+        """
+        if weights is None:
+            return self.encoder(graph)
+        own = {n[len("encoder."):]: w for n, w in weights.items() if n.startswith("encoder.")}
+        return functional_call(self.encoder, own, (graph,), strict=False)
 
     def forward(self, queries: Tensor, graph=None) -> Tensor:
         """(b, 2) or (b, 3) (head, relation[, tail]) -> (b, N) scores of every tail."""

@@ -52,7 +52,6 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ..config import MetaSDConfig, TrainConfig
 from ..distributed import average_gradients
@@ -183,10 +182,7 @@ class Stepper(MetaSteps):
     # ------------------------------------------------------------------ forward
     def encode(self, weights: Optional[ParamDict], graph=None) -> Tuple[Tensor, Tensor]:
         """``model.encoder(graph)`` on ``weights`` (``None``: the module's own) -> (N, w_e), (2R, w_r)."""
-        if weights is None:
-            return self.model.encoder(graph)
-        own = {n[len("encoder."):]: w for n, w in weights.items() if n.startswith("encoder.")}
-        return functional_call(self.model.encoder, own, (graph,), strict=False)
+        return self.model.encode(graph, weights)
 
     def forward(self, weights: Optional[ParamDict], queries: Tensor, graph=None) -> Tuple[Tensor, Tuple[Tensor, ...]]:
         """Scores ``(b, N)`` of every tail and the batch rows ``(h, r, t)`` (each ``(b, w)``).
