@@ -31,23 +31,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import torch
-
 from common import RESULTS, default_data_dir, format_table, machine_info, peak_rss_mb, write_json
+from variant import train_and_test
 
 from metasd_dgl.config import load_config
-from metasd_dgl.data.preprocess import load_processed, preprocess
-from metasd_dgl.data.stats import evaluation_buckets
-from metasd_dgl.evaluation import summarize
-from metasd_dgl.inference import rank_split
-from metasd_dgl.train.loop import Trainer
-from pipelines.stages import load_run, stage_export
+from metasd_dgl.data.preprocess import preprocess
 
 # Budgets: dim, epochs, batch, lr, regulariser weight, validation every k epochs, variants skipped,
 # batches per epoch (0 = all), seeds for the SEEDED variants.
@@ -88,28 +80,7 @@ def run_variant(name, overrides, data_path, budget, root: Path, seed: int, threa
         "train.seed": seed, "train.keep_checkpoints": 0, "train.num_threads": threads,
         "metasd.quiz_batch_size": budget["batch"], "train.batches_per_epoch": budget.get("batches_per_epoch", 0),
         **over})
-    data = load_processed(data_path)
-    t0 = time.perf_counter()
-    Trainer(cfg, data, Path(cfg.run_dir), progress=False).run()
-    wall = time.perf_counter() - t0
-    epochs = [json.loads(x) for x in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
-    secs = [r["seconds"] for r in epochs if "seconds" in r]
-    _, data, model, masks, ckpt = load_run(Path(cfg.run_dir), "best")
-    buckets = evaluation_buckets(data.test, data.train, data.num_entities, data.num_relations, 3)
-    out = {"dim": dim, "epochs": len(secs), "best_epoch": ckpt["state"]["best_epoch"],
-           "seconds_per_epoch": sum(secs) / len(secs), "train_wall_s": wall}
-    export = stage_export(Path(cfg.run_dir), "best")
-    for row, m in (("teacher", None), ("student", masks)):
-        if row == "student" and not masks:
-            continue
-        s = summarize(rank_split(model, data.test, data.num_relations, data.filter, masks=m), buckets)
-        rare = s["buckets"]["relation"]
-        rarest = next(iter(rare))
-        out[row] = {"mrr": s["both"]["mrr"], "hits@1": s["both"]["hits@1"], "hits@10": s["both"]["hits@10"],
-                    "rarest_bucket": rarest, "rarest_mrr": rare[rarest]["mrr"], "buckets": rare,
-                    "nonzero": export["student_nonzero"] if m else export["teacher_params"],
-                    "bytes": export["student_bytes"] if m else export["teacher_bytes"]}
-    return out
+    return {"dim": dim, **train_and_test(cfg, data_path)}
 
 
 def _mean_rows(runs: list) -> dict:

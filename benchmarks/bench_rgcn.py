@@ -119,12 +119,7 @@ def _python_worker(args: list[str], timeout: float) -> dict:
 # ----------------------------------------------------------------------------- UMLS
 def run_umls_variant(name, overrides, data_path, budget, root: Path, seed: int, threads: int) -> dict:
     from metasd_dgl.config import load_config
-    from metasd_dgl.data.preprocess import load_processed
-    from metasd_dgl.data.stats import evaluation_buckets
-    from metasd_dgl.evaluation import summarize
-    from metasd_dgl.inference import rank_split
-    from metasd_dgl.train.loop import Trainer
-    from pipelines.stages import load_run, stage_export
+    from variant import train_and_test
 
     run_dir = root / name.replace(" ", "_").replace("(", "").replace(")", "")
     cfg = load_config(overrides={
@@ -138,31 +133,7 @@ def run_umls_variant(name, overrides, data_path, budget, root: Path, seed: int, 
         "train.seed": seed, "train.keep_checkpoints": 0, "train.num_threads": threads,
         "train.batches_per_epoch": budget.get("batches_per_epoch", 0),
         "metasd.prune_scope": "per-tensor", "metasd.quiz_batch_size": budget["batch"], **overrides})
-    data = load_processed(data_path)
-    t0 = time.perf_counter()
-    Trainer(cfg, data, run_dir, progress=False).run()
-    wall = time.perf_counter() - t0
-    hist = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    secs = [r["seconds"] for r in hist if "seconds" in r]
-    valid = [{"epoch": r["epoch"], **{k: v["mrr"] for k, v in r["valid"].items()}} for r in hist if "valid" in r]
-    _, data, model, masks, ckpt = load_run(run_dir, "best")
-    buckets = evaluation_buckets(data.test, data.train, data.num_entities, data.num_relations, 3)
-    out = {"dim": budget["dim"], "epochs": len(secs), "best_epoch": ckpt["state"]["best_epoch"],
-           "seconds_per_epoch": sum(secs) / len(secs), "train_wall_s": wall, "valid_mrr": valid}
-    export = stage_export(run_dir, "best")
-    out["export"] = {k: v for k, v in export.items() if not k.endswith("_file")}
-    for row, m in (("teacher", None), ("student", masks)):
-        if row == "student" and not masks:
-            continue
-        s = summarize(rank_split(model, data.test, data.num_relations, data.filter, graph=data.graph, masks=m),
-                      buckets)
-        rare = s["buckets"]["relation"]
-        rarest = next(iter(rare))
-        out[row] = {"mrr": s["both"]["mrr"], "hits@1": s["both"]["hits@1"], "hits@10": s["both"]["hits@10"],
-                    "rarest_bucket": rarest, "rarest_mrr": rare[rarest]["mrr"], "buckets": rare,
-                    "nonzero": export["student_nonzero"] if m else export["teacher_params"],
-                    "bytes": export["student_bytes"] if m else export["teacher_bytes"]}
-    return out
+    return {"dim": budget["dim"], **train_and_test(cfg, data_path)}
 
 
 def part_fb_quality(args, record, root: Path) -> None:
