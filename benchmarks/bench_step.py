@@ -30,9 +30,12 @@ os.environ.setdefault("DGLBACKEND", "pytorch")
 
 import torch  # noqa: E402
 
-from metasd_dgl.config import MetaSDConfig, TrainConfig  # noqa: E402
+from metasd_dgl.config import Config, apply_overrides  # noqa: E402
 from metasd_dgl.model import build_model  # noqa: E402
 from metasd_dgl.pruning import compute_masks, dimension_coordinates, prunable_params  # noqa: E402
+from metasd_dgl.runtime import configure_threads, tune_malloc  # noqa: E402
+from metasd_dgl.student import make_student  # noqa: E402
+from metasd_dgl.train.spec import StepSpec  # noqa: E402
 from metasd_dgl.train.steps import Stepper, make_optimizers  # noqa: E402
 
 
@@ -57,16 +60,16 @@ class Runner:
         self.model = build_model(
             "kge", args.decoder, args.entities, args.relations, args.dim, init_scale=1e-1, generator=gen
         )
-        tc = TrainConfig(method=method, batch_size=args.batch)
-        mc = MetaSDConfig(meta_every=meta_every, quiz_batch_size=args.quiz)
-        setattr(mc, "meta_grad_path", path)  # options this project may not declare yet
-        setattr(mc, "share_forward", share)
-        opt, meta = make_optimizers(self.model, tc, mc)
-        setattr(mc, "prune_structure", args.structure)
-        self.stepper = Stepper(self.model, opt, meta, tc, mc, args.relations)
+        cfg = apply_overrides(Config(), {
+            "train": {"method": method, "batch_size": args.batch},
+            "metasd": {"meta_every": meta_every, "quiz_batch_size": args.quiz, "meta_grad_path": path,
+                       "share_forward": share, "prune_structure": args.structure}})
+        opt, meta = make_optimizers(self.model, cfg)
+        self.stepper = Stepper(self.model, opt, meta, StepSpec.from_config(cfg))
         prunable = prunable_params(self.model)
         coords = dimension_coordinates(prunable, args.dim) if args.structure == "dimension" else None
-        self.masks = None if method == "plain" else compute_masks(prunable, 0.9, "global", coords)
+        masks = None if method == "plain" else compute_masks(prunable, 0.9, "global", coords)
+        self.student = make_student(masks, self.stepper.params, args.structure)
         self.batches = [random_queries(args.batch, args.entities, args.relations, gen) for _ in range(4)]
         self.quiz = [random_queries(args.quiz, args.entities, args.relations, gen) for _ in range(4)]
         self.i = 0
@@ -78,7 +81,7 @@ class Runner:
         start, cpu = time.perf_counter(), time.process_time()
         for k in range(self.meta_every):
             j = self.i % 4
-            self.stepper.step(self.batches[j], self.masks, self.quiz[j], do_meta=(k == 0))
+            self.stepper.step(self.batches[j], self.student, self.quiz[j], do_meta=(k == 0))
             self.i += 1
         self.times.append((time.perf_counter() - start) * 1e3 / self.meta_every)
         self.cpu.append((time.process_time() - cpu) * 1e3 / self.meta_every)
@@ -101,8 +104,8 @@ def main() -> None:
                     help="student masks: element-wise, or whole coordinates (the student runs on the kept columns)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_timing.json"))
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_threads(args.threads)
+    tune_malloc()  # as a training run does (train.tune_malloc, on by default)
 
     configs = [("plain", "plain", 1, "full", False), ("prune", "prune", 1, "full", False),
                ("kd", "kd", 1, "full", False)]

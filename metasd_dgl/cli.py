@@ -14,6 +14,7 @@ import click
 
 from .config import CHOICES, Config, load_config
 from .errors import UserError
+from .runtime import configure_environment
 
 
 def _overrides(options: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]:
@@ -204,6 +205,7 @@ _register_tools()
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    configure_environment()  # before torch or DGL load (they are imported lazily below)
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="metasd-dgl", standalone_mode=False)

@@ -62,6 +62,7 @@ class TrainConfig:
     batches_per_epoch: int = 0  # cap on batches per epoch, a random part of it (0 = the whole epoch)
     sample_edges: int = 0  # rgcn + negative-sampling: message edges sampled per batch (0 = all)
     grad_clip: float = 0.0  # 0 = off
+    loss_backend: str = "fused"  # fused (closed-form score gradients) | autograd (the reference losses)
     tune_malloc: bool = True  # keep large temporaries mapped (glibc mallopt), faster 1-N steps
     seed: int = 0
     device: str = "cpu"
@@ -120,6 +121,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.regime": ("1-n", "negative-sampling"),
     "train.optimizer": ("adagrad", "adam"),
     "train.regularizer": ("dura", "n3", "none"),
+    "train.loss_backend": ("fused", "autograd"),
     "metasd.prune_scope": ("global", "per-tensor"),
     "metasd.prune_structure": ("element", "dimension"),
     "metasd.meta_optimizer": ("adam", "adagrad", "sgd"),

@@ -2,7 +2,7 @@
 
 Every process holds the whole model, takes its share of each batch
 (``batch[rank::world]``), and averages gradients with one all-reduce before
-every optimiser step (main and meta), so the weights stay identical on every
+every optimiser step (main and meta), weighted by the rows of each share, so the weights stay identical on every
 rank: the same arithmetic as ``DistributedDataParallel``, done explicitly
 because the MetaSD steps run the model functionally (``functional_call``),
 which DDP's module wrapper cannot see.  Rank 0 alone writes files.
@@ -59,10 +59,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def average_gradients(params: Iterable[torch.Tensor]) -> None:
-    """Mean of ``p.grad`` over ranks, in place, with one flat all-reduce.
+def average_gradients(params: Iterable[torch.Tensor], rows: int = 1) -> None:
+    """Mean of ``p.grad`` over ranks, weighted by each rank's batch ``rows``, in place, one all-reduce.
 
-    Parameters whose grad is None are skipped (that is structural, the same on every rank).
+    Each rank's gradients are batch means over its own rows, so the mean over
+    the whole batch is ``sum_r rows_r * g_r / sum_r rows_r``; a rank whose
+    share of a short last batch is empty (``rows = 0``, zero gradients)
+    contributes nothing.  Parameters whose grad is None are skipped (that is
+    structural, the same on every rank).
     """
     info = current()
     if not info.enabled:
@@ -70,9 +74,10 @@ def average_gradients(params: Iterable[torch.Tensor]) -> None:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([g.reshape(-1) * rows for g in grads] + [grads[0].new_full((1,), float(rows))])
     dist.all_reduce(flat)
-    flat /= info.world
+    total = float(flat[-1])
+    flat /= max(total, 1.0)
     offset = 0
     for g in grads:
         n = g.numel()

@@ -15,16 +15,8 @@ from torch import Tensor
 
 from .evaluation import DEFAULT_BATCH_SIZE, Ranks, chunk_size, evaluate_ranking, model_score_fn
 from .model import LinkPredictor
-from .pruning import apply_masks
+from .student import MaskedStudent
 from .typing import MaskDict
-
-
-def student_params(model: LinkPredictor, masks: Optional[MaskDict]) -> dict[str, Tensor]:
-    """Parameters of the model with masks applied (all parameters when masks is None)."""
-    params = dict(model.named_parameters())
-    if not masks:
-        return params
-    return {**params, **apply_masks({n: params[n] for n in masks}, masks)}
 
 
 @torch.no_grad()
@@ -33,7 +25,8 @@ def encode_tables(model: LinkPredictor, graph=None, masks: Optional[MaskDict] = 
     was_training = model.training
     model.eval()
     try:
-        ent, rel = model.encode(graph, student_params(model, masks) if masks else None)
+        params = dict(model.named_parameters())
+        ent, rel = model.encode(graph, MaskedStudent(masks, params).weights(params) if masks else None)
     finally:
         model.train(was_training)
     return ent.detach(), rel.detach()

@@ -17,9 +17,8 @@
   scores only combine a coordinate where head, relation and tail all have it,
   so scattered (element-wise) survivors rarely meet at 10 % density; aligned
   survivors make the student an exact dense model of the smaller dimension.
-* ``apply_masks`` returns ``{name: w * m}``: differentiable with respect to
-  ``w``; the gradient of a pruned weight is exactly zero (plain chain rule
-  through the product, *not* a straight-through estimator).
+* The student built from the masks is ``student.py``'s (``W * M``, or the
+  kept columns of whole-coordinate masks).
 * ``sparsity_report`` counts kept weights per tensor and in total.
 
 Masks are recomputed from the teacher's current weights at the start of every
@@ -145,17 +144,6 @@ def _common_dtype(tensors: Iterable[Tensor]) -> torch.dtype:
     for t in tensors:
         dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
     return dtype if dtype is not None else torch.float32
-
-
-def apply_masks(params: ParamDict, masks: Optional[MaskDict]) -> ParamDict:
-    """``{name: w * m}`` for masked names, ``w`` unchanged otherwise.
-
-    Differentiable in ``w``: ``d(w * m)/dw = m``, so pruned weights receive a
-    zero gradient from any loss of the masked model.
-    """
-    if not masks:
-        return dict(params)
-    return {n: (p * masks[n] if n in masks else p) for n, p in params.items()}
 
 
 def sparsity_report(masks: MaskDict) -> Dict[str, dict]:

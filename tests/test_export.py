@@ -9,7 +9,13 @@ import torch
 from metasd_dgl.errors import CheckpointError
 from metasd_dgl.export import dense_size_bytes, export_student, load_dense, load_student, save_dense
 from metasd_dgl.model import build_model, call
-from metasd_dgl.pruning import apply_masks, compute_masks, prunable_params
+from metasd_dgl.pruning import compute_masks, prunable_params
+from metasd_dgl.student import MaskedStudent
+
+
+def apply_masks(params: dict, masks: dict) -> dict:
+    """The student's weights ``W * M`` (student.MaskedStudent, the one place they are built)."""
+    return MaskedStudent(masks, params).weights(params)
 
 
 def test_round_trip_and_size_ratio_on_random_table(tmp_path):

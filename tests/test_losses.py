@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 
-from metasd_dgl.train.fused import KDSpec, ce_grad, mutual_grads, virtual_grad
+from metasd_dgl.train.fused import ce_grad, mutual_grads, virtual_grad
 from metasd_dgl.train.losses import (
-    cross_entropy_1n, dura, kd_loss, log_probs, n3, negative_sampling_loss, regularizer,
+    AUTOGRAD, cross_entropy_1n, dura, kd_loss, log_probs, n3, negative_sampling_loss, regularizer,
 )
+from metasd_dgl.train.spec import KDSpec
 
 
 @pytest.fixture(autouse=True)
@@ -39,13 +40,13 @@ def test_kd_by_hand_and_zero_when_equal():
     ps, pt = torch.softmax(a / T, -1)[0].tolist(), torch.softmax(b / T, -1)[0].tolist()
     kl_ts = sum(t * math.log(t / s) for s, t in zip(ps, pt))
     kl_st = sum(s * math.log(s / t) for s, t in zip(ps, pt))
-    got = kd_loss(log_probs(a, T), log_probs(b, T), 3.0, 1.0, T)
+    got = kd_loss(log_probs(a, T), log_probs(b, T), 3.0, 1.0, T * T)
     assert got.item() == pytest.approx(T * T * (3 * kl_ts + kl_st))
-    got1 = kd_loss(log_probs(a, T), log_probs(b, T), 3.0, 1.0, T, scale=1.0)
+    got1 = kd_loss(log_probs(a, T), log_probs(b, T), 3.0, 1.0, scale=1.0)
     assert got1.item() == pytest.approx(3 * kl_ts + kl_st)
     x = torch.randn(4, 7)
-    assert kd_loss(log_probs(x, T), log_probs(x.clone(), T)).item() == 0.0
-    assert kd_loss(log_probs(x, T), log_probs(x + 5.0, T)).abs().item() < 1e-12  # shift invariant
+    assert kd_loss(log_probs(x, T), log_probs(x.clone(), T), 3.0, 1.0, 1.0).item() == 0.0
+    assert kd_loss(log_probs(x, T), log_probs(x + 5.0, T), 3.0, 1.0, 1.0).abs().item() < 1e-12  # shift invariant
 
 
 def test_dura_by_hand_complex_and_real():
@@ -89,12 +90,12 @@ def test_negative_sampling_loss_by_hand():
 # ---------------------------------------------------------------- fused.py
 def _reference_student_loss(x, z, y, spec: KDSpec):
     T = spec.temperature
-    kd = kd_loss(log_probs(x, T), log_probs(z, T), spec.forward_weight, spec.reverse_weight, T,
-                 scale=spec.scale)
+    kd = kd_loss(log_probs(x, T), log_probs(z, T), spec.forward_weight, spec.reverse_weight, scale=spec.scale)
     return cross_entropy_1n(x, y, spec.label_smoothing) + kd
 
 
-SPECS = [KDSpec(), KDSpec(temperature=1.0, forward_weight=0.5, reverse_weight=2.0, kd_weight=0.3,
+SPECS = [KDSpec(temperature=3.0, forward_weight=3.0, reverse_weight=1.0, kd_weight=1.0, t2_scale=True,
+                label_smoothing=0.0), KDSpec(temperature=1.0, forward_weight=0.5, reverse_weight=2.0, kd_weight=0.3,
                           t2_scale=False, label_smoothing=0.1)]
 
 
@@ -120,8 +121,8 @@ def test_mutual_grads_match_autograd(spec):
     gx, gz, v = mutual_grads(x.detach(), z.detach(), y, spec)
     assert torch.allclose(gx, gx_ref, atol=1e-12) and torch.allclose(gz, gz_ref, atol=1e-12)
     T = spec.temperature
-    assert v["kl_teacher_student"].item() == pytest.approx(kd_loss(log_probs(x, T), log_probs(z, T), 1, 0, T, 1).item())
-    assert v["kl_student_teacher"].item() == pytest.approx(kd_loss(log_probs(x, T), log_probs(z, T), 0, 1, T, 1).item())
+    assert v["kl_teacher_student"].item() == pytest.approx(kd_loss(log_probs(x, T), log_probs(z, T), 1, 0, 1).item())
+    assert v["kl_student_teacher"].item() == pytest.approx(kd_loss(log_probs(x, T), log_probs(z, T), 0, 1, 1).item())
     assert v["ce_student"].item() == pytest.approx(cross_entropy_1n(x, y, spec.label_smoothing).item())
 
 
@@ -141,3 +142,37 @@ def test_virtual_grad_and_its_hessian_vector_product(spec):
     # Only z requires grad: the x-part is skipped and z's is unchanged.
     (hz_only,) = torch.autograd.grad(virtual_grad(x.detach(), z, y, spec), z, v)
     assert torch.allclose(hz_only, hz_ref, atol=1e-12)
+
+
+# -------------------------------------------- the two backends, one interface
+@pytest.mark.parametrize("spec", SPECS)
+def test_autograd_backend_equals_fused(spec):
+    """``losses.AUTOGRAD`` and ``fused`` give the same gradients, values and second-order terms."""
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(5, 9, generator=gen) * 2).requires_grad_()
+    z = (torch.randn(5, 9, generator=gen) * 2).requires_grad_()
+    y = torch.randint(0, 9, (5,), generator=gen)
+    g1, l1 = ce_grad(x.detach(), y, 0.1)
+    g2, l2 = AUTOGRAD.ce_grad(x.detach(), y, 0.1)
+    assert torch.allclose(g1, g2, atol=1e-12) and l1.item() == pytest.approx(l2.item(), abs=1e-12)
+    a, b = mutual_grads(x.detach(), z.detach(), y, spec), AUTOGRAD.mutual_grads(x.detach(), z.detach(), y, spec)
+    assert torch.allclose(a[0], b[0], atol=1e-12) and torch.allclose(a[1], b[1], atol=1e-12)
+    assert {k: pytest.approx(v.item(), abs=1e-12) for k, v in a[2].items()} == {k: v.item() for k, v in b[2].items()}
+    v = torch.randn(5, 9, generator=gen)
+    h1 = torch.autograd.grad(virtual_grad(x, z, y, spec), (x, z), v)
+    h2 = torch.autograd.grad(AUTOGRAD.virtual_grad(x, z, y, spec), (x, z), v)
+    assert all(torch.allclose(p, q, atol=1e-12) for p, q in zip(h1, h2))
+
+
+def test_empty_batch_gives_zero_gradients_and_losses():
+    """A rank's share of a short last batch under torchrun can be empty: zeros, never NaN or a crash."""
+    spec = SPECS[0]
+    x, y = torch.zeros(0, 6), torch.zeros(0, dtype=torch.int64)
+    for backend in ((ce_grad, mutual_grads, virtual_grad), AUTOGRAD):
+        g, loss = backend[0](x, y, 0.1)
+        assert g.shape == (0, 6) and loss.item() == 0.0
+        gx, gz, values = backend[1](x, x, y, spec)
+        assert gx.shape == gz.shape == (0, 6) and all(v.item() == 0.0 for v in values.values())
+        assert backend[2](x, x, y, spec).shape == (0, 6)
+    rows = torch.zeros(0, 4)
+    assert dura(rows, rows, rows, 0.1).item() == 0.0 and n3((rows, rows, rows), 0.1).item() == 0.0

@@ -5,8 +5,14 @@ import pytest
 import torch
 
 from metasd_dgl.model import build_model, call
-from metasd_dgl.pruning import (apply_masks, compute_masks, dimension_coordinates, keep_count, prunable_params,
+from metasd_dgl.pruning import (compute_masks, dimension_coordinates, keep_count, prunable_params,
                                  sparsity_report)
+from metasd_dgl.student import MaskedStudent
+
+
+def apply_masks(params: dict, masks: dict) -> dict:
+    """The student's weights ``W * M`` (student.MaskedStudent, the one place they are built)."""
+    return MaskedStudent(masks, params).weights(params)
 
 
 def _params(seed: int = 0) -> dict:
@@ -75,7 +81,7 @@ def test_bad_arguments():
     assert compute_masks({}, 0.5) == {}
 
 
-def test_apply_masks_gradient_is_zero_on_pruned():
+def test_masked_student_gradient_is_zero_on_pruned():
     params = {n: p.clone().requires_grad_() for n, p in _params().items()}
     masks = compute_masks({n: p.detach() for n, p in params.items()}, 0.8)
     masked = apply_masks(params, {"a": masks["a"], "c": masks["c"]})

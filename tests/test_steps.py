@@ -8,11 +8,15 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from metasd_dgl.config import MetaSDConfig, TrainConfig
+from metasd_dgl.config import Config, apply_overrides
 from metasd_dgl.graph.sampling import dst_norm
 from metasd_dgl.model import build_model, call
-from metasd_dgl.pruning import apply_masks, compute_masks, prunable_params
-from metasd_dgl.train.losses import cross_entropy_1n, dura, kd_loss, log_probs, regularizer
+from metasd_dgl.pruning import compute_masks, dimension_coordinates, prunable_params
+from metasd_dgl.student import ColumnStudent, MaskedStudent, make_student
+from metasd_dgl.train.fused import FUSED
+from metasd_dgl.train.losses import AUTOGRAD, cross_entropy_1n, dura, kd_loss, log_probs, regularizer
+from metasd_dgl.train.meta import meta_gradient
+from metasd_dgl.train.spec import KDSpec, StepSpec
 from metasd_dgl.train.steps import Stepper, make_optimizers
 
 N, R = 6, 2
@@ -50,19 +54,28 @@ def tiny(encoder: str = "kge", decoder: str = "complex", seed: int = 0, dtype=to
     return model.to(dtype)
 
 
-def stepper(model, method: str, sgd_lr: float = 0.0, meta_lr: float = 1e-2, **mc) -> Stepper:
-    tc = TrainConfig(method=method, reg_weight=0.05)
-    extra = ("meta_grad_path", "share_forward")  # options not (yet) in MetaSDConfig
-    cfg = MetaSDConfig(**{k: v for k, v in mc.items() if k not in extra})
-    for k in extra:
-        if k in mc:
-            setattr(cfg, k, mc[k])
+def config(method: str, train: dict | None = None, **metasd) -> Config:
+    return apply_overrides(Config(), {"train": {"method": method, "reg_weight": 0.05, **(train or {})},
+                                      "metasd": metasd})
+
+
+def stepper(model, method: str, sgd_lr: float = 0.0, meta_lr: float = 1e-2, backend: str = "fused", **mc) -> Stepper:
+    cfg = config(method, {"loss_backend": backend}, **mc)
     if sgd_lr:
         opt = torch.optim.SGD(model.parameters(), lr=sgd_lr)
         meta = torch.optim.SGD(model.parameters(), lr=meta_lr) if method == "metasd" else None
     else:
-        opt, meta = make_optimizers(model, tc, cfg)
-    return Stepper(model, opt, meta, tc, cfg, R)
+        opt, meta = make_optimizers(model, cfg)
+    return Stepper(model, opt, meta, StepSpec.from_config(cfg))
+
+
+def masked(model, masks) -> MaskedStudent:
+    return MaskedStudent(masks, dict(model.named_parameters()))
+
+
+def apply_masks(weights, masks):
+    """The reference student weights, written out: ``W * M`` on the masked names."""
+    return {n: (w * masks[n] if n in masks else w) for n, w in weights.items()}
 
 
 # ------------------------------------------------------------- references
@@ -75,12 +88,12 @@ def _scores_rows(model, weights, q, graph):
 
 def _ref_losses(model, st: Stepper, W, masks, batch, graph, detach_other=True):
     """Reference (autograd, losses.py) student and teacher losses of the real step."""
-    spec, y = st.spec, batch[:, 2]
+    spec, y = st.spec.kd, batch[:, 2]
     S, rs = _scores_rows(model, apply_masks(W, masks), batch, graph)
     T, rt = _scores_rows(model, W, batch, graph)
     reg = lambda rows: regularizer(st.reg_kind, *rows, 0.05, model.decoder.name)  # noqa: E731
     kd = lambda a, b: kd_loss(log_probs(a, spec.temperature), log_probs(b, spec.temperature),  # noqa: E731
-                              spec.forward_weight, spec.reverse_weight, spec.temperature, spec.scale)
+                              spec.forward_weight, spec.reverse_weight, spec.scale)
     other = (lambda x: x.detach()) if detach_other else (lambda x: x)
     student = cross_entropy_1n(S, y) + reg(rs) + kd(S, other(T))
     teacher = cross_entropy_1n(T, y) + reg(rt) + kd(T, other(S))
@@ -98,14 +111,14 @@ def _ref_quiz_loss(model, st: Stepper, W, W0, masks, batch, quiz, graph, path):
             student[n].requires_grad_(True)
     S, rs = _scores_rows(model, student, batch, graph)
     T, _ = _scores_rows(model, W, batch, graph)
-    spec = st.spec
+    spec = st.spec.kd
     loss = cross_entropy_1n(S, batch[:, 2]) + regularizer(st.reg_kind, *rs, 0.05, model.decoder.name) + kd_loss(
         log_probs(S, spec.temperature), log_probs(T, spec.temperature),
-        spec.forward_weight, spec.reverse_weight, spec.temperature, spec.scale)
+        spec.forward_weight, spec.reverse_weight, spec.scale)
     grads = torch.autograd.grad(loss, [student[n] for n in names], create_graph=True)
     virtual = dict(student)
     for n, g in zip(names, grads):
-        virtual[n] = student[n] - st.metasd_cfg.virtual_lr * g * masks[n]
+        virtual[n] = student[n] - st.spec.virtual_lr * g * masks[n]
     Q, _ = _scores_rows(model, virtual, quiz, graph)
     return cross_entropy_1n(Q, quiz[:, 2])
 
@@ -122,7 +135,7 @@ def test_meta_gradient_matches_finite_differences(encoder, decoder, path):
     gen = torch.Generator().manual_seed(1)
     batch, quiz = queries(8, gen), queries(5, gen)
     masks = compute_masks(prunable_params(model), 0.5)
-    grads, quiz_loss = st.meta_gradient(batch, masks, quiz, graph)
+    grads, quiz_loss = meta_gradient(st, st.virtual(st, batch, masked(model, masks), graph), quiz, graph)
     W0 = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     def f(W):
@@ -161,7 +174,7 @@ def test_real_steps_match_autograd_reference(method):
     gen = torch.Generator().manual_seed(2)
     batch = queries(9, gen)
     masks = compute_masks(prunable_params(model), 0.6)
-    out = st.step(batch, None if method == "plain" else masks)
+    out = st.step(batch, None if method == "plain" else masked(model, masks))
 
     W = dict(twin.named_parameters())
     student, teacher = _ref_losses(twin, st, W, masks, batch, None)
@@ -189,7 +202,7 @@ def test_metasd_step_is_meta_update_then_kd_step():
     gen = torch.Generator().manual_seed(3)
     batch, quiz = queries(9, gen), queries(4, gen)
     masks = compute_masks(prunable_params(model), 0.6)
-    out = st.step(batch, masks, quiz)
+    out = st.step(batch, masked(model, masks), quiz)
     assert {"meta_quiz_loss", "meta_grad_norm", "kd_student", "ce_teacher"} <= set(out)
     W = dict(twin.named_parameters())
     q = _ref_quiz_loss(twin, st, W, None, masks, batch, quiz, None, "full")
@@ -216,7 +229,7 @@ def test_share_forward_takes_real_step_at_pre_meta_weights(path):
     gen = torch.Generator().manual_seed(3)
     batch, quiz = queries(9, gen), queries(4, gen)
     masks = compute_masks(prunable_params(model), 0.6)
-    out = st.step(batch, masks, quiz, graph)
+    out = st.step(batch, masked(model, masks), quiz, graph)
     W = dict(twin.named_parameters())
     W0 = {n: w.detach().clone() for n, w in W.items()}
     meta = torch.autograd.grad(_ref_quiz_loss(twin, st, W, W0, masks, batch, quiz, graph, path), list(W.values()),
@@ -237,7 +250,7 @@ def _run_metasd(seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     for i in range(3):
         masks = compute_masks(prunable_params(model), 0.9)
-        st.step(queries(16, gen), masks, queries(8, gen), do_meta=(i != 1))
+        st.step(queries(16, gen), masked(model, masks), queries(8, gen), do_meta=(i != 1))
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
@@ -253,11 +266,11 @@ def test_training_decreases_loss_on_toy_problem(method):
     model = build_model("kge", "complex", 20, 3, 8, init_scale=0.1, generator=gen)
     st = stepper(model, method)
     batch = queries(40, gen, 20, 3)
-    masks = compute_masks(prunable_params(model), 0.5)
+    student = masked(model, compute_masks(prunable_params(model), 0.5))
     key = "ce_teacher" if method == "plain" else "ce_student"
-    first = st.step(batch, masks, batch[:10])[key]
+    first = st.step(batch, student, batch[:10])[key]
     for _ in range(25):
-        last = st.step(batch, masks, batch[:10])[key]
+        last = st.step(batch, student, batch[:10])[key]
     assert last < 0.75 * first
 
 
@@ -266,7 +279,7 @@ def test_prune_step_leaves_pruned_weights_alone():
     st = stepper(model, "prune")
     masks = compute_masks(prunable_params(model), 0.7)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    st.step(queries(12, torch.Generator().manual_seed(4)), masks)
+    st.step(queries(12, torch.Generator().manual_seed(4)), masked(model, masks))
     for n, p in model.named_parameters():
         assert torch.equal(p[~masks[n]], before[n][~masks[n]])
         assert not torch.equal(p[masks[n]], before[n][masks[n]])
@@ -276,32 +289,30 @@ def test_prune_step_leaves_pruned_weights_alone():
 def test_negative_sampling_step(method, decoder):
     gen = torch.Generator().manual_seed(0)
     model = build_model("kge", decoder, 20, 3, 8, init_scale=0.1, generator=gen)
-    tc = TrainConfig(method=method, regime="negative-sampling", num_negatives=4, margin=2.0)
-    opt, _ = make_optimizers(model, tc, MetaSDConfig())
-    st = Stepper(model, opt, None, tc, MetaSDConfig(), 3)
-    masks = compute_masks(prunable_params(model), 0.5)
+    cfg = config(method, {"regime": "negative-sampling", "num_negatives": 4, "margin": 2.0})
+    opt, _ = make_optimizers(model, cfg)
+    st = Stepper(model, opt, None, StepSpec.from_config(cfg))
+    student = masked(model, compute_masks(prunable_params(model), 0.5))
     pos, neg = queries(30, gen, 20, 3), torch.randint(0, 20, (30, 4), generator=gen)
-    first = st.step_negative(pos, neg, masks)["ns_loss"]
+    first = st.step_negative(pos, neg, student)["ns_loss"]
     for _ in range(30):
-        last = st.step_negative(pos, neg, masks)["ns_loss"]
-    assert last < first
-    out = st.step(pos, masks, generator=torch.Generator().manual_seed(1))  # negatives drawn here
-    assert set(out) == {"loss", "ns_loss", "reg"}
+        last = st.step_negative(pos, neg, student)
+    assert last["ns_loss"] < first
+    assert set(last) == {"loss", "ns_loss", "reg", "grad_norm"}
 
 
 def test_bad_configurations():
     model = tiny()
     with pytest.raises(ValueError):
-        Stepper(model, torch.optim.SGD(model.parameters(), lr=0.1), None, TrainConfig(method="metasd"),
-                MetaSDConfig(), R)
+        Stepper(model, torch.optim.SGD(model.parameters(), lr=0.1), None, StepSpec.from_config(config("metasd")))
     st = stepper(model, "prune")
     with pytest.raises(ValueError):
         st.step(queries(3, torch.Generator()), None)
     st = stepper(model, "metasd")
-    masks = compute_masks(prunable_params(model), 0.5)
+    student = masked(model, compute_masks(prunable_params(model), 0.5))
     with pytest.raises(ValueError):
-        st.step(queries(3, torch.Generator()), masks, None)
-    assert "meta_quiz_loss" not in st.step(queries(3, torch.Generator()), masks, None, do_meta=False)
+        st.step(queries(3, torch.Generator()), student, None)
+    assert "meta_quiz_loss" not in st.step(queries(3, torch.Generator()), student, None, do_meta=False)
 
 
 @pytest.mark.parametrize("decoder", ["complex", "distmult", "rotate", "transe"])
@@ -314,16 +325,15 @@ def test_narrow_student_equals_masked_student(decoder, method, opts):
     gen = torch.Generator().manual_seed(5)
     model = build_model("kge", decoder, N, R, 6, init_scale=0.5, generator=gen).to(torch.float64)
     prunable = prunable_params(model)
-    from metasd_dgl.pruning import dimension_coordinates
     masks = compute_masks(prunable, 0.5, "global", dimension_coordinates(prunable, 6))
     batch, quiz = queries(5, gen), queries(4, gen)
     after = []
-    for narrow in (False, True):
+    for strategy in (MaskedStudent, ColumnStudent):
         m = copy.deepcopy(model)
         st = stepper(m, method, sgd_lr=0.1, **opts)
-        st.narrow_student = narrow
+        student = strategy(masks, dict(m.named_parameters()))
         for _ in range(2):
-            out = st.step(batch, masks, quiz)
+            out = st.step(batch, student, quiz)
         after.append(({n: p.detach().clone() for n, p in m.named_parameters()}, out))
     (w0, o0), (w1, o1) = after
     for n in w0:
@@ -342,7 +352,7 @@ def test_student_owns_kept_weights(method, opts):
     gen = torch.Generator().manual_seed(4)
     batch, quiz = queries(9, gen), queries(4, gen)
     masks = compute_masks(prunable_params(model), 0.6)
-    out = st.step(batch, masks, quiz)
+    out = st.step(batch, masked(model, masks), quiz)
     W = dict(twin.named_parameters())
     W0 = {n: w.detach().clone() for n, w in W.items()}
     student, teacher = _ref_losses(twin, st, W, masks, batch, None)
@@ -361,7 +371,85 @@ def test_student_owns_kept_weights(method, opts):
     for (n, a), b in zip(model.named_parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=1e-12), n
     default = tiny()  # the same start; the default step moves the kept weights differently
-    stepper(default, method, sgd_lr=0.3, meta_lr=0.05, **opts).step(batch, masks, quiz)
+    stepper(default, method, sgd_lr=0.3, meta_lr=0.05, **opts).step(batch, masked(default, masks), quiz)
     ent = "encoder.entity"
     assert not torch.allclose(dict(default.named_parameters())[ent][masks[ent]],
                               dict(model.named_parameters())[ent][masks[ent]], atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder,decoder", [("kge", "complex"), ("rgcn", "distmult")])
+@pytest.mark.parametrize("method,opts", [
+    ("plain", {}), ("prune", {}), ("kd", {}), ("kd", {"student_owns_kept": True, "extra_teacher_step": True}),
+    ("metasd", {}), ("metasd", {"meta_grad_path": "kd"}), ("metasd", {"share_forward": True}),
+    ("metasd", {"share_forward": True, "meta_grad_path": "kd", "student_owns_kept": True}),
+])
+def test_every_method_gives_the_same_step_on_both_loss_backends(encoder, decoder, method, opts):
+    """fused (closed form) and autograd (losses.py) backends: the same losses and the same updated weights."""
+    model = tiny(encoder, decoder)
+    graph = toy_graph() if encoder == "rgcn" else None
+    gen = torch.Generator().manual_seed(6)
+    batch, quiz = queries(7, gen), queries(4, gen)
+    masks = compute_masks(prunable_params(model), 0.5)
+    after = []
+    for backend in ("fused", "autograd"):
+        m = copy.deepcopy(model)
+        st = stepper(m, method, sgd_lr=0.2, meta_lr=0.05, backend=backend, virtual_lr=0.5, **opts)
+        assert st.losses is (AUTOGRAD if backend == "autograd" else FUSED)
+        outs = [st.step(batch, masked(m, masks), quiz, graph) for _ in range(2)]
+        after.append(({n: p.detach().clone() for n, p in m.named_parameters()}, outs[-1]))
+    (w0, o0), (w1, o1) = after
+    assert set(o0) == set(o1)
+    for k in o0:
+        assert o1[k] == pytest.approx(o0[k], rel=1e-9, abs=1e-12), k
+    for n in w0:
+        torch.testing.assert_close(w1[n], w0[n], rtol=1e-10, atol=1e-12)
+    assert any(not torch.equal(w0[n], p) for n, p in model.named_parameters())  # the step did move
+
+
+def test_kd_t2_scaling_has_one_default_in_config():
+    """config.py's ``metasd.kd_t2_scale`` (off, as in the reference code) is the only default."""
+    cfg = Config()
+    assert cfg.metasd.kd_t2_scale is False
+    assert StepSpec.from_config(cfg).kd.scale == cfg.metasd.kd_weight  # no T^2 by default
+    on = StepSpec.from_config(config("kd", kd_t2_scale=True, temperature=2.0))
+    assert on.kd.scale == 4.0
+    with pytest.raises(TypeError):
+        KDSpec()  # no defaults of its own
+    with pytest.raises(TypeError):
+        kd_loss(torch.zeros(1, 2), torch.zeros(1, 2), 3.0, 1.0)  # scale must be given
+
+
+@pytest.mark.parametrize("method", ["plain", "prune", "kd", "metasd"])
+def test_empty_batch_step_is_finite_and_moves_nothing(method):
+    """Under torchrun a rank's share of a short last batch can be empty: no crash, no NaN, no update."""
+    model = tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    st = stepper(model, method, sgd_lr=0.3)
+    student = masked(model, compute_masks(prunable_params(model), 0.5))
+    out = st.step(queries(0, torch.Generator()), student, queries(4, torch.Generator().manual_seed(1)))
+    assert all(v == v and abs(v) != float("inf") for v in out.values()), out
+    if method != "metasd":  # the meta step's quiz batch is not sharded; everything else is empty
+        for n, p in model.named_parameters():
+            assert torch.equal(p, before[n]), n
+
+
+def test_students_are_built_in_one_place():
+    """make_student: masked ``W * M`` for element masks, kept columns for whole-coordinate masks."""
+    gen = torch.Generator().manual_seed(8)
+    model = build_model("kge", "complex", N, R, 4, init_scale=0.5, generator=gen).to(torch.float64)
+    params = dict(model.named_parameters())
+    prunable = prunable_params(model)
+    element = make_student(compute_masks(prunable, 0.5), params, "element")
+    assert type(element) is MaskedStudent
+    for n, w in element.weights(params).items():
+        expected = params[n] * element.bool_masks[n] if n in element.bool_masks else params[n]
+        assert torch.equal(w, expected)
+    masks = compute_masks(prunable, 0.5, "global", dimension_coordinates(prunable, 4))
+    cols = make_student(masks, params, "dimension")
+    assert type(cols) is ColumnStudent
+    ent = cols.weights(params)["encoder.entity"]
+    keep = masks["encoder.entity"][0]
+    assert torch.equal(ent, params["encoder.entity"][:, keep])  # (N, 2k): the kept real, then imaginary columns
+    g = torch.ones_like(ent)
+    assert torch.equal(cols.to_teacher("encoder.entity", g), keep.expand(N, -1).to(g.dtype))
+    assert make_student(None, params) is None

@@ -25,35 +25,19 @@ Per row, ``L = CE(x) + s * [fw * KL(pz || px) + rw * KL(px || pz)]`` and
 
     dL/dx = p1 - y + (s / tau) * [fw * (px - pz) + rw * px * (d - <px, d>)],
 
-all divided by ``b`` for the batch mean.  ``once_differentiable`` marks where
+all divided by ``b`` for the batch mean (an empty batch, e.g. a rank's share
+of a short last batch under torchrun, gives zero gradients and zero losses).  ``once_differentiable`` marks where
 third derivatives are not provided (MetaSD needs second order only).
 """
 from __future__ import annotations
 
-import ctypes
-from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-
-@dataclass(frozen=True)
-class KDSpec:
-    """Constants of the distillation term (see ``losses.kd_loss``)."""
-
-    temperature: float = 3.0
-    forward_weight: float = 3.0  # KL(source || learner)
-    reverse_weight: float = 1.0  # KL(learner || source)
-    kd_weight: float = 1.0  # weight next to the cross-entropy
-    t2_scale: bool = True  # multiply the KL terms by temperature^2
-    label_smoothing: float = 0.0
-
-    @property
-    def scale(self) -> float:
-        """``s``: the factor in front of ``fw * KL + rw * KL``."""
-        return self.kd_weight * (self.temperature**2 if self.t2_scale else 1.0)
+from .spec import KDSpec, LossBackend
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
@@ -96,7 +80,12 @@ def _ce_value(x: Tensor, lse: Tensor, targets: Tensor, smoothing: float) -> Tens
     nll = lse.view(-1) - x[rows, targets]
     if smoothing:
         nll = (1.0 - smoothing) * nll + smoothing * (lse.view(-1) - x.mean(1))
-    return nll.mean()
+    return _mean(nll)
+
+
+def _mean(values: Tensor) -> Tensor:
+    """Mean over the batch rows; 0 for an empty batch."""
+    return values.mean() if values.numel() else values.sum()
 
 
 def ce_grad(x: Tensor, targets: Tensor, smoothing: float = 0.0) -> Tuple[Tensor, Tensor]:
@@ -105,7 +94,7 @@ def ce_grad(x: Tensor, targets: Tensor, smoothing: float = 0.0) -> Tuple[Tensor,
     One softmax, one in-place scaling, one scatter.
     """
     with torch.no_grad():
-        b = x.shape[0]
+        b = max(x.shape[0], 1)
         m, j = x.max(dim=1, keepdim=True)
         g = torch.softmax(x, dim=1)
         loss = _ce_value(x, m - g.gather(1, j).log(), targets, smoothing)
@@ -132,7 +121,7 @@ def mutual_grads(x: Tensor, z: Tensor, targets: Tensor, spec: KDSpec) -> Tuple[T
     ``tau``); ``d = log px - log pz`` is shared by all four KL terms.
     """
     with torch.no_grad():
-        b, tau = x.shape[0], spec.temperature
+        b, tau = max(x.shape[0], 1), spec.temperature
         fw, rw, eps = spec.forward_weight, spec.reverse_weight, spec.label_smoothing
         c = spec.scale / (tau * b)
         gx, px, lse1x, lsetx, xt = _softmaxes(x, tau)
@@ -154,15 +143,15 @@ def mutual_grads(x: Tensor, z: Tensor, targets: Tensor, spec: KDSpec) -> Tuple[T
         values = {
             "ce_student": ce_x,
             "ce_teacher": ce_z,
-            "kl_teacher_student": kz.mean(),
-            "kl_student_teacher": kx.mean(),
+            "kl_teacher_student": _mean(kz),
+            "kl_student_teacher": _mean(kx),
         }
         return gx, gz, values
 
 
 def _virtual_forward(x: Tensor, z: Tensor, targets: Tensor, spec: KDSpec):
     """G = dL_s/dx and the tensors its backward needs: (G, p1, px, pz, h)."""
-    b, tau = x.shape[0], spec.temperature
+    b, tau = max(x.shape[0], 1), spec.temperature
     fw, rw = spec.forward_weight, spec.reverse_weight
     c = spec.scale / (tau * b)
     p1, px, _, lsetx, xt = _softmaxes(x, tau)
@@ -186,7 +175,7 @@ def _virtual_backward(v: Tensor, p1: Tensor, px: Tensor, pz: Tensor, h: Tensor, 
     ``h = px (d - <px, d>)``: ``v . dh/du = (h + px)(v - <px, v>) - px <h, v>``,
     ``v . dh/dw = -px (v - <px, v>)`` (``w = z / tau``).
     """
-    b, tau = v.shape[0], spec.temperature
+    b, tau = max(v.shape[0], 1), spec.temperature
     fw, rw = spec.forward_weight, spec.reverse_weight
     c2 = spec.scale / (tau * tau * b)
     vx = v - _rowdot(px, v)  # v - <px, v>
@@ -231,31 +220,6 @@ def virtual_grad(x: Tensor, z: Tensor, targets: Tensor, spec: KDSpec) -> Tensor:
     return _VirtualGrad.apply(x, z, targets, spec)
 
 
-_MALLOC_TUNED = False
+FUSED = LossBackend(ce_grad=ce_grad, mutual_grads=mutual_grads, virtual_grad=virtual_grad)
 
-
-def tune_malloc(threshold_bytes: int = 1 << 30) -> bool:
-    """Keep large freed blocks in glibc's heap instead of unmapping them.
-
-    Each ``(b, N)`` temporary is ~58 MB at FB15k-237 sizes; by default glibc
-    serves such blocks with ``mmap`` and returns them on free, so every new
-    temporary pays ~14k page faults (measured: a 58 MB ``exp`` 130 ms ->
-    40 ms).  Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` lets the
-    blocks be reused.  Process-wide, idempotent; returns False where glibc is
-    not available (then nothing changes).
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, int(min(threshold_bytes, 1 << 30))) == 1
-        ok = ok and libc.mallopt(m_trim_threshold, int(min(2 * threshold_bytes, (1 << 31) - 1))) == 1
-    except (OSError, AttributeError):
-        return False
-    _MALLOC_TUNED = ok
-    return ok
-
-
-__all__ = ("KDSpec", "ce_grad", "mutual_grads", "virtual_grad", "tune_malloc")
+__all__ = ("FUSED", "ce_grad", "mutual_grads", "virtual_grad")

@@ -35,8 +35,11 @@ from ..distributed import init_from_env
 from ..graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local
 from ..inference import rank_split
 from ..model import LinkPredictor, build_model
-from ..pruning import compute_masks, dimension_coordinates, sparsity_report
+from ..pruning import compute_masks, dimension_coordinates, prunable_params, sparsity_report
+from ..runtime import configure_threads, tune_malloc
+from ..student import make_student
 from ..typing import reciprocal_queries
+from .spec import StepSpec
 from .steps import Stepper, make_optimizers
 
 STUDENT_METHODS = ("prune", "kd", "metasd")
@@ -108,8 +111,6 @@ class Trainer:
     def __init__(self, cfg: Config, data, run_dir: Path, progress: bool = True) -> None:
         self.cfg, self.data, self.run_dir, self.progress = cfg, data, Path(run_dir), progress
         tc, mc = cfg.train, cfg.metasd
-        if tc.num_threads:
-            torch.set_num_threads(tc.num_threads)
         self.device = resolve_device(tc.device)
         self.dist = init_from_env(self.device)  # rank 0 of 1 unless launched by torchrun
         init_gen = torch.Generator().manual_seed(tc.seed)
@@ -117,8 +118,8 @@ class Trainer:
         self.rgcn = cfg.model.encoder == "rgcn"
         needs_graph = self.rgcn or tc.regime == "negative-sampling"
         self.graph = to_device(data.graph, self.device) if needs_graph else None
-        self.optimizer, self.meta_optimizer = make_optimizers(self.model, tc, mc)
-        self.stepper = Stepper(self.model, self.optimizer, self.meta_optimizer, tc, mc, data.num_relations)
+        self.optimizer, self.meta_optimizer = make_optimizers(self.model, cfg)
+        self.stepper = Stepper(self.model, self.optimizer, self.meta_optimizer, StepSpec.from_config(cfg))
         # Quiz split: a seeded random slice of train, removed from the training examples.
         n_all = len(data.train)
         train_idx = torch.arange(n_all)
@@ -138,6 +139,7 @@ class Trainer:
             self.msg_graph = full_graph_dropout(self.graph, 0.0, torch.Generator().manual_seed(0),
                                                 exclude_edge_ids=quiz_idx)
         self.masks: Optional[dict] = None
+        self.student = None  # the student of ``masks`` (student.make_student), rebuilt with them
         self.state = TrainState()
         self._stop_signal: Optional[int] = None
 
@@ -167,7 +169,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.meta_optimizer is not None and ckpt.get("meta_optimizer"):
             self.meta_optimizer.load_state_dict(ckpt["meta_optimizer"])
-        self.masks = {k: v.to(self.device) for k, v in ckpt["masks"].items()} if ckpt.get("masks") else None
+        self._set_masks({k: v.to(self.device) for k, v in ckpt["masks"].items()} if ckpt.get("masks") else None)
         self.state = TrainState(**ckpt["state"])
         self._resume_gen_state = ckpt["rng"]["epoch_generator"]
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -215,11 +217,10 @@ class Trainer:
         tc, mc, st = self.cfg.train, self.cfg.metasd, self.state
         if self.cfg.train.method in STUDENT_METHODS and st.batch_in_epoch == 0:
             # Masks are recomputed from the teacher's current magnitudes every epoch.
-            named = dict(self.model.named_parameters())
-            prunable = {n: named[n].detach() for n in self.model.prunable_names()}
+            prunable = prunable_params(self.model)
             coords = (dimension_coordinates(prunable, self.cfg.model.dim)
                       if mc.prune_structure == "dimension" else None)
-            self.masks = compute_masks(prunable, mc.prune_rate, mc.prune_scope, coords)
+            self._set_masks(compute_masks(prunable, mc.prune_rate, mc.prune_scope, coords))
         gen = _epoch_generator(tc.seed, st.epoch)
         perm = torch.randperm(len(self.examples), generator=gen)
         if st.batch_in_epoch and getattr(self, "_resume_gen_state", None) is not None:
@@ -241,10 +242,9 @@ class Trainer:
                 q = torch.randint(len(self.quiz), (min(mc.quiz_batch_size, len(self.quiz)),), generator=gen)
                 quiz = self.quiz[q].to(self.device)
             if negatives is not None:
-                out = self.stepper.step_negative(batch, negatives, masks=self.masks, graph=graph)
+                out = self.stepper.step_negative(batch, negatives, self.student, graph)
             else:
-                out = self.stepper.step(batch, masks=self.masks, quiz=quiz, graph=graph,
-                                        do_meta=(st.step % mc.meta_every == 0), generator=gen)
+                out = self.stepper.step(batch, self.student, quiz, graph, do_meta=(st.step % mc.meta_every == 0))
             self._check_finite(out)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -274,6 +274,10 @@ class Trainer:
             old = st.epoch - tc.keep_checkpoints
             if self.dist.is_main:
                 (self.run_dir / "checkpoints" / f"epoch-{old}.pt").unlink(missing_ok=True)
+
+    def _set_masks(self, masks: Optional[dict]) -> None:
+        self.masks = masks
+        self.student = make_student(masks, self.stepper.params, self.cfg.metasd.prune_structure)
 
     @property
     def early_stopped(self) -> bool:
@@ -379,7 +383,14 @@ class Trainer:
 
 
 def train(cfg: Config, data, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Trainer:
-    """Train into ``run_dir`` (resuming from its ``checkpoints/last.pt`` when ``resume``)."""
+    """Train into ``run_dir`` (resuming from its ``checkpoints/last.pt`` when ``resume``).
+
+    The trainer's entry: it applies the run's process-wide settings
+    (``train.num_threads``, ``train.tune_malloc``) before building anything.
+    """
+    configure_threads(cfg.train.num_threads)
+    if cfg.train.tune_malloc:
+        tune_malloc()
     trainer = Trainer(cfg, data, Path(run_dir), progress)
     if resume:
         trainer.load_state_dict(load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt", trainer.device))

@@ -1,10 +1,10 @@
 """Losses and regularisers, written as plain differentiable torch functions.
 
 These are the *reference* definitions (readable, autograd-friendly, used by
-the tests and by the negative-sampling regime).  The 1-N training steps use
-the closed-form gradients of ``metasd_dgl.train.fused``, which compute the
-very same quantities with one softmax per score matrix; the tests check the
-two against each other.
+the tests and by the negative-sampling regime).  ``AUTOGRAD`` is the loss
+backend built on them (option ``train.loss_backend = autograd``); the default
+backend, ``fused.FUSED``, computes the very same gradients in closed form with
+one softmax per score matrix.  The tests run every method on both.
 
 Conventions
 -----------
@@ -14,23 +14,32 @@ Conventions
 
       scale * [fw * KL(source || learner) + rw * KL(learner || source)]
 
-  averaged over the batch (sum over candidates, mean over rows), with
-  ``scale = T**2`` by default (Hinton et al. 2015: keeps the gradient size
-  independent of ``T``).  ``source`` is the model being distilled *from*
+  averaged over the batch (sum over candidates, mean over rows); ``scale`` is
+  ``kd_weight`` times ``T**2`` when ``metasd.kd_t2_scale`` is on (Hinton et
+  al. 2015: keeps the gradient size independent of ``T``; off by default, as
+  in the reference code), see ``spec.KDSpec.scale``.  ``source`` is the model being distilled *from*
   (detached in the real step) and ``learner`` the model being trained, so
   ``fw`` (3 in the reference code) weights the forward, mode-covering KL.
-  The reference code does not multiply by ``T**2``: pass ``scale=1``.
 * Regularisers are averaged over the batch rows, as in the reference code.
+* Every batch mean of an empty batch is 0 (a rank's share of a short last
+  batch under torchrun can be empty).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .spec import KDSpec, LossBackend
+
 _TINY = 1e-30  # floor under |f|^2 inside the square root of N3
+
+
+def _rows(x: Tensor) -> int:
+    """The batch size to divide by: the number of rows, at least 1."""
+    return max(x.shape[0], 1)
 
 
 def cross_entropy_1n(scores: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -38,7 +47,7 @@ def cross_entropy_1n(scores: Tensor, targets: Tensor, label_smoothing: float = 0
 
     With smoothing ``eps`` the target distribution is ``(1 - eps) * onehot + eps / N``.
     """
-    return F.cross_entropy(scores, targets, label_smoothing=label_smoothing)
+    return F.cross_entropy(scores, targets, label_smoothing=label_smoothing, reduction="sum") / _rows(scores)
 
 
 def log_probs(scores: Tensor, temperature: float = 1.0) -> Tensor:
@@ -48,28 +57,20 @@ def log_probs(scores: Tensor, temperature: float = 1.0) -> Tensor:
     return torch.log_softmax(scores / temperature, dim=-1)
 
 
-def kd_loss(
-    student_logp: Tensor,
-    teacher_logp: Tensor,
-    forward_weight: float = 3.0,
-    reverse_weight: float = 1.0,
-    temperature: float = 3.0,
-    scale: float | None = None,
-) -> Tensor:
+def kd_loss(student_logp: Tensor, teacher_logp: Tensor, forward_weight: float, reverse_weight: float,
+            scale: float) -> Tensor:
     """Two-way KL distillation, batch mean (scalar).
 
     student_logp: ``(b, N)`` log-probabilities at temperature ``T`` of the learner.
     teacher_logp: ``(b, N)`` log-probabilities at temperature ``T`` of the source
         (detach it yourself when the source must not learn).
-    Returns ``scale * [fw * KL(teacher || student) + rw * KL(student || teacher)]``
-    with ``scale = T**2`` unless given.  One difference tensor is shared by both
-    KL terms: ``sum((fw * p_t - rw * p_s) * (log p_t - log p_s))``.
+    Returns ``scale * [fw * KL(teacher || student) + rw * KL(student || teacher)]``.
+    One difference tensor is shared by both KL terms:
+    ``sum((fw * p_t - rw * p_s) * (log p_t - log p_s))``.
     """
-    if scale is None:
-        scale = temperature**2
     diff = teacher_logp - student_logp
     weights = forward_weight * teacher_logp.exp() - reverse_weight * student_logp.exp()
-    return scale * (weights * diff).sum(-1).mean()
+    return scale * (weights * diff).sum() / _rows(diff)
 
 
 def _squared_modulus(x: Tensor, is_complex: bool) -> Tensor:
@@ -93,7 +94,7 @@ def dura(h: Tensor, r: Tensor, t: Tensor, weight: float, decoder_name: str = "co
     is_complex = decoder_name in ("complex", "rotate")
     h2, r2, t2 = (_squared_modulus(x, is_complex) for x in (h, r, t))
     norm = 0.5 * (h2.sum() + t2.sum()) + 1.5 * ((h2 + t2) * r2).sum()
-    return weight * norm / h.shape[0]
+    return weight * norm / _rows(h)
 
 
 def n3(factors: Sequence[Tensor], weight: float, decoder_name: str = "complex") -> Tensor:
@@ -111,7 +112,7 @@ def n3(factors: Sequence[Tensor], weight: float, decoder_name: str = "complex") 
     for f in factors:
         f2 = _squared_modulus(f, is_complex)
         total = total + (f2 * f2.clamp_min(_TINY).sqrt()).sum()
-    return weight * total / factors[0].shape[0]
+    return weight * total / _rows(factors[0])
 
 
 def regularizer(
@@ -143,3 +144,52 @@ def negative_sampling_loss(pos: Tensor, neg: Tensor, margin: float = 9.0, kind: 
     else:
         raise ValueError(f"unknown score kind {kind!r}")
     return (F.softplus(-(pos + shift)) + F.softplus(neg + shift).mean(-1)).mean()
+
+
+# ------------------------------------------------------- the autograd backend
+def _kd(learner: Tensor, source: Tensor, kd: KDSpec) -> Tensor:
+    """``KD(source -> learner)`` on logits: ``scale * [fw KL(p_source || p_learner) + rw KL(p_learner || p_source)]``."""
+    T = kd.temperature
+    return kd_loss(log_probs(learner, T), log_probs(source, T), kd.forward_weight, kd.reverse_weight, kd.scale)
+
+
+def _leaf(x: Tensor) -> Tensor:
+    return x.detach().requires_grad_(True)
+
+
+def autograd_ce_grad(x: Tensor, targets: Tensor, smoothing: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """``(dCE/dx, CE)`` by autograd on ``cross_entropy_1n``."""
+    with torch.enable_grad():
+        x = _leaf(x)
+        loss = cross_entropy_1n(x, targets, smoothing)
+        (g,) = torch.autograd.grad(loss, x)
+    return g, loss.detach()
+
+
+def autograd_mutual_grads(x: Tensor, z: Tensor, targets: Tensor, kd: KDSpec) -> Tuple[Tensor, Tensor, dict]:
+    """Student ``CE(x) + KD(z -> x)``, teacher ``CE(z) + KD(x -> z)``, each source detached."""
+    eps = kd.label_smoothing
+    with torch.enable_grad():
+        x, z = _leaf(x), _leaf(z)
+        ce_x, ce_z = cross_entropy_1n(x, targets, eps), cross_entropy_1n(z, targets, eps)
+        (gx,) = torch.autograd.grad(ce_x + _kd(x, z.detach(), kd), x)
+        (gz,) = torch.autograd.grad(ce_z + _kd(z, x.detach(), kd), z)
+    lx, lz = log_probs(x.detach(), kd.temperature), log_probs(z.detach(), kd.temperature)
+    values = {"ce_student": ce_x.detach(), "ce_teacher": ce_z.detach(),
+              "kl_teacher_student": kd_loss(lx, lz, 1.0, 0.0, 1.0),
+              "kl_student_teacher": kd_loss(lx, lz, 0.0, 1.0, 1.0)}
+    return gx, gz, values
+
+
+def autograd_virtual_grad(x: Tensor, z: Tensor, targets: Tensor, kd: KDSpec) -> Tensor:
+    """``G = d[CE(x) + KD(z -> x)]/dx`` with ``create_graph``: differentiable in ``x`` (if it
+    requires grad) and ``z``."""
+    with torch.enable_grad():
+        leaf = x if x.requires_grad else _leaf(x)
+        loss = cross_entropy_1n(leaf, targets, kd.label_smoothing) + _kd(leaf, z, kd)
+        (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+    return g
+
+
+AUTOGRAD = LossBackend(ce_grad=autograd_ce_grad, mutual_grads=autograd_mutual_grads,
+                       virtual_grad=autograd_virtual_grad)

@@ -1,0 +1,90 @@
+"""The student as a strategy: how its weights come from the teacher's, and how its gradients go back.
+
+The MetaSD student is the teacher's own weights ``W`` under a pruning mask
+``M`` (True = kept, from ``pruning.compute_masks``).  Two strategies give the
+same scores, losses and updates:
+
+* ``MaskedStudent`` -- the student's tables are ``W * M`` (any mask, any
+  encoder); the gradient of a pruned weight is exactly zero (the chain rule
+  through the product, not a straight-through estimator).
+* ``ColumnStudent`` -- whole-coordinate masks (``prune_structure =
+  "dimension"``): the student's tables are the kept columns of ``W``,
+  ``(N, k)`` instead of ``(N, w)``.  Pruned coordinates add exactly zero to
+  every score function and regulariser, so the scores equal ``W * M``'s with a
+  tenth of the product work; gradients land in ``W``'s kept columns.
+
+Both are built once per mask set (the loop recomputes masks once per epoch)
+and are the only place student weights are made: training steps, validation,
+evaluation and export all call ``student.weights(params)``.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .typing import MaskDict, ParamDict
+
+
+class MaskedStudent:
+    """``S = W * M`` on every masked tensor; other weights are shared with the teacher."""
+
+    def __init__(self, masks: MaskDict, params: ParamDict) -> None:
+        self.bool_masks = masks
+        self.masks = {n: m.to(params[n].dtype) for n, m in masks.items()}  # 0/1 of the weights' dtype
+        self.names: Tuple[str, ...] = tuple(masks)  # the weights the student owns (its masked tensors)
+
+    def weights(self, params: ParamDict) -> ParamDict:
+        """``{name: W * M}`` for masked names, ``W`` otherwise; differentiable in ``W``."""
+        return {n: (p * self.masks[n] if n in self.masks else p) for n, p in params.items()}
+
+    def restrict(self, name: str, grad: Tensor) -> Tensor:
+        """A gradient with respect to the student's ``name`` kept inside the student (zero where pruned)."""
+        return grad * self.masks[name] if name in self.masks else grad
+
+    def to_teacher(self, name: str, grad: Tensor) -> Tensor:
+        """A gradient with respect to the student's ``name`` as one with respect to ``W[name]``."""
+        return self.restrict(name, grad)
+
+    def without_kept(self, params: ParamDict) -> ParamDict:
+        """``W * (1 - M) + stop_grad(W * M)``: the teacher whose loss cannot move the student's weights."""
+        return {n: (p - p * self.masks[n] + (p * self.masks[n]).detach()) if n in self.masks else p
+                for n, p in params.items()}
+
+    def drop_kept(self, name: str, grad: Tensor) -> Tensor:
+        """``grad * (1 - M)``: a teacher gradient with the student's weights left out."""
+        return grad - grad * self.masks[name] if name in self.masks else grad
+
+
+class ColumnStudent(MaskedStudent):
+    """Whole-coordinate masks: the student's tables are ``W[:, kept]``, ``(rows, k)``."""
+
+    def __init__(self, masks: MaskDict, params: ParamDict) -> None:
+        super().__init__(masks, params)
+        # The kept columns, in order (real parts, then imaginary parts).
+        self.columns: Dict[str, Tensor] = {n: torch.nonzero(m[0]).flatten() for n, m in masks.items()}
+
+    def weights(self, params: ParamDict) -> ParamDict:
+        return {n: (p.index_select(1, self.columns[n]) if n in self.columns else p) for n, p in params.items()}
+
+    def restrict(self, name: str, grad: Tensor) -> Tensor:
+        return grad  # a narrow tensor holds kept columns only
+
+    def to_teacher(self, name: str, grad: Tensor) -> Tensor:
+        if name not in self.columns:
+            return grad
+        width = self.masks[name].shape[1]
+        return grad.new_zeros(grad.shape[0], width).index_copy_(1, self.columns[name], grad)
+
+
+Student = MaskedStudent  # the interface every strategy implements
+
+
+def make_student(masks: Optional[MaskDict], params: ParamDict, structure: str = "element") -> Optional[Student]:
+    """The student for ``masks`` (``None`` without masks): columns for whole-coordinate masks."""
+    if not masks:
+        return None
+    if structure not in ("element", "dimension"):
+        raise ValueError(f"prune structure must be element or dimension, got {structure!r}")
+    return (ColumnStudent if structure == "dimension" else MaskedStudent)(masks, params)

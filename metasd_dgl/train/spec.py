@@ -1,0 +1,74 @@
+"""The frozen constants a training step reads, built once from the run's ``Config``.
+
+Every option is declared, defaulted and checked in ``config.py``; nothing
+here has a default of its own, so a default can only ever differ in one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+from ..config import Config
+
+
+@dataclass(frozen=True)
+class KDSpec:
+    """Constants of the distillation term (``losses.kd_loss``, ``fused.mutual_grads``)."""
+
+    temperature: float
+    forward_weight: float  # KL(source || learner)
+    reverse_weight: float  # KL(learner || source)
+    kd_weight: float  # weight next to the cross-entropy
+    t2_scale: bool  # multiply the KL terms by temperature^2
+    label_smoothing: float
+
+    @property
+    def scale(self) -> float:
+        """``s``: the factor in front of ``fw * KL + rw * KL``."""
+        return self.kd_weight * (self.temperature**2 if self.t2_scale else 1.0)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """What one batch does: the method, its losses and the meta step's constants."""
+
+    method: str  # plain | prune | kd | metasd
+    regularizer: str  # dura | n3 | none (distance decoders always use none)
+    reg_weight: float
+    label_smoothing: float
+    grad_clip: float  # 0 = off
+    loss_backend: str  # fused | autograd
+    kd: KDSpec
+    virtual_lr: float
+    meta_grad_path: str  # full | kd (the reference code's)
+    share_forward: bool
+    extra_teacher_step: bool
+    student_owns_kept: bool
+    margin: float  # negative-sampling regime, distance decoders
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "StepSpec":
+        tc, mc = cfg.train, cfg.metasd
+        kd = KDSpec(temperature=mc.temperature, forward_weight=mc.kd_forward_weight,
+                    reverse_weight=mc.kd_reverse_weight, kd_weight=mc.kd_weight,
+                    t2_scale=mc.kd_t2_scale, label_smoothing=tc.label_smoothing)
+        return cls(method=tc.method, regularizer=tc.regularizer, reg_weight=tc.reg_weight,
+                   label_smoothing=tc.label_smoothing, grad_clip=tc.grad_clip, loss_backend=tc.loss_backend,
+                   kd=kd, virtual_lr=mc.virtual_lr, meta_grad_path=mc.meta_grad_path,
+                   share_forward=mc.share_forward, extra_teacher_step=mc.extra_teacher_step,
+                   student_owns_kept=mc.student_owns_kept, margin=tc.margin)
+
+
+class LossBackend(NamedTuple):
+    """The 1-N losses as gradients with respect to score matrices, one interface, two backends.
+
+    ``ce_grad(x, targets, smoothing) -> (dCE/dx, CE)``;
+    ``mutual_grads(x, z, targets, kd) -> (dL_student/dx, dL_teacher/dz, values)``;
+    ``virtual_grad(x, z, targets, kd) -> G = dL_student/dx``, differentiable in ``x`` and ``z``.
+    ``fused.FUSED`` writes them in closed form; ``losses.AUTOGRAD`` takes them from
+    the reference losses by autograd.  The tests run every method on both.
+    """
+
+    ce_grad: Callable
+    mutual_grads: Callable
+    virtual_grad: Callable
