@@ -53,9 +53,15 @@ class TrainConfig:
     batch_size: int = 1000
     optimizer: str = "adagrad"  # adagrad | adam
     lr: float = 0.1
+    lr_scheduler: str = "none"  # none | plateau (ReduceLROnPlateau on the selection MRR, mode max)
+    lr_factor: float = 0.5  # plateau: multiply lr by this after lr_patience validations without gain
+    lr_patience: int = 2  # plateau: validations without improvement before the lr drops
     regularizer: str = "dura"  # dura | n3 | none
     reg_weight: float = 0.05
     label_smoothing: float = 0.0
+    rp_weight: float = 0.0  # relation prediction: weight of CE over all relations given (h, t) (0 = off; complex, distmult)
+    entity_dropout: float = 0.0  # dropout on the entity rows in training steps (never in evaluation)
+    relation_dropout: float = 0.0  # dropout on the relation rows in training steps
     num_negatives: int = 32  # negative-sampling regime: corruptions per positive
     margin: float = 9.0  # negative-sampling regime: gamma of distance models
     edge_dropout: float = 0.5  # rgcn: share of training edges hidden from message passing
@@ -120,6 +126,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.method": ("plain", "prune", "kd", "metasd"),
     "train.regime": ("1-n", "negative-sampling"),
     "train.optimizer": ("adagrad", "adam"),
+    "train.lr_scheduler": ("none", "plateau"),
     "train.regularizer": ("dura", "n3", "none"),
     "train.loss_backend": ("fused", "autograd"),
     "metasd.prune_scope": ("global", "per-tensor"),
@@ -149,6 +156,13 @@ def validate(cfg: Config) -> Config:
         ("train.num_negatives", cfg.train.num_negatives >= 1, "must be >= 1"),
         ("train.edge_dropout", 0 <= cfg.train.edge_dropout < 1, "must be in [0, 1)"),
         ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must be in [0, 1)"),
+        ("train.rp_weight", cfg.train.rp_weight >= 0, "must be >= 0"),
+        ("train.rp_weight", cfg.train.rp_weight == 0 or cfg.model.decoder in ("complex", "distmult"),
+         "needs model.decoder complex or distmult (relation prediction scores every relation bilinearly)"),
+        ("train.entity_dropout", 0 <= cfg.train.entity_dropout < 1, "must be in [0, 1)"),
+        ("train.relation_dropout", 0 <= cfg.train.relation_dropout < 1, "must be in [0, 1)"),
+        ("train.lr_factor", 0 < cfg.train.lr_factor < 1, "must be in (0, 1)"),
+        ("train.lr_patience", cfg.train.lr_patience >= 0, "must be >= 0"),
         ("train.valid_every", cfg.train.valid_every >= 1, "must be >= 1"),
         ("train.patience", cfg.train.patience >= 0, "must be >= 0"),
         ("train.grad_clip", cfg.train.grad_clip >= 0, "must be >= 0"),

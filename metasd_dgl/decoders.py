@@ -56,6 +56,10 @@ class DistMult(Decoder):
     def score_all(self, h: Tensor, r: Tensor, entities: Tensor) -> Tensor:
         return (h * r) @ entities.t()
 
+    def score_relations(self, h: Tensor, t: Tensor, relations: Tensor) -> Tensor:
+        """``(b, w)`` heads and tails against every relation row ``(2R, w)`` -> ``(b, 2R)``."""
+        return (h * t) @ relations.t()
+
 
 class ComplEx(Decoder):
     """Re(<h, r, conj(t)>) (Trouillon et al. 2016); width 2 * dim."""
@@ -80,6 +84,13 @@ class ComplEx(Decoder):
 
     def score_all(self, h: Tensor, r: Tensor, entities: Tensor) -> Tensor:
         return self.query(h, r) @ entities.t()
+
+    def score_relations(self, h: Tensor, t: Tensor, relations: Tensor) -> Tensor:
+        """Every relation's score for ``(h, ?, t)``: ``Re(h r conj(t)) = <[h_re t_re + h_im t_im,
+        h_re t_im - h_im t_re], r>`` -> ``(b, 2R)``."""
+        hr, hi = _halves(h)
+        tr, ti = _halves(t)
+        return torch.cat([hr * tr + hi * ti, hr * ti - hi * tr], dim=-1) @ relations.t()
 
 
 def _neg_distance_all(q: Tensor, entities: Tensor) -> Tensor:

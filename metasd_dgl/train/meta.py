@@ -30,7 +30,7 @@ from ..student import Student
 from ..typing import TAIL, ParamDict
 
 if TYPE_CHECKING:
-    from .steps import Stepper
+    from .steps import Forward, Stepper
 
 
 @dataclass
@@ -40,9 +40,8 @@ class Virtual:
     weights: ParamDict  # S', differentiable in W
     student_grads: Dict[str, Optional[Tensor]]  # grad_S of the student's batch loss (student-shaped)
     student_scores: Tensor  # (b, N), detached
-    teacher_scores: Tensor  # (b, N), attached to W
-    teacher_rows: Tuple[Tensor, ...]  # the teacher's (h, r, t) batch rows, attached to W
-    student_reg: Tensor  # the student's regulariser value, detached
+    teacher: "Forward"  # the teacher's forward on the batch, attached to W
+    student_own: Dict[str, Tensor]  # the student's regulariser and relation-prediction values, detached
 
 
 def virtual_student(s: "Stepper", batch: Tensor, student: Student, graph, every_weight: bool = False) -> Virtual:
@@ -68,12 +67,12 @@ def _virtual_step(s: "Stepper", start: ParamDict, batch: Tensor, student: Studen
                   second_order_in_student: bool) -> Virtual:
     """One SGD step of the student from ``start`` on its distillation loss, kept differentiable."""
     wrt = [n for n, w in start.items() if w.requires_grad and (every_weight or n in student.names)]
-    s_scores, s_rows = s.scores(start, batch, graph)
-    t_scores, t_rows = s.scores(None, batch, graph)
-    x = s_scores if second_order_in_student else s_scores.detach()
-    g = s.losses.virtual_grad(x, t_scores, batch[:, TAIL], s.spec.kd)  # dL_student / d scores
-    reg = s.reg(s_rows)
-    pairs = [(s_scores, g)] + ([(reg, torch.ones_like(reg))] if reg.requires_grad else [])
+    fs = s.forward(start, batch, graph)
+    ft = s.forward(None, batch, graph)
+    x = fs.scores if second_order_in_student else fs.scores.detach()
+    g = s.losses.virtual_grad(x, ft.scores, batch[:, TAIL], s.spec.kd)  # dL_student / d scores
+    own = s.own_losses(fs, batch)  # regulariser, relation prediction
+    pairs = [(fs.scores, g)] + [(v, torch.ones_like(v)) for v in own.values() if v.requires_grad]
     grads = dict(zip(wrt, torch.autograd.grad([o for o, _ in pairs], [start[n] for n in wrt], [c for _, c in pairs],
                                               create_graph=True, allow_unused=True)))
     lr = s.spec.virtual_lr
@@ -81,13 +80,13 @@ def _virtual_step(s: "Stepper", start: ParamDict, batch: Tensor, student: Studen
     for n in student.names:
         if grads.get(n) is not None:
             weights[n] = start[n] - lr * student.restrict(n, grads[n])
-    return Virtual(weights, grads, s_scores.detach(), t_scores, t_rows, reg.detach())
+    return Virtual(weights, grads, fs.scores.detach(), ft, {k: v.detach() for k, v in own.items()})
 
 
 def meta_gradient(s: "Stepper", virtual: Virtual, quiz: Tensor, graph,
                   retain_graph: bool = False) -> Tuple[Dict[str, Optional[Tensor]], Tensor]:
     """(2): ``({name: d CE(S' on quiz) / dW[name] or None}, quiz loss)``."""
-    q_scores, _ = s.scores(virtual.weights, quiz, graph)
+    q_scores = s.forward(virtual.weights, quiz, graph, train=False).scores
     gq, quiz_loss = s.losses.ce_grad(q_scores.detach(), quiz[:, TAIL])
     grads = s.backprop([(q_scores, gq)], retain_graph=retain_graph)
     return {n: (None if g is None else g.detach()) for n, g in grads.items()}, quiz_loss

@@ -36,6 +36,9 @@ class StepSpec:
     regularizer: str  # dura | n3 | none (distance decoders always use none)
     reg_weight: float
     label_smoothing: float
+    rp_weight: float  # relation prediction (0 = off)
+    entity_dropout: float
+    relation_dropout: float
     grad_clip: float  # 0 = off
     loss_backend: str  # fused | autograd
     kd: KDSpec
@@ -53,7 +56,8 @@ class StepSpec:
                     reverse_weight=mc.kd_reverse_weight, kd_weight=mc.kd_weight,
                     t2_scale=mc.kd_t2_scale, label_smoothing=tc.label_smoothing)
         return cls(method=tc.method, regularizer=tc.regularizer, reg_weight=tc.reg_weight,
-                   label_smoothing=tc.label_smoothing, grad_clip=tc.grad_clip, loss_backend=tc.loss_backend,
+                   label_smoothing=tc.label_smoothing, rp_weight=tc.rp_weight, entity_dropout=tc.entity_dropout,
+                   relation_dropout=tc.relation_dropout, grad_clip=tc.grad_clip, loss_backend=tc.loss_backend,
                    kd=kd, virtual_lr=mc.virtual_lr, meta_grad_path=mc.meta_grad_path,
                    share_forward=mc.share_forward, extra_teacher_step=mc.extra_teacher_step,
                    student_owns_kept=mc.student_owns_kept, margin=tc.margin)

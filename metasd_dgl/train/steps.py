@@ -32,7 +32,7 @@ and their norm reported (``grad_norm``, ``meta_grad_norm``).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -42,12 +42,21 @@ from ..distributed import average_gradients
 from ..student import Student
 from ..typing import HEAD, REL, TAIL, ParamDict
 from .fused import FUSED
-from .losses import AUTOGRAD, negative_sampling_loss, regularizer
+from .losses import AUTOGRAD, cross_entropy_1n, negative_sampling_loss, regularizer
 from .meta import meta_gradient, virtual_student, virtual_student_reference
 from .spec import KDSpec, StepSpec
 
 BACKENDS = {"fused": FUSED, "autograd": AUTOGRAD}
 Grads = Dict[str, Optional[Tensor]]
+Pairs = List[Tuple[Tensor, Tensor]]  # (output, cotangent): back-propagated together
+
+
+class Forward(NamedTuple):
+    """One model's forward on a batch of tail queries ``(b, 3)``."""
+
+    scores: Tensor  # (b, N): every tail
+    rows: Tuple[Tensor, Tensor, Tensor]  # the batch's (h, r, t) rows, for the regulariser
+    rel_scores: Optional[Tensor]  # (b, 2R): every relation given (h, t); only with train.rp_weight
 
 
 def make_optimizers(model: nn.Module, cfg: Config) -> Tuple[torch.optim.Optimizer, Optional[torch.optim.Optimizer]]:
@@ -65,7 +74,8 @@ class Stepper:
 
     model: a ``LinkPredictor``; optimizer / meta_optimizer over all of its
     parameters (the meta optimiser only for ``metasd``); spec: from
-    ``StepSpec.from_config``.
+    ``StepSpec.from_config``.  ``generator`` (set by the caller before each
+    step) draws the embedding-dropout masks; only dropout uses randomness.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -79,19 +89,54 @@ class Stepper:
         self.reg_kind = spec.regularizer if self.decoder.kind == "bilinear" else "none"
         self.method: Callable = metasd_shared if spec.method == "metasd" and spec.share_forward else METHODS[spec.method]
         self.virtual = virtual_student if spec.meta_grad_path == "full" else virtual_student_reference
+        self.generator: Optional[torch.Generator] = None
 
     # ------------------------------------------------------------ pieces
-    def scores(self, weights: Optional[ParamDict], queries: Tensor, graph=None) -> Tuple[Tensor, Tuple[Tensor, ...]]:
-        """Scores ``(b, N)`` of every tail for ``queries (b, 3)``, and the batch rows ``(h, r, t)``.
+    def forward(self, weights: Optional[ParamDict], queries: Tensor, graph=None, train: bool = True) -> Forward:
+        """One model on ``queries (b, 3)``: scores of every tail, the batch rows, relation scores.
 
         weights: ``{name: tensor}`` overriding the module's (``None``: the teacher's own).
+        train: apply embedding dropout (``train.entity_dropout`` / ``relation_dropout``);
+        the quiz loss of the meta step is scored without it, like an evaluation.
         """
         ent, rel = self.model.encode(graph, weights)
+        if train:
+            ent, rel = self._dropout(ent, self.spec.entity_dropout), self._dropout(rel, self.spec.relation_dropout)
         h, r, t = ent[queries[:, HEAD]], rel[queries[:, REL]], ent[queries[:, TAIL]]
-        return self.decoder.score_all(h, r, ent), (h, r, t)
+        rel_scores = self.decoder.score_relations(h, t, rel) if self.spec.rp_weight else None
+        return Forward(self.decoder.score_all(h, r, ent), (h, r, t), rel_scores)
 
-    def reg(self, rows: Tuple[Tensor, ...]) -> Tensor:
-        return regularizer(self.reg_kind, *rows, self.spec.reg_weight, self.decoder.name)
+    def _dropout(self, x: Tensor, rate: float) -> Tensor:
+        """Inverted dropout of the rows' entries, masks drawn from ``self.generator``."""
+        if not rate:
+            return x
+        if self.generator is None:
+            raise ValueError("embedding dropout needs Stepper.generator")
+        keep = torch.rand(x.shape, generator=self.generator, device=self.generator.device) >= rate
+        return x * keep.to(x.device, x.dtype) * (1.0 / (1.0 - rate))
+
+    def own_terms(self, f: Forward, queries: Tensor) -> Tuple[Pairs, Dict[str, Tensor]]:
+        """A model's terms beside the data CE: the regulariser and relation prediction.
+
+        Returns the (output, cotangent) pairs to back-propagate and their values
+        ``{"reg", "rp"}`` (``rp_weight * CE`` over relations; 0 when off).
+        """
+        reg = regularizer(self.reg_kind, *f.rows, self.spec.reg_weight, self.decoder.name)
+        pairs: Pairs = [(reg, torch.ones_like(reg))]
+        rp = reg.new_zeros(())
+        if f.rel_scores is not None:
+            g, ce = self.losses.ce_grad(f.rel_scores.detach(), queries[:, REL])
+            pairs.append((f.rel_scores, g * self.spec.rp_weight))
+            rp = ce * self.spec.rp_weight
+        return pairs, {"reg": reg.detach(), "rp": rp}
+
+    def own_losses(self, f: Forward, queries: Tensor) -> Dict[str, Tensor]:
+        """The same terms as differentiable scalars ``{"reg", "rp"}`` (the virtual step differentiates
+        them twice)."""
+        reg = regularizer(self.reg_kind, *f.rows, self.spec.reg_weight, self.decoder.name)
+        if f.rel_scores is None:
+            return {"reg": reg, "rp": reg.new_zeros(())}
+        return {"reg": reg, "rp": self.spec.rp_weight * cross_entropy_1n(f.rel_scores, queries[:, REL])}
 
     def backprop(self, pairs: List[Tuple[Tensor, Tensor]], retain_graph: bool = False) -> Grads:
         """``{name: d/dW[name] of sum <output, cotangent>}`` over ``(output, cotangent)`` pairs."""
@@ -130,8 +175,8 @@ class Stepper:
         student: from ``student.make_student`` (prune, kd, metasd); quiz:
         ``(q, 3)`` (metasd); do_meta: False skips the meta step
         (``metasd.meta_every``).  Keys: ``loss`` (what the optimiser
-        minimised), ``ce_teacher`` and/or ``ce_student``, ``reg``,
-        ``grad_norm``; for kd/metasd ``kd_student``, ``kd_teacher``,
+        minimised), ``ce_teacher`` and/or ``ce_student``, ``reg``, ``rp``
+        (relation prediction, 0 when off), ``grad_norm``; for kd/metasd ``kd_student``, ``kd_teacher``,
         ``kl_teacher_student``, ``kl_student_teacher``; with a meta step
         ``meta_quiz_loss``, ``meta_grad_norm``; with the extra teacher step
         ``extra_teacher_loss``.
@@ -156,11 +201,12 @@ class Stepper:
         if self.spec.method == "prune" and student is None:
             raise ValueError("method 'prune' needs a student (masks)")
         ent, rel = self.model.encode(graph, None if student is None else student.weights(self.params))
+        ent, rel = self._dropout(ent, self.spec.entity_dropout), self._dropout(rel, self.spec.relation_dropout)
         h, r, t = ent[positives[:, HEAD]], rel[positives[:, REL]], ent[positives[:, TAIL]]
         pos = self.decoder.score(h, r, t)
         neg = self.decoder.score(h.unsqueeze(1), r.unsqueeze(1), ent[negatives])
         loss = negative_sampling_loss(pos, neg, self.spec.margin, self.decoder.kind)
-        reg = self.reg((h, r, t))
+        reg = regularizer(self.reg_kind, h, r, t, self.spec.reg_weight, self.decoder.name)
         total = loss + reg
         norm = self.update(self.optimizer, self.backprop([(total, torch.ones_like(total))]), len(positives))
         return {"loss": float(total.detach()), "ns_loss": float(loss.detach()), "reg": float(reg.detach()),
@@ -169,33 +215,36 @@ class Stepper:
 
 # ------------------------------------------------------------------ the real steps
 def single_step(s: Stepper, weights: Optional[ParamDict], batch: Tensor, graph, name: str) -> Dict[str, Tensor]:
-    """CE + reg of one model (the teacher with ``weights=None``, else the student); optimiser step."""
-    scores, rows = s.scores(weights, batch, graph)
-    g, ce = s.losses.ce_grad(scores.detach(), batch[:, TAIL], s.spec.label_smoothing)
-    reg = s.reg(rows)
-    norm = s.update(s.optimizer, s.backprop([(scores, g), (reg, torch.ones_like(reg))]), len(batch))
-    return {"loss": ce + reg.detach(), name: ce, "reg": reg.detach(), "grad_norm": norm}
+    """CE + reg (+ relation prediction) of one model (the teacher with ``weights=None``, else the
+    student); optimiser step."""
+    f = s.forward(weights, batch, graph)
+    g, ce = s.losses.ce_grad(f.scores.detach(), batch[:, TAIL], s.spec.label_smoothing)
+    pairs, own = s.own_terms(f, batch)
+    norm = s.update(s.optimizer, s.backprop([(f.scores, g), *pairs]), len(batch))
+    return {"loss": ce + own["reg"] + own["rp"], name: ce, **own, "grad_norm": norm}
 
 
 def mutual_step(s: Stepper, batch: Tensor, student: Student, graph) -> Dict[str, Tensor]:
     """Step (3): teacher and student learn from the data and from each other; one step on the sum."""
     teacher = student.without_kept(s.params) if s.spec.student_owns_kept else None
-    s_scores, s_rows = s.scores(student.weights(s.params), batch, graph)
-    t_scores, t_rows = s.scores(teacher, batch, graph)
-    gs, gt, values = s.losses.mutual_grads(s_scores.detach(), t_scores.detach(), batch[:, TAIL], s.spec.kd)
-    reg = s.reg(s_rows) + s.reg(t_rows)
-    grads = s.backprop([(s_scores, gs), (t_scores, gt), (reg, torch.ones_like(reg))])
-    norm = s.update(s.optimizer, grads, len(batch))
-    return {**mutual_values(s.spec.kd, values, reg.detach()), "grad_norm": norm}
+    fs = s.forward(student.weights(s.params), batch, graph)
+    ft = s.forward(teacher, batch, graph)
+    gs, gt, values = s.losses.mutual_grads(fs.scores.detach(), ft.scores.detach(), batch[:, TAIL], s.spec.kd)
+    pairs_s, own_s = s.own_terms(fs, batch)
+    pairs_t, own_t = s.own_terms(ft, batch)
+    norm = s.update(s.optimizer, s.backprop([(fs.scores, gs), (ft.scores, gt), *pairs_s, *pairs_t]), len(batch))
+    return {**mutual_values(s.spec.kd, values, own_s, own_t), "grad_norm": norm}
 
 
-def mutual_values(kd: KDSpec, v: Dict[str, Tensor], reg: Tensor) -> Dict[str, Tensor]:
+def mutual_values(kd: KDSpec, v: Dict[str, Tensor], own_s: Dict[str, Tensor],
+                  own_t: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """The real step's loss and its parts from the unscaled KL values of ``mutual_grads``."""
     fw, rw, sc = kd.forward_weight, kd.reverse_weight, kd.scale
     kd_s = sc * (fw * v["kl_teacher_student"] + rw * v["kl_student_teacher"])
     kd_t = sc * (fw * v["kl_student_teacher"] + rw * v["kl_teacher_student"])
-    loss = v["ce_student"] + v["ce_teacher"] + kd_s + kd_t + reg
-    return {"loss": loss, "reg": reg, "kd_student": kd_s, "kd_teacher": kd_t, **v}
+    reg, rp = own_s["reg"] + own_t["reg"], own_s["rp"] + own_t["rp"]
+    loss = v["ce_student"] + v["ce_teacher"] + kd_s + kd_t + reg + rp
+    return {"loss": loss, "reg": reg, "rp": rp, "kd_student": kd_s, "kd_teacher": kd_t, **v}
 
 
 def extra_teacher_step(s: Stepper, batch: Tensor, graph) -> Dict[str, Tensor]:
@@ -244,10 +293,10 @@ def metasd_shared(s: Stepper, batch: Tensor, student: Student, quiz: Tensor, gra
     out = extra_teacher_step(s, batch, graph)
     virtual = s.virtual(s, batch, student, graph, every_weight=True)  # (1), gradients of all student weights
     meta, quiz_loss = meta_gradient(s, virtual, quiz, graph, retain_graph=True)  # (2)
-    _, gt, values = s.losses.mutual_grads(virtual.student_scores, virtual.teacher_scores.detach(),
-                                          batch[:, TAIL], s.spec.kd)
-    reg_t = s.reg(virtual.teacher_rows)
-    teacher = s.backprop([(virtual.teacher_scores, gt), (reg_t, torch.ones_like(reg_t))])
+    ft = virtual.teacher
+    _, gt, values = s.losses.mutual_grads(virtual.student_scores, ft.scores.detach(), batch[:, TAIL], s.spec.kd)
+    pairs_t, own_t = s.own_terms(ft, batch)
+    teacher = s.backprop([(ft.scores, gt), *pairs_t])
     real: Grads = {}
     for n, g in teacher.items():  # (3) teacher part + student part (the virtual step's gradient)
         if g is not None and s.spec.student_owns_kept:
@@ -258,7 +307,7 @@ def metasd_shared(s: Stepper, batch: Tensor, student: Student, quiz: Tensor, gra
         real[n] = None if not parts else (parts[0] if len(parts) == 1 else parts[0] + parts[1])
     out.update(meta_quiz_loss=quiz_loss, meta_grad_norm=s.update(s.meta_optimizer, meta, len(batch)))
     norm = s.update(s.optimizer, real, len(batch))
-    return {**out, **mutual_values(s.spec.kd, values, virtual.student_reg + reg_t.detach()), "grad_norm": norm}
+    return {**out, **mutual_values(s.spec.kd, values, virtual.student_own, own_t), "grad_norm": norm}
 
 
 METHODS = {"plain": plain, "prune": prune, "kd": kd, "metasd": metasd}
