@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import registry
+from metasd_dgl.data import registry
 from metasd_dgl.data.preprocess import load_processed, preprocess
 from metasd_dgl.data.triples import read_tsv
 from metasd_dgl.errors import DataError

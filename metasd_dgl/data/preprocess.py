@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from datasets import registry
+from metasd_dgl.data import registry
 from metasd_dgl import __version__
 from metasd_dgl.data import stats as kgstats
 from metasd_dgl.data.triples import SPLITS, RawKG, read_source, source_identity

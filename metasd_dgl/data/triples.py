@@ -28,7 +28,7 @@ Layouts (``fmt``):
 * ``auto``: ``udd_hrt`` when the folder has both map files and the first
   train line is three integers, else ``tsv``.
 
-Built-in names (``datasets.registry``) win over a same-named relative folder;
+Built-in names (``metasd_dgl.data.registry``) win over a same-named relative folder;
 write ``./umls`` to mean the folder.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from datasets import registry
+from metasd_dgl.data import registry
 from metasd_dgl.errors import DataError
 
 StrTriple = Tuple[str, str, str]
@@ -305,7 +305,7 @@ def read_source(source: Union[str, Path], data_dir: Optional[Path] = None, fmt: 
     """Read a built-in name, a folder, or a tar archive into string triples.
 
     ``data_dir`` is where built-in archives are looked for first (see
-    ``datasets.registry.resolve``); ``workdir`` hosts a scratch folder that is
+    ``metasd_dgl.data.registry.resolve``); ``workdir`` hosts a scratch folder that is
     removed before returning (default: the system temp folder).
     """
     if fmt not in FORMATS:
