@@ -43,7 +43,7 @@ import torch
 from metasd_dgl.data import registry
 from metasd_dgl import __version__
 from metasd_dgl.data import stats as kgstats
-from metasd_dgl.data.triples import SPLITS, RawKG, read_source, source_identity
+from metasd_dgl.data.triples import SPLITS, RawKG, read_source, source_identity, triple_keys
 from metasd_dgl.errors import DataError
 from metasd_dgl.graph.build import build_graph, load_graph, save_graph
 
@@ -88,14 +88,9 @@ def encode(raw: RawKG) -> Tuple[List[str], List[str], Dict[str, np.ndarray]]:
     return entities, relations, out
 
 
-def _keys(ids: np.ndarray, n_ent: int, n_rel: int) -> np.ndarray:
-    """(n, 3) -> (n,) unique int64 key per triple."""
-    return (ids[:, 0] * n_rel + ids[:, 1]) * n_ent + ids[:, 2]
-
-
 def dedupe(ids: np.ndarray, n_ent: int, n_rel: int) -> Tuple[np.ndarray, int]:
     """Drop repeated triples (first copy kept, order kept); return kept rows and the number dropped."""
-    _, first = np.unique(_keys(ids, n_ent, n_rel), return_index=True)
+    _, first = np.unique(triple_keys(ids, n_ent, n_rel), return_index=True)
     keep = np.sort(first)
     return ids[keep], len(ids) - len(keep)
 
@@ -127,7 +122,7 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
     dups: Dict[str, int] = {}
     for split in SPLITS:
         ids[split], dups[split] = dedupe(ids[split], n_ent, n_rel)
-    keys = {s: _keys(ids[s], n_ent, n_rel) for s in SPLITS}
+    keys = {s: triple_keys(ids[s], n_ent, n_rel) for s in SPLITS}
     in_train = np.zeros(n_ent, dtype=bool)
     in_train[ids["train"][:, [0, 2]].ravel()] = True
     unseen = {s: int((~in_train[ids[s][:, 0]] | ~in_train[ids[s][:, 2]]).sum()) for s in ("valid", "test")}

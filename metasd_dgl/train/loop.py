@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config, save_config, to_dict
+from ..data.triples import reciprocal_queries
 from ..device import resolve_device
 from ..errors import CheckpointError, UserError
 from ..evaluation import metrics
@@ -36,7 +37,6 @@ from ..graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative
 from ..inference import rank_split
 from ..model import LinkPredictor, build_model
 from ..pruning import compute_masks, dimension_coordinates, sparsity_report
-from ..typing import reciprocal_queries
 from .steps import Stepper, make_optimizers
 
 STUDENT_METHODS = ("prune", "kd", "metasd")
