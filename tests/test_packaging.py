@@ -17,7 +17,7 @@ _SPECS = (
     "out = {}\n"
     "for name in ('datasets', 'pipelines'):\n"
     "    s = importlib.util.find_spec(name)\n"
-    "    out[name] = None if s is None else [s.origin] + list(s.submodule_search_locations or [])\n"
+    "    out[name] = None if s is None else s.origin\n"
     "print(json.dumps(out))\n"
 )
 
@@ -51,15 +51,18 @@ def lib(tmp_path_factory) -> Path:
 
 
 def test_venv_import_datasets_is_not_this_project(tmp_path):
-    """In the environment, outside the repository, ``datasets``/``pipelines`` are not ours.
+    """In the environment, outside the repository, ``datasets``/``pipelines`` are not our packages.
 
-    (Fails while the venv's editable install still maps an old checkout's
-    ``datasets/__init__.py``; reinstall with ``pip install -e .``.)
+    Only a regular package (a file origin, ``datasets/__init__.py``) can shadow
+    HuggingFace ``datasets``; a legacy ``setup.py develop`` puts the checkout on
+    sys.path, where the code-less folders are at most empty namespace packages,
+    which any installed regular package wins over.  (Fails while the venv's
+    editable install still maps an old checkout's ``datasets/__init__.py``.)
     """
     found = json.loads(_run(_SPECS, cwd=tmp_path))
-    for name, places in found.items():
-        ours = [p for p in (places or []) if p and p not in ("namespace", "built-in") and _in_this_project(p)]
-        assert not ours, f"import {name} resolves into metasd-dgl: {ours}"
+    for name, origin in found.items():
+        ours = origin is not None and Path(origin).is_file() and _in_this_project(origin)
+        assert not ours, f"import {name} resolves into metasd-dgl: {origin}"
 
 
 def test_built_package_holds_only_metasd_dgl_and_its_shipped_files(lib, tmp_path):
@@ -68,7 +71,7 @@ def test_built_package_holds_only_metasd_dgl_and_its_shipped_files(lib, tmp_path
     assert configs == sorted(p.name for p in (REPO / "pipelines" / "configs").glob("*.yaml"))
     assert "umls_metasd.yaml" in configs
     found = json.loads(_run(_SPECS, cwd=tmp_path, pythonpath=str(lib), isolated=True))
-    assert found == {"datasets": None, "pipelines": None}
+    assert found == {"datasets": None, "pipelines": None}  # nothing of ours, not even a namespace
 
 
 def test_built_package_reads_its_own_copies(lib, tmp_path):
