@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -210,7 +211,7 @@ def run_ours(job: dict) -> dict:
     _threads(job)
     data = load_processed(job["processed"])
     if job.get("train_limit"):
-        data.train = data.train[: job["train_limit"]]
+        data = dataclasses.replace(data, train=data.train[: job["train_limit"]])
     test = data.test[: job["test_limit"]] if job.get("test_limit") else data.test
     rss_loaded = peak_rss_mb()
     trainer = Trainer(_config(job), data, Path(job["run_dir"]), progress=False)

@@ -19,7 +19,7 @@ from metasd_dgl.data.stats import evaluation_buckets
 from metasd_dgl.evaluation import summarize
 from metasd_dgl.inference import rank_split
 from metasd_dgl.train.loop import Trainer
-from pipelines.stages import load_run, stage_export
+from metasd_dgl.stages import load_run, stage_export
 
 
 def train_and_test(cfg: Config, data_path: Path) -> dict:

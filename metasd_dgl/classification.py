@@ -7,7 +7,7 @@ with an entity drawn uniformly by DGL's ``negative_sampler.Uniform``
 edge ``i`` is positive ``i`` and edge ``i + n`` its inverse (the training
 graph's convention), so corrupting the tail of edge ``i + n`` corrupts the head.
 A negative that is a known fact (train, valid or test; keyed as
-``(h * R + r) * N + t``) is redrawn, all collisions at once, up to
+``data.triples.triple_keys``) is redrawn, all collisions at once, up to
 ``max_rounds`` times; any left are dropped and counted.
 
 Thresholds: per relation, the one maximising validation accuracy (predict
@@ -29,15 +29,10 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import Tensor
 
+from .data.triples import triple_keys
 from .decoders import Decoder
 from .graph.sampling import negative_tails
 from .typing import HEAD, REL, TAIL
-
-
-def triple_keys(triples: Tensor, num_entities: int, num_relations: int) -> Tensor:
-    """(n, 3) -> (n,) int64 key ``(h * R + r) * N + t``."""
-    t = triples.long()
-    return (t[:, HEAD] * num_relations + t[:, REL]) * num_entities + t[:, TAIL]
 
 
 def _is_known(keys: Tensor, known_sorted: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Command line: ``metasd-dgl preprocess | train | evaluate | export | pipeline``.
 
-Only this module (and ``pipelines/``) reads configuration; the library takes
-typed arguments.  User errors print one line and exit 2; internal errors
+Only this module (and ``metasd_dgl.stages``) reads configuration; the library
+takes typed arguments.  User errors print one line and exit 2; internal errors
 exit 1 (tracebacks only with ``--debug``).
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ def preprocess(source: str, out: str, data_dir: Optional[str], fmt: str, force: 
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(configs, sets, resume: Optional[str], quiet: bool, **options) -> None:
     """Train a model (dense or MetaSD) into a run folder."""
-    from pipelines.stages import stage_preprocess, stage_train
+    from metasd_dgl.stages import stage_preprocess, stage_train
 
     from .device import resolve_device
     from .distributed import barrier, init_from_env
@@ -135,7 +135,7 @@ def train(configs, sets, resume: Optional[str], quiet: bool, **options) -> None:
 def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
              triple_classification: bool, plots: bool) -> None:
     """Exact filtered ranking of teacher and true student, overall and per bucket."""
-    from pipelines.stages import stage_evaluate
+    from metasd_dgl.stages import stage_evaluate
 
     stage_evaluate(Path(run_dir), split, checkpoint, Path(compact) if compact else None, echo=click.echo)
     click.echo(f"metrics: {Path(run_dir) / 'eval' / (split + '.json')}")
@@ -155,7 +155,7 @@ def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
 @click.option("--checkpoint", default="best", show_default=True)
 def export(run_dir: str, checkpoint: str) -> None:
     """Write the dense teacher and the compact pruned student; print their sizes."""
-    from pipelines.stages import stage_export
+    from metasd_dgl.stages import stage_export
 
     info = stage_export(Path(run_dir), checkpoint)
     for k, v in info.items():
@@ -173,8 +173,8 @@ def pipeline(config_files, sets, quiet: bool, **options) -> None:
 
     With no CONFIG the embedded default runs: ComplEx + MetaSD on UMLS (offline, minutes on CPU).
     """
-    from pipelines.stages import stage_evaluate, stage_export, stage_preprocess, stage_train
-    from pipelines import default_config_path
+    from metasd_dgl.stages import stage_evaluate, stage_export, stage_preprocess, stage_train
+    from metasd_dgl.resources import default_config_path
 
     files = config_files or (str(default_config_path()),)
     cfg = resolve(files, sets, **options)

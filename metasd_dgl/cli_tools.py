@@ -7,7 +7,7 @@ Register them on the main group (``metasd_dgl/cli.py``)::
         cli.add_command(command)
 
 ``predict``, ``report``, ``export-dglke``, ``classify`` read a run folder
-(``pipelines.stages.load_run``); ``import-dglke`` reads a DGL-KE save folder and
+(``metasd_dgl.stages.load_run``); ``import-dglke`` reads a DGL-KE save folder and
 a processed dataset, evaluates the imported model directly (exact filtered
 ranking, both directions) and prints the metrics; ``--out FILE`` also writes
 them as JSON.  It writes no run folder: DGL-KE's RotatE and TransE_l1 scores
@@ -32,7 +32,7 @@ DGLKE_MODELS = ("ComplEx", "DistMult", "TransE", "TransE_l2", "TransE_l1", "Rota
 
 def _tables(run_dir: Path, checkpoint: str, student: bool):
     """-> (cfg, data, model, masks, ckpt, tables) of the teacher or the true student."""
-    from pipelines.stages import load_run
+    from metasd_dgl.stages import load_run
 
     from .inference import encode_tables
 

@@ -1,10 +1,10 @@
 """Configuration: one dataclass per concern, every option stated once with its default.
 
 ``Config`` is the whole run.  YAML files hold short overrides of these
-defaults (see ``pipelines/configs``); ``load_config`` merges them in order
-and checks names and types, so a typo is an error, not a silent default.
-Library functions take the typed pieces; only the CLI and ``pipelines/``
-read files.
+defaults (see ``pipelines/configs``, found by ``metasd_dgl.resources``);
+``load_config`` merges them in order and checks names and types, so a typo is
+an error, not a silent default.  Library functions take the typed pieces; only
+the CLI and ``metasd_dgl.stages`` read files.
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 Every query is a tail query ``(head, relation, target)`` with relations in
 ``[0, 2R)``; the head query ``(?, r, t)`` of a triple is asked as
-``(t, r + R, ?)`` (``metasd_dgl.typing``).  Ranks are *realistic*: the mean of
-the optimistic rank ``1 + #{e: s_e > s_target}`` and the pessimistic rank
-``#{e: s_e >= s_target}`` (target included), i.e. the expected rank under a
-random order of ties, as in PyKEEN.  Filtering drops every entity known to be
+``(t, r + R, ?)`` (``metasd_dgl.data.triples.reciprocal_queries``).  Ranks
+are *realistic*: the mean of the optimistic rank ``1 + #{e: s_e > s_target}``
+and the pessimistic rank ``#{e: s_e >= s_target}`` (target included), i.e. the
+expected rank under a random order of ties, as in PyKEEN.  Filtering drops every entity known to be
 true for the query (train+valid+test, ``FilterIndex``) except the target.
 
 Queries are processed in chunks; per chunk one ``(chunk, N)`` score matrix
@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from .data.filters import FilterIndex
-from .typing import HEAD, REL, TAIL, reciprocal_queries
+from .data.triples import reciprocal_queries
+from .typing import HEAD, REL, TAIL
 
 #: (b, 2) int64 ``[head, relation]`` query rows -> (b, N) scores of every candidate tail.
 ScoreFn = Callable[[Tensor], Tensor]

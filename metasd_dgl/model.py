@@ -65,7 +65,6 @@ def build_model(
     dim: int,
     init_scale: float = 1e-3,
     generator: Optional[torch.Generator] = None,
-    graph=None,
     rgcn_options: Optional[dict] = None,
 ) -> LinkPredictor:
     """Build a model on CPU (move it with ``.to(device)``).

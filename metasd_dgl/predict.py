@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .data.filters import FilterIndex
 from .decoders import Decoder
 from .errors import DataError, UserError
 
@@ -126,26 +127,13 @@ def query_ids(queries: Sequence[NamedQuery], entity_names: Sequence[str], relati
     return torch.tensor(anchor, dtype=torch.int64), torch.tensor(relation, dtype=torch.int64)
 
 
-def known_answers(filter_index, anchors: Tensor, relations: Tensor, num_relations: int) -> tuple[Tensor, Tensor]:
-    """(b,) anchors, (b,) reciprocal relations -> (rows (m,), entities (m,)) of known answers.
+def known_answers(filter_index, anchors: Tensor, relations: Tensor) -> tuple[Tensor, Tensor]:
+    """(b,) anchors, (b,) reciprocal relations -> (rows (m,), entities (m,)) of known answers, on CPU.
 
-    ``filter_index`` is a ``FilterIndex`` (``.known``), or an (n, 3) tensor of
-    all known triples, matched here by sorted (anchor, relation) keys.
+    ``filter_index`` is a ``FilterIndex`` (anything with its ``.known``).
     """
-    if hasattr(filter_index, "known"):
-        rows, entities = filter_index.known(anchors, relations)
-        return rows.long().cpu(), entities.long().cpu()
-    t = filter_index.long().cpu()
-    h = torch.cat([t[:, 0], t[:, 2]])  # (2n,) anchors of both directions
-    r = torch.cat([t[:, 1], t[:, 1] + num_relations])
-    answer = torch.cat([t[:, 2], t[:, 0]])
-    keys, order = (h * 2 * num_relations + r).sort()
-    query = anchors.long().cpu() * 2 * num_relations + relations.long().cpu()  # (b,)
-    left = torch.searchsorted(keys, query)
-    counts = torch.searchsorted(keys, query, right=True) - left
-    rows = torch.repeat_interleave(torch.arange(query.numel()), counts)
-    starts = torch.repeat_interleave(left - (torch.cumsum(counts, 0) - counts), counts)
-    return rows, answer[order[starts + torch.arange(rows.numel())]]
+    rows, entities = filter_index.known(anchors, relations)
+    return rows.long().cpu(), entities.long().cpu()
 
 
 @torch.no_grad()
@@ -177,8 +165,8 @@ def predict(tables: tuple[Tensor, Tensor], decoder: Decoder, data, queries: Sequ
             k: int = 10, filtered: bool = True) -> list[Prediction]:
     """Answer named queries with the model tables ``(entity (N, w_e), relation (2R, w_r))``.
 
-    ``data`` is a ``KGData`` (names and ``filter``; when the filter module is
-    unavailable, ``data.all_triples`` is matched directly).
+    ``data`` is a ``KGData`` (names and ``filter``; when ``filter`` cannot be
+    loaded, one is built from ``data.all_triples``).
     """
     queries = [parse_query(*q) for q in queries]
     anchors, relations = query_ids(queries, data.entity_names, data.relation_names)
@@ -187,11 +175,11 @@ def predict(tables: tuple[Tensor, Tensor], decoder: Decoder, data, queries: Sequ
         try:
             index = data.filter
         except DataError:
-            index = data.all_triples
+            index = FilterIndex.from_triples(data.all_triples, len(data.entity_names), data.num_relations)
     step = max(1, _MAX_CELLS // max(1, tables[0].shape[0]))  # queries per (chunk, N) score matrix
     parts = []
     for a, r in zip(anchors.split(step), relations.split(step)):  # loop over query chunks
-        known = known_answers(index, a, r, data.num_relations) if index is not None else None
+        known = known_answers(index, a, r) if index is not None else None
         parts.append(predict_ids(tables[0], tables[1], decoder, a, r, k, known))
     ids, scores, removed = (torch.cat(x) for x in zip(*parts))
     out = []

@@ -6,7 +6,8 @@ reciprocals, ``w`` the real width of an embedding row.
 
 Relations are *reciprocal*: relation ``r`` in ``[0, R)`` is the dataset's
 relation and ``r + R`` its inverse.  Every query is a tail query: the head
-query ``(?, r, t)`` is asked as ``(t, r + R, ?)``.
+query ``(?, r, t)`` is asked as ``(t, r + R, ?)``
+(``metasd_dgl.data.triples.reciprocal_queries``).
 """
 from __future__ import annotations
 
@@ -26,11 +27,3 @@ MaskDict = Dict[str, torch.Tensor]
 Target = Literal["head", "tail"]
 
 HEAD, REL, TAIL = 0, 1, 2
-
-
-def reciprocal_queries(triples: torch.Tensor, num_relations: int) -> torch.Tensor:
-    """(n, 3) triples -> (2n, 3) tail queries: the n originals, then (t, r+R, h)."""
-    inverse = torch.stack(
-        [triples[:, TAIL], triples[:, REL] + num_relations, triples[:, HEAD]], dim=1
-    )
-    return torch.cat([triples, inverse], dim=0)

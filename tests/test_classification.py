@@ -7,7 +7,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from metasd_dgl.classification import best_thresholds, corrupt, triple_classification, triple_keys
+from metasd_dgl.classification import best_thresholds, corrupt, triple_classification
+from metasd_dgl.data.triples import triple_keys
 from metasd_dgl.decoders import Decoder
 
 N, R = 12, 2

@@ -9,11 +9,11 @@ import torch
 
 from metasd_dgl.data import filters
 from metasd_dgl.data.filters import FilterIndex
+from metasd_dgl.data.triples import reciprocal_queries
 from metasd_dgl.decoders import DistMult
 from metasd_dgl.evaluation import (
     BYTES_PER_CELL, Ranks, chunk_size, evaluate_ranking, format_table, metrics, model_score_fn, rank_queries, summarize,
 )
-from metasd_dgl.typing import reciprocal_queries
 
 N, R = 30, 4
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from metasd_dgl.data.filters import FilterIndex
 from metasd_dgl.decoders import DistMult
 from metasd_dgl.errors import DataError, UserError
 from metasd_dgl.predict import (
@@ -16,7 +17,7 @@ RELS = ["likes", "knows"]
 
 
 class FakeData:
-    """What predict reads from KGData; ``filter`` unavailable -> all_triples is matched."""
+    """What predict reads from KGData; ``filter`` unavailable -> one is built from all_triples."""
 
     entity_names, relation_names, num_relations = NAMES, RELS, 2
     all_triples = torch.tensor([[0, 0, 4], [0, 0, 2], [1, 1, 0], [3, 0, 0]])
@@ -76,17 +77,17 @@ def test_known_answers_uses_a_filter_index_when_present():
         def known(self, heads, rels):
             return torch.tensor([0, 0]), torch.tensor([4, 3])
 
-    rows, ents = known_answers(Index(), torch.tensor([0]), torch.tensor([0]), 2)
+    rows, ents = known_answers(Index(), torch.tensor([0]), torch.tensor([0]))
     ids, scores, removed = predict_ids(*tables(), DistMult(), torch.tensor([0]), torch.tensor([0]), 2, (rows, ents))
     assert ids.tolist() == [[2, 1]] and removed.tolist() == [2]
 
 
-def test_known_answers_fallback_matches_brute_force():
+def test_known_answers_of_a_filter_index_match_brute_force():
     gen = torch.Generator().manual_seed(0)
     triples = torch.stack([torch.randint(0, 6, (40,), generator=gen), torch.randint(0, 3, (40,), generator=gen),
                            torch.randint(0, 6, (40,), generator=gen)], 1)
     anchors, rels = torch.cartesian_prod(torch.arange(6), torch.arange(6)).unbind(1)
-    rows, ents = known_answers(triples, anchors, rels, 3)
+    rows, ents = known_answers(FilterIndex.from_triples(triples, 6, 3), anchors, rels)
     got = {(int(r), int(e)) for r, e in zip(rows, ents)}
     want = set()
     for h, r, t in triples.tolist():

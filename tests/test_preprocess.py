@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import registry
+from metasd_dgl.data import registry
 from metasd_dgl.data.preprocess import load_processed, preprocess
 from metasd_dgl.data.triples import read_tsv
 from metasd_dgl.errors import DataError
@@ -237,3 +237,15 @@ def test_load_graph_junk(tmp_path):
         load_graph(tmp_path / "g.bin")
     with pytest.raises(DataError, match="file not found"):
         load_graph(tmp_path / "none.bin")
+
+
+def test_loaded_data_is_built_whole_and_not_reassigned(tmp_path):
+    import dataclasses
+
+    data = load_processed(preprocess(TOY, tmp_path / "p"))
+    assert (data.num_entities, data.num_relations) == (len(data.entity_names), len(data.relation_names)) == (11, 3)
+    assert [len(data.split(s)) for s in ("train", "valid", "test")] == [13, 3, 3]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        data.train = data.train[:2]
+    fewer = dataclasses.replace(data, train=data.train[:2])
+    assert len(fewer.train) == 2 and len(data.train) == 13

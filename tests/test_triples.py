@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from datasets import registry
+from metasd_dgl.data import registry
 from metasd_dgl.data.triples import read_source, read_tsv
 from metasd_dgl.errors import DataError
 

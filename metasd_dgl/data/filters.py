@@ -3,7 +3,7 @@
 For every triple ``(h, r, t)`` of train+valid+test the index holds two facts:
 the tail query key ``(h, r)`` knows ``t``, and the reciprocal key
 ``(t, r + R)`` knows ``h`` (the head query ``(?, r, t)`` is asked as
-``(t, r + R, ?)``, see ``metasd_dgl.typing``).  Storage, with ``K`` distinct
+``(t, r + R, ?)``, see ``metasd_dgl.data.triples.reciprocal_queries``).  Storage, with ``K`` distinct
 keys and ``nnz`` distinct (key, entity) facts:
 
 * ``keys``    (K,)     int64, sorted, unique; key = ``head * 2R + relation``
@@ -22,6 +22,9 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 from torch import Tensor
+
+from metasd_dgl.data.triples import reciprocal_queries, triple_keys
+from metasd_dgl.typing import HEAD, REL, TAIL
 
 FORMAT_VERSION = 1
 #: Graphs with N * 2R * N below this pack (key, entity) into one int64 code to sort.
@@ -64,17 +67,15 @@ class FilterIndex:
                 raise ValueError(f"FilterIndex: entity id outside [0, {n_ent})")
             if int(r.min()) < 0 or int(r.max()) >= n_rel:
                 raise ValueError(f"FilterIndex: relation id outside [0, {n_rel})")
-        else:
-            h = r = t = triples[:, 0]
         two_r = 2 * n_rel
-        # (2n,) reciprocal facts: key (h, r) -> t and key (t, r + R) -> h.
-        keys = torch.cat([h * two_r + r, t * two_r + r + n_rel])
-        vals = torch.cat([t, h])
+        # (2n, 3) reciprocal facts: key (h, r) -> t and key (t, r + R) -> h.
+        facts = reciprocal_queries(triples, n_rel)
         if n_ent * two_r * n_ent < PACK_LIMIT:
             # One int64 code per fact: unique() sorts by key, then by entity.
-            code = torch.unique(keys * n_ent + vals, sorted=True)
+            code = torch.unique(triple_keys(facts, n_ent, two_r), sorted=True)
             keys, vals = code // n_ent, code % n_ent
         else:  # huge graphs: lexicographic sort without the packed code
+            keys, vals = facts[:, HEAD] * two_r + facts[:, REL], facts[:, TAIL]
             order = torch.from_numpy(np.lexsort((vals.numpy(), keys.numpy())))
             keys, vals = keys[order], vals[order]
             keep = torch.ones(keys.shape[0], dtype=torch.bool)

@@ -40,10 +40,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from datasets import registry
+from metasd_dgl.data import registry
 from metasd_dgl import __version__
 from metasd_dgl.data import stats as kgstats
-from metasd_dgl.data.triples import SPLITS, RawKG, read_source, source_identity
+from metasd_dgl.data.triples import SPLITS, RawKG, read_source, source_identity, triple_keys
 from metasd_dgl.errors import DataError
 from metasd_dgl.graph.build import build_graph, load_graph, save_graph
 
@@ -88,14 +88,9 @@ def encode(raw: RawKG) -> Tuple[List[str], List[str], Dict[str, np.ndarray]]:
     return entities, relations, out
 
 
-def _keys(ids: np.ndarray, n_ent: int, n_rel: int) -> np.ndarray:
-    """(n, 3) -> (n,) unique int64 key per triple."""
-    return (ids[:, 0] * n_rel + ids[:, 1]) * n_ent + ids[:, 2]
-
-
 def dedupe(ids: np.ndarray, n_ent: int, n_rel: int) -> Tuple[np.ndarray, int]:
     """Drop repeated triples (first copy kept, order kept); return kept rows and the number dropped."""
-    _, first = np.unique(_keys(ids, n_ent, n_rel), return_index=True)
+    _, first = np.unique(triple_keys(ids, n_ent, n_rel), return_index=True)
     keep = np.sort(first)
     return ids[keep], len(ids) - len(keep)
 
@@ -127,7 +122,7 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
     dups: Dict[str, int] = {}
     for split in SPLITS:
         ids[split], dups[split] = dedupe(ids[split], n_ent, n_rel)
-    keys = {s: _keys(ids[s], n_ent, n_rel) for s in SPLITS}
+    keys = {s: triple_keys(ids[s], n_ent, n_rel) for s in SPLITS}
     in_train = np.zeros(n_ent, dtype=bool)
     in_train[ids["train"][:, [0, 2]].ravel()] = True
     unseen = {s: int((~in_train[ids[s][:, 0]] | ~in_train[ids[s][:, 2]]).sum()) for s in ("valid", "test")}
@@ -245,9 +240,23 @@ def _read_names(path: Path) -> List[str]:
     return names
 
 
-@dataclass
+def _verified(folder: Path, manifest: Dict[str, Any], name: str) -> Path:
+    """``folder/name``, checked against its sha256 in ``manifest``; DataError if missing or changed."""
+    path = folder / name
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; re-run preprocess with --force")
+    if _sha(path) != manifest["files"].get(name):
+        raise DataError(f"{path}: sha256 differs from manifest.json; re-run preprocess with --force")
+    return path
+
+
+@dataclass(frozen=True, eq=False)
 class KGData:
-    """A loaded processed folder.  ``graph`` and ``filter`` load on first use."""
+    """A loaded processed folder (built whole by ``load_processed``; fields are not reassigned).
+
+    ``graph`` and ``filter`` load on first use.  For a variant (e.g. fewer
+    train triples) build a new one with ``dataclasses.replace``.
+    """
 
     path: Path
     num_entities: int  # N
@@ -272,12 +281,7 @@ class KGData:
         return torch.cat([self.train, self.valid, self.test])
 
     def _verified(self, name: str) -> Path:
-        path = self.path / name
-        if not path.is_file():
-            raise DataError(f"{path}: file not found; re-run preprocess with --force")
-        if _sha(path) != self.manifest["files"].get(name):
-            raise DataError(f"{path}: sha256 differs from manifest.json; re-run preprocess with --force")
-        return path
+        return _verified(self.path, self.manifest, name)
 
     @cached_property
     def graph(self) -> Any:
@@ -303,14 +307,12 @@ def load_processed(path: Union[str, Path]) -> KGData:
     manifest = _read_manifest(path)
     if manifest is None or manifest.get("manifest_version") != MANIFEST_VERSION or "files" not in manifest:
         raise DataError(f"{path / 'manifest.json'}: unreadable or of another version; re-run preprocess")
-    data = KGData(path, 0, 0, [], [], torch.empty(0, 3, dtype=torch.int64), torch.empty(0, 3, dtype=torch.int64),
-                  torch.empty(0, 3, dtype=torch.int64), {}, manifest)
     for name in _CHECKED:
-        data._verified(name)
-    data.entity_names = _read_names(path / "entities.tsv")
-    data.relation_names = _read_names(path / "relations.tsv")
-    data.num_entities, data.num_relations = len(data.entity_names), len(data.relation_names)
+        _verified(path, manifest, name)
+    entity_names = _read_names(path / "entities.tsv")
+    relation_names = _read_names(path / "relations.tsv")
     counts = manifest.get("counts", {})
+    splits: Dict[str, torch.Tensor] = {}
     for split in SPLITS:
         try:
             arr = np.load(path / f"{split}.npy", allow_pickle=False)
@@ -318,8 +320,9 @@ def load_processed(path: Union[str, Path]) -> KGData:
             raise DataError(f"{path / (split + '.npy')}: unreadable ({exc})") from None
         if arr.dtype != np.int64 or arr.ndim != 2 or arr.shape[1] != 3 or len(arr) != counts.get(split):
             raise DataError(f"{path / (split + '.npy')}: expected ({counts.get(split)}, 3) int64")
-        setattr(data, split, torch.from_numpy(arr))
-    if (counts.get("entities"), counts.get("relations")) != (data.num_entities, data.num_relations):
+        splits[split] = torch.from_numpy(arr)
+    if (counts.get("entities"), counts.get("relations")) != (len(entity_names), len(relation_names)):
         raise DataError(f"{path}: entities.tsv/relations.tsv disagree with manifest.json counts")
-    data.stats = json.loads((path / "stats.json").read_text(encoding="utf-8"))
-    return data
+    stats = json.loads((path / "stats.json").read_text(encoding="utf-8"))
+    return KGData(path, len(entity_names), len(relation_names), entity_names, relation_names,
+                  splits["train"], splits["valid"], splits["test"], stats=stats, manifest=manifest)

@@ -1,6 +1,8 @@
-"""Readers: TSV files, folders, ``.tar.gz`` archives, DGL-KE layouts, built-in names.
+"""Triples: readers (TSV files, folders, ``.tar.gz`` archives, DGL-KE layouts,
+built-in names) and the two helpers on id triples (``triple_keys``,
+``reciprocal_queries``).
 
-Everything here returns *string* triples (``RawKG``); ids are assigned later
+The readers return *string* triples (``RawKG``); ids are assigned later
 by ``metasd_dgl.data.preprocess``.  Every problem with the input is a
 ``DataError`` whose message starts with the file (and line) at fault:
 ``path:LINE: expected 3 tab-separated fields, got K``, ``path:LINE: empty
@@ -28,7 +30,7 @@ Layouts (``fmt``):
 * ``auto``: ``udd_hrt`` when the folder has both map files and the first
   train line is three integers, else ``tsv``.
 
-Built-in names (``datasets.registry``) win over a same-named relative folder;
+Built-in names (``metasd_dgl.data.registry``) win over a same-named relative folder;
 write ``./umls`` to mean the folder.
 """
 from __future__ import annotations
@@ -43,9 +45,11 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
+import torch
 
-from datasets import registry
+from metasd_dgl.data import registry
 from metasd_dgl.errors import DataError
+from metasd_dgl.typing import HEAD, REL, TAIL
 
 StrTriple = Tuple[str, str, str]
 SPLITS = ("train", "valid", "test")
@@ -305,7 +309,7 @@ def read_source(source: Union[str, Path], data_dir: Optional[Path] = None, fmt: 
     """Read a built-in name, a folder, or a tar archive into string triples.
 
     ``data_dir`` is where built-in archives are looked for first (see
-    ``datasets.registry.resolve``); ``workdir`` hosts a scratch folder that is
+    ``metasd_dgl.data.registry.resolve``); ``workdir`` hosts a scratch folder that is
     removed before returning (default: the system temp folder).
     """
     if fmt not in FORMATS:
@@ -351,3 +355,26 @@ def source_identity(source: Union[str, Path], fmt: str = "auto") -> Dict[str, ob
     path = Path(text).expanduser().resolve()
     hashes = _input_hashes(path) if path.exists() else {}
     return {"key": f"path:{path}:{fmt}", "input_sha256": hashes}
+
+
+# ------------------------------------------------------------------ id triples
+IdTriples = Union[torch.Tensor, np.ndarray]
+
+
+def triple_keys(triples: IdTriples, num_entities: int, num_relations: int) -> IdTriples:
+    """(n, 3) ``[h, r, t]`` ids (tensor or int64 array) -> (n,) int64 key ``(h * R + r) * N + t``.
+
+    One key per distinct triple for relations in ``[0, R)`` (pass ``2R`` for
+    reciprocal facts); keys sort like the triples (by head, relation, tail).
+    """
+    if isinstance(triples, torch.Tensor):
+        triples = triples.long()
+    return (triples[:, HEAD] * num_relations + triples[:, REL]) * num_entities + triples[:, TAIL]
+
+
+def reciprocal_queries(triples: torch.Tensor, num_relations: int) -> torch.Tensor:
+    """(n, 3) triples -> (2n, 3) tail queries: the n originals, then (t, r+R, h)."""
+    inverse = torch.stack(
+        [triples[:, TAIL], triples[:, REL] + num_relations, triples[:, HEAD]], dim=1
+    )
+    return torch.cat([triples, inverse], dim=0)

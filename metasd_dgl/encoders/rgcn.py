@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..graph.build import dst_norm
 
 STRATEGIES = ("auto", "bases", "pairs")
 
@@ -86,7 +87,7 @@ class EdgePlan:
         if "norm" in graph.edata:
             norm = graph.edata["norm"].reshape(-1, 1)
         else:
-            norm = (1.0 / graph.in_degrees().clamp(min=1).float())[graph.edges()[1]].unsqueeze(1)
+            norm = dst_norm(graph)
         return cls(graph, etype, norm, num_etypes)
 
     @property

@@ -8,7 +8,8 @@ For ``n`` training triples, ``R`` relations and ``N`` entities the graph has
 
 ``g.edata["etype"]`` is (E,) int64; ``g.edata["norm"]`` is (E, 1) float32,
 ``1 / in_degree(dst)`` counted over all ``2n`` edges, as in DGL's R-GCN
-example (``dgl.norm_by_dst``).  Because every triple sends one edge into each
+example (``dgl.norm_by_dst``); ``dst_norm`` computes it for any graph
+(subgraphs recompute it the same way).  Because every triple sends one edge into each
 of its ends, ``in_degree(e)`` equals the train degree of ``e``
 (``metasd_dgl.data.stats.entity_degree``).
 """
@@ -40,9 +41,14 @@ def build_graph(train: torch.Tensor, num_entities: int, num_relations: int) -> d
     dst = torch.cat([t, h])  # (2n,)
     g = dgl.graph((src, dst), num_nodes=num_entities, idtype=torch.int64)
     g.edata["etype"] = torch.cat([r, r + num_relations])  # (2n,) int64
-    in_deg = g.in_degrees().to(torch.float32)  # (N,)
-    g.edata["norm"] = (1.0 / in_deg[dst]).unsqueeze(1)  # (2n, 1); dst always has in-degree >= 1
+    g.edata["norm"] = dst_norm(g)
     return g
+
+
+def dst_norm(g: dgl.DGLGraph) -> torch.Tensor:
+    """(E, 1) float32: 1 / in-degree of each edge's destination (never 0: the edge enters it)."""
+    in_deg = g.in_degrees().to(torch.float32)  # (N,)
+    return (1.0 / in_deg[g.edges()[1]]).unsqueeze(1)
 
 
 def save_graph(g: dgl.DGLGraph, path: Union[str, Path]) -> None:

@@ -25,11 +25,7 @@ from dgl.dataloading import negative_sampler
 from torch import Tensor
 
 from ..typing import HEAD, TAIL
-
-
-def dst_norm(graph: dgl.DGLGraph) -> Tensor:
-    """(E, 1) float32: 1 / in-degree of each edge's destination."""
-    return dgl.norm_by_dst(graph).float().unsqueeze(1)
+from .build import dst_norm
 
 
 def _pair_count(graph: dgl.DGLGraph) -> int:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config, save_config, to_dict
+from ..data.triples import reciprocal_queries
 from ..device import resolve_device
 from ..errors import CheckpointError, UserError
 from ..evaluation import metrics
@@ -38,7 +39,6 @@ from ..model import LinkPredictor, build_model
 from ..pruning import compute_masks, dimension_coordinates, prunable_params, sparsity_report
 from ..runtime import configure_threads, tune_malloc
 from ..student import make_student
-from ..typing import reciprocal_queries
 from .spec import StepSpec
 from .steps import Stepper, make_optimizers
 
