@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from ..device import resolve_device
 from ..errors import CheckpointError, UserError
 from ..evaluation import metrics
 from ..device import to_device
-from ..distributed import init_from_env
+from ..distributed import init_from_env, rank_device
 from ..graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local
 from ..inference import rank_split
 from ..model import LinkPredictor, build_model
@@ -110,7 +111,7 @@ class Trainer:
         tc, mc = cfg.train, cfg.metasd
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
-        self.device = resolve_device(tc.device)
+        self.device = resolve_device(rank_device(tc.device, os.environ))  # cuda -> cuda:LOCAL_RANK
         self.dist = init_from_env(self.device)  # rank 0 of 1 unless launched by torchrun
         init_gen = torch.Generator().manual_seed(tc.seed)
         self.model = make_model(cfg, data, init_gen).to(self.device)
