@@ -252,3 +252,27 @@ def test_bad_options_are_user_errors():
         enc(dgl.graph(([0], [1]), num_nodes=3))
     plan = EdgePlan.build(g, 2 * R)
     assert plan.pairs().count <= g.num_edges()
+
+
+def test_validation_and_evaluate_rank_on_the_same_graph(tmp_path):
+    """R-GCN MetaSD: the validation MRR logged in training equals ``evaluate --split valid`` on
+    the best checkpoint (both pass messages over the whole training graph; quiz triples are
+    hidden only in training steps)."""
+    import json
+    from pathlib import Path
+
+    from metasd_dgl.cli import main
+
+    toy = Path(__file__).resolve().parents[1] / "datasets" / "toy"
+    run = tmp_path / "run"
+    assert main(["train", "--quiet", "--dataset", str(toy), "--run-dir", str(run), "--epochs", "1",
+                 "--dim", "8", "--encoder", "rgcn", "--method", "metasd", "--batch-size", "4",
+                 "--set", "train.valid_every=1", "--set", "metasd.quiz_fraction=0.3",
+                 "--set", "metasd.prune_rate=0.5", "--set", "model.num_layers=1"]) == 0
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"valid"' in x][-1]["valid"]
+    assert main(["evaluate", str(run), "--split", "valid", "--checkpoint", "best", "--no-plots"]) == 0
+    evaluated = json.loads((run / "eval" / "valid.json").read_text())["results"]
+    assert set(logged) == set(evaluated) == {"teacher", "student"}
+    for name in logged:
+        assert evaluated[name]["both"]["mrr"] == pytest.approx(logged[name]["mrr"], abs=1e-6), name
+

@@ -8,6 +8,12 @@
     checkpoints/best.pt  best validation MRR (student MRR for prune/kd/metasd)
     checkpoints/epoch-K.pt  the newest ``keep_checkpoints`` epoch checkpoints
 
+Graphs (R-GCN): evaluation -- validation here and ``evaluate`` on valid/test
+-- always passes messages over the whole training graph (``data.graph``).  The
+MetaSD quiz triples are hidden only inside training steps (with the batch's
+own triples and ``train.edge_dropout``), so model selection and the test score
+see the same graph.
+
 Randomness comes from ``torch.Generator``s derived from ``train.seed`` (one
 for initialisation and the quiz split, one per epoch for shuffling and quiz
 batches), so a resumed run replays the same batches.
@@ -132,12 +138,8 @@ class Trainer:
         # i.e. exactly the reciprocal query; ``example_pair`` is the forward id of the pair.
         self.example_pair = torch.cat([train_idx, train_idx])
         self.example_edge = torch.cat([train_idx, train_idx + n_all])
-        # R-GCN message passing never sees the quiz triples.
+        # Training steps' message passing never sees the quiz triples (evaluation sees all).
         self.hidden = quiz_idx if self.quiz is not None else torch.zeros(0, dtype=torch.int64)
-        self.msg_graph = self.graph
-        if self.rgcn and self.quiz is not None:
-            self.msg_graph = full_graph_dropout(self.graph, 0.0, torch.Generator().manual_seed(0),
-                                                exclude_edge_ids=quiz_idx)
         self.masks: Optional[dict] = None
         self.state = TrainState()
         self._stop_signal: Optional[int] = None
@@ -337,7 +339,7 @@ class Trainer:
             variants["student"] = self.masks
         for name, masks in variants.items():
             ranks = rank_split(self.model, self.data.valid, self.data.num_relations, self.data.filter,
-                               graph=self.msg_graph if self.rgcn else None,
+                               graph=self.graph if self.rgcn else None,  # the whole training graph
                                masks=masks, max_memory_mb=ev.max_memory_mb, batch_size=ev.batch_size)
             out[name] = metrics(torch.cat([ranks.tail, ranks.head]))
         return out
