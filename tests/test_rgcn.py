@@ -104,14 +104,43 @@ def test_encoder_shapes_prunable_and_gradients(regularizer):
         assert names[name].grad is not None and names[name].grad.abs().sum() > 0, name
 
 
-def test_build_model_wires_rgcn_options():
-    model = build_model("rgcn", "distmult", N, R, 8, generator=torch.Generator().manual_seed(0),
-                        rgcn_options=dict(num_layers=2, num_bases=2, regularizer="basis", dropout=0.1, self_loop=True))
+@pytest.mark.parametrize("options", [
+    dict(num_layers=3, num_bases=2, regularizer="basis", dropout=0.3, self_loop=True),
+    dict(num_layers=1, num_bases=4, regularizer="bdd", dropout=0.0, self_loop=False),
+])
+def test_build_model_wires_rgcn_options(options):
+    """Every model.* R-GCN option set in the config reaches the encoder (through the Trainer's make_model)."""
+    from types import SimpleNamespace
+
+    from metasd_dgl.config import Config
+    from metasd_dgl.train.loop import make_model
+
+    cfg = Config()
+    cfg.model.encoder, cfg.model.decoder, cfg.model.dim = "rgcn", "distmult", 8
+    for key, value in options.items():
+        setattr(cfg.model, key, value)
+    model = make_model(cfg, SimpleNamespace(num_entities=N, num_relations=R), torch.Generator().manual_seed(0))
+    enc = model.encoder
+    assert isinstance(enc, RGCNEncoder) and len(enc.layers) == options["num_layers"]
+    assert enc.dropout == options["dropout"]
+    for layer in enc.layers:
+        assert layer.regularizer == options["regularizer"] and layer.num_bases == options["num_bases"]
+        assert (layer.self_weight is not None) == options["self_loop"]
+        if options["regularizer"] == "basis":
+            assert layer.bases.shape == (options["num_bases"], 8, 8) and layer.coefficients.shape == (2 * R, 2)
+            assert not hasattr(layer, "blocks")
+        else:
+            assert layer.blocks.shape == (2 * R, options["num_bases"], 2, 2) and not hasattr(layer, "bases")
+    own = ["bases", "coefficients"] if options["regularizer"] == "basis" else ["blocks"]
+    own += ["self_weight"] if options["self_loop"] else []
+    expected = ["encoder.entity", "encoder.relation"] + [
+        f"encoder.layers.{i}.{w}" for i in range(options["num_layers"]) for w in own]
+    assert sorted(model.prunable_names()) == sorted(expected)  # biases stay dense
     g, triples = toy_graph()
-    scores = model(triples[:5, :2], graph=g)
-    assert scores.shape == (5, N)
-    assert "encoder.layers.1.bases" in model.prunable_names()
-    assert "encoder.layers.0.bias" not in model.prunable_names()
+    assert model(triples[:5, :2], graph=g).shape == (5, N)
+    # dropout is applied in training mode only, and only when the rate is > 0
+    model.train()
+    assert torch.equal(model(triples[:5, :2], graph=g), model(triples[:5, :2], graph=g)) == (options["dropout"] == 0)
 
 
 def test_subgraph_mode_uses_entity_rows_by_nid():
