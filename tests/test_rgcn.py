@@ -262,7 +262,9 @@ def test_dropout_is_seeded_and_leaves_global_rng_alone():
     torch.testing.assert_close(out_a1, out_b1, rtol=0, atol=0)
     out_a2 = a(g)[0]
     assert not torch.equal(out_a1, out_a2)  # a fresh mask per call
-    assert int(a.dropout_rng[1]) == 2 and "dropout_rng" in a.state_dict()
+    assert int(a.dropout_rng[1]) == 1 and "dropout_rng" in a.state_dict()  # one graph = one step
+    a(toy_graph(1)[0])
+    assert int(a.dropout_rng[1]) == 2
     ev = a.eval()
     torch.testing.assert_close(ev(g)[0], ev(g)[0], rtol=0, atol=0)
 
@@ -304,4 +306,80 @@ def test_validation_and_evaluate_rank_on_the_same_graph(tmp_path):
     assert set(logged) == set(evaluated) == {"teacher", "student"}
     for name in logged:
         assert evaluated[name]["both"]["mrr"] == pytest.approx(logged[name]["mrr"], abs=1e-6), name
+
+
+def test_an_extra_forward_does_not_shift_later_masks():
+    """Masks come from (seed, step, call): an extra forward in one step leaves every later
+    step's masks as they were; with dropout_key, also the other forwards of its own step."""
+    a, b = make_encoder(dropout=0.5, seed=4).train(), make_encoder(dropout=0.5, seed=4).train()
+    g1, g2, g3 = (toy_graph(s)[0] for s in (1, 2, 3))
+    torch.testing.assert_close(a(g1)[0], b(g1)[0], rtol=0, atol=0)
+    a(g1)  # the extra forward, in step 1 only
+    torch.testing.assert_close(a(g2)[0], b(g2)[0], rtol=0, atol=0)  # step 2: same masks
+    first = a(g3, dropout_key=0)[0]
+    torch.testing.assert_close(first, b(g3, dropout_key=0)[0], rtol=0, atol=0)
+    a(g3)
+    torch.testing.assert_close(a(g3, dropout_key=1)[0], b(g3, dropout_key=1)[0], rtol=0, atol=0)
+    assert not torch.equal(first, b(g3, dropout_key=2)[0])  # keys draw different masks
+
+
+def test_edge_plan_is_built_once_per_graph(monkeypatch):
+    """Every forward on one graph object (MetaSD: five per step) reuses one plan; the cache
+    does not keep graphs alive and notices replaced edge data."""
+    import gc
+    import weakref
+
+    builds = []
+    original = EdgePlan.build.__func__
+    monkeypatch.setattr(EdgePlan, "build", classmethod(lambda cls, g, n: builds.append(g) or original(cls, g, n)))
+    enc = make_encoder()
+    g, _ = toy_graph(6)
+    for _ in range(5):
+        enc(g)
+    assert len(builds) == 1
+    assert EdgePlan.of(g, 2 * R) is EdgePlan.of(g, 2 * R)
+    assert EdgePlan.of(g, 2 * R).pairs() is EdgePlan.of(g, 2 * R).pairs()  # the unique() runs once
+    g.edata["norm"] = g.edata["norm"] * 2  # new tensor -> new plan
+    torch.testing.assert_close(EdgePlan.of(g, 2 * R).norm, g.edata["norm"])
+    other, _ = toy_graph(7)
+    enc(other)
+    assert len(builds) == 3
+    ref = weakref.ref(other)
+    del other, builds[:]
+    gc.collect()
+    assert ref() is None
+
+
+def skewed_graph(num_nodes=15, num_relations=5, num_triples=60, seed=1):
+    """Edge types of very different frequencies: some groups hold several types, with padding."""
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.multinomial(torch.tensor([20.0, 5.0, 1.0, 1.0, 0.5])[:num_relations], num_triples, True, generator=gen)
+    h = torch.randint(0, num_nodes, (num_triples,), generator=gen)
+    t = torch.randint(0, num_nodes, (num_triples,), generator=gen)
+    g = dgl.graph((torch.cat([h, t]), torch.cat([t, h])), num_nodes=num_nodes)
+    g.edata["etype"] = torch.cat([r, r + num_relations])
+    g.edata["norm"] = dst_norm(g)
+    return g
+
+
+@pytest.mark.parametrize("regularizer", ["basis", "bdd"])
+def test_pairs_order_is_one_batched_product_exact_to_second_order(regularizer):
+    g = skewed_graph()
+    pairs = EdgePlan.build(g, 10).pairs()
+    assert 1 < len(pairs.groups) < pairs.rel.numel() and pairs.rows > pairs.count  # shared groups, padding
+    assert sorted(pairs.rel.tolist()) == sorted(set(g.edata["etype"].tolist()))
+    gen = torch.Generator().manual_seed(3)
+    layer = RelGraphLayer(4, 4, 10, regularizer, 2, True, "pairs", gen).double()
+    h = torch.randn(15, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = layer(g, h)
+    torch.testing.assert_close(out, brute_force(layer, g, h.detach()), rtol=1e-10, atol=1e-10)
+    # no product per edge type: one per group (basis: mm for a group of one type, else bmm)
+    singles = sum(n == 1 for n, _ in pairs.groups) if regularizer == "basis" else 0
+    assert count_nodes(out.sum(), "BmmBackward0") == len(pairs.groups) - singles
+    extra = 2 if regularizer == "basis" else 1  # coefficients @ bases (basis), h @ self_weight
+    assert count_nodes(out.sum(), "MmBackward0") == extra + singles
+    names, params = zip(*layer.named_parameters())
+    fn = lambda x, *w: functional_call(layer, dict(zip(names, w)), (g, x))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (h, *params))
+    assert torch.autograd.gradgradcheck(fn, (h, *params))
 
