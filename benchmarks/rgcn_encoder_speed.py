@@ -2,6 +2,15 @@
 
     python benchmarks/rgcn_encoder_speed.py --graph random --dim 500 --bases 100
     python benchmarks/rgcn_encoder_speed.py --graph fb15k237 --mode sampled --sample-size 30000
+    python benchmarks/rgcn_encoder_speed.py --mode metasd-step --threads 1 --repeat 3
+
+``--mode metasd-step``: the whole training step instead of one encoder pass:
+``pipelines/configs/umls_rgcn.yaml`` (R-GCN basis + DistMult, MetaSD, 1-N,
+edge dropout) on UMLS through ``Trainer``, ``--steps`` steps per round,
+``--repeat`` rounds, ``--strategy`` forcing the evaluation order; prints seconds per step (the first round, which also
+warms up, is reported but not in ``step_s_best`` / ``step_cpu_s_best``, the
+process CPU time, steadier than wall time on a shared machine).  Runs unchanged against
+an older checkout (``PYTHONPATH=<checkout>``), to compare versions.
 
 ``--graph random``: 14541 nodes, 272115 random triples over 237 relations
 (2 x 272115 edges, 474 edge types; almost every (destination, edge type) pair
@@ -54,10 +63,49 @@ def random_triples(gen: torch.Generator) -> tuple[torch.Tensor, int, int]:
     return triples, num_nodes, num_rel
 
 
+def metasd_step(args) -> None:
+    import tempfile
+
+    from metasd_dgl.config import load_config
+    from metasd_dgl.data.preprocess import load_processed, preprocess
+    from metasd_dgl.train.loop import Trainer
+
+    folder = Path(os.environ.get("METASD_DATA_DIR", ROOT.parent / "shared" / "data" / "kg"))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = load_processed(preprocess(folder / "umls.tar.gz", Path(tmp) / "umls"))
+        cfg = load_config(ROOT / "pipelines" / "configs" / "umls_rgcn.yaml")
+        cfg.train.batches_per_epoch, cfg.train.num_threads = args.steps, args.threads
+        trainer = Trainer(cfg, data, Path(tmp) / "run", progress=False)
+        trainer.run_dir.mkdir()
+        for layer in trainer.model.encoder.layers:  # --strategy forces an order ('auto': the model's choice)
+            layer.strategy = args.strategy
+        per_step, cpu_per_step = [], []
+        for _ in range(args.repeat):
+            t0, c0 = time.perf_counter(), time.process_time()
+            trainer._run_epoch()  # masks, `steps` steps, epoch log and checkpoint (tiny on UMLS)
+            per_step.append((time.perf_counter() - t0) / args.steps)
+            cpu_per_step.append((time.process_time() - c0) / args.steps)
+        losses = [r.get("loss") for r in trainer.state.history]
+        layer = trainer.model.encoder.layers[0]
+        from metasd_dgl.encoders.rgcn import EdgePlan
+
+        order = layer.choose(EdgePlan.build(trainer.graph, 2 * data.num_relations))
+    print(json.dumps({
+        "mode": "metasd-step", "config": "pipelines/configs/umls_rgcn.yaml", "steps": args.steps,
+        "order": order, "step_s": [round(x, 4) for x in per_step],
+        "step_s_best": round(min(per_step[1:] or per_step), 4),
+        "step_cpu_s": [round(x, 4) for x in cpu_per_step],
+        "step_cpu_s_best": round(min(cpu_per_step[1:] or cpu_per_step), 4),
+        "loss": losses, "threads": torch.get_num_threads(), "load_avg_1m": round(os.getloadavg()[0], 1),
+        "torch": torch.__version__, "dgl": dgl.__version__,
+    }), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--graph", choices=("random", "fb15k237"), default="random")
-    p.add_argument("--mode", choices=("full", "sampled"), default="full")
+    p.add_argument("--mode", choices=("full", "sampled", "metasd-step"), default="full")
+    p.add_argument("--steps", type=int, default=5, help="metasd-step: training steps per round")
     p.add_argument("--dim", type=int, default=500)
     p.add_argument("--bases", type=int, default=100)
     p.add_argument("--layers", type=int, default=2)
@@ -70,6 +118,8 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.mode == "metasd-step":
+        return metasd_step(args)
     gen = torch.Generator().manual_seed(0)
     triples, num_nodes, num_rel = fb15k237_triples() if args.graph == "fb15k237" else random_triples(gen)
     h, r, t = triples.unbind(1)

@@ -10,15 +10,24 @@ which DDP's module wrapper cannot see.  Rank 0 alone writes files.
     torchrun --nproc_per_node 2 -m metasd_dgl.cli train --dataset umls ...
     torchrun --nnodes 2 --node_rank 0 --master_addr HOST --master_port 29500 \\
         --nproc_per_node 1 -m metasd_dgl.cli train ...      # on each node, node_rank 0/1
+
+Devices: under torchrun every process gets the same command line, so
+``--device cuda`` means "this rank's GPU", ``cuda:LOCAL_RANK`` (``rank_device``);
+an explicit ``cuda:N`` with WORLD_SIZE > 1 would put every rank of the node on
+GPU N (nccl refuses duplicate GPUs) and is an error; pin GPUs with
+``CUDA_VISIBLE_DEVICES`` instead.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 import torch.distributed as dist
+
+from .errors import DeviceError
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,25 @@ class DistInfo:
         return self.world > 1
 
 
+def rank_device(requested: str, env: Mapping[str, str]) -> str:
+    """The device this process should use: ``requested`` ('cpu', 'cuda', 'cuda:N'), given torchrun's env.
+
+    Single process (WORLD_SIZE unset or 1): ``requested`` unchanged.  Under
+    torchrun: 'cuda' -> ``f"cuda:{LOCAL_RANK}"``; 'cuda:N' -> DeviceError (every
+    rank would share GPU N); 'cpu' unchanged.  Pure: no torch or CUDA calls
+    (``device.resolve_device`` checks the result against the visible GPUs).
+    """
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    text = str(requested).strip().lower()
+    if world <= 1 or not text.startswith("cuda"):
+        return requested
+    if re.fullmatch(r"cuda:\d+", text):
+        raise DeviceError(f"--device {requested} under torchrun (WORLD_SIZE={world}) would put every rank on "
+                          f"the same GPU; use --device cuda (rank r takes cuda:LOCAL_RANK) and select GPUs "
+                          f"with CUDA_VISIBLE_DEVICES")
+    return f"cuda:{int(env.get('LOCAL_RANK', '0') or 0)}" if text == "cuda" else requested
+
+
 def init_from_env(device: torch.device) -> DistInfo:
     """Join the process group that ``torchrun`` describes (WORLD_SIZE > 1), else single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -43,7 +71,7 @@ def init_from_env(device: torch.device) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)  # cuda:LOCAL_RANK, from rank_device
         dist.init_process_group(backend)
     return DistInfo(dist.get_rank(), dist.get_world_size())
 

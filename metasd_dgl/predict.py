@@ -165,17 +165,12 @@ def predict(tables: tuple[Tensor, Tensor], decoder: Decoder, data, queries: Sequ
             k: int = 10, filtered: bool = True) -> list[Prediction]:
     """Answer named queries with the model tables ``(entity (N, w_e), relation (2R, w_r))``.
 
-    ``data`` is a ``KGData`` (names and ``filter``; when ``filter`` cannot be
-    loaded, one is built from ``data.all_triples``).
+    ``data`` is a ``KGData`` (names and ``filter``).  A ``filter.npz`` that
+    fails its integrity check raises ``DataError`` (never a silent rebuild).
     """
     queries = [parse_query(*q) for q in queries]
     anchors, relations = query_ids(queries, data.entity_names, data.relation_names)
-    index = None
-    if filtered:
-        try:
-            index = data.filter
-        except DataError:
-            index = FilterIndex.from_triples(data.all_triples, len(data.entity_names), data.num_relations)
+    index = data.filter if filtered else None
     step = max(1, _MAX_CELLS // max(1, tables[0].shape[0]))  # queries per (chunk, N) score matrix
     parts = []
     for a, r in zip(anchors.split(step), relations.split(step)):  # loop over query chunks

@@ -44,3 +44,38 @@ def test_two_process_gloo_matches_single_process(tmp_path, kg_dir):
               if "loss" in json.loads(x)]
     assert losses[-1] < losses[0]
     assert not list((tmp_path / "two").glob("rank*"))  # one writer
+
+
+def test_rank_device_gives_each_torchrun_rank_its_own_gpu():
+    import pytest
+
+    from metasd_dgl.distributed import rank_device
+    from metasd_dgl.errors import DeviceError
+
+    torchrun = lambda rank: {"WORLD_SIZE": "4", "LOCAL_RANK": str(rank), "RANK": str(rank + 4)}  # noqa: E731
+    assert [rank_device("cuda", torchrun(r)) for r in range(4)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert rank_device("CUDA", torchrun(2)) == "cuda:2"
+    assert rank_device("cpu", torchrun(3)) == "cpu"
+    for single in ({}, {"WORLD_SIZE": "1", "LOCAL_RANK": "0"}):
+        assert rank_device("cuda", single) == "cuda" and rank_device("cuda:1", single) == "cuda:1"
+    with pytest.raises(DeviceError, match="every rank on the same GPU"):
+        rank_device("cuda:1", torchrun(0))
+
+
+def test_trainer_asks_for_the_rank_device(tmp_path, monkeypatch):
+    """Trainer resolves rank_device(train.device, env), so rank 1 of torchrun gets cuda:1, not cuda:0."""
+    import metasd_dgl.train.loop as loop
+    from metasd_dgl.config import Config
+    from metasd_dgl.data.preprocess import load_processed, preprocess
+    from metasd_dgl.distributed import DistInfo
+
+    data = load_processed(preprocess(Path(__file__).resolve().parents[1] / "datasets" / "toy", tmp_path / "d"))
+    asked = []
+    monkeypatch.setattr(loop, "resolve_device", lambda name: asked.append(name) or torch.device("cpu"))
+    monkeypatch.setattr(loop, "init_from_env", lambda device: DistInfo(1, 2))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    cfg = Config()
+    cfg.model.dim, cfg.train.device = 4, "cuda"
+    loop.Trainer(cfg, data, tmp_path / "run", progress=False)
+    assert asked == ["cuda:1"]

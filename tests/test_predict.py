@@ -17,14 +17,14 @@ RELS = ["likes", "knows"]
 
 
 class FakeData:
-    """What predict reads from KGData; ``filter`` unavailable -> one is built from all_triples."""
+    """What predict reads from KGData; ``filter`` is the known triples (known_answers matches them)."""
 
     entity_names, relation_names, num_relations = NAMES, RELS, 2
     all_triples = torch.tensor([[0, 0, 4], [0, 0, 2], [1, 1, 0], [3, 0, 0]])
 
     @property
     def filter(self):
-        raise DataError("metasd_dgl.data.filters is not available")
+        return self.all_triples
 
 
 def tables():
@@ -161,3 +161,22 @@ def test_predict_command(tmp_path):
     assert res.exit_code == 0 and res.output.count("top 2") == 2
     res = runner.invoke(predict_command, [str(run), "--head", "alcie", "--relation", "likes"])
     assert isinstance(res.exception, UserError) and "did you mean 'alice'" in str(res.exception)
+
+
+def test_tampered_filter_stops_with_one_line_error(tmp_path, capsys):
+    """A filter.npz whose sha256 differs from the manifest is an error, never a silent rebuild."""
+    from metasd_dgl.cli import main
+    from metasd_dgl.cli_tools import predict_command
+    from metasd_dgl.data.preprocess import load_processed
+
+    run = make_run(tmp_path)
+    npz = tmp_path / "data" / "filter.npz"
+    npz.write_bytes(npz.read_bytes() + b"\0")
+    with pytest.raises(DataError, match=r"filter.npz: sha256 differs from manifest.json"):
+        predict(tables(), DistMult(), load_processed(tmp_path / "data"), [("alice", "likes", None)])
+    res = CliRunner().invoke(predict_command, [str(run), "--head", "alice", "--relation", "likes"])
+    assert res.exit_code != 0 and isinstance(res.exception, DataError)
+    capsys.readouterr()
+    assert main(["predict", str(run), "--head", "alice", "--relation", "likes"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "filter.npz: sha256 differs" in err

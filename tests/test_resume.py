@@ -1,12 +1,10 @@
-"""Exact resume: a run killed with SIGKILL at random points and resumed ends
+"""Exact resume: a run killed with SIGKILL at chosen points and resumed ends
 bitwise equal to an uninterrupted run; SIGTERM writes a checkpoint and exits
 with a message saying how to resume."""
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -44,41 +42,46 @@ def reference(kg_dir, tmp_path_factory):
     return root, processed, _final(run)
 
 
-def test_sigkill_at_random_points_then_resume_is_bitwise_equal(reference, kg_dir):
+#: Run as ``python -c KILLER SIGNAL WHERE N <cli args>``: the CLI, except that the process
+#: sends itself SIGNAL (KILL, TERM) on the N-th call of WHERE: ``batch`` (mid-epoch, inside a step: the work since
+#: the last checkpoint is lost), ``checkpoint`` (just before a checkpoint is written) or
+#: ``validate`` (between an epoch's end and its validation).  Deterministic points, no timing.
+KILLER = """
+import os, signal, sys
+from metasd_dgl.cli import main
+from metasd_dgl.train import loop
+signum, where, n = getattr(signal, "SIG" + sys.argv[1]), sys.argv[2], int(sys.argv[3])
+owner, name = {"batch": (loop.Trainer, "_batch_inputs"), "checkpoint": (loop, "save_checkpoint"),
+               "validate": (loop.Trainer, "validate")}[where]
+original, calls = getattr(owner, name), [0]
+def wrapped(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), signum)
+    return original(*args, **kwargs)
+setattr(owner, name, wrapped)
+sys.exit(main(sys.argv[4:]))
+"""
+KILL_POINTS = [("batch", 4), ("checkpoint", 6), ("validate", 1), ("batch", 30)]
+
+
+def test_sigkill_at_chosen_points_then_resume_is_bitwise_equal(reference, kg_dir):
     root, processed, (ref_model, ref_state) = reference
     run = root / "killed"
-    rng = random.Random(20261128)
     env = _env(kg_dir, processed)
-    kills, steps_at_kill = 0, []
-    first = True
-    while kills < 3:
-        cmd = _cmd(*ARGS, "--run-dir", str(run), "--set", f"data.processed_dir={processed}") if first \
-            else _cmd("--resume", str(run))
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        ckpt = run / "checkpoints" / "last.pt"
-        start_step = load_checkpoint(ckpt)["state"]["step"] if ckpt.exists() else 0
-        # wait until this process has made progress, then kill it at a random moment
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if ckpt.exists():
-                try:
-                    if load_checkpoint(ckpt)["state"]["step"] > start_step:
-                        break
-                except Exception:  # noqa: BLE001 - being replaced right now
-                    pass
-            time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.8))
-        if proc.poll() is not None:
-            pytest.fail(f"run ended before it could be killed: {proc.stderr.read().decode()[-500:]}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    ckpt = run / "checkpoints" / "last.pt"
+    steps_at_kill = []
+    for i, (where, n) in enumerate(KILL_POINTS):
+        args = ["train", "--quiet", *ARGS, "--run-dir", str(run), "--set", f"data.processed_dir={processed}"] \
+            if i == 0 else ["train", "--quiet", "--resume", str(run)]
+        proc = subprocess.run([sys.executable, "-c", KILLER, "KILL", where, str(n), *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+        assert proc.returncode == -signal.SIGKILL, (where, n, proc.stderr.decode()[-1000:])
         steps_at_kill.append(load_checkpoint(ckpt)["state"]["step"])
-        kills += 1
-        first = False
     done = subprocess.run(_cmd("--resume", str(run)), env=env, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     model, state = _final(run)
-    assert len(set(steps_at_kill)) >= 2, steps_at_kill  # killed at different points
+    assert steps_at_kill == sorted(set(steps_at_kill)), steps_at_kill  # each run got further
     assert state["step"] == ref_state["step"] and state["epoch"] == ref_state["epoch"]
     for name, tensor in ref_model.items():
         assert torch.equal(model[name], tensor), f"{name} differs after resume (killed at {steps_at_kill})"
@@ -94,14 +97,10 @@ def test_sigkill_at_random_points_then_resume_is_bitwise_equal(reference, kg_dir
 def test_sigterm_checkpoints_and_says_how_to_resume(reference, kg_dir):
     root, processed, _ = reference
     run = root / "terminated"
-    proc = subprocess.Popen(_cmd(*ARGS, "--run-dir", str(run), "--set", f"data.processed_dir={processed}"),
-                            env=_env(kg_dir, processed), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ckpt = run / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
-    assert f"metasd-dgl train --resume {run}" in err.decode()
-    assert load_checkpoint(ckpt)["state"]["step"] >= 1
+    args = ["train", "--quiet", *ARGS, "--run-dir", str(run), "--set", f"data.processed_dir={processed}"]
+    proc = subprocess.run([sys.executable, "-c", KILLER, "TERM", "batch", "3", *args],  # SIGTERM in step 3
+                          env=_env(kg_dir, processed), capture_output=True, timeout=600)
+    err = proc.stderr.decode()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert f"metasd-dgl train --resume {run}" in err
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["step"] == 3  # the step it was in finished

@@ -104,14 +104,43 @@ def test_encoder_shapes_prunable_and_gradients(regularizer):
         assert names[name].grad is not None and names[name].grad.abs().sum() > 0, name
 
 
-def test_build_model_wires_rgcn_options():
-    model = build_model("rgcn", "distmult", N, R, 8, generator=torch.Generator().manual_seed(0),
-                        rgcn_options=dict(num_layers=2, num_bases=2, regularizer="basis", dropout=0.1, self_loop=True))
+@pytest.mark.parametrize("options", [
+    dict(num_layers=3, num_bases=2, regularizer="basis", dropout=0.3, self_loop=True),
+    dict(num_layers=1, num_bases=4, regularizer="bdd", dropout=0.0, self_loop=False),
+])
+def test_build_model_wires_rgcn_options(options):
+    """Every model.* R-GCN option set in the config reaches the encoder (through the Trainer's make_model)."""
+    from types import SimpleNamespace
+
+    from metasd_dgl.config import Config
+    from metasd_dgl.train.loop import make_model
+
+    cfg = Config()
+    cfg.model.encoder, cfg.model.decoder, cfg.model.dim = "rgcn", "distmult", 8
+    for key, value in options.items():
+        setattr(cfg.model, key, value)
+    model = make_model(cfg, SimpleNamespace(num_entities=N, num_relations=R), torch.Generator().manual_seed(0))
+    enc = model.encoder
+    assert isinstance(enc, RGCNEncoder) and len(enc.layers) == options["num_layers"]
+    assert enc.dropout == options["dropout"]
+    for layer in enc.layers:
+        assert layer.regularizer == options["regularizer"] and layer.num_bases == options["num_bases"]
+        assert (layer.self_weight is not None) == options["self_loop"]
+        if options["regularizer"] == "basis":
+            assert layer.bases.shape == (options["num_bases"], 8, 8) and layer.coefficients.shape == (2 * R, 2)
+            assert not hasattr(layer, "blocks")
+        else:
+            assert layer.blocks.shape == (2 * R, options["num_bases"], 2, 2) and not hasattr(layer, "bases")
+    own = ["bases", "coefficients"] if options["regularizer"] == "basis" else ["blocks"]
+    own += ["self_weight"] if options["self_loop"] else []
+    expected = ["encoder.entity", "encoder.relation"] + [
+        f"encoder.layers.{i}.{w}" for i in range(options["num_layers"]) for w in own]
+    assert sorted(model.prunable_names()) == sorted(expected)  # biases stay dense
     g, triples = toy_graph()
-    scores = model(triples[:5, :2], graph=g)
-    assert scores.shape == (5, N)
-    assert "encoder.layers.1.bases" in model.prunable_names()
-    assert "encoder.layers.0.bias" not in model.prunable_names()
+    assert model(triples[:5, :2], graph=g).shape == (5, N)
+    # dropout is applied in training mode only, and only when the rate is > 0
+    model.train()
+    assert torch.equal(model(triples[:5, :2], graph=g), model(triples[:5, :2], graph=g)) == (options["dropout"] == 0)
 
 
 def test_subgraph_mode_uses_entity_rows_by_nid():
@@ -233,7 +262,9 @@ def test_dropout_is_seeded_and_leaves_global_rng_alone():
     torch.testing.assert_close(out_a1, out_b1, rtol=0, atol=0)
     out_a2 = a(g)[0]
     assert not torch.equal(out_a1, out_a2)  # a fresh mask per call
-    assert int(a.dropout_rng[1]) == 2 and "dropout_rng" in a.state_dict()
+    assert int(a.dropout_rng[1]) == 1 and "dropout_rng" in a.state_dict()  # one graph = one step
+    a(toy_graph(1)[0])
+    assert int(a.dropout_rng[1]) == 2
     ev = a.eval()
     torch.testing.assert_close(ev(g)[0], ev(g)[0], rtol=0, atol=0)
 
@@ -252,3 +283,103 @@ def test_bad_options_are_user_errors():
         enc(dgl.graph(([0], [1]), num_nodes=3))
     plan = EdgePlan.build(g, 2 * R)
     assert plan.pairs().count <= g.num_edges()
+
+
+def test_validation_and_evaluate_rank_on_the_same_graph(tmp_path):
+    """R-GCN MetaSD: the validation MRR logged in training equals ``evaluate --split valid`` on
+    the best checkpoint (both pass messages over the whole training graph; quiz triples are
+    hidden only in training steps)."""
+    import json
+    from pathlib import Path
+
+    from metasd_dgl.cli import main
+
+    toy = Path(__file__).resolve().parents[1] / "datasets" / "toy"
+    run = tmp_path / "run"
+    assert main(["train", "--quiet", "--dataset", str(toy), "--run-dir", str(run), "--epochs", "1",
+                 "--dim", "8", "--encoder", "rgcn", "--method", "metasd", "--batch-size", "4",
+                 "--set", "train.valid_every=1", "--set", "metasd.quiz_fraction=0.3",
+                 "--set", "metasd.prune_rate=0.5", "--set", "model.num_layers=1"]) == 0
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"valid"' in x][-1]["valid"]
+    assert main(["evaluate", str(run), "--split", "valid", "--checkpoint", "best", "--no-plots"]) == 0
+    evaluated = json.loads((run / "eval" / "valid.json").read_text())["results"]
+    assert set(logged) == set(evaluated) == {"teacher", "student"}
+    for name in logged:
+        assert evaluated[name]["both"]["mrr"] == pytest.approx(logged[name]["mrr"], abs=1e-6), name
+
+
+def test_an_extra_forward_does_not_shift_later_masks():
+    """Masks come from (seed, step, call): an extra forward in one step leaves every later
+    step's masks as they were; with dropout_key, also the other forwards of its own step."""
+    a, b = make_encoder(dropout=0.5, seed=4).train(), make_encoder(dropout=0.5, seed=4).train()
+    g1, g2, g3 = (toy_graph(s)[0] for s in (1, 2, 3))
+    torch.testing.assert_close(a(g1)[0], b(g1)[0], rtol=0, atol=0)
+    a(g1)  # the extra forward, in step 1 only
+    torch.testing.assert_close(a(g2)[0], b(g2)[0], rtol=0, atol=0)  # step 2: same masks
+    first = a(g3, dropout_key=0)[0]
+    torch.testing.assert_close(first, b(g3, dropout_key=0)[0], rtol=0, atol=0)
+    a(g3)
+    torch.testing.assert_close(a(g3, dropout_key=1)[0], b(g3, dropout_key=1)[0], rtol=0, atol=0)
+    assert not torch.equal(first, b(g3, dropout_key=2)[0])  # keys draw different masks
+
+
+def test_edge_plan_is_built_once_per_graph(monkeypatch):
+    """Every forward on one graph object (MetaSD: five per step) reuses one plan; the cache
+    does not keep graphs alive and notices replaced edge data."""
+    import gc
+    import weakref
+
+    builds = []
+    original = EdgePlan.build.__func__
+    monkeypatch.setattr(EdgePlan, "build", classmethod(lambda cls, g, n: builds.append(g) or original(cls, g, n)))
+    enc = make_encoder()
+    g, _ = toy_graph(6)
+    for _ in range(5):
+        enc(g)
+    assert len(builds) == 1
+    assert EdgePlan.of(g, 2 * R) is EdgePlan.of(g, 2 * R)
+    assert EdgePlan.of(g, 2 * R).pairs() is EdgePlan.of(g, 2 * R).pairs()  # the unique() runs once
+    g.edata["norm"] = g.edata["norm"] * 2  # new tensor -> new plan
+    torch.testing.assert_close(EdgePlan.of(g, 2 * R).norm, g.edata["norm"])
+    other, _ = toy_graph(7)
+    enc(other)
+    assert len(builds) == 3
+    ref = weakref.ref(other)
+    del other, builds[:]
+    gc.collect()
+    assert ref() is None
+
+
+def skewed_graph(num_nodes=15, num_relations=5, num_triples=60, seed=1):
+    """Edge types of very different frequencies: some groups hold several types, with padding."""
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.multinomial(torch.tensor([20.0, 5.0, 1.0, 1.0, 0.5])[:num_relations], num_triples, True, generator=gen)
+    h = torch.randint(0, num_nodes, (num_triples,), generator=gen)
+    t = torch.randint(0, num_nodes, (num_triples,), generator=gen)
+    g = dgl.graph((torch.cat([h, t]), torch.cat([t, h])), num_nodes=num_nodes)
+    g.edata["etype"] = torch.cat([r, r + num_relations])
+    g.edata["norm"] = dst_norm(g)
+    return g
+
+
+@pytest.mark.parametrize("regularizer", ["basis", "bdd"])
+def test_pairs_order_is_one_batched_product_exact_to_second_order(regularizer):
+    g = skewed_graph()
+    pairs = EdgePlan.build(g, 10).pairs()
+    assert 1 < len(pairs.groups) < pairs.rel.numel() and pairs.rows > pairs.count  # shared groups, padding
+    assert sorted(pairs.rel.tolist()) == sorted(set(g.edata["etype"].tolist()))
+    gen = torch.Generator().manual_seed(3)
+    layer = RelGraphLayer(4, 4, 10, regularizer, 2, True, "pairs", gen).double()
+    h = torch.randn(15, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = layer(g, h)
+    torch.testing.assert_close(out, brute_force(layer, g, h.detach()), rtol=1e-10, atol=1e-10)
+    # no product per edge type: one per group (basis: mm for a group of one type, else bmm)
+    singles = sum(n == 1 for n, _ in pairs.groups) if regularizer == "basis" else 0
+    assert count_nodes(out.sum(), "BmmBackward0") == len(pairs.groups) - singles
+    extra = 2 if regularizer == "basis" else 1  # coefficients @ bases (basis), h @ self_weight
+    assert count_nodes(out.sum(), "MmBackward0") == extra + singles
+    names, params = zip(*layer.named_parameters())
+    fn = lambda x, *w: functional_call(layer, dict(zip(names, w)), (g, x))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (h, *params))
+    assert torch.autograd.gradgradcheck(fn, (h, *params))
+

@@ -8,7 +8,7 @@ import torch
 from metasd_dgl.device import dgl_cuda_wheel_hint, resolve_device, to_device
 from metasd_dgl.errors import DeviceError
 from metasd_dgl.graph.sampling import (
-    dst_norm, edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local,
+    dst_norm, edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local, without_edges,
 )
 
 NUM_NODES, NUM_REL, NUM_TRIPLES = 30, 4, 120
@@ -104,6 +104,15 @@ def test_full_graph_dropout_keeps_nodes_and_pairs():
     same = full_graph_dropout(g, 0.25, torch.Generator().manual_seed(0), exclude_edge_ids=exclude)
     assert torch.equal(same.edata[dgl.EID], sub.edata[dgl.EID])
     assert full_graph_dropout(g, 0.0, torch.Generator()).num_edges() == g.num_edges()
+
+
+def test_without_edges_drops_exactly_those_triples_both_ways():
+    g, _ = graph_and_triples(2)
+    sub = without_edges(g, torch.tensor([0, 5, 5, 7]))
+    assert sub.num_nodes() == g.num_nodes() and dgl.NID not in sub.ndata
+    assert check_structure(g, sub) == set(range(NUM_TRIPLES)) - {0, 5, 7}
+    assert sub.num_edges() == g.num_edges() - 6
+    assert without_edges(g, torch.zeros(0, dtype=torch.int64)).num_edges() == g.num_edges()
 
 
 def test_negative_tails_deterministic_and_in_range():

@@ -9,8 +9,7 @@ output is ever left):
 ``relations.tsv``   ``id<TAB>name``, ids 0..R-1 (inverses ``r + R`` not listed)
 ``train.npy``       (n, 3) int64 ``[h, r, t]``; also ``valid.npy``, ``test.npy``
 ``graph.bin``       ``dgl.save_graphs`` of ``metasd_dgl.graph.build.build_graph``
-``filter.npz``      ``FilterIndex.from_triples(train+valid+test).save`` (when
-                    ``metasd_dgl.data.filters`` is installed)
+``filter.npz``      ``FilterIndex.from_triples(train+valid+test).save``
 ``stats.json``      ``metasd_dgl.data.stats.summarize`` of the train triples
 ``manifest.json``   counts, policies, source, input and output sha256, version
 ==================  ==========================================================
@@ -43,23 +42,13 @@ import torch
 from metasd_dgl.data import registry
 from metasd_dgl import __version__
 from metasd_dgl.data import stats as kgstats
+from metasd_dgl.data.filters import FilterIndex
 from metasd_dgl.data.triples import SPLITS, RawKG, read_source, source_identity, triple_keys
 from metasd_dgl.errors import DataError
 from metasd_dgl.graph.build import build_graph, load_graph, save_graph
 
 MANIFEST_VERSION = 1
 _CHECKED = ("entities.tsv", "relations.tsv", "train.npy", "valid.npy", "test.npy", "stats.json")
-
-
-def _filter_index_class() -> Any:
-    """``FilterIndex`` if ``metasd_dgl.data.filters`` exists, else None."""
-    try:
-        from metasd_dgl.data.filters import FilterIndex
-    except ModuleNotFoundError as exc:
-        if exc.name != "metasd_dgl.data.filters":
-            raise
-        return None
-    return FilterIndex
 
 
 def encode(raw: RawKG) -> Tuple[List[str], List[str], Dict[str, np.ndarray]]:
@@ -133,10 +122,8 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
         np.save(tmp / f"{split}.npy", np.ascontiguousarray(ids[split], dtype=np.int64))
     train = torch.from_numpy(ids["train"])
     save_graph(build_graph(train, n_ent, n_rel), tmp / "graph.bin")
-    filter_cls = _filter_index_class()
-    if filter_cls is not None:
-        everything = torch.from_numpy(np.concatenate([ids[s] for s in SPLITS]))
-        filter_cls.from_triples(everything, n_ent, n_rel).save(tmp / "filter.npz")
+    everything = torch.from_numpy(np.concatenate([ids[s] for s in SPLITS]))
+    FilterIndex.from_triples(everything, n_ent, n_rel).save(tmp / "filter.npz")
     (tmp / "stats.json").write_text(
         json.dumps(kgstats.summarize(train, n_ent, n_rel, num_buckets)), encoding="utf-8")
 
@@ -160,7 +147,7 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
                             "entities_not_in_train": int(n_ent - in_train.sum()),
                             "valid_triples": unseen["valid"], "test_triples": unseen["test"],
                             "total_triples": unseen["valid"] + unseen["test"]},
-        "filter": "filter.npz" if filter_cls is not None else None,
+        "filter": "filter.npz",
         "files": {p.name: _sha(p) for p in sorted(tmp.iterdir()) if p.is_file()},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -289,14 +276,12 @@ class KGData:
         return load_graph(self._verified("graph.bin"))
 
     @cached_property
-    def filter(self) -> Any:
-        """``FilterIndex`` over train+valid+test (loaded from filter.npz, else built)."""
-        cls = _filter_index_class()
-        if cls is None:
-            raise DataError("metasd_dgl.data.filters is not available")
+    def filter(self) -> FilterIndex:
+        """``FilterIndex`` over train+valid+test: filter.npz (DataError if its sha256 is wrong),
+        or built from the triples for a folder written without one."""
         if "filter.npz" in self.manifest["files"]:
-            return cls.load(self._verified("filter.npz"))
-        return cls.from_triples(self.all_triples, self.num_entities, self.num_relations)
+            return FilterIndex.load(self._verified("filter.npz"))
+        return FilterIndex.from_triples(self.all_triples, self.num_entities, self.num_relations)
 
 
 def load_processed(path: Union[str, Path]) -> KGData:

@@ -111,31 +111,42 @@ def edge_sampled_subgraph(
     return compact, local
 
 
+def without_edges(graph: dgl.DGLGraph, edge_ids: Tensor) -> dgl.DGLGraph:
+    """``graph`` without the training triples ``edge_ids`` (forward ids < n; both directions go).
+
+    Every node is kept (ids unchanged, so the output rows are the entities in
+    order: use it for 1-N scoring).  ``edata[dgl.EID]`` maps to ``graph``'s
+    edges; ``norm`` is recomputed.
+    """
+    n = _pair_count(graph)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[edge_ids.cpu().long()] = False
+    kept = torch.nonzero(keep).squeeze(1)
+    eids = torch.cat([kept, kept + n]).to(graph.device)
+    sub = dgl.edge_subgraph(graph, eids, relabel_nodes=False, store_ids=True)
+    sub.edata["norm"] = dst_norm(sub)
+    return sub
+
+
 def full_graph_dropout(
     graph: dgl.DGLGraph,
     rate: float,
     generator: torch.Generator,
     exclude_edge_ids: Optional[Tensor] = None,
 ) -> dgl.DGLGraph:
-    """Hide a share ``rate`` of the training triples (both edge directions) from message passing.
+    """Hide a random share ``rate`` of the training triples, and ``exclude_edge_ids``, from message passing.
 
-    Every node is kept (ids unchanged, so the output rows are the entities in
-    order: use it for 1-N scoring); ``exclude_edge_ids`` (forward ids < n, e.g.
-    the batch's positives) are hidden too.  ``edata[dgl.EID]`` maps to
-    ``graph``'s edges; ``norm`` is recomputed.
+    ``without_edges`` of the drawn triples plus ``exclude_edge_ids`` (forward
+    ids < n, e.g. the batch's positives); the draw is ``round(rate * n)``
+    triples from ``generator``.
     """
     n = _pair_count(graph)
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"rate={rate} must be in [0, 1)")
-    keep = torch.ones(n, dtype=torch.bool)
-    keep[torch.randperm(n, generator=generator)[: round(rate * n)]] = False
+    dropped = torch.randperm(n, generator=generator)[: round(rate * n)]
     if exclude_edge_ids is not None:
-        keep[exclude_edge_ids.cpu().long()] = False
-    kept = torch.nonzero(keep).squeeze(1)
-    eids = torch.cat([kept, kept + n]).to(graph.device)
-    sub = dgl.edge_subgraph(graph, eids, relabel_nodes=False, store_ids=True)
-    sub.edata["norm"] = dst_norm(sub)
-    return sub
+        dropped = torch.cat([dropped, exclude_edge_ids.cpu().long()])
+    return without_edges(graph, dropped)
 
 
 @contextmanager

@@ -8,6 +8,12 @@
     checkpoints/best.pt  best validation MRR (student MRR for prune/kd/metasd)
     checkpoints/epoch-K.pt  the newest ``keep_checkpoints`` epoch checkpoints
 
+Graphs (R-GCN): evaluation -- validation here and ``evaluate`` on valid/test
+-- always passes messages over the whole training graph (``data.graph``).  The
+MetaSD quiz triples are hidden only inside training steps (with the batch's
+own triples and ``train.edge_dropout``), so model selection and the test score
+see the same graph.
+
 Randomness comes from ``torch.Generator``s derived from ``train.seed`` (one
 for initialisation and the quiz split, one per epoch for shuffling and quiz
 batches), so a resumed run replays the same batches.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -32,7 +39,7 @@ from ..device import resolve_device
 from ..errors import CheckpointError, UserError
 from ..evaluation import metrics
 from ..device import to_device
-from ..distributed import init_from_env
+from ..distributed import init_from_env, rank_device
 from ..graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local
 from ..inference import rank_split
 from ..model import LinkPredictor, build_model
@@ -111,7 +118,7 @@ class Trainer:
     def __init__(self, cfg: Config, data, run_dir: Path, progress: bool = True) -> None:
         self.cfg, self.data, self.run_dir, self.progress = cfg, data, Path(run_dir), progress
         tc, mc = cfg.train, cfg.metasd
-        self.device = resolve_device(tc.device)
+        self.device = resolve_device(rank_device(tc.device, os.environ))  # cuda -> cuda:LOCAL_RANK
         self.dist = init_from_env(self.device)  # rank 0 of 1 unless launched by torchrun
         init_gen = torch.Generator().manual_seed(tc.seed)
         self.model = make_model(cfg, data, init_gen).to(self.device)
@@ -132,12 +139,8 @@ class Trainer:
         # i.e. exactly the reciprocal query; ``example_pair`` is the forward id of the pair.
         self.example_pair = torch.cat([train_idx, train_idx])
         self.example_edge = torch.cat([train_idx, train_idx + n_all])
-        # R-GCN message passing never sees the quiz triples.
+        # Training steps' message passing never sees the quiz triples (evaluation sees all).
         self.hidden = quiz_idx if self.quiz is not None else torch.zeros(0, dtype=torch.int64)
-        self.msg_graph = self.graph
-        if self.rgcn and self.quiz is not None:
-            self.msg_graph = full_graph_dropout(self.graph, 0.0, torch.Generator().manual_seed(0),
-                                                exclude_edge_ids=quiz_idx)
         self.masks: Optional[dict] = None
         self.student = None  # the student of ``masks`` (student.make_student), rebuilt with them
         self.state = TrainState()
@@ -340,7 +343,7 @@ class Trainer:
             variants["student"] = self.masks
         for name, masks in variants.items():
             ranks = rank_split(self.model, self.data.valid, self.data.num_relations, self.data.filter,
-                               graph=self.msg_graph if self.rgcn else None,
+                               graph=self.graph if self.rgcn else None,  # the whole training graph
                                masks=masks, max_memory_mb=ev.max_memory_mb, batch_size=ev.batch_size)
             out[name] = metrics(torch.cat([ranks.tail, ranks.head]))
         return out
