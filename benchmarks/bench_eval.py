@@ -50,11 +50,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loa
 import torch  # noqa: E402
 
 import pykeen_peer  # noqa: E402
-from common import RESULTS, default_data_dir, machine_info, peak_rss_mb, timed, write_json  # noqa: E402
-from harness import load_processed, preprocess  # noqa: E402
-from metasd_dgl.data.filters import FilterIndex  # noqa: E402
-from metasd_dgl.decoders import DistMult  # noqa: E402
-from metasd_dgl.evaluation import DEFAULT_BATCH_SIZE, chunk_size, evaluate_ranking, metrics, model_score_fn  # noqa: E402
+from common import RESULTS, default_data_dir, format_table, machine_info, peak_rss_mb, timed, write_json  # noqa: E402
+from harness import (DEFAULT_BATCH_SIZE, DistMult, FilterIndex, chunk_size, evaluate_ranking,  # noqa: E402
+                     load_processed, metrics, model_score_fn, preprocess)
 
 SPLITS = ("train", "valid", "test")
 
@@ -147,12 +145,11 @@ def main() -> None:
     print(f"\nfiltered evaluation, FB15k-237 test ({test.shape[0]} triples, {2 * test.shape[0]} queries, "
           f"both sides), {n_ent} entities, width {args.dim}, min of {rounds} round(s), "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    print(f"{'':29s} {'threads':>7s} {'setting':>10s} {'seconds':>8s} {'PyKEEN/this':>11s} "
-          f"{'this/matmul':>11s} {'same-threads':>12s} {'peak RSS MB':>11s}")
-    for name, t, setting, sec, rss in rows:
-        same = f"{sec / best_bound[t]:.2f}x" if t in best_bound else "-"
-        print(f"{name:29s} {t:7d} {setting:>10s} {sec:8.2f} {t_pk / sec:10.1f}x {sec / t_bound:10.2f}x "
-              f"{same:>12s} {rss:11.0f}")
+    print(format_table(["", "threads", "setting", "seconds", "PyKEEN/this", "this/matmul", "same-threads",
+                        "peak RSS MB"],
+                       [[name, t, setting, f"{sec:.2f}", f"{t_pk / sec:.1f}x", f"{sec / t_bound:.2f}x",
+                         f"{sec / best_bound[t]:.2f}x" if t in best_bound else "-", f"{rss:.0f}"]
+                        for name, t, setting, sec, rss in rows]))
     print(f"(this/matmul: over the best matmul time of any thread count; same-threads: over the matmul at the "
           f"row's thread count; peak RSS: process peak after that phase, {rss_loaded:.0f} MB after loading)")
     print(f"MRR metasd-dgl {our_metrics['mrr']:.6f} | PyKEEN "

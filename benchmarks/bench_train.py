@@ -145,7 +145,7 @@ def run_pykeen(job: dict) -> dict:
     rss_pk_eval = peak_rss_mb()
 
     # Our evaluator on PyKEEN's trained tables, in our layout (and a check that both models score alike).
-    from metasd_dgl.model import build_model
+    from harness import build_model
 
     R = len(data["relations"])
     ours = build_model("kge", "complex", len(data["entities"]), R, job["dim"])

@@ -80,20 +80,12 @@ def in_child(fn: Callable[..., dict], *args: Any) -> dict:
 
 
 def machine_info() -> dict:
-    """What the numbers were measured on (torch imported lazily)."""
-    info = {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version()}
-    try:
-        import torch
+    """What the numbers were measured on."""
+    import torch
 
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
-    except ImportError:  # pragma: no cover - every benchmark needs torch anyway
-        pass
-    try:
-        info["load_average"] = os.getloadavg()
-    except OSError:  # pragma: no cover
-        pass
-    return info
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
 
 
 def write_json(path: str | Path, record: Mapping[str, Any]) -> Path:

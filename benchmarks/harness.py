@@ -7,7 +7,8 @@ evaluate stage (test split, filtered, both sides, realistic ranks; the true
 student when the run has masks), exports it, and returns one result per variant
 (``train_and_test``'s keys).  ``variant_rows`` turns results into table rows.
 
-Every library entry point the benchmarks use is imported here, in one place.
+Every library entry point the benchmarks use is imported here, in one place (bench_train.py's PyKEEN
+process alone imports ``metasd_dgl.train.fused.tune_malloc`` directly: it must not load the rest).
 """
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 # --- library entry points (pipelines.stages / datasets.registry move into metasd_dgl: fix these lines only)
 from pipelines.stages import stage_evaluate, stage_export  # noqa: F401
 from metasd_dgl.config import Config, load_config  # noqa: F401
+from metasd_dgl.data.filters import FilterIndex  # noqa: F401
 from metasd_dgl.data.preprocess import KGData, load_processed, preprocess  # noqa: F401
-from metasd_dgl.evaluation import metrics  # noqa: F401
+from metasd_dgl.decoders import DistMult  # noqa: F401
+from metasd_dgl.evaluation import DEFAULT_BATCH_SIZE, chunk_size, evaluate_ranking, metrics, model_score_fn  # noqa: F401
 from metasd_dgl.inference import rank_split  # noqa: F401
+from metasd_dgl.model import build_model  # noqa: F401
 from metasd_dgl.train.loop import Trainer, make_model, train  # noqa: F401
 
 ROWS = ("teacher", "student")
