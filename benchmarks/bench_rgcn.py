@@ -27,16 +27,11 @@ Parts (each writes into the JSON as soon as it finishes, so partial results surv
     DistMult, one negative per positive, batch 1000.  Ours: the
     ``negative-sampling`` regime (DGL uniform negatives, message passing on an
     edge-sampled subgraph of ``train.sample_edges`` training triples per batch,
-    0 = the whole training graph) through ``train`` with ``train.batches_per_epoch``
-    N: a warm-up epoch of N batches, then a timed epoch of N (``metrics.jsonl`` seconds).
-    Our epoch = 2 x 272,115 reciprocal examples / 1000 = 545 batches.
-    PyKEEN (``pykeen_peer.rgcn_batches``): ``pykeen.models.RGCN`` on a ``CoreTriplesFactory`` *without*
-    inverse triples (its ``RGCNRepresentation`` refuses a factory with
-    ``create_inverse_triples=True`` and adds inverse edges itself); sLCWA
-    batches through ``SLCWATrainingLoop._process_batch_static`` (PyKEEN's own
-    per-batch code) with ``BasicNegativeSampler(num_negs_per_pos=1)``, Adam.
-    PyKEEN's epoch = 272,115 triples / 1000 = 273 batches.  Both are also
-    reported per training triple seen, so the ratio is shown both ways.
+    0 = the whole training graph) through the trainer with ``train.batches_per_epoch``
+    N: a warm-up epoch of N batches, then a timed epoch of N (``metrics.jsonl`` seconds);
+    our epoch = 2 x 272,115 reciprocal examples / 1000 = 545 batches.  PyKEEN:
+    ``pykeen_peer.rgcn_batches`` (its ``RGCN``, sLCWA, 1 negative, Adam), whose epoch
+    is 272,115 triples (no inverse triples: RGCN adds inverse edges itself) / 1000 = 273 batches.
 
 ``fb-memory``
     FB15k-237 at dim 500 (PyKEEN's default dim), same regime, a few batches in a
@@ -223,7 +218,6 @@ def tables(record) -> str:
     out = []
     umls = record["results"].get("umls")
     if umls:
-        rows = []
         rows = variant_rows(_variants("umls"), umls, lambda label, r, m: [
             label, r["dim"], f"{m['mrr']:.4f}", f"{m['hits@10']:.4f}", f"{r['seconds_per_epoch']:.2f}",
             f"{m['nonzero']:,}", f"{m['bytes']:,}", f"{m['rarest_mrr']:.4f}", f"{r['best_epoch']}/{r['epochs']}"])
@@ -248,26 +242,17 @@ def tables(record) -> str:
                         "bytes", "rarest-rel MRR"], rows))
     fb = record["results"].get("fb15k-237")
     if fb:
-        rows = []
-        pk = fb.get("pykeen dim100", {})
-        pk_epoch = pk.get("seconds_per_epoch_extrapolated")
-        pk_triple = pk_epoch / FB_TRIPLES if pk_epoch else None
-        for key, r in fb.items():
-            if "error" in r:
-                rows.append([key, "error", "", "", "", "", ""])
-                continue
-            spb = r["seconds_per_batch"]
-            epoch = r["seconds_per_epoch_extrapolated"]
-            ours = key.startswith("ours")
-            per_triple = epoch / FB_TRIPLES  # per training triple of the dataset (ours: both directions)
-            ratio = f"{pk_epoch / epoch:.1f}x" if (pk_epoch and ours) else ""
-            rows.append([key, f"{spb:.3f}", f"{r['timed_batches']}", f"{r['batches_per_epoch']}",
-                         f"{epoch:,.0f}", ratio, f"{r['peak_rss_mb']:,.0f}"])
+        pk_epoch = fb.get("pykeen dim100", {}).get("seconds_per_epoch_extrapolated")
+        rows = [[key, "error"] + [""] * 5 if "error" in r else [
+            key, f"{r['seconds_per_batch']:.3f}", r["timed_batches"], r["batches_per_epoch"],
+            f"{r['seconds_per_epoch_extrapolated']:,.0f}",
+            f"{pk_epoch / r['seconds_per_epoch_extrapolated']:.1f}x" if pk_epoch and key.startswith("ours") else "",
+            f"{r['peak_rss_mb']:,.0f}"] for key, r in fb.items()]
         out.append("FB15k-237, R-GCN (2 layers, 16 bases) + DistMult, 1 negative, batch 1000 (timed batches, "
                    "extrapolated epochs)\n" + format_table(
                        ["run", "s/batch", "timed", "batches/epoch", "s/epoch (extrap.)", "PyKEEN/ours epoch",
                         "peak RSS MB"], rows))
-        if pk_triple:
+        if pk_epoch:
             out.append("(ours' epoch = 2 x 272,115 reciprocal examples = 545 batches; PyKEEN's sLCWA epoch = 272,115 "
                        "triples without inverse triples = 273 batches; both epochs cover every training triple once, "
                        "ours in both directions, so the epoch ratio is also the per-triple ratio)")

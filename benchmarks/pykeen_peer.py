@@ -230,7 +230,8 @@ def train_complex(job: dict, train: torch.Tensor, entities: List[str], relations
 def rgcn_batches(train: torch.Tensor, num_entities: int, num_relations: int, dim: int, batch: int,
                  batches: int) -> dict:
     """``batches`` sLCWA batches of ``pykeen.models.RGCN`` (2 layers, 16 bases, DistMult, 1 negative, Adam),
-    through ``SLCWATrainingLoop._process_batch_static`` (PyKEEN's own per-batch code)."""
+    through ``SLCWATrainingLoop._process_batch_static`` (PyKEEN's own per-batch code), on a factory *without*
+    inverse triples (``RGCNRepresentation`` refuses ``create_inverse_triples=True``, adds inverse edges itself)."""
     quiet()
     from pykeen.models import RGCN
     from pykeen.sampling import BasicNegativeSampler
@@ -239,7 +240,7 @@ def rgcn_batches(train: torch.Tensor, num_entities: int, num_relations: int, dim
 
     t0 = time.perf_counter()
     tf = CoreTriplesFactory.create(mapped_triples=train, num_entities=num_entities, num_relations=num_relations,
-                                   create_inverse_triples=False)  # RGCNRepresentation adds inverse edges itself
+                                   create_inverse_triples=False)
     model = RGCN(triples_factory=tf, embedding_dim=dim, num_layers=2, interaction="DistMult",
                  decomposition="bases", decomposition_kwargs=dict(num_bases=16), random_seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
