@@ -37,87 +37,24 @@ Writes benchmarks/results/eval_fb15k237.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
-import platform
-import resource
 import statistics
 import sys
-import tarfile
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loads OpenMP
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from metasd_dgl.data.filters import FilterIndex  # noqa: E402
-from metasd_dgl.decoders import DistMult  # noqa: E402
-from metasd_dgl.evaluation import DEFAULT_BATCH_SIZE, chunk_size, evaluate_ranking, metrics, model_score_fn  # noqa: E402
+import pykeen_peer  # noqa: E402
+from common import RESULTS, default_data_dir, format_table, machine_info, peak_rss_mb, timed, write_json  # noqa: E402
+from harness import (DEFAULT_BATCH_SIZE, DistMult, FilterIndex, chunk_size, evaluate_ranking,  # noqa: E402
+                     load_processed, metrics, model_score_fn, preprocess)
 
-REPO = Path(__file__).resolve().parents[1]
 SPLITS = ("train", "valid", "test")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def read_archive(archive: Path) -> Tuple[Dict[str, torch.Tensor], int, int, str]:
-    """Own small reader: train/valid/test.txt inside the tar (CRLF tolerated) -> int64 ids.
-
-    Ids in order of first appearance over train, valid, test (head before tail).
-    """
-    rows: Dict[str, np.ndarray] = {}
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar.getmembers():
-            name = Path(member.name).name
-            if member.isfile() and name in {f"{s}.txt" for s in SPLITS}:
-                text = io.TextIOWrapper(tar.extractfile(member), encoding="utf-8").read()  # type: ignore[arg-type]
-                lines = [ln for ln in text.splitlines() if ln.strip()]
-                rows[name[:-4]] = np.array([ln.split("\t") for ln in lines], dtype=object).reshape(-1, 3)
-    import pandas as pd
-
-    ents, _ = pd.factorize(np.concatenate([rows[s][:, [0, 2]].ravel() for s in SPLITS]))
-    rels, _ = pd.factorize(np.concatenate([rows[s][:, 1] for s in SPLITS]))
-    out, e0, r0 = {}, 0, 0
-    for s in SPLITS:
-        n = rows[s].shape[0]
-        hts = ents[e0:e0 + 2 * n].reshape(n, 2)
-        out[s] = torch.from_numpy(np.stack([hts[:, 0], rels[r0:r0 + n], hts[:, 1]], 1).astype(np.int64))
-        e0, r0 = e0 + 2 * n, r0 + n
-    return out, int(ents.max()) + 1, int(rels.max()) + 1, "own tar reader (bench_eval.read_archive)"
-
-
-def load_fb15k237(data_dir: Path) -> Tuple[Dict[str, torch.Tensor], int, int, str]:
-    """Through the project's preprocess when it imports and works, else the own reader."""
-    archive = data_dir / "FB15k-237.tar.gz"
-    if not archive.exists():
-        raise SystemExit(f"{archive} not found; pass --data-dir or set METASD_DATA_DIR")
-    try:
-        from metasd_dgl.data.preprocess import load_processed, preprocess
-    except ImportError:
-        return read_archive(archive)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            data = load_processed(preprocess(archive, Path(tmp) / "fb15k237"))
-            splits = {s: data.split(s).clone() for s in SPLITS}
-            return splits, data.num_entities, data.num_relations, "metasd_dgl.data.preprocess"
-    except Exception as exc:  # noqa: BLE001 - a broken sibling module must not stop the benchmark
-        print(f"preprocess failed ({type(exc).__name__}: {exc}); using the own reader")
-        return read_archive(archive)
-
-
-def timed(fn: Callable[[], object]) -> Tuple[float, object]:
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
 
 
 def matmul_bound(queries: torch.Tensor, entity: torch.Tensor, chunk: int) -> None:
@@ -127,31 +64,9 @@ def matmul_bound(queries: torch.Tensor, entity: torch.Tensor, chunk: int) -> Non
         torch.mm(q, entity.t(), out=buf[: q.shape[0]])
 
 
-def pykeen_eval(splits, n_ent: int, n_rel: int, entity, relation, batch_size: int) -> Tuple[float, float, dict]:
-    """PyKEEN's filtered evaluation of the same DistMult embeddings -> (seconds, MRR, metrics)."""
-    from pykeen.evaluation import RankBasedEvaluator
-    from pykeen.models import DistMult as PKDistMult
-    from pykeen.triples import CoreTriplesFactory
-
-    tf = CoreTriplesFactory.create(splits["train"], num_entities=n_ent, num_relations=n_rel)
-    model = PKDistMult(triples_factory=tf, embedding_dim=entity.shape[1], random_seed=0)
-    with torch.no_grad():
-        model.entity_representations[0]._embeddings.weight.copy_(entity)
-        model.relation_representations[0]._embeddings.weight.copy_(relation[:n_rel])
-    evaluator = RankBasedEvaluator(filtered=True)
-    seconds, result = timed(lambda: evaluator.evaluate(
-        model, splits["test"], batch_size=batch_size, use_tqdm=False,
-        additional_filter_triples=[splits["train"], splits["valid"]]))
-    flat = {k: result.get_metric(f"both.realistic.{m}") for k, m in (
-        ("mrr", "inverse_harmonic_mean_rank"), ("mr", "arithmetic_mean_rank"), ("hits@1", "hits_at_1"),
-        ("hits@3", "hits_at_3"), ("hits@10", "hits_at_10"))}
-    return seconds, flat["mrr"], flat
-
-
 def main() -> None:
-    default_data = os.environ.get("METASD_DATA_DIR") or str(REPO.parent / "shared" / "data" / "kg")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", default=default_data, help="folder holding FB15k-237.tar.gz")
+    ap.add_argument("--data-dir", default=default_data_dir(), help="folder holding FB15k-237.tar.gz")
     ap.add_argument("--quick", action="store_true", help="2,000 test triples, one round")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (a) and (c)")
     ap.add_argument("--batch-size", type=int, default=0, help="queries per chunk for (a); 0 = library default")
@@ -160,12 +75,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="torch thread counts for (a) and (c) (default: 1 and all cores); PyKEEN uses the largest")
     ap.add_argument("--pykeen-batch", type=int, nargs="+", default=[256], help="PyKEEN evaluation batch size(s)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "eval_fb15k237.json"))
+    ap.add_argument("--out", default=str(RESULTS / "eval_fb15k237.json"))
     args = ap.parse_args()
     threads = sorted(set(args.threads or [1, torch.get_num_threads()]))
     rounds = 1 if args.quick else max(1, args.rounds)
 
-    t_load, (splits, n_ent, n_rel, loader) = timed(lambda: load_fb15k237(Path(args.data_dir)))
+    with tempfile.TemporaryDirectory() as tmp:
+        t_load, data = timed(lambda: load_processed(preprocess("fb15k-237", Path(tmp) / "fb15k-237",
+                                                               Path(args.data_dir))))
+    splits, n_ent, n_rel, loader = ({s: data.split(s) for s in SPLITS}, data.num_entities, data.num_relations,
+                                    "metasd_dgl.data.preprocess")
     if args.quick:
         splits["test"] = splits["test"][:2000]
     test = splits["test"]
@@ -205,10 +124,12 @@ def main() -> None:
 
     torch.set_num_threads(max(threads))
     pk: Dict[int, dict] = {}
+    pk_model = pykeen_peer.distmult(entity, relation, splits["train"], n_ent, n_rel)
     for b in args.pykeen_batch:
-        seconds, mrr, flat = pykeen_eval(splits, n_ent, n_rel, entity, relation, b)
-        pk[b] = {"seconds": seconds, "mrr": mrr, "metrics": flat, "threads": max(threads)}
-        print(f"  PyKEEN batch {b}: {seconds:.1f} s, MRR {mrr:.6f}")
+        flat = pykeen_peer.evaluate(pk_model, test, [splits["train"], splits["valid"]], b)
+        seconds = flat.pop("seconds")
+        pk[b] = {"seconds": seconds, "mrr": flat["mrr"], "metrics": flat, "threads": max(threads)}
+        print(f"  PyKEEN batch {b}: {seconds:.1f} s, MRR {flat['mrr']:.6f}")
     rss_pk = peak_rss_mb()
 
     best_ours = {t: min(v) for t, v in ours.items()}
@@ -224,12 +145,11 @@ def main() -> None:
     print(f"\nfiltered evaluation, FB15k-237 test ({test.shape[0]} triples, {2 * test.shape[0]} queries, "
           f"both sides), {n_ent} entities, width {args.dim}, min of {rounds} round(s), "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
-    print(f"{'':29s} {'threads':>7s} {'setting':>10s} {'seconds':>8s} {'PyKEEN/this':>11s} "
-          f"{'this/matmul':>11s} {'same-threads':>12s} {'peak RSS MB':>11s}")
-    for name, t, setting, sec, rss in rows:
-        same = f"{sec / best_bound[t]:.2f}x" if t in best_bound else "-"
-        print(f"{name:29s} {t:7d} {setting:>10s} {sec:8.2f} {t_pk / sec:10.1f}x {sec / t_bound:10.2f}x "
-              f"{same:>12s} {rss:11.0f}")
+    print(format_table(["", "threads", "setting", "seconds", "PyKEEN/this", "this/matmul", "same-threads",
+                        "peak RSS MB"],
+                       [[name, t, setting, f"{sec:.2f}", f"{t_pk / sec:.1f}x", f"{sec / t_bound:.2f}x",
+                         f"{sec / best_bound[t]:.2f}x" if t in best_bound else "-", f"{rss:.0f}"]
+                        for name, t, setting, sec, rss in rows]))
     print(f"(this/matmul: over the best matmul time of any thread count; same-threads: over the matmul at the "
           f"row's thread count; peak RSS: process peak after that phase, {rss_loaded:.0f} MB after loading)")
     print(f"MRR metasd-dgl {our_metrics['mrr']:.6f} | PyKEEN "
@@ -241,10 +161,7 @@ def main() -> None:
     record = {
         "benchmark": "filtered evaluation, FB15k-237 test split, both sides",
         "command": "python benchmarks/bench_eval.py " + " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                    "load_average": os.getloadavg()},
+        "machine": {**machine_info(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         "data": {"loader": loader, "entities": n_ent, "relations": n_rel,
                  **{s: int(splits[s].shape[0]) for s in SPLITS}, "quick": args.quick},
         "model": f"DistMult-style score, random float32 tables, width {args.dim}, rel[r+R] = rel[r]",
@@ -262,10 +179,7 @@ def main() -> None:
         "mrr_max_abs_diff": mrr_gap,
         "peak_rss_mb": {"after_load": rss_loaded, "after_ours_and_matmul": rss_ours, "after_pykeen": rss_pk},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, record)}")
     if mrr_gap > 1e-4:
         raise SystemExit(f"MRR mismatch between metasd-dgl and PyKEEN: {mrr_gap:.2e}")
 

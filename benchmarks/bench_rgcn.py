@@ -27,19 +27,16 @@ Parts (each writes into the JSON as soon as it finishes, so partial results surv
     DistMult, one negative per positive, batch 1000.  Ours: the
     ``negative-sampling`` regime (DGL uniform negatives, message passing on an
     edge-sampled subgraph of ``train.sample_edges`` training triples per batch,
-    0 = the whole training graph), N timed batches after one warm-up batch.
-    Our epoch = 2 x 272,115 reciprocal examples / 1000 = 545 batches.
-    PyKEEN: ``pykeen.models.RGCN`` on a ``CoreTriplesFactory`` *without*
-    inverse triples (its ``RGCNRepresentation`` refuses a factory with
-    ``create_inverse_triples=True`` and adds inverse edges itself); sLCWA
-    batches through ``SLCWATrainingLoop._process_batch_static`` (PyKEEN's own
-    per-batch code) with ``BasicNegativeSampler(num_negs_per_pos=1)``, Adam.
-    PyKEEN's epoch = 272,115 triples / 1000 = 273 batches.  Both are also
-    reported per training triple seen, so the ratio is shown both ways.
+    0 = the whole training graph) through the trainer with ``train.batches_per_epoch``
+    N: a warm-up epoch of N batches, then a timed epoch of N (``metrics.jsonl`` seconds);
+    our epoch = 2 x 272,115 reciprocal examples / 1000 = 545 batches.  PyKEEN:
+    ``pykeen_peer.rgcn_batches`` (its ``RGCN``, sLCWA, 1 negative, Adam), whose epoch
+    is 272,115 triples (no inverse triples: RGCN adds inverse edges itself) / 1000 = 273 batches.
 
 ``fb-memory``
     FB15k-237 at dim 500 (PyKEEN's default dim), same regime, a few batches in a
-    subprocess; peak RSS of that subprocess (its own ru_maxrss) and s/batch.
+    subprocess; peak RSS of that subprocess up to the end of its training batches (its
+    VmHWM, ``common.peak_rss_mb``, read when the trainer starts its validation) and s/batch.
 
     python benchmarks/bench_rgcn.py            # everything (~20 min on 2 busy cores)
     python benchmarks/bench_rgcn.py --quick    # smoke run (< 2 min, no PyKEEN)
@@ -54,7 +51,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,7 +61,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from common import RESULTS, default_data_dir, format_table, machine_info, peak_rss_mb, write_json  # noqa: E402
+from common import RESULTS, default_data_dir, format_table, in_child, machine_info, peak_rss_mb, write_json  # noqa: E402
 
 FB_TRIPLES = 272_115
 
@@ -77,314 +73,187 @@ UMLS_QUICK = dict(dim=16, layers=2, bases=2, epochs=3, batch=1000, lr=0.1, reg=0
 FB_BUDGET = dict(dim=100, layers=2, bases=16, epochs=1, batch=2000, batches_per_epoch=150, lr=0.1, reg=0.0,
                  valid_every=1, edge_dropout=0.5, dropout=0.2)
 FB_QUICK = dict(FB_BUDGET, dim=16, bases=2, batches_per_epoch=2)
-FB_VARIANTS = [  # name, overrides, rows reported
-    ("dense (plain)", {"train.method": "plain"}, ("teacher",)),
-    ("prune-only", {"train.method": "prune"}, ("student",)),
-    ("metasd (meta/4)", {"train.method": "metasd", "metasd.meta_every": 4}, ("teacher", "student")),
-    ("metasd (meta/4) + student owns kept", {"train.method": "metasd", "metasd.meta_every": 4,
-                                            "metasd.student_owns_kept": True}, ("teacher", "student")),
-    # PyKEEN's configuration of the speed rows: one DGL negative per positive, batch 1000, sampled subgraphs.
-    ("dense, 1 negative", {"train.method": "plain", "train.regime": "negative-sampling", "train.num_negatives": 1,
-                           "train.batch_size": 1000, "train.sample_edges": 30000, "train.batches_per_epoch": 300},
-     ("teacher",)),
-]
-UMLS_VARIANTS = [  # name, overrides, rows reported
-    ("dense (plain)", {"train.method": "plain"}, ("teacher",)),
-    ("prune-only", {"train.method": "prune"}, ("student",)),
-    ("metasd", {"train.method": "metasd"}, ("teacher", "student")),
-    ("metasd + student owns kept", {"train.method": "metasd", "metasd.student_owns_kept": True},
-     ("teacher", "student")),
-]
 
 
-# ----------------------------------------------------------------------------- helpers
-def _threads(n: int) -> None:
-    torch.set_num_threads(n)
+def _variants(kind: str):
+    from harness import Variant
 
-
-def _python_worker(args: list[str], timeout: float) -> dict:
-    """Run this script as a worker subprocess; it prints one JSON line last."""
-    cmd = [sys.executable, str(Path(__file__).resolve())] + args
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        return {"error": f"rc={proc.returncode}", "stderr_tail": proc.stderr[-2000:], "wall_s": wall}
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
-    out = json.loads(line)
-    out["worker_wall_s"] = wall
+    metasd = {"train.method": "metasd", **({"metasd.meta_every": 4} if kind == "fb" else {})}
+    tag = "metasd (meta/4)" if kind == "fb" else "metasd"
+    out = [Variant("dense (plain)", {"train.method": "plain"}),
+           Variant("prune-only", {"train.method": "prune"}, ("student",)),
+           Variant(tag, metasd, ("teacher", "student")),
+           Variant(f"{tag} + student owns kept", {**metasd, "metasd.student_owns_kept": True}, ("teacher", "student"))]
+    if kind == "fb":  # PyKEEN's configuration of the speed rows: one DGL negative per positive, sampled subgraphs
+        out.append(Variant("dense, 1 negative", {
+            "train.method": "plain", "train.regime": "negative-sampling", "train.num_negatives": 1,
+            "train.batch_size": 1000, "train.sample_edges": 30000, "train.batches_per_epoch": 300}))
     return out
 
 
-# ----------------------------------------------------------------------------- UMLS
-def run_umls_variant(name, overrides, data_path, budget, root: Path, seed: int, threads: int) -> dict:
-    from metasd_dgl.config import load_config
-    from variant import train_and_test
-
-    run_dir = root / name.replace(" ", "_").replace("(", "").replace(")", "")
-    cfg = load_config(overrides={
-        "run_dir": str(run_dir), "data.processed_dir": str(data_path),
-        "model.encoder": "rgcn", "model.decoder": "distmult", "model.dim": budget["dim"],
-        "model.num_layers": budget["layers"], "model.num_bases": budget["bases"],
-        "model.dropout": budget["dropout"],
-        "train.regime": "1-n", "train.edge_dropout": budget["edge_dropout"],
-        "train.epochs": budget["epochs"], "train.batch_size": budget["batch"], "train.lr": budget["lr"],
-        "train.reg_weight": budget["reg"], "train.valid_every": budget["valid_every"], "train.patience": 0,
-        "train.seed": seed, "train.keep_checkpoints": 0, "train.num_threads": threads,
-        "train.batches_per_epoch": budget.get("batches_per_epoch", 0),
-        "metasd.prune_scope": "per-tensor", "metasd.quiz_batch_size": budget["batch"], **overrides})
-    return {"dim": budget["dim"], **train_and_test(cfg, data_path)}
+def rgcn_overrides(data_path: Path, budget: dict, threads: int) -> dict:
+    return {"data.processed_dir": str(data_path), "model.encoder": "rgcn", "model.decoder": "distmult",
+            "model.dim": budget["dim"], "model.num_layers": budget["layers"], "model.num_bases": budget["bases"],
+            "model.dropout": budget["dropout"], "train.regime": "1-n", "train.edge_dropout": budget["edge_dropout"],
+            "train.epochs": budget["epochs"], "train.batch_size": budget["batch"], "train.lr": budget["lr"],
+            "train.reg_weight": budget["reg"], "train.valid_every": budget["valid_every"], "train.patience": 0,
+            "train.keep_checkpoints": 0, "train.num_threads": threads,
+            "train.batches_per_epoch": budget.get("batches_per_epoch", 0),
+            "metasd.prune_scope": "per-tensor", "metasd.quiz_batch_size": budget["batch"]}
 
 
-def part_fb_quality(args, record, root: Path) -> None:
-    """FB15k-237 MRR/H@10 rows at a CPU budget: dense, prune-only, MetaSD (meta step every 4th batch)."""
-    from metasd_dgl.data.preprocess import preprocess
+def part_quality(args, record, root: Path, kind: str) -> None:
+    """UMLS (``kind="umls"``) or FB15k-237 at a CPU budget (``"fb"``): the variants through the harness."""
+    from harness import preprocess, run_variants
 
-    budget = FB_QUICK if args.quick else FB_BUDGET
-    record["fb_quality_budget"] = budget
-    data_path = preprocess("fb15k-237", Path(args.cache) / "fb15k-237", Path(args.data_dir))
-    res = record["results"].setdefault("fb15k-237 quality", {})
-    for name, overrides, reported in FB_VARIANTS:
-        if args.only and name not in args.only:
-            continue
-        if args.quick and "negative" in name:
-            overrides = {**overrides, "train.batches_per_epoch": 2}
-        print(f"[fb15k-237] {name} ...", file=sys.stderr, flush=True)
-        res[name] = run_umls_variant(name, overrides, data_path, budget, root / "fb", args.seed, args.threads)
-        res[name]["reported"] = list(reported)
-        res[name]["batches"] = overrides.get("train.batches_per_epoch", budget["batches_per_epoch"])
+    name = "umls" if kind == "umls" else "fb15k-237"
+    budget = record["umls_budget"] if kind == "umls" else (FB_QUICK if args.quick else FB_BUDGET)
+    if kind == "fb":
+        record["fb_quality_budget"] = budget
+    data_path = preprocess(name, Path(args.cache) / name, Path(args.data_dir))
+    res = record["results"].setdefault(name if kind == "umls" else "fb15k-237 quality", {})
+    variants = [v for v in _variants(kind) if not args.only or v.name in args.only]
+
+    def adjust(v, over: dict) -> dict:
+        return {**over, "train.batches_per_epoch": 2} if args.quick and "negative" in v.name else over
+
+    def keep(vname: str, result: dict) -> None:
+        if kind == "fb":
+            v = next(v for v in variants if v.name == vname)
+            result["batches"] = adjust(v, {**budget_over, **v.overrides})["train.batches_per_epoch"]
+        res[vname] = result
         write_json(args.out, record)
-        print(f"[fb15k-237] {name}: {res[name]['seconds_per_epoch']:.0f} s, teacher="
-              f"{res[name].get('teacher', {}).get('mrr')} student={res[name].get('student', {}).get('mrr')}",
+        print(f"[{name}] {vname}: {result['seconds_per_epoch']:.2f} s/epoch, best epoch {result['best_epoch']}, "
+              f"teacher={result.get('teacher', {}).get('mrr')} student={result.get('student', {}).get('mrr')}",
               file=sys.stderr, flush=True)
 
-
-def part_umls(args, record, budget, root: Path) -> None:
-    from metasd_dgl.data.preprocess import preprocess
-
-    data_path = preprocess("umls", Path(args.cache) / "umls", Path(args.data_dir))
-    res = record["results"].setdefault("umls", {})
-    for name, overrides, reported in UMLS_VARIANTS:
-        if args.only and name not in args.only:
-            continue
-        print(f"[umls] {name} ...", file=sys.stderr, flush=True)
-        res[name] = run_umls_variant(name, overrides, data_path, budget, root / "umls", args.seed, args.threads)
-        res[name]["reported"] = list(reported)
-        write_json(args.out, record)
-        print(f"[umls] {name}: {json.dumps({k: res[name].get(k) for k in ('seconds_per_epoch', 'best_epoch')})} "
-              f"teacher={res[name].get('teacher', {}).get('mrr')} student={res[name].get('student', {}).get('mrr')}",
-              file=sys.stderr, flush=True)
+    budget_over = rgcn_overrides(data_path, budget, args.threads)
+    run_variants(variants, budget_over, root / kind, [args.seed], keep, adjust)
 
 
-# ----------------------------------------------------------------------------- FB15k-237 workers
-def worker_ours(a) -> None:
-    """N batches of our negative-sampling R-GCN trainer; prints one JSON line."""
-    from metasd_dgl.config import load_config
-    from metasd_dgl.data.preprocess import load_processed
-    from metasd_dgl.train.loop import Trainer, _epoch_generator
+# ----------------------------------------------------------------------------- FB15k-237 speed and memory
+def worker_ours(processed: str, run_dir: str, dim: int, sample_edges: int, batches: int, warmup: bool,
+                threads: int) -> dict:
+    """Our negative-sampling R-GCN trainer: a warm-up epoch of ``batches`` batches (if ``warmup``), then the
+    timed one; seconds from ``metrics.jsonl``, peak RSS up to the end of training (before its validation)."""
+    from harness import Trainer, history, load_config, load_processed, tune_malloc
 
-    _threads(a.threads)
-    t_load = time.perf_counter()
-    data = load_processed(a.processed)
+    class Measured(Trainer):
+        def validate(self):
+            self.peak_rss_mb = peak_rss_mb()
+            return super().validate()
+
+    torch.set_num_threads(threads)
+    tune_malloc()  # what train() applies for train.tune_malloc (on by default)
+    data = load_processed(processed)
     rss_loaded = peak_rss_mb()
+    epochs = 2 if warmup else 1
     cfg = load_config(overrides={
-        "run_dir": a.run_dir, "data.processed_dir": a.processed,
-        "model.encoder": "rgcn", "model.decoder": "distmult", "model.dim": a.dim,
+        "run_dir": run_dir, "data.processed_dir": processed,
+        "model.encoder": "rgcn", "model.decoder": "distmult", "model.dim": dim,
         "model.num_layers": 2, "model.num_bases": 16, "model.regularizer": "basis",
         "train.method": "plain", "train.regime": "negative-sampling", "train.num_negatives": 1,
-        "train.batch_size": a.batch, "train.sample_edges": a.sample_edges,
-        "train.seed": 0, "train.num_threads": a.threads})
-    tr = Trainer(cfg, data, Path(a.run_dir), progress=False)
-    setup_s = time.perf_counter() - t_load
-    gen = _epoch_generator(0, 0)
-    perm = torch.randperm(len(tr.examples), generator=gen)
-    batches = perm.split(a.batch)
-    times, sample_times, losses, sub_nodes, sub_edges = [], [], [], [], []
-    for i in range(a.warmup + a.batches):
-        t0 = time.perf_counter()
-        batch, graph, neg = tr._batch_inputs(batches[i], gen)
-        t1 = time.perf_counter()
-        out = tr.stepper.step_negative(batch, neg, masks=None, graph=graph)
-        t2 = time.perf_counter()
-        if i >= a.warmup:
-            times.append(t2 - t0)
-            sample_times.append(t1 - t0)
-            losses.append(out.get("loss"))
-            sub_nodes.append(graph.num_nodes())
-            sub_edges.append(graph.num_edges())
-    n_ex = len(tr.examples)
-    spb = sum(times) / len(times)
-    print(json.dumps({
-        "dim": a.dim, "sample_edges": a.sample_edges, "batch": a.batch, "timed_batches": len(times),
-        "warmup_batches": a.warmup, "seconds_per_batch": spb, "batch_seconds": times,
-        "sampling_seconds_per_batch": sum(sample_times) / len(sample_times),
-        "examples_per_epoch": n_ex, "batches_per_epoch": math.ceil(n_ex / a.batch),
-        "seconds_per_epoch_extrapolated": spb * math.ceil(n_ex / a.batch),
-        "subgraph_nodes_mean": sum(sub_nodes) / len(sub_nodes), "subgraph_edges_mean": sum(sub_edges) / len(sub_edges),
-        "losses": losses, "setup_s": setup_s, "torch_threads": torch.get_num_threads(),
-        "params": sum(p.numel() for p in tr.model.parameters()),
-        "peak_rss_mb_after_load": rss_loaded, "peak_rss_mb": peak_rss_mb()}))
-
-
-def worker_pykeen(a) -> None:
-    """N sLCWA batches of pykeen.models.RGCN (PyKEEN's own batch code); prints one JSON line."""
-    import logging
-
-    import numpy as np
-
-    logging.getLogger("pykeen").setLevel(logging.ERROR)
-    from pykeen.models import RGCN
-    from pykeen.sampling import BasicNegativeSampler
-    from pykeen.training.slcwa import SLCWATrainingLoop
-    from pykeen.triples import CoreTriplesFactory
-
-    _threads(a.threads)
-    path = Path(a.processed)
-    train = torch.from_numpy(np.load(path / "train.npy", allow_pickle=False)).long()
-    n_ent = sum(1 for ln in (path / "entities.tsv").read_text(encoding="utf-8").split("\n") if ln)
-    n_rel = sum(1 for ln in (path / "relations.tsv").read_text(encoding="utf-8").split("\n") if ln)
+        "train.batch_size": 1000, "train.sample_edges": sample_edges, "train.batches_per_epoch": batches,
+        "train.epochs": epochs, "train.valid_every": epochs, "train.keep_checkpoints": 0,
+        "train.seed": 0, "train.num_threads": threads})
     t0 = time.perf_counter()
-    tf = CoreTriplesFactory.create(mapped_triples=train, num_entities=n_ent, num_relations=n_rel,
-                                   create_inverse_triples=False)
-    model = RGCN(triples_factory=tf, embedding_dim=a.dim, num_layers=2, interaction="DistMult",
-                 decomposition="bases", decomposition_kwargs=dict(num_bases=16), random_seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    sampler = BasicNegativeSampler(mapped_triples=tf.mapped_triples, num_entities=n_ent, num_relations=n_rel,
-                                   num_negs_per_pos=1)
+    trainer = Measured(cfg, data, Path(run_dir), progress=False)
     setup_s = time.perf_counter() - t0
-    gen = torch.Generator().manual_seed(0)
-    perm = torch.randperm(train.shape[0], generator=gen)
-    model.train()
-    times, losses = [], []
-    for i in range(a.batches):
-        t0 = time.perf_counter()
-        pos = tf.mapped_triples[perm[i * a.batch:(i + 1) * a.batch]]
-        neg, mask = sampler.sample(pos)
-        batch = {"positives": pos, "negatives": neg}
-        if mask is not None:
-            batch["masks"] = mask
-        opt.zero_grad()
-        loss = SLCWATrainingLoop._process_batch_static(model, model.loss, None, batch, None, None)
-        loss.backward()
-        opt.step()
-        model.post_parameter_update()
-        times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
-        print(f"pykeen batch {i}: {times[-1]:.2f}s", file=sys.stderr, flush=True)
-    spb = sum(times) / len(times)
-    n_batches = math.ceil(tf.num_triples / a.batch)
-    print(json.dumps({
-        "dim": a.dim, "batch": a.batch, "timed_batches": len(times), "seconds_per_batch": spb,
-        "batch_seconds": times, "losses": losses, "create_inverse_triples": tf.create_inverse_triples,
-        "num_triples": tf.num_triples, "batches_per_epoch": n_batches,
-        "seconds_per_epoch_extrapolated": spb * n_batches, "setup_s": setup_s,
-        "loss": type(model.loss).__name__, "params": sum(p.numel() for p in model.parameters()),
-        "decomposition": type(getattr(model.entity_representations[0].layers[0], "weight", None)).__name__,
-        "torch_threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb()}))
+    trainer.run()
+    epochs_run = [r for r in history(run_dir) if "seconds" in r]
+    n_ex, spb = len(trainer.examples), epochs_run[-1]["seconds"] / batches
+    return {
+        "dim": dim, "sample_edges": sample_edges, "batch": 1000, "timed_batches": batches,
+        "warmup_batches": batches if warmup else 0, "seconds_per_batch": spb,
+        "epoch_seconds": [r["seconds"] for r in epochs_run], "losses": [r.get("loss") for r in epochs_run],
+        "examples_per_epoch": n_ex, "batches_per_epoch": math.ceil(n_ex / 1000),
+        "seconds_per_epoch_extrapolated": spb * math.ceil(n_ex / 1000), "setup_s": setup_s,
+        "torch_threads": torch.get_num_threads(), "params": sum(p.numel() for p in trainer.model.parameters()),
+        "peak_rss_mb_after_load": rss_loaded, "peak_rss_mb": trainer.peak_rss_mb,
+        "peak_rss_mb_with_validation": peak_rss_mb()}
+
+
+def worker_pykeen(processed: str, dim: int, batches: int, threads: int) -> dict:
+    import pykeen_peer
+    from harness import load_processed
+
+    torch.set_num_threads(threads)
+    data = load_processed(processed)
+    return {**pykeen_peer.rgcn_batches(data.train, data.num_entities, data.num_relations, dim, 1000, batches),
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def part_fb(args, record, root: Path, quick: bool) -> None:
-    from metasd_dgl.data.preprocess import preprocess
+    from harness import preprocess
 
-    t0 = time.perf_counter()
-    data_path = preprocess("fb15k-237", Path(args.cache) / "fb15k-237", Path(args.data_dir))
-    print(f"[fb15k-237] processed in {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    data_path = str(preprocess("fb15k-237", Path(args.cache) / "fb15k-237", Path(args.data_dir)))
     res = record["results"].setdefault("fb15k-237", {})
-    common = ["--processed", str(data_path), "--threads", str(args.threads), "--batch", "1000"]
+
+    def run(key: str, fn, *fn_args) -> None:
+        print(f"[fb15k-237] {key} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        res[key] = in_child(fn, *fn_args)
+        res[key]["worker_wall_s"] = time.perf_counter() - t0
+        write_json(args.out, record)
+        print(f"[fb15k-237] {key}: {res[key].get('seconds_per_batch')} s/batch, peak {res[key].get('peak_rss_mb')} MB"
+              f" {res[key].get('error', '')}", file=sys.stderr, flush=True)
+
     if "fb-speed" in args.parts:
         runs = [(30000, 3 if quick else args.fb_batches)]
         if not quick and args.fb_full_batches:
             runs.append((0, args.fb_full_batches))
-        for sample_edges, n in runs:
-            key = f"ours dim100 sample_edges={sample_edges}"
-            print(f"[fb15k-237] {key}, {n} batches ...", file=sys.stderr, flush=True)
-            res[key] = _python_worker(["--worker", "ours", "--dim", "100", "--sample-edges", str(sample_edges),
-                                       "--batches", str(n), "--run-dir", str(root / f"fb_{sample_edges}")] + common,
-                                      timeout=900)
-            write_json(args.out, record)
-            print(f"[fb15k-237] {key}: {res[key].get('seconds_per_batch')} s/batch {res[key].get('error', '')}",
-                  file=sys.stderr, flush=True)
+        for edges, n in runs:
+            run(f"ours dim100 sample_edges={edges}", worker_ours, data_path, str(root / f"fb_{edges}"), 100, edges,
+                n, not quick, args.threads)
         if not quick and not args.no_pykeen:
-            print(f"[fb15k-237] PyKEEN RGCN, {args.pykeen_batches} batches ...", file=sys.stderr, flush=True)
-            res["pykeen dim100"] = _python_worker(["--worker", "pykeen", "--dim", "100",
-                                                   "--batches", str(args.pykeen_batches)] + common, timeout=900)
-            write_json(args.out, record)
-            print(f"[fb15k-237] pykeen: {res['pykeen dim100'].get('seconds_per_batch')} s/batch "
-                  f"{res['pykeen dim100'].get('error', '')} {res['pykeen dim100'].get('stderr_tail', '')[-500:]}",
-                  file=sys.stderr, flush=True)
+            run("pykeen dim100", worker_pykeen, data_path, 100, args.pykeen_batches, args.threads)
     if "fb-memory" in args.parts:
-        n = 1 if quick else args.mem_batches
-        for sample_edges in (30000,):
-            key = f"ours dim500 sample_edges={sample_edges}"
-            print(f"[fb15k-237] {key}, {n} batches ...", file=sys.stderr, flush=True)
-            res[key] = _python_worker(["--worker", "ours", "--dim", "500", "--sample-edges", str(sample_edges),
-                                       "--batches", str(n), "--warmup", "0" if quick else "1",
-                                       "--run-dir", str(root / f"fb500_{sample_edges}")] + common,
-                                      timeout=900)
-            write_json(args.out, record)
-            print(f"[fb15k-237] {key}: {res[key].get('seconds_per_batch')} s/batch, "
-                  f"peak {res[key].get('peak_rss_mb')} MB {res[key].get('error', '')}", file=sys.stderr, flush=True)
+        run("ours dim500 sample_edges=30000", worker_ours, data_path, str(root / "fb500"), 500, 30000,
+            1 if quick else args.mem_batches, not quick, args.threads)
 
 
 # ----------------------------------------------------------------------------- tables
 def tables(record) -> str:
+    from harness import variant_rows
+
     out = []
     umls = record["results"].get("umls")
     if umls:
-        rows = []
-        for name, _, reported in UMLS_VARIANTS:
-            if name not in umls:
-                continue
-            r = umls[name]
-            for row in reported:
-                m = r[row]
-                rows.append([f"{name} {row}", r["dim"], f"{m['mrr']:.4f}", f"{m['hits@10']:.4f}",
-                             f"{r['seconds_per_epoch']:.2f}", f"{m['nonzero']:,}", f"{m['bytes']:,}",
-                             f"{m['rarest_mrr']:.4f}", f"{r['best_epoch']}/{r['epochs']}"])
+        rows = variant_rows(_variants("umls"), umls, lambda label, r, m: [
+            label, r["dim"], f"{m['mrr']:.4f}", f"{m['hits@10']:.4f}", f"{r['seconds_per_epoch']:.2f}",
+            f"{m['nonzero']:,}", f"{m['bytes']:,}", f"{m['rarest_mrr']:.4f}", f"{r['best_epoch']}/{r['epochs']}"])
         out.append("UMLS, R-GCN + DistMult, 1-n regime (test, filtered, both sides)\n" + format_table(
             ["model", "dim", "MRR", "H@10", "s/epoch", "non-zeros", "bytes", "rarest-rel MRR", "best/epochs"], rows))
     fbq = record["results"].get("fb15k-237 quality")
     if fbq:
         b = record.get("fb_quality_budget", FB_BUDGET)
-        rows = []
-        for name, overrides, reported in FB_VARIANTS:
-            if name not in fbq:
-                continue
-            r = fbq[name]
-            n_batches = r.get("batches", overrides.get("train.batches_per_epoch", b["batches_per_epoch"]))
-            size = overrides.get("train.batch_size", b["batch"])
-            full = math.ceil(2 * FB_TRIPLES / size)
-            for row in reported:
-                m = r[row]
-                rows.append([f"{name} {row}", f"{m['mrr']:.4f}", f"{m['hits@10']:.4f}", f"{n_batches} x {size}",
-                             f"{r['seconds_per_epoch']:.0f}", f"{r['seconds_per_epoch'] * full / n_batches:,.0f}",
-                             f"{m['nonzero']:,}", f"{m['bytes']:,}", f"{m['rarest_mrr']:.4f}"])
+        fb_variants = _variants("fb")
+        sizes = {v.name: v.overrides.get("train.batch_size", b["batch"]) for v in fb_variants}
+
+        def cells(label: str, r: dict, m: dict) -> list:
+            size = sizes[label.rsplit(" ", 1)[0]]
+            return [label, f"{m['mrr']:.4f}", f"{m['hits@10']:.4f}", f"{r['batches']} x {size}",
+                    f"{r['seconds_per_epoch']:.0f}",
+                    f"{r['seconds_per_epoch'] * math.ceil(2 * FB_TRIPLES / size) / r['batches']:,.0f}",
+                    f"{m['nonzero']:,}", f"{m['bytes']:,}", f"{m['rarest_mrr']:.4f}"]
+        rows = variant_rows(fb_variants, fbq, cells)
         out.append(f"FB15k-237, R-GCN ({b['layers']} layers, {b['bases']} bases, dim {b['dim']}) + DistMult, "
                    f"{b['epochs']} epoch cut to the batches shown (test, filtered, both sides)\n" + format_table(
                        ["model", "MRR", "H@10", "batches", "train s", "s/full epoch (extrap.)", "non-zeros",
                         "bytes", "rarest-rel MRR"], rows))
     fb = record["results"].get("fb15k-237")
     if fb:
-        rows = []
-        pk = fb.get("pykeen dim100", {})
-        pk_epoch = pk.get("seconds_per_epoch_extrapolated")
-        pk_triple = pk_epoch / FB_TRIPLES if pk_epoch else None
-        for key, r in fb.items():
-            if "error" in r:
-                rows.append([key, "error", "", "", "", "", ""])
-                continue
-            spb = r["seconds_per_batch"]
-            epoch = r["seconds_per_epoch_extrapolated"]
-            ours = key.startswith("ours")
-            per_triple = epoch / FB_TRIPLES  # per training triple of the dataset (ours: both directions)
-            ratio = f"{pk_epoch / epoch:.1f}x" if (pk_epoch and ours) else ""
-            rows.append([key, f"{spb:.3f}", f"{r['timed_batches']}", f"{r['batches_per_epoch']}",
-                         f"{epoch:,.0f}", ratio, f"{r['peak_rss_mb']:,.0f}"])
+        pk_epoch = fb.get("pykeen dim100", {}).get("seconds_per_epoch_extrapolated")
+        rows = [[key, "error"] + [""] * 5 if "error" in r else [
+            key, f"{r['seconds_per_batch']:.3f}", r["timed_batches"], r["batches_per_epoch"],
+            f"{r['seconds_per_epoch_extrapolated']:,.0f}",
+            f"{pk_epoch / r['seconds_per_epoch_extrapolated']:.1f}x" if pk_epoch and key.startswith("ours") else "",
+            f"{r['peak_rss_mb']:,.0f}"] for key, r in fb.items()]
         out.append("FB15k-237, R-GCN (2 layers, 16 bases) + DistMult, 1 negative, batch 1000 (timed batches, "
                    "extrapolated epochs)\n" + format_table(
                        ["run", "s/batch", "timed", "batches/epoch", "s/epoch (extrap.)", "PyKEEN/ours epoch",
                         "peak RSS MB"], rows))
-        if pk_triple:
+        if pk_epoch:
             out.append("(ours' epoch = 2 x 272,115 reciprocal examples = 545 batches; PyKEEN's sLCWA epoch = 272,115 "
                        "triples without inverse triples = 273 batches; both epochs cover every training triple once, "
                        "ours in both directions, so the epoch ratio is also the per-triple ratio)")
@@ -411,22 +280,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default="", help="comma-separated variant names of umls / fb-quality (default: all)")
     ap.add_argument("--merge", action="store_true", help="keep the results already in --out, add these")
-    # worker mode
-    ap.add_argument("--worker", choices=("ours", "pykeen"))
-    ap.add_argument("--processed")
-    ap.add_argument("--run-dir")
-    ap.add_argument("--dim", type=int, default=100)
-    ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--batches", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--sample-edges", type=int, default=30000)
     args = ap.parse_args()
-    if args.worker == "ours":
-        return worker_ours(args)
-    if args.worker == "pykeen":
-        return worker_pykeen(args)
-
-    _threads(args.threads)
+    torch.set_num_threads(args.threads)
     args.parts = args.parts.split(",")
     args.out = args.out or (os.path.join(tempfile.gettempdir(), "rgcn_quick.json") if args.quick
                             else str(RESULTS / "rgcn.json"))
@@ -452,9 +307,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_rgcn_") as tmp:
         root = Path(tmp)
         if "umls" in args.parts:
-            part_umls(args, record, budget, root)
+            part_quality(args, record, root, "umls")
         if "fb-quality" in args.parts:
-            part_fb_quality(args, record, root)
+            part_quality(args, record, root, "fb")
         if "fb-speed" in args.parts or "fb-memory" in args.parts:
             part_fb(args, record, root, args.quick)
     record["peak_rss_mb_main"] = peak_rss_mb()

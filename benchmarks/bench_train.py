@@ -1,66 +1,14 @@
 """Training: this project vs PyKEEN, the same ComplEx model, on UMLS, Kinship and FB15k-237.
 
-One run trains, per dataset, three models from the *same initial weights*
-(each in its own spawned process, so that peak RSS is per run):
-
-``metasd-dgl``
-    ``metasd_dgl.train.loop.Trainer``, ``train.method=plain``, regime ``1-n``:
-    every training triple gives two queries, ``(h, r, ?)`` and ``(t, r+R, ?)``
-    (reciprocal relations), each scored against all entities, softmax
-    cross-entropy with the one true answer, batch mean.  An epoch = all
-    ``2 |train|`` queries.
-``PyKEEN 1-N``
-    PyKEEN fed exactly those ``2 |train|`` queries: its per-triple 1-N loop
-    (``SymmetricLCWATrainingLoop``: a ``TensorDataset`` of triples, one-hot
-    targets built per batch) given the triples *with* their inverses and
-    scoring tails only (a small subclass; the stock loop scores heads with
-    ``score_h`` on raw relation ids, without inverse relations).  Model, loss
-    (``CrossEntropyLoss.process_lcwa_scores``), optimiser, batching and the
-    loop are PyKEEN's.  Same objective, same rows per epoch: the like-for-like
-    comparison.
-``PyKEEN LCWA``
-    stock PyKEEN: ``LCWATrainingLoop`` on a ``TriplesFactory(...,
-    create_inverse_triples=True)``: instances are the *unique* ``(h, r)``
-    pairs (inverse relations included) with multi-hot targets, and
-    ``CrossEntropyLoss`` spreads the target mass over all true tails.  An
-    epoch has fewer rows than ours (UMLS 1,560 vs 10,432; FB15k-237 149,689 vs
-    544,230), so s/epoch is not like for like; ``ms/1k rows`` is.
-
-Same on every side: ComplEx, ``dim`` complex components (PyKEEN's
-``embedding_dim``), epochs, batch size (rows per step), Adagrad with the same
-lr (``torch.optim.Adagrad`` defaults otherwise), initial weights (PyKEEN's
-tables are overwritten with this project's seeded N(0, init_scale^2) init,
-re-laid out: PyKEEN stores complex numbers interleaved and the inverse of
-relation ``r`` at row ``2r + 1``; the scores of both models are checked equal
-after training), no label smoothing, no dropout, torch threads (``--threads``).
-
-Regulariser: ``none`` on both sides (default) -- the comparison that is truly
-equal.  ``--regularizer n3`` gives this project's N3 (``weight * sum_{f in h, r, t}
-sum |f|^3 / b`` over the batch rows, ``|.|`` the complex modulus) and PyKEEN's
-closest built-in, ``PowerSumRegularizer(p=3, normalize=False)`` on both
-representations (``sum |x|^3`` per row, ``mean`` over rows: the same per-row
-formula -- PyKEEN's ``LpRegularizer(p=3)`` would be the L3 *norm*, not its cube).
-It is not identical: under LCWA PyKEEN's entity regulariser sees the batch heads
-and then the *whole* entity table (``score_t`` looks up all tails), so its tail
-term is the mean over all N entities instead of over the batch's true tails.
-
-Evaluation, on both models: the test split, both sides, filtered with
-train+valid+test, realistic ranks: this project's ``rank_split``; for PyKEEN
-models also PyKEEN's ``RankBasedEvaluator(filtered=True)`` with
-``additional_filter_triples=[train, valid]`` (``both.realistic`` MRR / Hits@10)
-*and* our ``rank_split`` on PyKEEN's trained tables, to show the two evaluators
-agree.  The PyKEEN ``TriplesFactory`` is built from this project's processed
-id-mapped triples (its ``entity_to_id`` / ``relation_to_id`` from
-``entities.tsv`` / ``relations.tsv``), so both sides see the same data.
-
-Timing: seconds per epoch = mean over epochs of the time inside the epoch loop
-(ours: the ``seconds`` of ``metrics.jsonl``; PyKEEN: a ``TrainingCallback``,
-from the first batch to ``post_epoch``).  Checkpoint writing and the final
-validation of ours, and PyKEEN's instance building, are outside it (their
-totals are in the JSON as ``train_wall_s``).  The machine is shared and the
-runs are sequential, so ratios carry the noise of load changes between runs;
-``--threads 1`` (default) because two OpenMP threads on two busy cores stall
-(measured: a UMLS step at 11 ms with 1 thread, 129 ms with 2, under load).
+Per dataset, three trainings from the *same initial weights*, each in its own spawned process (peak RSS per
+run): ``ours`` (``Trainer``, ``plain``, regime ``1-n``: ``(h, r, ?)`` and ``(t, r+R, ?)`` per training triple,
+softmax cross-entropy over all entities), ``pykeen-1n`` (exactly those rows on PyKEEN's per-triple 1-N loop)
+and ``pykeen-lcwa`` (stock ``LCWATrainingLoop``: unique ``(h, r)`` pairs, multi-hot targets); the PyKEEN side
+is ``pykeen_peer.py``.  Same ComplEx ``dim``, epochs, batch, Adagrad lr, initial weights, regulariser (none by
+default; ``--regularizer n3``: ours vs PyKEEN's ``PowerSumRegularizer(p=3)``) and torch threads.  Test
+metrics: filtered with train+valid+test, both sides, realistic ranks, our ``rank_split`` and (PyKEEN runs)
+PyKEEN's ``RankBasedEvaluator`` too.  Seconds per epoch: the epoch loop only (ours: ``metrics.jsonl``;
+PyKEEN: a ``TrainingCallback``).  Every detail (what "the same" means, timing, malloc): benchmarks/README.md.
 
 Budget (CPU; per dataset, identical for all three runs):
 
@@ -77,25 +25,24 @@ Writes benchmarks/results/train_vs_pykeen.json (``--out``) and prints a table.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import math
-import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import RESULTS, default_data_dir, format_table, machine_info, peak_rss_mb, timed, write_json  # noqa: E402
+import pykeen_peer  # noqa: E402
+from common import (RESULTS, default_data_dir, format_table, in_child, machine_info, peak_rss_mb, timed,  # noqa: E402
+                    write_json)
 
 DATASETS = ("umls", "kinship", "fb15k-237")
 RUNS = ("ours", "pykeen-1n", "pykeen-lcwa")
@@ -114,30 +61,6 @@ QUICK: Dict[str, Dict[str, Any]] = {
 }
 
 
-# ----------------------------------------------------------------- layout glue
-def complex_to_pykeen(x: torch.Tensor) -> torch.Tensor:
-    """Our complex rows ``[re | im]`` (n, 2d) -> PyKEEN's interleaved storage (n, 2d) = (n, d, 2)."""
-    d = x.shape[1] // 2
-    return torch.stack([x[:, :d], x[:, d:]], dim=-1).reshape(x.shape[0], 2 * d)
-
-
-def complex_from_pykeen(w: torch.Tensor) -> torch.Tensor:
-    """PyKEEN's interleaved (n, 2d) -> our ``[re | im]`` (n, 2d)."""
-    v = w.reshape(w.shape[0], -1, 2)
-    return torch.cat([v[..., 0], v[..., 1]], dim=1)
-
-
-def relations_to_pykeen(rel: torch.Tensor, num_relations: int) -> torch.Tensor:
-    """Our rows ``r`` / ``r + R`` (inverse) -> PyKEEN's rows ``2r`` / ``2r + 1`` (DefaultRelationInverter)."""
-    out = torch.empty_like(rel)
-    out[0::2], out[1::2] = rel[:num_relations], rel[num_relations:]
-    return out
-
-
-def relations_from_pykeen(rel: torch.Tensor, num_relations: int) -> torch.Tensor:
-    return torch.cat([rel[0::2], rel[1::2]])
-
-
 # --------------------------------------------------------------- worker side
 def _threads(job: dict) -> None:
     if job["threads"]:
@@ -145,7 +68,7 @@ def _threads(job: dict) -> None:
 
 
 def _config(job: dict):
-    from metasd_dgl.config import load_config
+    from harness import load_config
 
     return load_config(overrides={
         "run_dir": job["run_dir"],
@@ -162,60 +85,32 @@ def _config(job: dict):
     })
 
 
-def initial_tables(job: dict, data) -> Dict[str, torch.Tensor]:
-    """The Trainer's initial weights: ``make_model`` with a generator seeded by ``train.seed``, as in ``Trainer``."""
-    from metasd_dgl.train.loop import make_model
-
-    model = make_model(_config(job), data, torch.Generator().manual_seed(job["seed"]))
-    return {"entity": model.encoder.entity.detach().clone(), "relation": model.encoder.relation.detach().clone()}
+def _limited(job: dict, data: dict) -> tuple:
+    """(train, test) of the job: ``train_limit`` / ``test_limit`` first rows (filters stay complete)."""
+    return data["train"][: job.get("train_limit") or None], data["test"][: job.get("test_limit") or None]
 
 
-def read_processed(path: str | Path) -> dict:
-    """numpy-only reader of a processed folder (layout in ``metasd_dgl.data.preprocess``), so that the PyKEEN
-    process trains without dgl or this project imported (PyKEEN's per-epoch ``gc.collect`` scales with them)."""
-    import numpy as np
+def our_evaluation(model, test: torch.Tensor, processed: str | Path) -> dict:
+    """Our filtered evaluation (train+valid+test filter of the processed folder), both sides."""
+    from harness import load_processed, metrics, rank_split
 
-    path = Path(path)
-
-    def names(file: str) -> List[str]:
-        return [ln.split("\t", 1)[1] for ln in (path / file).read_text(encoding="utf-8").split("\n") if ln]
-
-    out = {"entities": names("entities.tsv"), "relations": names("relations.tsv")}
-    for split in ("train", "valid", "test"):
-        out[split] = torch.from_numpy(np.load(path / f"{split}.npy", allow_pickle=False))
-    return out
-
-
-def our_evaluation(model, test: torch.Tensor, num_relations: int, processed: str | Path) -> dict:
-    """Our filtered evaluation (train+valid+test filter from the processed folder), both sides."""
-    from metasd_dgl.data.filters import FilterIndex
-    from metasd_dgl.evaluation import metrics
-    from metasd_dgl.inference import rank_split
-
-    filter_path = Path(processed) / "filter.npz"
-    if filter_path.is_file():
-        index = FilterIndex.load(filter_path)
-    else:
-        d = read_processed(processed)
-        n_ent = len(d["entities"])
-        index = FilterIndex.from_triples(torch.cat([d["train"], d["valid"], d["test"]]), n_ent, num_relations)
-    seconds, ranks = timed(lambda: rank_split(model, test, num_relations, index))
-    return {**metrics(torch.cat([ranks.tail, ranks.head])), "seconds": seconds}
+    data = load_processed(processed)
+    seconds, ranks = timed(lambda: rank_split(model, test, data.num_relations, data.filter))
+    return {**metrics(ranks.both()), "seconds": seconds}
 
 
 def run_ours(job: dict) -> dict:
     """metasd-dgl: Trainer(plain, 1-n) then our filtered evaluation."""
-    from metasd_dgl.data.preprocess import load_processed
-    from metasd_dgl.train.loop import Trainer
+    from harness import Trainer, load_processed, tune_malloc
 
     _threads(job)
+    tune_malloc()  # what train() applies for train.tune_malloc (on by default)
     data = load_processed(job["processed"])
-    if job.get("train_limit"):
-        data = dataclasses.replace(data, train=data.train[: job["train_limit"]])
-    test = data.test[: job["test_limit"]] if job.get("test_limit") else data.test
+    train, test = _limited(job, {"train": data.train, "test": data.test})
+    data = dataclasses.replace(data, train=train)
     rss_loaded = peak_rss_mb()
     trainer = Trainer(_config(job), data, Path(job["run_dir"]), progress=False)
-    init = torch.load(job["init_file"])
+    init = torch.load(job["triples_file"])["init"]
     with torch.no_grad():
         init_diff = float(max((trainer.model.encoder.entity - init["entity"]).abs().max(),
                               (trainer.model.encoder.relation - init["relation"]).abs().max()))
@@ -229,183 +124,47 @@ def run_ours(job: dict) -> dict:
         "steps_per_epoch": math.ceil(len(trainer.examples) / job["batch"]),
         "rows_per_epoch": len(trainer.examples),
         "init_max_abs_diff": init_diff,
-        "metrics": our_evaluation(trainer.model, test, data.num_relations, job["processed"]),
+        "metrics": our_evaluation(trainer.model, test, job["processed"]),
         "torch_threads": torch.get_num_threads(),
         "peak_rss_mb": {"after_load": rss_loaded, "train": rss_train, "end": peak_rss_mb()},
     }
 
 
 def run_pykeen(job: dict) -> dict:
-    """PyKEEN ComplEx: stock LCWA, or our 1-N queries on its per-triple loop; both evaluators."""
-    import gc as _gc
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.getLogger("pykeen").setLevel(logging.ERROR)
-    logging.getLogger("torch_max_mem").setLevel(logging.ERROR)
-    import pykeen.training.training_loop as pk_loop_module
-    from pykeen.evaluation import RankBasedEvaluator
-    from pykeen.losses import CrossEntropyLoss
-    from pykeen.models import ComplEx
-    from pykeen.nn.init import PretrainedInitializer
-    from pykeen.regularizers import PowerSumRegularizer
-    from pykeen.training import LCWATrainingLoop, SymmetricLCWATrainingLoop
-    from pykeen.training.callbacks import TrainingCallback
-    from pykeen.triples import TriplesFactory
-    from torch.nn import functional
-    from torch.utils.data import DataLoader, TensorDataset
-
-    class PerQueryTrainingLoop(SymmetricLCWATrainingLoop):
-        """Our 1-N examples on PyKEEN's own per-triple path.
-
-        ``SymmetricLCWATrainingLoop`` (PyKEEN's per-triple 1-N, [lacroix2018]) batches the
-        triples themselves (``TensorDataset``) and builds one-hot targets per batch; it scores
-        heads with ``score_h`` on the raw relation ids, which does not use inverse relations.
-        This subclass feeds it the triples with their inverses (``(t, r_inv, h)``, PyKEEN's ids)
-        and scores tails only, so every query is ``(h, r, ?)`` -- exactly our training rows.
-        """
-
-        def _create_training_data_loader(self, triples_factory, sampler, **kwargs):
-            assert sampler is None
-            hrt = triples_factory._add_inverse_triples_if_necessary(triples_factory.mapped_triples)
-            return DataLoader(dataset=TensorDataset(hrt), **kwargs)
-
-        def _process_batch(self, batch, start, stop, label_smoothing=0.0, slice_size=None):
-            hrt = batch[0][start:stop].to(device=self.model.device)
-            return self.loss.process_lcwa_scores(
-                predictions=self.model.score_t(hr_batch=hrt[:, :2], slice_size=slice_size, mode=self.mode),
-                labels=functional.one_hot(hrt[:, 2], num_classes=self.model.num_entities).float(),
-                label_smoothing=label_smoothing,
-                num_entities=self.model.num_entities,
-            ) + self.model.collect_regularization_term()
-
-    class CopyInitializer(PretrainedInitializer):
-        """``PretrainedInitializer`` returning a copy: PyKEEN's returns the tensor itself, which the
-        ``torch.nn.Embedding.reset_parameters`` of the next reset (at ``train()``) overwrites in place."""
-
-        def __call__(self, x: torch.Tensor) -> torch.Tensor:
-            return super().__call__(x).clone()
-
-    class EpochTimer(TrainingCallback):
-        """Epoch boundaries (first batch, every ``post_epoch``) and the weights at the first batch."""
-
-        def __init__(self, expected: tuple) -> None:
-            super().__init__()
-            self.expected = expected
-            self.first_batch: Optional[float] = None
-            self.init_diff = float("nan")
-            self.marks: List[float] = []
-            self.losses: List[float] = []
-
-        def pre_batch(self, **kwargs: Any) -> None:
-            if self.first_batch is None:  # the weights PyKEEN starts from (after its reset) vs ours
-                with torch.no_grad():
-                    self.init_diff = max(float((w - w0).abs().max()) for w, w0 in self.expected)
-                self.first_batch = time.perf_counter()
-
-        def post_epoch(self, epoch: int, epoch_loss: float, **kwargs: Any) -> None:
-            self.marks.append(time.perf_counter())
-            self.losses.append(float(epoch_loss))
-
-    class TimedGC:
-        """Stands in for ``gc`` inside PyKEEN's training loop module: its ``gc.collect()`` calls, timed."""
-
-        calls: List[tuple] = []  # (start, seconds)
-
-        def collect(self, *args: Any) -> int:
-            start = time.perf_counter()
-            try:
-                return _gc.collect(*args)
-            finally:
-                TimedGC.calls.append((start, time.perf_counter() - start))
+    """PyKEEN ComplEx (``pykeen_peer.train_complex``): stock LCWA, or our 1-N rows; both evaluators."""
+    import pykeen_peer
 
     _threads(job)
-    if job.get("pykeen_tuned_malloc"):  # the process-wide glibc setting our Stepper applies (see tune_malloc)
-        from metasd_dgl.train.fused import tune_malloc
+    if job.get("pykeen_tuned_malloc"):  # the process-wide glibc setting our training runs apply (train.tune_malloc)
+        from metasd_dgl.runtime import tune_malloc
 
         tune_malloc()
-    data = read_processed(job["processed"])
-    train, valid = data["train"], data["valid"]
-    if job.get("train_limit"):
-        train = train[: job["train_limit"]]
-    test = data["test"][: job["test_limit"]] if job.get("test_limit") else data["test"]
-    n_ent, R, d = len(data["entities"]), len(data["relations"]), job["dim"]
+    data = torch.load(job["triples_file"])  # written by the parent from metasd_dgl.data.preprocess.load_processed
+    train, test = _limited(job, data)
     rss_loaded = peak_rss_mb()
-    tf = TriplesFactory(
-        mapped_triples=train,
-        entity_to_id={name: i for i, name in enumerate(data["entities"])},
-        relation_to_id={name: i for i, name in enumerate(data["relations"])},
-        create_inverse_triples=True,
-    )
-    # Same initial weights as our Trainer, given to PyKEEN as its initializers: its training loop
-    # re-initialises the model at the start of train(); the first batch checks what it starts from.
-    init = torch.load(job["init_file"])
-    ent0 = complex_to_pykeen(init["entity"]).reshape(n_ent, d, 2)
-    rel0 = relations_to_pykeen(complex_to_pykeen(init["relation"]), R).reshape(2 * R, d, 2)
-    n3 = job["regularizer"] == "n3"
-    model = ComplEx(
-        triples_factory=tf, embedding_dim=d, loss=CrossEntropyLoss(),
-        entity_initializer=CopyInitializer(ent0), relation_initializer=CopyInitializer(rel0),
-        regularizer=PowerSumRegularizer if n3 else None,
-        regularizer_kwargs=dict(weight=job["reg_weight"], p=3.0, normalize=False, dim=-1) if n3 else None,
-        random_seed=job["seed"],
-    )
-    if not n3:
-        assert model.entity_representations[0].regularizer is None
-        assert model.relation_representations[0].regularizer is None
-    ent_pk = model.entity_representations[0]._embeddings.weight
-    rel_pk = model.relation_representations[0]._embeddings.weight
-    timer = EpochTimer(((ent_pk, ent0.reshape(ent_pk.shape)), (rel_pk, rel0.reshape(rel_pk.shape))))
-
-    loop_cls = PerQueryTrainingLoop if job["run"] == "pykeen-1n" else LCWATrainingLoop
-    loop = loop_cls(model=model, triples_factory=tf, optimizer="adagrad", optimizer_kwargs=dict(lr=job["lr"]))
-    assert isinstance(loop.optimizer, torch.optim.Adagrad)
-    pk_loop_module.gc = TimedGC()
-    start = time.perf_counter()
-    loop.train(triples_factory=tf, num_epochs=job["epochs"], batch_size=job["batch"], use_tqdm=False,
-               use_tqdm_batch=False, callbacks=[timer], drop_last=False, pin_memory=False)
-    wall = time.perf_counter() - start
-    pk_loop_module.gc = _gc
+    model, out = pykeen_peer.train_complex(job, train, data["entities"], data["relations"], data["init"])
     rss_train = peak_rss_mb()
-    marks = [timer.first_batch or start] + timer.marks
-
-    # PyKEEN's evaluator.
-    evaluator = RankBasedEvaluator(filtered=True)
-    pk_seconds, res = timed(lambda: evaluator.evaluate(
-        model, test, additional_filter_triples=[data["train"], valid], batch_size=job["eval_batch"],
-        use_tqdm=False))
+    pk_metrics = pykeen_peer.evaluate(model, test, [data["train"], data["valid"]], job["eval_batch"])
     rss_pk_eval = peak_rss_mb()
-    names = {"mrr": "inverse_harmonic_mean_rank", "mr": "arithmetic_mean_rank", "hits@1": "hits_at_1",
-             "hits@3": "hits_at_3", "hits@10": "hits_at_10"}
-    pk_metrics = {k: float(res.get_metric(f"both.realistic.{m}")) for k, m in names.items()}
-    pk_metrics["seconds"] = pk_seconds
 
     # Our evaluator on PyKEEN's trained tables, in our layout (and a check that both models score alike).
-    from metasd_dgl.model import build_model
+    from harness import build_model
 
-    ours = build_model("kge", "complex", n_ent, R, d)
+    R = len(data["relations"])
+    ours = build_model("kge", "complex", len(data["entities"]), R, job["dim"])
     with torch.no_grad():
-        ours.encoder.entity.copy_(complex_from_pykeen(ent_pk.detach()))
-        ours.encoder.relation.copy_(relations_from_pykeen(complex_from_pykeen(rel_pk.detach()), R))
-        model.eval()
+        entity, relation = pykeen_peer.tables_from_complex(model, R)
+        ours.encoder.entity.copy_(entity)
+        ours.encoder.relation.copy_(relation)
         probe = test[:256]
-        pk_scores = torch.cat([model.score_t(torch.stack([probe[:, 0], 2 * probe[:, 1]], 1)),
-                               model.score_t(torch.stack([probe[:, 2], 2 * probe[:, 1] + 1], 1))])
-        our_scores = torch.cat([ours(torch.stack([probe[:, 0], probe[:, 1]], 1)),
-                                ours(torch.stack([probe[:, 2], probe[:, 1] + R], 1))])
+        pk_scores = pykeen_peer.score_both(model, probe)
+        our_scores = torch.cat([ours(probe[:, :2]), ours(torch.stack([probe[:, 2], probe[:, 1] + R], 1))])
         score_diff = float((pk_scores - our_scores).abs().max() / our_scores.abs().max().clamp_min(1e-30))
-    our_metrics = our_evaluation(ours, test, R, job["processed"])
+    our_metrics = our_evaluation(ours, test, job["processed"])
     return {
-        "epoch_seconds": [b - a for a, b in zip(marks[:-1], marks[1:])],
-        "epoch_loss": timer.losses,
-        "train_wall_s": wall,
-        "setup_before_first_batch_s": (timer.first_batch or start) - start,
-        # only the calls inside the timed epochs (PyKEEN also collects once before the first batch)
-        "gc_collect_seconds": sum(d for t, d in TimedGC.calls if t >= (timer.first_batch or start)),
+        **out,
         "steps_per_epoch": math.ceil(job["rows_per_epoch"] / job["batch"]),
         "rows_per_epoch": job["rows_per_epoch"],
-        "init_max_abs_diff": timer.init_diff,
         "metrics": pk_metrics,
         "our_evaluator": our_metrics,
         "evaluator_mrr_abs_diff": abs(pk_metrics["mrr"] - our_metrics["mrr"]),
@@ -415,25 +174,6 @@ def run_pykeen(job: dict) -> dict:
         "peak_rss_mb": {"after_load": rss_loaded, "train": rss_train, "after_pykeen_eval": rss_pk_eval,
                         "end": peak_rss_mb()},
     }
-
-
-def run_job(job: dict) -> dict:
-    """Entry point of the spawned process."""
-    fn = run_ours if job["run"] == "ours" else run_pykeen
-    try:
-        return {"ok": True, **fn(job)}
-    except Exception as exc:  # noqa: BLE001 - report and let the other runs go on
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-
-
-def in_subprocess(job: dict) -> dict:
-    """Run ``run_job(job)`` in a fresh spawned process (its own peak RSS, its own malloc settings)."""
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        try:
-            return pool.submit(run_job, job).result()
-        except concurrent.futures.process.BrokenProcessPool as exc:  # killed (e.g. out of memory)
-            return {"ok": False, "error": f"worker died: {exc}"}
 
 
 # --------------------------------------------------------------- parent side
@@ -543,22 +283,17 @@ def main() -> None:
     ap.add_argument("--eval-batch", type=int, default=256, help="PyKEEN evaluator batch size")
     ap.add_argument("--pykeen-tuned-malloc", action="store_true",
                     help="apply to the PyKEEN runs the glibc malloc setting our trainer applies to itself "
-                         "(metasd_dgl.train.fused.tune_malloc: reuse freed (b, N) blocks instead of mmap/munmap)")
+                         "(metasd_dgl.runtime.tune_malloc: reuse freed (b, N) blocks instead of mmap/munmap)")
     ap.add_argument("--work-dir", help="processed data and run folders (default: a temporary folder, removed)")
     ap.add_argument("--out", help="JSON path (default: benchmarks/results/train_vs_pykeen.json; "
                     "--quick: train_vs_pykeen_quick.json)")
     args = ap.parse_args()
 
-    from metasd_dgl.data.preprocess import load_processed, preprocess
+    from harness import load_processed, make_model, preprocess
 
-    try:
-        import pykeen
-
-        pykeen_version = pykeen.get_version()
-    except ImportError:
-        pykeen_version = None
-        if any(r != "ours" for r in args.runs):
-            raise SystemExit("pykeen is not installed (pip install pykeen==1.11.1); or pass --runs ours")
+    pykeen_version = pykeen_peer.version()
+    if pykeen_version is None and any(r != "ours" for r in args.runs):
+        raise SystemExit("pykeen is not installed (pip install pykeen==1.11.1); or pass --runs ours")
     if args.threads:  # the parent only preprocesses; this makes machine_info's torch_threads the runs' value
         torch.set_num_threads(args.threads)
     names = args.datasets or (["umls"] if args.quick else list(DATASETS))
@@ -602,13 +337,20 @@ def main() -> None:
                           "regularizer": args.regularizer, "reg_weight": args.reg_weight,
                           "init_scale": args.init_scale, "seed": args.seed, "threads": args.threads,
                           "eval_batch": args.eval_batch, "pykeen_tuned_malloc": args.pykeen_tuned_malloc,
-                          "init_file": str(work / "init" / f"{name}.pt")}
-            Path(common_job["init_file"]).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(initial_tables({**common_job, "run_dir": str(work)}, data), common_job["init_file"])
+                          "triples_file": str(work / "triples" / f"{name}.pt")}
+            # The PyKEEN process reads the splits and our initial weights (make_model with the Trainer's
+            # seeded generator) from this file, so that it trains without dgl or this project imported.
+            init = make_model(_config({**common_job, "run_dir": str(work)}), data,
+                              torch.Generator().manual_seed(args.seed)).encoder
+            Path(common_job["triples_file"]).parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"train": data.train, "valid": data.valid, "test": data.test,
+                        "entities": data.entity_names, "relations": data.relation_names,
+                        "init": {"entity": init.entity.detach().clone(), "relation": init.relation.detach().clone()}},
+                       common_job["triples_file"])
             for run in runs:
                 rows = info["unique_hr_pairs"] if run == "pykeen-lcwa" else info["queries_per_epoch"]
                 job = {**common_job, "run": run, "run_dir": str(work / "runs" / name / run), "rows_per_epoch": rows}
-                wall, res = timed(lambda: in_subprocess(job))
+                wall, res = timed(lambda: in_child(run_ours if run == "ours" else run_pykeen, job))
                 res["process_wall_s"] = wall
                 summarize(res)
                 ds["runs"][run] = res

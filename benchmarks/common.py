@@ -3,6 +3,7 @@
 * ``default_data_dir()``   -- ``$METASD_DATA_DIR``, else ``../shared/data/kg`` next to the repo
 * ``peak_rss_mb()``        -- peak resident set size of this process so far (VmHWM)
 * ``timed(fn)``            -- ``(seconds, fn())``
+* ``in_child(fn, *args)``  -- ``fn(*args)`` in a fresh spawned process (its own peak RSS): ``{"ok": ..., **result}``
 * ``machine_info()``       -- platform, CPU count, torch version and threads (for the JSON)
 * ``write_json(path, d)``  -- create the folder, write indented JSON with a final newline
 * ``format_table(...)``    -- a plain fixed-width text table
@@ -12,11 +13,14 @@ puts ``benchmarks/`` first on ``sys.path`` (also in spawned worker processes).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import platform
 import resource
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Tuple
 
@@ -30,7 +34,8 @@ def default_data_dir() -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB.
+    """Peak resident set size of this process so far, in MB (the benchmarks' one memory figure:
+    call it inside a child started by ``in_child`` to get that run's peak).
 
     Linux: ``VmHWM`` of ``/proc/self/status`` (the high-water mark of the current
     address space).  Not ``ru_maxrss``: that one survives ``exec`` and so starts at
@@ -56,21 +61,31 @@ def timed(fn: Callable[[], Any]) -> Tuple[float, Any]:
     return time.perf_counter() - start, value
 
 
-def machine_info() -> dict:
-    """What the numbers were measured on (torch imported lazily)."""
-    info = {"platform": platform.platform(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+def _call(fn: Callable[..., dict], args: tuple) -> dict:
     try:
-        import torch
+        return {"ok": True, **fn(*args)}
+    except Exception as exc:  # noqa: BLE001 - report it and let the other runs go on
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
-    except ImportError:  # pragma: no cover - every benchmark needs torch anyway
-        pass
-    try:
-        info["load_average"] = os.getloadavg()
-    except OSError:  # pragma: no cover
-        pass
-    return info
+
+def in_child(fn: Callable[..., dict], *args: Any) -> dict:
+    """``{"ok": True, **fn(*args)}`` computed in a fresh spawned process (own peak RSS, own imports and
+    malloc settings), or ``{"ok": False, "error": ...}``.  ``fn`` must be a module-level function."""
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        try:
+            return pool.submit(_call, fn, args).result()
+        except concurrent.futures.process.BrokenProcessPool as exc:  # killed (e.g. out of memory)
+            return {"ok": False, "error": f"worker died: {exc}"}
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on."""
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
 
 
 def write_json(path: str | Path, record: Mapping[str, Any]) -> Path:

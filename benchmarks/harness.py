@@ -1,0 +1,138 @@
+"""The benchmark harness: variants -> train and test through the library -> table rows and JSON.
+
+A *variant* is a name, config overrides and the rows it reports (``teacher``,
+``student``).  ``run_variants`` trains each one from the same base overrides
+with the library's ``train``, tests its validation-selected checkpoint with the
+evaluate stage (test split, filtered, both sides, realistic ranks; the true
+student when the run has masks), exports it, and returns one result per variant
+(``train_and_test``'s keys).  ``variant_rows`` turns results into table rows.
+
+Every library entry point the benchmarks use is imported here, in one place (bench_train.py's PyKEEN
+process alone imports ``metasd_dgl.runtime.tune_malloc`` directly: it must not load the rest).
+A benchmark that drives ``Trainer`` itself applies the process-wide settings a
+training run gets from ``train()`` (``runtime.tune_malloc``) first.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+# --- library entry points
+from metasd_dgl.stages import stage_evaluate, stage_export  # noqa: F401
+from metasd_dgl.runtime import tune_malloc  # noqa: F401
+from metasd_dgl.config import Config, load_config  # noqa: F401
+from metasd_dgl.data.filters import FilterIndex  # noqa: F401
+from metasd_dgl.data.preprocess import KGData, load_processed, preprocess  # noqa: F401
+from metasd_dgl.decoders import DistMult  # noqa: F401
+from metasd_dgl.evaluation import DEFAULT_BATCH_SIZE, chunk_size, evaluate_ranking, metrics, model_score_fn  # noqa: F401
+from metasd_dgl.inference import rank_split  # noqa: F401
+from metasd_dgl.model import build_model  # noqa: F401
+from metasd_dgl.train.loop import Trainer, make_model, train  # noqa: F401
+
+ROWS = ("teacher", "student")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One benchmark row group: ``overrides`` on top of the script's base config; ``reported`` rows."""
+
+    name: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    reported: Sequence[str] = ("teacher",)
+    seeded: bool = False  # runs once per seed of the budget (rows are means), else with the first seed
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() or c in "-." else "_" for c in self.name)
+
+
+def history(run_dir: str | Path) -> list[dict]:
+    """The records of ``run_dir/metrics.jsonl`` (epoch records carry ``seconds``; validations ``valid``)."""
+    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x]
+
+
+def epoch_seconds(run_dir: str | Path) -> list[float]:
+    return [r["seconds"] for r in history(run_dir) if "seconds" in r]
+
+
+def evaluate_run(run_dir: str | Path) -> dict:
+    """Test and export the ``best`` checkpoint of a finished run -> ``{best_epoch, export, teacher[, student]}``."""
+    record = stage_evaluate(Path(run_dir), "test", "best", echo=lambda *_: None)
+    export = stage_export(Path(run_dir), "best")
+    out: dict[str, Any] = {"best_epoch": record["epoch"],
+                           "export": {k: v for k, v in export.items() if not k.endswith("_file")}}
+    for row, s in record["results"].items():
+        rel = s["buckets"]["relation"]
+        rarest = next(iter(rel))
+        student = row == "student"
+        out[row] = {"mrr": s["both"]["mrr"], "hits@1": s["both"]["hits@1"], "hits@10": s["both"]["hits@10"],
+                    "rarest_bucket": rarest, "rarest_mrr": rel[rarest]["mrr"], "buckets": rel,
+                    "nonzero": export["student_nonzero" if student else "teacher_params"],
+                    "bytes": export["student_bytes" if student else "teacher_bytes"]}
+    return out
+
+
+def train_and_test(cfg: Config) -> dict:
+    """Train ``cfg`` into ``cfg.run_dir`` (data: ``cfg.data.processed_dir``), then ``evaluate_run``.
+
+    -> ``{epochs, best_epoch, seconds_per_epoch, train_wall_s, valid_mrr, export, teacher[, student]}``.
+    """
+    import time
+
+    run_dir = Path(cfg.run_dir)
+    t0 = time.perf_counter()
+    train(cfg, load_processed(cfg.data.processed_dir), run_dir, progress=False)
+    wall = time.perf_counter() - t0
+    secs = epoch_seconds(run_dir)
+    valid = [{"epoch": r["epoch"], **{k: v["mrr"] for k, v in r["valid"].items()}}
+             for r in history(run_dir) if "valid" in r]
+    return {"epochs": len(secs), "seconds_per_epoch": sum(secs) / len(secs), "train_wall_s": wall,
+            "valid_mrr": valid, **evaluate_run(run_dir)}
+
+
+def mean_rows(runs: list[dict]) -> dict:
+    """Seed runs of one variant -> one result: means of the numbers, ``mrr_std`` and the per-seed results."""
+    if len(runs) == 1:
+        return {**runs[0], "seeds": 1}
+    out = {**runs[0], "seeds": len(runs), "per_seed": runs,
+           "seconds_per_epoch": sum(r["seconds_per_epoch"] for r in runs) / len(runs)}
+    for row in ROWS:
+        if row not in runs[0]:
+            continue
+        vals = [r[row] for r in runs]
+        mean = {k: sum(v[k] for v in vals) / len(vals) for k in ("mrr", "hits@1", "hits@10", "rarest_mrr")}
+        mean["mrr_std"] = (sum((v["mrr"] - mean["mrr"]) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+        out[row] = {**vals[0], **mean}
+    return out
+
+
+def run_variants(variants: Iterable[Variant], base: Mapping[str, Any], root: Path, seeds: Sequence[int],
+                 on_result: Callable[[str, dict], None] = lambda name, result: None,
+                 adjust: Callable[[Variant, dict], dict] = lambda v, over: over) -> dict:
+    """Train and test every variant (``seeded`` ones once per seed, the others with ``seeds[0]``).
+
+    Overrides: ``base``, then the variant's, then ``adjust(variant, overrides)``; run folders
+    ``root/<variant>-seed<k>``.  ``on_result(name, result)`` after each variant (e.g. write the JSON).
+    """
+    import sys
+
+    results = {}
+    for v in variants:
+        runs = []
+        for seed in (seeds if v.seeded else seeds[:1]):
+            print(f"[{root.name}] {v.name} seed {seed} ...", file=sys.stderr, flush=True)
+            over = adjust(v, {**base, "train.seed": seed, **v.overrides,
+                              "run_dir": str(root / f"{v.slug}-seed{seed}")})
+            runs.append({"dim": over["model.dim"], **train_and_test(load_config(overrides=over))})
+        results[v.name] = {**mean_rows(runs), "reported": list(v.reported)}
+        on_result(v.name, results[v.name])
+    return results
+
+
+def variant_rows(variants: Iterable[Variant], results: Mapping[str, dict],
+                 cells: Callable[[str, dict, dict], list]) -> list[list]:
+    """One table row per reported row of every variant in ``results``: ``cells(label, result, row metrics)``."""
+    return [cells(f"{v.name} {row}", results[v.name], results[v.name][row])
+            for v in variants if v.name in results for row in v.reported]
