@@ -164,9 +164,10 @@ def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
     stage_evaluate(Path(run_dir), split, checkpoint, Path(compact) if compact else None, echo=click.echo)
     click.echo(f"metrics: {Path(run_dir) / 'eval' / (split + '.json')}")
     if triple_classification:
-        from .cli_tools import classify_run
+        from .cli_tools import classification_lines, classify_run
 
-        click.echo(f"triple classification: {classify_run(Path(run_dir), checkpoint, 1, 0)}")
+        for line in classification_lines(classify_run(Path(run_dir), checkpoint, 1, 0)):
+            click.echo(line)
     if plots:
         from .report import make_report
 

@@ -93,7 +93,10 @@ def load_run(run_dir: Path, checkpoint: str = "best"):
     run_dir = Path(run_dir)
     path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / "checkpoints" / f"{checkpoint}.pt"
     if checkpoint == "best" and not path.exists():
-        path = run_dir / "checkpoints" / "last.pt"
+        last = run_dir / "checkpoints" / "last.pt"
+        if not last.exists():
+            raise CheckpointError(f"{path}: checkpoint not found (nor {last.name}); is {run_dir} a run folder?")
+        path = last
     ckpt = load_checkpoint(path)
     cfg = from_dict(ckpt["config"], f"{path} config")
     cfg.run_dir = str(run_dir)
@@ -105,6 +108,7 @@ def load_run(run_dir: Path, checkpoint: str = "best"):
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the configured model ({str(exc).splitlines()[0]})") from None
+    ckpt["path"] = str(path)
     return cfg, data, model, ckpt.get("masks"), ckpt
 
 
@@ -132,9 +136,20 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
         results[name] = summarize(ranks, buckets)
     out_dir = Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {"split": split, "checkpoint": checkpoint, "epoch": ckpt["state"]["epoch"], "results": results}
+    # prune-only trains the masked weights alone: the dense "teacher" is no trained model
+    teacher_trained = cfg.train.method != "prune"
+    record = {"split": split, "checkpoint": checkpoint, "checkpoint_file": ckpt["path"],
+              "epoch": ckpt["state"]["epoch"],
+              "student_source": str(compact) if compact is not None and masks else ("masks" if masks else None),
+              "teacher_trained": teacher_trained, "results": results}
     (out_dir / f"{split}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    echo(format_table(results))
+    shown = results if teacher_trained else {("untrained dense" if k == "teacher" else k): v for k, v in results.items()}
+    echo(format_table(shown))
+    if not teacher_trained:
+        echo("note: method prune trains only the kept weights; the dense row includes never-trained weights "
+             "and is no teacher")
+    source = f"student from {compact}" if compact is not None and masks else ""
+    echo(f"scored {ckpt['path']} (epoch {record['epoch']}){'; ' + source if source else ''}")
     return record
 
 
