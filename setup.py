@@ -61,7 +61,8 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "test": ["pytest>=7", "pykeen==1.11.1"],
+        "test": ["pytest>=7", "pykeen==1.11.1", "tensorboard==2.21.0"],
+        "tensorboard": ["tensorboard==2.21.0"],
         "bench": ["pykeen==1.11.1", "psutil"],
     },
     entry_points={"console_scripts": ["metasd-dgl=metasd_dgl.cli:main"]},

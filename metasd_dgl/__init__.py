@@ -5,3 +5,18 @@ process-wide environment (``runtime.configure_environment``).
 """
 
 __version__ = "0.1.0"
+
+#: Python API (``metasd_dgl/api.py``), imported on first use so that ``import metasd_dgl`` stays cheap.
+_API = ("pipeline", "load_run", "PipelineResult", "LoadedRun")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'metasd_dgl' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_API))

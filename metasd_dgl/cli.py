@@ -53,7 +53,31 @@ TRAIN_OPTIONS = [
     click.option("--regularizer", "model__regularizer", type=_choice("model.regularizer")),
     click.option("--seed", "train__seed", type=int),
     click.option("--device", "train__device", help="cpu, cuda or cuda:N."),
+    click.option("--tracker", "train__tracker", type=_choice("train.tracker"),
+                 help="Also log scalars to an experiment tracker (tensorboard: RUN_DIR/tensorboard)."),
 ]
+
+OUTPUT_OPTIONS = [
+    click.option("--quiet", is_flag=True, help="Print only errors and the final summary."),
+    click.option("--json", "as_json", is_flag=True,
+                 help="Print the metrics records as JSON lines (for scripts) instead of readable lines."),
+    click.option("--force", is_flag=True, help="Rebuild RUN_DIR/data even if it holds another processed dataset."),
+]
+
+
+def output_options(fn):
+    for opt in reversed(OUTPUT_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def make_console(run_dir: str, quiet: bool, as_json: bool):
+    """The console of a training command: readable, quiet or JSON; logged to RUN_DIR/train.log."""
+    from .console import Console
+
+    if quiet and as_json:
+        raise click.UsageError("--quiet and --json exclude each other")
+    return Console("json" if as_json else "quiet" if quiet else "normal", Path(run_dir) / "train.log")
 
 
 def train_options(fn):
@@ -101,9 +125,9 @@ def preprocess(source: str, out: str, data_dir: Optional[str], fmt: str, force: 
 @cli.command()
 @train_options
 @click.option("--resume", type=click.Path(file_okay=False, exists=True), help="Continue the run in this folder.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(configs, sets, resume: Optional[str], quiet: bool, **options) -> None:
-    """Train a model (dense or MetaSD) into a run folder."""
+@output_options
+def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, force: bool, **options) -> None:
+    """Train a model (dense or MetaSD) into a run folder (default runs/<dataset>-<decoder>-<method>)."""
     from metasd_dgl.stages import stage_preprocess, stage_train
 
     from .device import resolve_device
@@ -114,13 +138,14 @@ def train(configs, sets, resume: Optional[str], quiet: bool, **options) -> None:
         cfg.run_dir = resume
     else:
         cfg = resolve(configs, sets, **options)
+    console = make_console(cfg.run_dir, quiet, as_json)
+    if not resume:
         # Under torchrun, rank 0 preprocesses while the others wait.
         info = init_from_env(resolve_device(cfg.train.device))
         if info.is_main:
-            stage_preprocess(cfg)
+            stage_preprocess(cfg, force=force)
         barrier()
-    run_dir = stage_train(cfg, resume=bool(resume), progress=not quiet)
-    click.echo(f"run folder: {run_dir}")
+    stage_train(cfg, resume=bool(resume), console=console, echo=console.result)
 
 
 @cli.command()
@@ -140,9 +165,10 @@ def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
     stage_evaluate(Path(run_dir), split, checkpoint, Path(compact) if compact else None, echo=click.echo)
     click.echo(f"metrics: {Path(run_dir) / 'eval' / (split + '.json')}")
     if triple_classification:
-        from .cli_tools import classify_run
+        from .cli_tools import classification_lines, classify_run
 
-        click.echo(f"triple classification: {classify_run(Path(run_dir), checkpoint, 1, 0)}")
+        for line in classification_lines(classify_run(Path(run_dir), checkpoint, 1, 0)):
+            click.echo(line)
     if plots:
         from .report import make_report
 
@@ -164,34 +190,56 @@ def export(run_dir: str, checkpoint: str) -> None:
 
 @cli.command()
 @click.argument("config_files", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any option.")
 @click.option("--run-dir", "run_dir", type=click.Path(file_okay=False))
 @click.option("--device", "train__device")
-@click.option("--quiet", is_flag=True)
-def pipeline(config_files, sets, quiet: bool, **options) -> None:
-    """Preprocess, train, evaluate and export in one run folder.
+@click.option("--tracker", "train__tracker", type=_choice("train.tracker"),
+              help="Also log scalars to an experiment tracker (tensorboard: RUN_DIR/tensorboard).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in RUN_DIR even though this config differs from its own "
+                   "(e.g. more epochs); an interrupted run with the same config resumes without it.")
+@click.option("--reevaluate", is_flag=True, help="On a finished run, export and evaluate again.")
+@output_options
+def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume: bool, reevaluate: bool,
+             **options) -> None:
+    """Preprocess, train, export and evaluate in one run folder.
 
-    With no CONFIG the embedded default runs: ComplEx + MetaSD on UMLS (offline, minutes on CPU).
+    With no CONFIG the embedded default runs: ComplEx + MetaSD on UMLS (offline, about a minute
+    on 2 CPU cores).  Re-running it continues an interrupted run; a finished one is not retrained.
     """
-    from metasd_dgl.stages import stage_evaluate, stage_export, stage_preprocess, stage_train
     from metasd_dgl.resources import default_config_path
+    from metasd_dgl.stages import run_status, stage_evaluate, stage_export, stage_preprocess, stage_train
 
     files = config_files or (str(default_config_path()),)
     cfg = resolve(files, sets, **options)
-    click.echo(f"[1/4] preprocess {cfg.data.dataset}")
-    stage_preprocess(cfg)
-    click.echo(f"[2/4] train {cfg.model.encoder}+{cfg.model.decoder} ({cfg.train.method}) -> {cfg.run_dir}")
-    stage_train(cfg, progress=not quiet)
-    click.echo("[3/4] export")
-    info = stage_export(Path(cfg.run_dir))
+    console = make_console(cfg.run_dir, quiet, as_json)
+    run_dir = Path(cfg.run_dir)
+    console.line(f"[1/4] preprocess {cfg.data.dataset}")
+    stage_preprocess(cfg, force=force)
+    console.line(f"[2/4] train {cfg.model.encoder}+{cfg.model.decoder} ({cfg.train.method}) -> {run_dir}")
+    status = None if resume else run_status(run_dir, cfg)
+    stage_train(cfg, resume=resume and (run_dir / "checkpoints" / "last.pt").exists(), console=console,
+                command="pipeline", echo=console.result)
+    stored = run_dir / "eval" / "test.json"
+    if status is not None and status["finished"] and not reevaluate and stored.is_file():
+        import json
+
+        from .evaluation import format_table
+
+        console.result(format_table(json.loads(stored.read_text(encoding="utf-8"))["results"]))
+        console.result(f"metrics: {stored} (stored; pass --reevaluate to export and evaluate again)")
+        return
+    console.line("[3/4] export")
+    info = stage_export(run_dir)
     for k, v in info.items():
-        click.echo(f"  {k}: {v}")
-    click.echo("[4/4] evaluate (test)")
-    stage_evaluate(Path(cfg.run_dir), "test", echo=click.echo)
+        console.line(f"  {k}: {v}")
+    console.line("[4/4] evaluate (test)")
+    stage_evaluate(run_dir, "test", echo=console.result)
+    console.result(f"metrics: {stored}")
     from .report import make_report
 
-    for png in make_report(Path(cfg.run_dir), split="test"):
-        click.echo(f"plot: {png}")
+    for png in make_report(run_dir, split="test"):
+        console.line(f"plot: {png}")
 
 
 def _register_tools() -> None:

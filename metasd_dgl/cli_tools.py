@@ -154,13 +154,22 @@ def export_dglke_command(run_dir: str, out: str, student: bool, checkpoint: str,
               help="DGL-KE model (default: config.json or the file name).")
 @click.option("--dataset-name", help="DGL-KE file prefix (default: config.json or the file name).")
 @click.option("--gamma", type=float, help="Training gamma (default: config.json); RotatE needs it.")
-@click.option("--scoring", type=click.Choice(["dglke", "native"]), default="dglke", show_default=True,
-              help="dglke: DGL-KE's score functions; native: metasd-dgl's decoders (+ exported inverse rows).")
+@click.option("--scoring", type=click.Choice(["auto", "dglke", "native"]), default="auto", show_default=True,
+              help="dglke: DGL-KE's score functions, head queries scored with inverse relation rows derived "
+                   "from the forward ones (right for DGL-KE-trained models, which have no reciprocal relations); "
+                   "native: metasd-dgl's decoders with the learned inverse rows of _relation_inverse.npy (right "
+                   "for files metasd-dgl exported: a model trained with reciprocal relations ranks heads with "
+                   "them, and derived rows score it lower); auto: native for metasd-dgl exports, else dglke.")
 @click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Also write the metrics as JSON here.")
 def import_dglke_command(folder: str, processed: str, model_name: Optional[str], dataset_name: Optional[str],
                          gamma: Optional[float], scoring: str, split: str, out: Optional[str]) -> None:
-    """Evaluate DGL-KE-trained embeddings (filtered ranking, both directions) on a processed dataset."""
+    """Evaluate DGL-KE-trained embeddings (filtered ranking, both directions) on a processed dataset.
+
+    metasd-dgl models are trained with reciprocal relations (a learned inverse row per relation); DGL-KE's
+    layout has none, so --scoring dglke derives them and scores such a model lower than it is.  Files
+    written by export-dglke carry the learned rows, and --scoring auto uses them.
+    """
     from .data.preprocess import load_processed
     from .evaluation import metrics
     from .inference import encode_tables, rank_split
@@ -168,6 +177,15 @@ def import_dglke_command(folder: str, processed: str, model_name: Optional[str],
 
     data = load_processed(processed)
     emb = read_dglke(folder, dataset_name, model_name, gamma)
+    ours = emb.relation_inverse is not None and emb.model_name != "TransE_l1"
+    if scoring == "auto":
+        scoring = "native" if ours else "dglke"
+        why = ("metasd-dgl export: its learned inverse relation rows score head queries" if ours else
+               "DGL-KE's own score function; inverse relation rows derived from the forward ones")
+        click.echo(f"scoring {scoring} (auto: {why})")
+    elif scoring == "dglke" and ours:
+        click.echo("note: this is a metasd-dgl export, trained with reciprocal relations; dglke scoring replaces "
+                   "its learned inverse rows with derived ones and ranks heads worse (--scoring native keeps them)")
     model = import_dglke(emb, data.entity_names, data.relation_names, scoring)
     triples = data.split(split)
     ranks = rank_split(model, triples, data.num_relations, data.filter, tables=encode_tables(model))
@@ -220,13 +238,20 @@ def classify_run(run_dir: Path, checkpoint: str = "best", num_negatives: int = 1
 def classify_command(run_dir: str, checkpoint: str, num_negatives: int, seed: int) -> None:
     """Triple classification: ROC-AUC, AP, per-relation thresholds (valid) and test accuracy."""
     path = classify_run(Path(run_dir), checkpoint, num_negatives, seed)
-    record = json.loads(path.read_text(encoding="utf-8"))
+    for line in classification_lines(path):
+        click.echo(line)
+
+
+def classification_lines(path: Path) -> list[str]:
+    """The table of ``eval/triple_classification.json``: one line per model and split, then the path."""
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    lines = []
     for name, res in record["results"].items():
         for split in ("valid", "test"):
             m = res["overall"][split]
-            click.echo(f"{name:<8} {split:<5} roc_auc {m['roc_auc']:.4f}  ap {m['average_precision']:.4f}  "
-                       f"accuracy {m['accuracy']:.4f}  (+{m['positives']} / -{m['negatives']})")
-    click.echo(f"metrics: {path}")
+            lines.append(f"{name:<8} {split:<5} roc_auc {m['roc_auc']:.4f}  ap {m['average_precision']:.4f}  "
+                         f"accuracy {m['accuracy']:.4f}  (+{m['positives']} / -{m['negatives']})")
+    return lines + [f"triple classification: {path}"]
 
 
 COMMANDS = [predict_command, report_command, export_dglke_command, import_dglke_command, classify_command]

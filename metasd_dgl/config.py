@@ -9,6 +9,7 @@ the CLI and ``metasd_dgl.stages`` read files.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ class TrainConfig:
     patience: int = 5  # validations without improvement before stopping (0 = off)
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = epoch ends only)
     keep_checkpoints: int = 2  # newest epoch checkpoints kept besides last and best
+    tracker: str = "none"  # none | tensorboard (scalars in <run_dir>/tensorboard)
 
 
 @dataclass
@@ -111,7 +113,7 @@ class EvalConfig:
 
 @dataclass
 class Config:
-    run_dir: str = "runs/default"
+    run_dir: str = ""  # "" = runs/<dataset>-<decoder>-<method> (default_run_dir), so datasets never collide
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -129,6 +131,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_scheduler": ("none", "plateau"),
     "train.regularizer": ("dura", "n3", "none"),
     "train.loss_backend": ("fused", "autograd"),
+    "train.tracker": ("none", "tensorboard"),
     "metasd.prune_scope": ("global", "per-tensor"),
     "metasd.prune_structure": ("element", "dimension"),
     "metasd.meta_optimizer": ("adam", "adagrad", "sgd"),
@@ -303,7 +306,24 @@ def load_config(*paths: str | Path, overrides: Optional[dict[str, Any]] = None) 
         apply_overrides(cfg, data, str(path))
     if overrides:
         apply_overrides(cfg, overrides)
+    if not cfg.run_dir:
+        cfg.run_dir = default_run_dir(cfg)
     return validate(cfg)
+
+
+def dataset_label(dataset: str) -> str:
+    """``"umls" -> "umls"``, ``"data/FB15k-237.tar.gz" -> "FB15k-237"``, ``"my/kg/" -> "kg"``: a folder-safe name."""
+    name = Path(str(dataset).rstrip("/\\")).name or str(dataset)
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "dataset"
+
+
+def default_run_dir(cfg: Config) -> str:
+    """``runs/<dataset>-<decoder>-<method>`` (``-rgcn`` added for the R-GCN encoder)."""
+    encoder = "-rgcn" if cfg.model.encoder == "rgcn" else ""
+    return f"runs/{dataset_label(cfg.data.dataset)}{encoder}-{cfg.model.decoder}-{cfg.train.method}"
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -1,14 +1,23 @@
-"""Plots of a run (matplotlib, Agg backend, PNG files in ``<run_dir>/plots/``).
+"""Plots of a run (matplotlib's object API on an Agg canvas, no pyplot and no
+backend switch; PNG files in ``<run_dir>/plots/``).
 
-* ``training_curves.png``: mean training loss terms per epoch (``loss``,
-  ``ce_teacher``, ``ce_student``, ``kd``, ... whatever ``metrics.jsonl`` holds)
-  and validation MRR of teacher and student per validated epoch;
+* ``training_curves.png``: mean training loss terms per epoch in two panels
+  (the total loss and cross-entropies; the distillation terms ``kd_*``/``kl_*``,
+  which are orders of magnitude smaller) and validation MRR of teacher and
+  student per validated epoch;
 * ``buckets_<kind>.png``: MRR per long-tail bucket, one file per bucket kind
   in the eval files (relation frequency, degree of the predicted head/tail
   entity, ...), grouped bars, one bar per compared model (e.g. dense teacher,
   MetaSD student, prune-only student);
-* ``relation_frequency.png``: train triples per relation, sorted, log scale,
-  coloured by frequency bucket, with the cumulative share of triples.
+* ``teacher_vs_student_<kind>.png``: this run's teacher and student per bucket,
+  the gap (student - teacher) written over each pair;
+* ``relation_frequency.png``: train triples per relation, rarest first (the
+  bucket plots' order), log scale, coloured by frequency bucket, with the
+  cumulative share of triples.
+
+Legends sit outside the axes; the value axes leave room for the bar labels.
+A prune-only run's dense weights are not a trained teacher (eval JSON
+``teacher_trained: false``): its teacher is left out of the bucket plots.
 
 The series are read by small helpers (``training_series``,
 ``bucket_series``, ``relation_frequency_series``) so that what is plotted
@@ -24,15 +33,15 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import matplotlib
+import numpy as np
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from .errors import DataError  # noqa: E402
+from .errors import DataError
 
 PathLike = Union[str, Path]
 #: An eval JSON, or (eval JSON, variant) to pick "teacher"/"student".
@@ -84,23 +93,46 @@ def training_series(metrics_path: PathLike) -> dict[str, Any]:
     }
 
 
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _legend_below(ax: Any, **kw: Any) -> None:
+    """A legend under the axes (never over the data)."""
+    handles, _ = ax.get_legend_handles_labels()
+    if handles or kw.get("handles"):
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False, **kw)
+
+
+def is_distillation(name: str) -> bool:
+    """kd_* and kl_* terms: plotted apart from the cross-entropies."""
+    return name.startswith(("kd", "kl_"))
+
+
 def plot_training_curves(metrics_path: PathLike, out_png: PathLike) -> Path:
-    """Loss terms per epoch (left) and validation MRR (right) -> ``out_png``."""
+    """Loss and cross-entropies, distillation terms (own panel), validation MRR -> ``out_png``."""
     series = training_series(metrics_path)
-    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, values in series["losses"].items():
-        ax_l.plot(series["epoch"], values, marker=".", label=name, linewidth=2 if name == "loss" else 1)
-    ax_l.set(xlabel="epoch", ylabel="mean over batches", title="training losses")
-    if series["losses"]:
-        ax_l.legend(fontsize=8)
+    losses = series["losses"]
+    groups = [(title, {n: v for n, v in losses.items() if is_distillation(n) == kd})
+              for title, kd in (("loss and cross-entropy", False), ("distillation terms (KD, KL)", True))]
+    groups = [g for g in groups if g[1]] or [("training losses", {})]
+    fig = _figure(5.2 * (len(groups) + 1), 4.6)
+    axes = fig.subplots(1, len(groups) + 1)
+    for ax, (title, group) in zip(axes, groups):
+        for name, values in group.items():
+            ax.plot(series["epoch"], values, marker=".", label=name, linewidth=2 if name == "loss" else 1)
+        ax.set(xlabel="epoch", ylabel="mean over batches", title=title)
+        _legend_below(ax)
+    ax_v = axes[-1]
     for name, values in series["valid_mrr"].items():
         ax_v.plot(series["valid_epoch"], values, marker="o", label=name)
     ax_v.set(xlabel="epoch", ylabel="filtered MRR", title="validation MRR")
-    for ax in (ax_l, ax_v):
+    _legend_below(ax_v)
+    for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if series["valid_mrr"]:
-        ax_v.legend(fontsize=8)
-    return _save(fig, out_png)
+    return _save(fig, out_png, bottom=0.3, right=0.97)
 
 
 def _bucket_group(buckets: Mapping[str, Any], kind: str) -> Optional[Mapping[str, Any]]:
@@ -170,26 +202,59 @@ def bucket_comparison(runs: Mapping[str, EvalRef], out_png: PathLike, kind: str 
         b_labels, mrrs, _ = bucket_series(path, variant, kind)
         table[name] = dict(zip(b_labels, mrrs))
         labels += [b for b in b_labels if b not in labels]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels) * max(1, len(runs)) / 2), 4))
+    fig = _figure(max(6.0, 1.6 * len(labels) * max(1, len(runs)) / 2) + 2.5, 4.2)
+    ax = fig.subplots()
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(runs))
+    top = 0.0
     for i, (name, values) in enumerate(table.items()):
         heights = [values.get(b, math.nan) for b in labels]
         bars = ax.bar(x + (i - (len(runs) - 1) / 2) * width, heights, width, label=name)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+        top = max([top] + [h for h in heights if math.isfinite(h)])
     ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylim(0, max(top, 1e-3) * 1.15)  # room for the labels above the bars
     ax.set(ylabel="filtered MRR", title=f"MRR per {kind} bucket (left: long tail)")
     if table:
-        ax.legend(fontsize=8)
-    return _save(fig, out_png)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _save(fig, out_png, right=0.72)
+
+
+def plot_teacher_student(eval_json: PathLike, out_png: PathLike, kind: str = "relation") -> Path:
+    """This run's teacher and student per ``kind`` bucket, the gap (student - teacher) over each pair."""
+    labels, teacher, _ = bucket_series(eval_json, "teacher", kind)
+    s_labels, student, _ = bucket_series(eval_json, "student", kind)
+    student_by = dict(zip(s_labels, student))
+    student = [student_by.get(b, math.nan) for b in labels]
+    fig = _figure(max(6.0, 1.7 * len(labels)) + 2.5, 4.2)
+    ax = fig.subplots()
+    x = np.arange(len(labels))
+    for offset, values, name, color in ((-0.2, teacher, "teacher", "tab:blue"),
+                                        (0.2, student, "student", "tab:orange")):
+        bars = ax.bar(x + offset, values, 0.4, label=name, color=color)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    finite = [v for v in teacher + student if math.isfinite(v)]
+    top = max(finite, default=1e-3) or 1e-3
+    for i, (t, st) in enumerate(zip(teacher, student)):
+        if math.isfinite(t) and math.isfinite(st):
+            # the teacher's height over the student bar, joined to the student's beside the bar
+            ax.plot([i, i + 0.44], [t, t], color="crimson", linestyle="--", linewidth=1)
+            ax.plot([i + 0.44, i + 0.44], [min(t, st), max(t, st)], color="crimson", linewidth=1.5)
+            ax.text(i, max(t, st) + 0.1 * top, f"gap {st - t:+.3f}", ha="center", fontsize=8, color="crimson")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylim(0, top * 1.25)
+    ax.set(ylabel="filtered MRR", title=f"teacher vs student per {kind} bucket (left: long tail)")
+    handles = ax.get_legend_handles_labels()[0] + [Line2D([], [], color="crimson", label="gap: student - teacher")]
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return _save(fig, out_png, right=0.72)
 
 
 def relation_frequency_series(stats_json: PathLike) -> dict[str, list]:
-    """stats.json -> ``{"relation": ids sorted by frequency (desc), "frequency": counts,
+    """stats.json -> ``{"relation": ids sorted by frequency, rarest first, "frequency": counts,
     "bucket": bucket id per sorted relation, "labels": bucket labels}``."""
     stats = _read_json(Path(stats_json))
     freq = np.asarray(stats.get("relation_frequency", []), dtype=np.int64)
-    order = np.argsort(-freq, kind="stable")
+    order = np.argsort(freq, kind="stable")
     buckets = stats.get("relation_buckets", {}) or {}
     bucket = np.asarray(buckets.get("bucket", [0] * len(freq)), dtype=np.int64)
     return {"relation": order.tolist(), "frequency": freq[order].tolist(),
@@ -202,17 +267,15 @@ def plot_relation_frequency(stats_json: PathLike, out_png: PathLike,
     """Sorted relation frequencies (log scale) with the cumulative share -> ``out_png``."""
     s = relation_frequency_series(stats_json)
     freq = np.asarray(s["frequency"], dtype=float)
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig = _figure(11.5, 4.2)
+    ax = fig.subplots()
     x = np.arange(len(freq))
-    colors = plt.get_cmap("viridis")
+    colors = matplotlib.colormaps["viridis"]
     nb = max(1, len(s["labels"]) or (max(s["bucket"], default=0) + 1))
     ax.bar(x, np.maximum(freq, 0.5), color=[colors(b / max(1, nb - 1)) for b in s["bucket"]], width=1.0)
     ax.set_yscale("log")
-    ax.set(xlabel="relations, most frequent first", ylabel="train triples (log)",
+    ax.set(xlabel="relations, rarest first", ylabel="train triples (log)",
            title=f"relation frequency ({len(freq)} relations, {int(freq.sum())} triples)")
-    if s["labels"]:
-        handles = [Patch(color=colors(b / max(1, nb - 1)), label=label) for b, label in enumerate(s["labels"])]
-        ax.legend(handles=handles, fontsize=8, loc="upper right")
     named = relation_names is not None and len(freq) <= 40
     if named:
         ax.set_xticks(x, [relation_names[r] for r in s["relation"]], rotation=90, fontsize=6)
@@ -220,16 +283,18 @@ def plot_relation_frequency(stats_json: PathLike, out_png: PathLike,
     total = freq.sum() or 1.0
     twin.plot(x, np.cumsum(freq) / total, color="crimson", linewidth=1)
     twin.set(ylabel="cumulative share of triples", ylim=(0, 1.02))
-    return _save(fig, out_png, bottom=0.35 if named else 0.14)
+    handles = [Patch(color=colors(b / max(1, nb - 1)), label=label) for b, label in enumerate(s["labels"])]
+    handles.append(Line2D([], [], color="crimson", label="cumulative share (right axis)"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.08, 1.0), frameon=False)
+    return _save(fig, out_png, bottom=0.35 if named else 0.14, right=0.72)
 
 
-def _save(fig: Any, out_png: PathLike, bottom: float = 0.14) -> Path:
+def _save(fig: Figure, out_png: PathLike, bottom: float = 0.14, right: float = 0.9) -> Path:
     """Fixed margins (``tight_layout`` costs seconds per figure on a busy CPU)."""
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.subplots_adjust(left=0.09, right=0.9, top=0.9, bottom=bottom, wspace=0.3)
+    fig.subplots_adjust(left=0.07, right=right, top=0.9, bottom=bottom, wspace=0.3)
     fig.savefig(out, dpi=100, format="png")
-    plt.close(fig)
     return out
 
 
@@ -273,11 +338,15 @@ def make_report(run_dir: PathLike, compare: Optional[Mapping[str, EvalRef]] = No
         made.append(plot_training_curves(run_dir / "metrics.jsonl", plots / "training_curves.png"))
     runs: dict[str, EvalRef] = {}
     own = eval_file(run_dir, split)
+    pair = False
     if own is not None:
-        results = _read_json(own).get("results", {})
+        record = _read_json(own)
+        results = record.get("results", {})
+        trained = record.get("teacher_trained", True)
         for variant in ("teacher", "student"):
-            if variant in results:
+            if variant in results and (variant == "student" or trained):
                 runs[f"{run_dir.name} {variant}"] = (own, variant)
+        pair = trained and "teacher" in results and "student" in results
     for label, ref in (compare or {}).items():
         path, variant = (ref if isinstance(ref, tuple) else (ref, None))
         path = Path(path)
@@ -288,7 +357,10 @@ def make_report(run_dir: PathLike, compare: Optional[Mapping[str, EvalRef]] = No
             path = found
         runs[label] = (path, variant) if variant else path
     for kind in bucket_kinds(runs.values()):
-        made.append(bucket_comparison(runs, plots / f"buckets_{re.sub(r'[^A-Za-z0-9_.-]+', '-', kind)}.png", kind))
+        safe = re.sub(r'[^A-Za-z0-9_.-]+', '-', kind)
+        made.append(bucket_comparison(runs, plots / f"buckets_{safe}.png", kind))
+        if pair:
+            made.append(plot_teacher_student(own, plots / f"teacher_vs_student_{safe}.png", kind))
     stats = stats_path(run_dir)
     if stats is not None:
         made.append(plot_relation_frequency(stats, plots / "relation_frequency.png", relation_names))

@@ -35,32 +35,57 @@ def stage_preprocess(cfg: Config, force: bool = False) -> Path:
                       cfg.data.format, force=force)
 
 
-def stage_train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
+def stage_train(cfg: Config, resume: bool = False, progress: bool = True, console=None,
+                command: str = "train", echo=print) -> Path:
+    """Train ``cfg`` into its run folder.
+
+    A folder that already holds a run: finished with the same config -> skipped
+    (says so); unfinished with the same config -> resumed when ``command`` is
+    "pipeline" (re-running an interrupted pipeline continues it); otherwise a
+    UserError naming the flag of ``command`` that continues it.
+    """
     data = load_processed(processed_dir(cfg))
     run_dir = Path(cfg.run_dir)
-    if not resume and (run_dir / "checkpoints" / "last.pt").exists():
-        done = _finished(run_dir, cfg)
-        if done:
+    status = None if resume else run_status(run_dir, cfg)
+    if status is not None:
+        if status["finished"]:
+            echo(f"already trained (epoch {status['epoch']}, valid MRR {status['best_mrr']:.4f}): "
+                 "skipping training")
             return run_dir
-        raise UserError(f"{run_dir} already holds a training run; use --resume {run_dir} "
-                        "or choose another --run-dir")
-    train(cfg, data, run_dir, resume=resume, progress=progress)
+        if command == "pipeline" and not status["differences"]:
+            resume = True
+        elif command == "pipeline":
+            raise UserError(f"{run_dir} holds a run with another config ({'; '.join(status['differences'][:3])}); "
+                            "pass --resume to continue it with this config, or choose another --run-dir")
+        else:
+            raise UserError(f"{run_dir} already holds a training run; continue it with "
+                            f"metasd-dgl train --resume {run_dir}, or choose another --run-dir")
+    train(cfg, data, run_dir, resume=resume, progress=progress, console=console)
     return run_dir
 
 
-def _finished(run_dir: Path, cfg: Config) -> bool:
+def run_status(run_dir: Path, cfg: Config) -> Optional[dict[str, Any]]:
+    """None without ``checkpoints/last.pt``; else ``{"finished", "differences", "epoch", "best_mrr"}``:
+    finished means done under ``cfg`` (epochs reached or early-stopped) with the same config,
+    ``differences`` lists the options that differ (``"train.epochs: 4 (run) vs 6 (now)"``)."""
+    path = Path(run_dir) / "checkpoints" / "last.pt"
+    if not path.exists():
+        return None
     try:
-        state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        state = load_checkpoint(path)
     except CheckpointError:
-        return False
+        return {"finished": False, "differences": [f"{path} is unreadable"], "epoch": 0, "best_mrr": -1.0}
+    from metasd_dgl.config import to_dict
+
+    old, new = state.get("config", {}), to_dict(cfg)
+    differences = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} (run) vs {new[sec].get(k)!r} (now)"
+                   for sec in new if isinstance(new[sec], dict)
+                   for k in sorted(set(new[sec]) | set(old.get(sec, {}))) if old.get(sec, {}).get(k) != new[sec].get(k)]
     st = state["state"]
     stopped = cfg.train.patience and st["bad_validations"] >= cfg.train.patience
-    return (st["epoch"] >= cfg.train.epochs or stopped) and state["config"] == _as_dict(cfg)
-
-
-def _as_dict(cfg: Config) -> dict:
-    from metasd_dgl.config import to_dict
-    return to_dict(cfg)
+    done = bool(st["epoch"] >= cfg.train.epochs or stopped) and not st.get("batch_in_epoch")
+    return {"finished": done and not differences, "differences": differences, "epoch": st["epoch"],
+            "best_mrr": st.get("best_mrr", -1.0)}
 
 
 def load_run(run_dir: Path, checkpoint: str = "best"):
@@ -68,7 +93,10 @@ def load_run(run_dir: Path, checkpoint: str = "best"):
     run_dir = Path(run_dir)
     path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / "checkpoints" / f"{checkpoint}.pt"
     if checkpoint == "best" and not path.exists():
-        path = run_dir / "checkpoints" / "last.pt"
+        last = run_dir / "checkpoints" / "last.pt"
+        if not last.exists():
+            raise CheckpointError(f"{path}: checkpoint not found (nor {last.name}); is {run_dir} a run folder?")
+        path = last
     ckpt = load_checkpoint(path)
     cfg = from_dict(ckpt["config"], f"{path} config")
     cfg.run_dir = str(run_dir)
@@ -80,6 +108,7 @@ def load_run(run_dir: Path, checkpoint: str = "best"):
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the configured model ({str(exc).splitlines()[0]})") from None
+    ckpt["path"] = str(path)
     return cfg, data, model, ckpt.get("masks"), ckpt
 
 
@@ -107,9 +136,20 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
         results[name] = summarize(ranks, buckets)
     out_dir = Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {"split": split, "checkpoint": checkpoint, "epoch": ckpt["state"]["epoch"], "results": results}
+    # prune-only trains the masked weights alone: the dense "teacher" is no trained model
+    teacher_trained = cfg.train.method != "prune"
+    record = {"split": split, "checkpoint": checkpoint, "checkpoint_file": ckpt["path"],
+              "epoch": ckpt["state"]["epoch"],
+              "student_source": str(compact) if compact is not None and masks else ("masks" if masks else None),
+              "teacher_trained": teacher_trained, "results": results}
     (out_dir / f"{split}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    echo(format_table(results))
+    shown = results if teacher_trained else {("untrained dense" if k == "teacher" else k): v for k, v in results.items()}
+    echo(format_table(shown))
+    if not teacher_trained:
+        echo("note: method prune trains only the kept weights; the dense row includes never-trained weights "
+             "and is no teacher")
+    source = f"student from {compact}" if compact is not None and masks else ""
+    echo(f"scored {ckpt['path']} (epoch {record['epoch']}){'; ' + source if source else ''}")
     return record
 
 

@@ -94,6 +94,26 @@ def _resume_with(tmp: Path, *extra: str) -> list:
     return ["train", "--resume", str(tmp / "run"), *extra]
 
 
+def _taken_data_folder(tmp: Path) -> list:
+    """A run folder whose data/ holds the toy dataset, then a misspelt dataset into it."""
+    from metasd_dgl.cli import main
+
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert main(_train(tmp, "--dim", "2")) == 0
+    return ["train", "--quiet", "--dataset", "nosuch", "--run-dir", str(tmp / "run")]
+
+
+def _pipeline_changed(tmp: Path) -> list:
+    """A finished pipeline run, re-run with more epochs (needs --resume)."""
+    from metasd_dgl.cli import main
+
+    cfg = _write(tmp / "c.yaml", f"run_dir: {tmp / 'run'}\ndata:\n  dataset: {TOY}\nmodel:\n  dim: 2\n"
+                                 "train:\n  epochs: 1\n")
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        assert main(["train", "--quiet", "--config", str(cfg)]) == 0
+    return ["pipeline", str(cfg), "--quiet", "--set", "train.epochs=2"]
+
+
 def _disk_full(tmp: Path) -> list:
     """ENOSPC on every checkpoint write (patched in; undone by run_case)."""
     import torch
@@ -171,6 +191,13 @@ CASES = [
     Case("resume: other dataset", _other_dataset_resume, r"another dataset \(id-map hashes 0000:1111 vs"),
     Case("resume: incompatible config", lambda t: _resume_with(t, "--dim", "3"),
          r"incompatible config: model.dim: 2 \(checkpoint\) vs 3 \(now\)"),
+    Case("unknown tracker", lambda t: _train(t, "--tracker", "wandb"), r"Invalid value for '--tracker'", "run"),
+    Case("tracker via --set", lambda t: _train(t, "--set", "train.tracker=mlflow"),
+         r"train.tracker='mlflow' is not one of none, tensorboard", "run"),
+    Case("--quiet with --json", lambda t: _train(t, "--json"), r"--quiet and --json exclude each other", "run"),
+    Case("unknown dataset into a used run folder", _taken_data_folder, r"nosuch: not a built-in dataset"),
+    Case("pipeline: changed config", _pipeline_changed,
+         r"holds a run with another config \(train.epochs: 1 \(run\) vs 2 \(now\)\); pass --resume"),
     Case("disk full while checkpointing", _disk_full, r"could not write checkpoint \(No space left on device\)"),
 ]
 

@@ -57,7 +57,7 @@ def test_metrics_equal_the_library_evaluation_of_the_run_folder(quick_run):
     """Every reported number is the library's own: rank the best checkpoint again with rank_split."""
     from metasd_dgl.evaluation import metrics
     from metasd_dgl.inference import rank_split
-    from pipelines.stages import load_run
+    from metasd_dgl.stages import load_run
 
     h, root, _, results, _ = quick_run
     for name, seed, row in (("dense", 0, "teacher"), ("prune", 0, "student"), ("prune", 1, "student")):

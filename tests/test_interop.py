@@ -176,7 +176,8 @@ def test_export_and_import_commands(tmp_path):
     _, data, model, _, _ = load_run(run)
     ranks = rank_split(model, data.test, data.num_relations, data.filter)
     assert got["both"]["mrr"] == pytest.approx(metrics(ranks.both())["mrr"], abs=1e-6)
-    res = runner.invoke(import_dglke_command, [str(tmp_path / "kge"), "--dataset", str(tmp_path / "data")])
+    res = runner.invoke(import_dglke_command, [str(tmp_path / "kge"), "--dataset", str(tmp_path / "data"),
+                                               "--scoring", "dglke"])
     assert res.exit_code == 0 and "ComplEx (dglke scoring)" in res.output  # derived inverse rows
     (tmp_path / "kge" / "entities.tsv").write_text("0\tsomeone\n")  # map no longer fits
     res = runner.invoke(import_dglke_command, [str(tmp_path / "kge"), "--dataset", str(tmp_path / "data")])

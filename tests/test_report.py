@@ -78,7 +78,8 @@ def test_relation_frequency_series(tmp_path):
     stats = _write(tmp_path / "stats.json", {"relation_frequency": [3, 10, 1, 6],
                                              "relation_buckets": {"bucket": [0, 1, 0, 1], "labels": ["tail", "head"]}})
     s = relation_frequency_series(stats)
-    assert s["relation"] == [1, 3, 0, 2] and s["frequency"] == [10, 6, 3, 1] and s["bucket"] == [1, 1, 0, 0]
+    # rarest first, like the bucket plots (bucket 0 = the long tail, on the left)
+    assert s["relation"] == [2, 0, 3, 1] and s["frequency"] == [1, 3, 6, 10] and s["bucket"] == [0, 0, 1, 1]
 
 
 def test_make_report_writes_all_plots(tmp_path):
@@ -93,7 +94,8 @@ def test_make_report_writes_all_plots(tmp_path):
     _write(other / "eval" / "test.json", _eval([0.2, 0.3, 0.5], [0.1, 0.2, 0.4], kinds=("relation", "head")))
     made = make_report(run, {"prune-only": other})
     names = sorted(p.name for p in made)
-    assert names == ["buckets_head.png", "buckets_relation.png", "relation_frequency.png", "training_curves.png"]
+    assert names == ["buckets_head.png", "buckets_relation.png", "relation_frequency.png",
+                     "teacher_vs_student_head.png", "teacher_vs_student_relation.png", "training_curves.png"]
     for p in made:
         assert p.parent == run / "plots"
         _png(p)
@@ -113,3 +115,18 @@ def test_report_command(tmp_path):
                                                                 "relation_frequency.png"}
     res = CliRunner().invoke(report_command, [str(run), "--compare", "nolabel"])
     assert res.exit_code == 2 and "LABEL=RUN_DIR" in res.output
+
+
+def test_prune_teacher_left_out_and_no_pyplot(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    record = _eval([0.2, 0.3, 0.5], [0.1, 0.2, 0.4])
+    record["teacher_trained"] = False  # prune-only: the dense weights are no teacher
+    _write(run / "eval" / "test.json", record)
+    made = make_report(run)
+    assert sorted(p.name for p in made) == ["buckets_relation.png"]
+    probe = "import sys, metasd_dgl.report; print('matplotlib.pyplot' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # the object API: no pyplot, no backend switch

@@ -192,6 +192,7 @@ def preprocess(source: Union[str, Path], out_dir: Union[str, Path], data_dir: Op
             if not force and _is_current(manifest, identity, out):
                 return out
             if not force:
+                read_source(source, data_dir, fmt)  # a bad source says so, not that the folder is taken
                 was = (manifest or {}).get("source", {}).get("description", "unreadable manifest")
                 raise DataError(f"{out}: holds another processed dataset ({was}); "
                                 "pass --force to replace it or choose another folder")

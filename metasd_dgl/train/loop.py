@@ -4,6 +4,7 @@
 
     config.yaml          resolved configuration
     metrics.jsonl        one JSON line per epoch (losses) and per validation
+    train.log            the readable console lines (header, epochs, validations, summary)
     checkpoints/last.pt  everything needed to resume exactly
     checkpoints/best.pt  best validation MRR (student MRR for prune/kd/metasd)
     checkpoints/epoch-K.pt  the newest ``keep_checkpoints`` epoch checkpoints
@@ -33,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..console import Console, epoch_line, valid_line
 from ..config import Config, save_config, to_dict
 from ..data.triples import reciprocal_queries
 from ..device import resolve_device
@@ -48,6 +50,7 @@ from ..runtime import configure_threads, tune_malloc
 from ..student import make_student
 from .spec import StepSpec
 from .steps import Stepper, make_optimizers
+from .tracker import make_tracker
 
 STUDENT_METHODS = ("prune", "kd", "metasd")
 
@@ -115,8 +118,11 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 class Trainer:
     """Holds the run's objects; ``run()`` is the loop."""
 
-    def __init__(self, cfg: Config, data, run_dir: Path, progress: bool = True) -> None:
-        self.cfg, self.data, self.run_dir, self.progress = cfg, data, Path(run_dir), progress
+    def __init__(self, cfg: Config, data, run_dir: Path, progress: bool = True,
+                 console: Optional[Console] = None) -> None:
+        self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.console = console or Console("normal" if progress else "quiet", self.run_dir / "train.log")
+        self.progress = progress and self.console.bars
         tc, mc = cfg.train, cfg.metasd
         self.device = resolve_device(rank_device(tc.device, os.environ))  # cuda -> cuda:LOCAL_RANK
         self.dist = init_from_env(self.device)  # rank 0 of 1 unless launched by torchrun
@@ -145,6 +151,9 @@ class Trainer:
         self.student = None  # the student of ``masks`` (student.make_student), rebuilt with them
         self.state = TrainState()
         self._stop_signal: Optional[int] = None
+        self.resumed_from: Optional[Path] = None  # set by ``train(resume=True)``
+        self.stop_reason = ""
+        self.tracker = None
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -195,6 +204,13 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
+            self.tracker = make_tracker(tc.tracker, self.run_dir)
+            self._say(self._header())
+            if self.resumed_from is not None:
+                st = self.state
+                where = f", batch {st.batch_in_epoch} of epoch {st.epoch + 1}" if st.batch_in_epoch else ""
+                self._say(f"resuming from {self.resumed_from}: {st.epoch} epochs done, step {st.step}{where}"
+                          + (f", best valid MRR {st.best_mrr:.4f} (epoch {st.best_epoch})" if st.best_epoch > 0 else ""))
         old_handlers = self._install_signal_handlers()
         try:
             while True:
@@ -209,8 +225,16 @@ class Trainer:
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
+            if self.tracker is not None:
+                self.tracker.close()
         if self._stop_signal is not None:
             self.checkpoint("last.pt")
+            self.stop_reason = f"interrupted by signal {self._stop_signal} at step {self.state.step}"
+        else:
+            self.stop_reason = (f"early stop: no better valid MRR in {tc.patience} validations (train.patience)"
+                                if self.early_stopped else f"reached train.epochs={tc.epochs}")
+        self._summary()
+        if self._stop_signal is not None:
             raise TrainingInterrupted(
                 f"interrupted by signal {self._stop_signal} at step {self.state.step}; checkpoint saved. "
                 f"Resume with: metasd-dgl train --resume {self.run_dir}", self._stop_signal)
@@ -236,7 +260,7 @@ class Trainer:
         sums = st.epoch_sums
         t0 = time.perf_counter()
         bar = tqdm(total=len(batches), initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{tc.epochs}",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
+                   disable=not (self.progress and self.dist.is_main), leave=False, dynamic_ncols=True)
         for i in range(st.batch_in_epoch, len(batches)):
             idx = batches[i][self.dist.rank::self.dist.world]  # this process's share
             batch, graph, negatives = self._batch_inputs(idx, gen)
@@ -254,7 +278,7 @@ class Trainer:
             st.step += 1
             st.batch_in_epoch = i + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{out.get('loss', float('nan')):.4f}")
+            bar.set_postfix(loss=f"{sums.get('loss', math.nan) / st.batch_in_epoch:.4g}")  # running mean
             if tc.checkpoint_every and st.step % tc.checkpoint_every == 0:
                 self.checkpoint("last.pt")
             if self._stop_signal is not None:
@@ -269,7 +293,7 @@ class Trainer:
         st.epoch += 1
         st.batch_in_epoch = 0
         st.epoch_sums = {}
-        self._log(record)
+        self._log(record, epoch_line(record, tc.epochs))
         self._check_weights()
         self.checkpoint("last.pt")
         if tc.keep_checkpoints:
@@ -325,14 +349,17 @@ class Trainer:
             return
         st.validated_epoch = st.epoch
         result = self.validate()
-        self._log({"epoch": st.epoch, "valid": result})
         key = "student" if "student" in result else "teacher"
         mrr = result[key]["mrr"]
-        if mrr > st.best_mrr:
+        new_best = mrr > st.best_mrr
+        if new_best:
             st.best_mrr, st.best_epoch, st.bad_validations = mrr, st.epoch, 0
-            self.checkpoint("best.pt")
         else:
             st.bad_validations += 1
+        self._log({"epoch": st.epoch, "valid": result},
+                  valid_line(st.epoch, result, st.best_mrr, st.best_epoch, new_best))
+        if new_best:
+            self.checkpoint("best.pt")
         self.checkpoint("last.pt")
 
     def validate(self) -> dict[str, dict[str, float]]:
@@ -349,14 +376,45 @@ class Trainer:
         return out
 
     # --------------------------------------------------------------- helpers
-    def _log(self, record: dict[str, Any]) -> None:
+    def _log(self, record: dict[str, Any], readable: Optional[str] = None) -> None:
+        """A metrics record -> metrics.jsonl, the tracker, and the console (readable or JSON)."""
         self.state.history.append(record)
         if not self.dist.is_main:
             return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        if self.progress:
-            tqdm.write(json.dumps(record))
+        if self.tracker is not None:
+            self.tracker.log(record)
+        self.console.record(record, readable)
+
+    def _say(self, text: str) -> None:
+        if self.dist.is_main:
+            self.console.line(text)
+
+    def _header(self) -> str:
+        cfg, d = self.cfg, self.data
+        method = cfg.train.method
+        prune = f", prune rate {cfg.metasd.prune_rate} ({cfg.metasd.prune_structure})" if method in STUDENT_METHODS else ""
+        return (f"dataset {cfg.data.dataset}: {d.num_entities} entities, {d.num_relations} relations, "
+                f"train/valid/test {len(d.train)}/{len(d.valid)}/{len(d.test)}\n"
+                f"model {cfg.model.encoder}+{cfg.model.decoder} dim {cfg.model.dim}, method {method}{prune}, "
+                f"{cfg.train.epochs} epochs\n"
+                f"device {self.device}, threads {torch.get_num_threads()}"
+                + (f", {self.dist.world} processes" if self.dist.world > 1 else "")
+                + f"\nrun folder {self.run_dir}")
+
+    def _summary(self) -> None:
+        if not self.dist.is_main:
+            return
+        st, ck = self.state, self.run_dir / "checkpoints"
+        key = "student" if self.masks else "teacher"
+        best = (f"best epoch {st.best_epoch} (valid {key} MRR {st.best_mrr:.4f}) -> {ck / 'best.pt'}"
+                if st.best_epoch > 0 else "no validation yet, no best checkpoint")
+        lines = [f"done: {st.epoch} epochs, {st.step} steps; {self.stop_reason}", best,
+                 f"outputs: {ck / 'last.pt'}, {self.run_dir / 'metrics.jsonl'}, {self.run_dir / 'train.log'}"]
+        record = {"epochs": st.epoch, "steps": st.step, "best_epoch": st.best_epoch, "best_mrr": st.best_mrr,
+                  "stop_reason": self.stop_reason, "run_dir": str(self.run_dir)}
+        self.console.summary(lines, record)
 
     def _check_finite(self, out: dict[str, float]) -> None:
         bad = [k for k, v in out.items() if not math.isfinite(v)]
@@ -385,17 +443,22 @@ class Trainer:
         return old
 
 
-def train(cfg: Config, data, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Trainer:
+def train(cfg: Config, data, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          console: Optional[Console] = None) -> Trainer:
     """Train into ``run_dir`` (resuming from its ``checkpoints/last.pt`` when ``resume``).
 
-    The trainer's entry: it applies the run's process-wide settings
-    (``train.num_threads``, ``train.tune_malloc``) before building anything.
+    ``console``: where the readable lines go (default: stdout and ``RUN_DIR/train.log``,
+    quiet when not ``progress``).  The trainer's entry: it applies the run's
+    process-wide settings (``train.num_threads``, ``train.tune_malloc``) before
+    building anything.
     """
     configure_threads(cfg.train.num_threads)
     if cfg.train.tune_malloc:
         tune_malloc()
-    trainer = Trainer(cfg, data, Path(run_dir), progress)
+    trainer = Trainer(cfg, data, Path(run_dir), progress, console)
     if resume:
-        trainer.load_state_dict(load_checkpoint(Path(run_dir) / "checkpoints" / "last.pt", trainer.device))
+        path = Path(run_dir) / "checkpoints" / "last.pt"
+        trainer.load_state_dict(load_checkpoint(path, trainer.device))
+        trainer.resumed_from = path
     trainer.run()
     return trainer

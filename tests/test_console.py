@@ -1,0 +1,85 @@
+"""What training shows: readable lines (header, epoch, validation, summary), the same
+lines in RUN_DIR/train.log, JSON lines only with --json, and the summary alone with
+--quiet; the default run folder per dataset; the lines' formatting."""
+import json
+from pathlib import Path
+
+from metasd_dgl.cli import main
+from metasd_dgl.config import dataset_label, default_run_dir, load_config
+from metasd_dgl.console import epoch_line, sig, valid_line
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = str(REPO / "datasets" / "toy")
+ARGS = ["--dataset", TOY, "--epochs", "2", "--dim", "4", "--batch-size", "8", "--set", "train.valid_every=1"]
+
+
+def test_readable_lines_and_train_log(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *ARGS, "--run-dir", str(run), "--method", "prune"]) == 0
+    out = capsys.readouterr().out
+    log = (run / "train.log").read_text()
+    assert "{" not in out  # no JSON on the console
+    for text in ("dataset " + TOY + ": 11 entities, 3 relations, train/valid/test 13/3/3",
+                 "model kge+complex dim 4, method prune, prune rate 0.9", f"run folder {run}",
+                 "epoch 1/2  loss ", "valid epoch 1: teacher MRR ", "new best -> checkpoints/best.pt",
+                 "done: 2 epochs, 8 steps; reached train.epochs=2", "best epoch "):
+        assert text in out, text
+        assert text in log, text
+    # the numbers shown are those of metrics.jsonl, to 4 significant digits
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    first = records[0]
+    assert f"loss {first['loss']:.4g}" in out
+    valid = records[1]["valid"]
+    assert f"student MRR {valid['student']['mrr']:.4f}" in out
+
+
+def test_json_and_quiet_modes(tmp_path, capsys):
+    assert main(["train", *ARGS, "--run-dir", str(tmp_path / "j"), "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    parsed = [json.loads(x) for x in lines]  # every line is JSON
+    assert parsed[:-1] == [json.loads(x) for x in (tmp_path / "j" / "metrics.jsonl").read_text().splitlines()]
+    assert parsed[-1]["summary"]["epochs"] == 2 and parsed[-1]["summary"]["stop_reason"] == "reached train.epochs=2"
+
+    assert main(["train", *ARGS, "--run-dir", str(tmp_path / "q"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("done: 2 epochs") and "epoch 1/2" not in out
+    assert "epoch 1/2  loss" in (tmp_path / "q" / "train.log").read_text()  # the log has everything
+
+
+def test_resume_says_what_it_resumes(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *ARGS, "--run-dir", str(run), "--quiet"]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming from {run / 'checkpoints' / 'last.pt'}: 2 epochs done, step 8" in out
+    assert "epoch 3/3" in out and "epoch 1/3" not in out
+
+
+def test_default_run_folder_names_dataset_and_method(tmp_path, monkeypatch, capsys, kg_dir):
+    assert dataset_label("umls") == "umls"
+    assert dataset_label("/data/kg/FB15k-237.tar.gz") == "FB15k-237"
+    assert dataset_label("my data/toy/") == "toy"
+    cfg = load_config(overrides={"data.dataset": "kinship", "train.method": "metasd"})
+    assert cfg.run_dir == default_run_dir(cfg) == "runs/kinship-complex-metasd"
+    assert load_config(overrides={"model.encoder": "rgcn", "model.decoder": "distmult"}).run_dir == \
+        "runs/umls-rgcn-distmult-plain"
+    assert load_config(overrides={"run_dir": "x"}).run_dir == "x"
+
+    # two datasets in one working folder never collide
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("METASD_DATA_DIR", str(kg_dir))
+    small = ["--epochs", "1", "--dim", "2", "--quiet", "--batch-size", "512"]
+    assert main(["train", "--dataset", TOY, *small]) == 0
+    assert main(["train", "--dataset", "nations", *small]) == 0
+    assert (tmp_path / "runs" / "toy-complex-plain" / "checkpoints" / "best.pt").is_file()
+    assert (tmp_path / "runs" / "nations-complex-plain" / "checkpoints" / "best.pt").is_file()
+    capsys.readouterr()
+
+
+def test_line_formats():
+    assert sig(0.000123456) == "0.0001235" and sig(12345.678) == "1.235e+04" and sig(3) == "3"
+    line = epoch_line({"epoch": 2, "step": 10, "seconds": 1.234, "reg": 0.5, "ce_student": 2.0, "loss": 3.25,
+                       "meta_grad_norm": 9.0, "kd_student": 1e-3, "density": 0.1}, 5)
+    assert line == "epoch 2/5  loss 3.25  ce_student 2  kd_student 0.001  reg 0.5  kept 0.1  1.23 s/epoch"
+    assert valid_line(4, {"teacher": {"mrr": 0.5}, "student": {"mrr": 0.25}}, 0.25, 4, True) == \
+        "valid epoch 4: teacher MRR 0.5000  student MRR 0.2500  best 0.2500 (epoch 4)  new best -> checkpoints/best.pt"
