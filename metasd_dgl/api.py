@@ -128,7 +128,7 @@ def load_run(run_dir: PathLike, checkpoint: str = "best") -> LoadedRun:
 
     from metasd_dgl.stages import load_run as _load
 
-    from .inference import student_params
+    from .student import MaskedStudent
 
     cfg, data, model, masks, ckpt = _load(Path(run_dir), checkpoint)
     model.eval()
@@ -136,7 +136,8 @@ def load_run(run_dir: PathLike, checkpoint: str = "best") -> LoadedRun:
     if masks:
         student = copy.deepcopy(model)
         with torch.no_grad():
-            weights = student_params(model, masks)
+            params = dict(model.named_parameters())
+            weights = MaskedStudent(masks, params).weights(params)
             for name, p in student.named_parameters():
                 p.copy_(weights[name])
         student.eval()

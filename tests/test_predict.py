@@ -17,14 +17,14 @@ RELS = ["likes", "knows"]
 
 
 class FakeData:
-    """What predict reads from KGData; ``filter`` is the known triples (known_answers matches them)."""
+    """What predict reads from KGData: names and ``filter``, the index of the known triples."""
 
     entity_names, relation_names, num_relations = NAMES, RELS, 2
     all_triples = torch.tensor([[0, 0, 4], [0, 0, 2], [1, 1, 0], [3, 0, 0]])
 
     @property
     def filter(self):
-        return self.all_triples
+        return FilterIndex.from_triples(self.all_triples, len(NAMES), 2)
 
 
 def tables():
