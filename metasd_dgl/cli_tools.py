@@ -34,7 +34,7 @@ def _tables(run_dir: Path, checkpoint: str, student: bool):
     """-> (cfg, data, model, masks, ckpt, tables) of the teacher or the true student."""
     from metasd_dgl.stages import load_run
 
-    from .inference import encode_tables
+    from .evaluation import encode_tables
 
     cfg, data, model, masks, ckpt = load_run(run_dir, checkpoint)
     if student and not masks:
@@ -171,8 +171,7 @@ def import_dglke_command(folder: str, processed: str, model_name: Optional[str],
     written by export-dglke carry the learned rows, and --scoring auto uses them.
     """
     from .data.preprocess import load_processed
-    from .evaluation import metrics
-    from .inference import encode_tables, rank_split
+    from .evaluation import encode_tables, metrics, rank_split
     from .interop import import_dglke, read_dglke
 
     data = load_processed(processed)
@@ -212,7 +211,7 @@ def classify_run(run_dir: Path, checkpoint: str = "best", num_negatives: int = 1
     import torch
 
     from .classification import triple_classification
-    from .inference import encode_tables
+    from .evaluation import encode_tables
 
     cfg, data, model, masks, ckpt, teacher = _tables(Path(run_dir), checkpoint, False)
     graph = data.graph if cfg.model.encoder == "rgcn" else None

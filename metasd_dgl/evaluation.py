@@ -8,6 +8,11 @@ and the pessimistic rank ``#{e: s_e >= s_target}`` (target included), i.e. the
 expected rank under a random order of ties, as in PyKEEN.  Filtering drops every entity known to be
 true for the query (train+valid+test, ``FilterIndex``) except the target.
 
+A model is ranked by ``rank_split``: its tables are encoded once under
+``no_grad`` (one full-graph forward for R-GCN) -- the dense teacher, or the
+*true* student (``student.MaskedStudent``: both the query side and the
+candidate entity table masked; the reference code masked only the query side).
+
 Queries are processed in chunks; per chunk one ``(chunk, N)`` score matrix
 exists (whatever the score function allocates aside), counted in place, and
 the only Python loops are over chunks (and, in ``summarize``, over bucket
@@ -17,14 +22,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .data.filters import FilterIndex
 from .data.triples import reciprocal_queries
-from .typing import HEAD, REL, TAIL
+from .student import MaskedStudent
+from .typing import HEAD, REL, TAIL, MaskDict
+
+if TYPE_CHECKING:
+    from .model import LinkPredictor
 
 #: (b, 2) int64 ``[head, relation]`` query rows -> (b, N) scores of every candidate tail.
 ScoreFn = Callable[[Tensor], Tensor]
@@ -208,6 +217,41 @@ def model_score_fn(entity: Tensor, relation: Tensor, decoder) -> ScoreFn:
 
 
 # --------------------------------------------------------------------- metrics
+# ------------------------------------------------------------- a model's tables, ranked
+@torch.no_grad()
+def encode_tables(model: "LinkPredictor", graph=None, masks: Optional[MaskDict] = None) -> tuple[Tensor, Tensor]:
+    """-> (entity (N, w_e), relation (2R, w_r)) of the teacher, or of the student given masks."""
+    was_training = model.training
+    model.eval()
+    try:
+        params = dict(model.named_parameters())
+        ent, rel = model.encode(graph, MaskedStudent(masks, params).weights(params) if masks else None)
+    finally:
+        model.train(was_training)
+    return ent.detach(), rel.detach()
+
+
+@torch.no_grad()
+def rank_split(
+    model: "LinkPredictor",
+    triples: Tensor,
+    num_relations: int,
+    filter_index,
+    graph=None,
+    masks: Optional[MaskDict] = None,
+    max_memory_mb: int = 512,
+    batch_size: int = 0,
+    tables: Optional[tuple[Tensor, Tensor]] = None,
+) -> Ranks:
+    """Filtered realistic ranks of ``triples`` (n, 3), both sides."""
+    ent, rel = tables if tables is not None else encode_tables(model, graph, masks)
+    bs = batch_size or chunk_size(ent.shape[0], max_memory_mb)
+    if not batch_size and ent.device.type == "cpu":
+        bs = min(bs, DEFAULT_BATCH_SIZE)  # on CPU, chunks of 256-512 queries measured fastest
+    fn = model_score_fn(ent, rel, model.decoder)
+    return evaluate_ranking(fn, triples.to(ent.device), num_relations, filter_index, bs)
+
+
 def metrics(ranks: Tensor) -> dict[str, Optional[float]]:
     """(n,) ranks -> mrr, mr, hits@1/3/10 (share of ranks <= k) and count (None values when n = 0)."""
     r = ranks.to(torch.float64).reshape(-1)

@@ -2,7 +2,7 @@
 
 Every query is a tail query on the reciprocal convention: ``(h, r, ?)`` scores
 ``(h, r, e)`` for every entity ``e``; ``(?, r, t)`` is asked as ``(t, r + R, ?)``.
-The tables come from ``inference.encode_tables`` (teacher, or the true student
+The tables come from ``evaluation.encode_tables`` (teacher, or the true student
 given masks), so the same function serves both.
 
 *Filtered* predictions drop every entity that is already a known answer of

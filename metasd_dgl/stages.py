@@ -21,7 +21,7 @@ from metasd_dgl.data.stats import evaluation_buckets
 from metasd_dgl.errors import CheckpointError, UserError
 from metasd_dgl.evaluation import format_table, summarize
 from metasd_dgl.export import export_student, load_student, save_dense
-from metasd_dgl.inference import encode_tables, rank_split
+from metasd_dgl.evaluation import encode_tables, rank_split
 from metasd_dgl.train.loop import dataset_fingerprint, make_model, train
 
 

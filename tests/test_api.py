@@ -13,7 +13,7 @@ import torch
 import metasd_dgl
 from metasd_dgl.config import ConfigError
 from metasd_dgl.errors import DataError, UserError
-from metasd_dgl.inference import rank_split
+from metasd_dgl.evaluation import rank_split
 
 REPO = Path(__file__).resolve().parents[1]
 

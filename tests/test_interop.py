@@ -156,7 +156,7 @@ def test_export_and_import_commands(tmp_path):
     from metasd_dgl.cli_tools import export_dglke_command, import_dglke_command
     from metasd_dgl.errors import UserError
     from metasd_dgl.evaluation import metrics
-    from metasd_dgl.inference import rank_split
+    from metasd_dgl.evaluation import rank_split
     from metasd_dgl.stages import load_run
 
     run = make_run(tmp_path, decoder="complex")

@@ -8,7 +8,7 @@ import torch
 
 from metasd_dgl.cli import main
 from metasd_dgl.export import load_student
-from metasd_dgl.inference import rank_split
+from metasd_dgl.evaluation import rank_split
 from metasd_dgl.stages import load_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -131,6 +131,20 @@ def test_negative_tails_deterministic_and_in_range():
     assert not torch.equal(negative_tails(g, eids, 6, gen), negative_tails(g, eids, 6, gen))
 
 
+def test_negative_tails_leave_dgl_rng_alone():
+    """Drawing negatives reseeds nothing process-wide: DGL's own RNG continues as if untouched."""
+    g, _ = graph_and_triples()
+    draw = lambda: dgl.sampling.sample_neighbors(g, torch.arange(NUM_NODES), 2).edata[dgl.EID]  # noqa: E731
+
+    dgl.seed(7)
+    draw()
+    expected = draw()
+    dgl.seed(7)
+    draw()
+    negative_tails(g, torch.tensor([0, 5, 7]), 6, torch.Generator().manual_seed(42))
+    assert torch.equal(draw(), expected)
+
+
 def test_quiz_split_is_seeded_partition():
     tr, qz = quiz_split(1000, 0.02, torch.Generator().manual_seed(0))
     assert qz.numel() == 20 and tr.numel() == 980

@@ -9,10 +9,11 @@ its nodes are relabelled, ``ndata[dgl.NID]`` (entity ids), which the R-GCN
 encoder uses to pick its input rows.
 
 Randomness comes from the ``torch.Generator`` passed in (CPU generator; index
-work is done on the CPU and moved to the graph's device).  DGL's negative
-samplers draw from torch's global RNG (``Uniform``) or DGL's own
-(``GlobalUniform``); ``seeded_dgl_rng`` seeds both from the generator and
-restores torch's global state afterwards, so their draws are deterministic.
+work is done on the CPU and moved to the graph's device).  DGL's ``Uniform``
+negative sampler draws from torch's global RNG; ``seeded_torch_rng`` seeds it
+from the generator and restores its state afterwards, so the draws are
+deterministic and nothing process-wide is left changed (DGL's own RNG, which
+``Uniform`` does not read, is never touched).
 """
 from __future__ import annotations
 
@@ -150,19 +151,14 @@ def full_graph_dropout(
 
 
 @contextmanager
-def seeded_dgl_rng(generator: torch.Generator, device: Optional[torch.device] = None) -> Iterator[int]:
-    """Seed torch's global RNG (restored on exit) and DGL's RNG from ``generator``; yields the seed.
-
-    DGL's own RNG has no saved state to restore: it is left seeded, which only
-    DGL-native samplers read.
-    """
-    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))  # dgl.seed takes a C int
+def seeded_torch_rng(generator: torch.Generator, device: Optional[torch.device] = None) -> Iterator[int]:
+    """Seed torch's global RNG from ``generator`` for the block (its state restored on exit); yields the seed."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     devices: list = []
     if device is not None and torch.device(device).type == "cuda":
         devices = list(range(torch.cuda.device_count()))
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        dgl.seed(seed)
         yield seed
 
 
@@ -179,7 +175,7 @@ def negative_tails(graph: dgl.DGLGraph, eids: Tensor, k: int, generator: torch.G
     if k < 1:
         raise ValueError(f"k={k} must be >= 1")
     eids = eids.to(graph.device).to(graph.idtype)
-    with seeded_dgl_rng(generator, graph.device):
+    with seeded_torch_rng(generator, graph.device):
         _, neg_dst = negative_sampler.Uniform(k)(graph, eids)
     return neg_dst.long().reshape(-1, k)
 

@@ -39,11 +39,10 @@ from ..config import Config, save_config, to_dict
 from ..data.triples import reciprocal_queries
 from ..device import resolve_device
 from ..errors import CheckpointError, UserError
-from ..evaluation import metrics
 from ..device import to_device
 from ..distributed import init_from_env, rank_device
 from ..graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local
-from ..inference import rank_split
+from ..evaluation import metrics, rank_split
 from ..model import LinkPredictor, build_model
 from ..pruning import compute_masks, dimension_coordinates, prunable_params, sparsity_report
 from ..runtime import configure_threads, tune_malloc
