@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 MODES = ("normal", "json", "quiet")
 #: Keys of an epoch record that are not losses.
-_NOT_LOSSES = ("epoch", "step", "seconds", "density")
+_NOT_LOSSES = ("epoch", "step", "seconds", "density", "lr")
 
 
 def sig(value: Any, digits: int = 4) -> str:
@@ -46,7 +46,8 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
                     and isinstance(v, (int, float))), key=_loss_order)
     losses = "  ".join(f"{k} {sig(record[k])}" for k in names)
     kept = f"  kept {sig(record['density'], 3)}" if "density" in record else ""
-    return f"epoch {record['epoch']}/{epochs}  {losses}{kept}  {record.get('seconds', 0):.2f} s/epoch"
+    lr = f"  lr {sig(record['lr'], 3)}" if "lr" in record else ""
+    return f"epoch {record['epoch']}/{epochs}  {losses}{kept}{lr}  {record.get('seconds', 0):.2f} s/epoch"
 
 
 def valid_line(epoch: int, result: dict[str, dict[str, float]], best_mrr: float, best_epoch: int,

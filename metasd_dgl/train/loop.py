@@ -96,7 +96,7 @@ def dataset_fingerprint(data) -> str:
 FIXED_ON_RESUME = ("model", "train.method", "train.regime", "train.optimizer", "train.seed",
                    "train.batch_size", "metasd.prune_rate", "metasd.prune_scope",
                    "metasd.prune_structure",
-                   "metasd.meta_optimizer", "metasd.quiz_fraction")
+                   "metasd.meta_optimizer", "metasd.quiz_fraction", "train.lr_scheduler")
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
@@ -132,6 +132,10 @@ class Trainer:
         self.graph = to_device(data.graph, self.device) if needs_graph else None
         self.optimizer, self.meta_optimizer = make_optimizers(self.model, cfg)
         self.stepper = Stepper(self.model, self.optimizer, self.meta_optimizer, StepSpec.from_config(cfg))
+        # LibKGE's scheduler: the main optimiser's lr drops when the selection MRR stops improving.
+        self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=tc.lr_factor, patience=tc.lr_patience)
+            if tc.lr_scheduler == "plateau" else None)
         # Quiz split: a seeded random slice of train, removed from the training examples.
         n_all = len(data.train)
         train_idx = torch.arange(n_all)
@@ -162,6 +166,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "meta_optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer else None,
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "masks": self.masks,
             "state": {k: v for k, v in vars(self.state).items()},
             "rng": {"epoch_generator": self._gen.get_state() if getattr(self, "_gen", None) else None,
@@ -180,6 +185,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.meta_optimizer is not None and ckpt.get("meta_optimizer"):
             self.meta_optimizer.load_state_dict(ckpt["meta_optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler"):
+            self.scheduler.load_state_dict(ckpt["scheduler"])
         self._set_masks({k: v.to(self.device) for k, v in ckpt["masks"].items()} if ckpt.get("masks") else None)
         self.state = TrainState(**ckpt["state"])
         self._resume_gen_state = ckpt["rng"]["epoch_generator"]
@@ -253,6 +260,7 @@ class Trainer:
             gen.set_state(self._resume_gen_state)
         self._resume_gen_state = None
         self._gen = gen
+        self.stepper.generator = gen  # embedding dropout draws from the epoch's stream (resumable)
         batches = perm.split(tc.batch_size)
         if tc.batches_per_epoch:  # a CPU budget: a random part of the epoch
             batches = batches[: tc.batches_per_epoch]
@@ -289,6 +297,8 @@ class Trainer:
                   **{k: v / n for k, v in sums.items()}}
         if self.masks:
             record["density"] = sparsity_report(self.masks)["total"]["density"]
+        if self.scheduler is not None:
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
         st.epoch += 1
         st.batch_in_epoch = 0
         st.epoch_sums = {}
@@ -351,6 +361,8 @@ class Trainer:
         key = "student" if "student" in result else "teacher"
         mrr = result[key]["mrr"]
         new_best = mrr > st.best_mrr
+        if self.scheduler is not None:
+            self.scheduler.step(mrr)
         if new_best:
             st.best_mrr, st.best_epoch, st.bad_validations = mrr, st.epoch, 0
         else:

@@ -119,23 +119,22 @@ class Stepper:
         """A model's terms beside the data CE: the regulariser and relation prediction.
 
         Returns the (output, cotangent) pairs to back-propagate and their values
-        ``{"reg", "rp"}`` (``rp_weight * CE`` over relations; 0 when off).
+        ``{"reg"}``, plus ``"rp"`` (``rp_weight * CE`` over relations) when it is on.
         """
         reg = regularizer(self.reg_kind, *f.rows, self.spec.reg_weight, self.decoder.name)
         pairs: Pairs = [(reg, torch.ones_like(reg))]
-        rp = reg.new_zeros(())
+        values = {"reg": reg.detach()}
         if f.rel_scores is not None:
             g, ce = self.losses.ce_grad(f.rel_scores.detach(), queries[:, REL])
             pairs.append((f.rel_scores, g * self.spec.rp_weight))
-            rp = ce * self.spec.rp_weight
-        return pairs, {"reg": reg.detach(), "rp": rp}
+            values["rp"] = ce * self.spec.rp_weight
+        return pairs, values
 
     def own_losses(self, f: Forward, queries: Tensor) -> Dict[str, Tensor]:
-        """The same terms as differentiable scalars ``{"reg", "rp"}`` (the virtual step differentiates
-        them twice)."""
+        """The same terms as differentiable scalars (the virtual step differentiates them twice)."""
         reg = regularizer(self.reg_kind, *f.rows, self.spec.reg_weight, self.decoder.name)
         if f.rel_scores is None:
-            return {"reg": reg, "rp": reg.new_zeros(())}
+            return {"reg": reg}
         return {"reg": reg, "rp": self.spec.rp_weight * cross_entropy_1n(f.rel_scores, queries[:, REL])}
 
     def backprop(self, pairs: List[Tuple[Tensor, Tensor]], retain_graph: bool = False) -> Grads:
@@ -176,7 +175,7 @@ class Stepper:
         ``(q, 3)`` (metasd); do_meta: False skips the meta step
         (``metasd.meta_every``).  Keys: ``loss`` (what the optimiser
         minimised), ``ce_teacher`` and/or ``ce_student``, ``reg``, ``rp``
-        (relation prediction, 0 when off), ``grad_norm``; for kd/metasd ``kd_student``, ``kd_teacher``,
+        (relation prediction, when on), ``grad_norm``; for kd/metasd ``kd_student``, ``kd_teacher``,
         ``kl_teacher_student``, ``kl_student_teacher``; with a meta step
         ``meta_quiz_loss``, ``meta_grad_norm``; with the extra teacher step
         ``extra_teacher_loss``.
@@ -221,7 +220,7 @@ def single_step(s: Stepper, weights: Optional[ParamDict], batch: Tensor, graph, 
     g, ce = s.losses.ce_grad(f.scores.detach(), batch[:, TAIL], s.spec.label_smoothing)
     pairs, own = s.own_terms(f, batch)
     norm = s.update(s.optimizer, s.backprop([(f.scores, g), *pairs]), len(batch))
-    return {"loss": ce + own["reg"] + own["rp"], name: ce, **own, "grad_norm": norm}
+    return {"loss": ce + sum(own.values()), name: ce, **own, "grad_norm": norm}
 
 
 def mutual_step(s: Stepper, batch: Tensor, student: Student, graph) -> Dict[str, Tensor]:
@@ -242,9 +241,9 @@ def mutual_values(kd: KDSpec, v: Dict[str, Tensor], own_s: Dict[str, Tensor],
     fw, rw, sc = kd.forward_weight, kd.reverse_weight, kd.scale
     kd_s = sc * (fw * v["kl_teacher_student"] + rw * v["kl_student_teacher"])
     kd_t = sc * (fw * v["kl_student_teacher"] + rw * v["kl_teacher_student"])
-    reg, rp = own_s["reg"] + own_t["reg"], own_s["rp"] + own_t["rp"]
-    loss = v["ce_student"] + v["ce_teacher"] + kd_s + kd_t + reg + rp
-    return {"loss": loss, "reg": reg, "rp": rp, "kd_student": kd_s, "kd_teacher": kd_t, **v}
+    own = {k: own_s[k] + own_t[k] for k in own_s}  # reg, and rp when it is on
+    loss = v["ce_student"] + v["ce_teacher"] + kd_s + kd_t + sum(own.values())
+    return {"loss": loss, **own, "kd_student": kd_s, "kd_teacher": kd_t, **v}
 
 
 def extra_teacher_step(s: Stepper, batch: Tensor, graph) -> Dict[str, Tensor]:
