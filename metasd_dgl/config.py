@@ -72,6 +72,7 @@ class TrainConfig:
     loss_backend: str = "fused"  # fused (closed-form score gradients) | autograd (the reference losses)
     tune_malloc: bool = True  # keep large temporaries mapped (glibc mallopt), faster 1-N steps
     seed: int = 0
+    init_from: str = ""  # a checkpoint whose model weights start this run (e.g. post-hoc prune + fine-tune)
     device: str = "cpu"
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
     valid_every: int = 5  # epochs between validations
@@ -101,6 +102,13 @@ class MetaSDConfig:
     share_forward: bool = False  # approximate: real step reuses the pre-meta forward (faster)
     kd_t2_scale: bool = False  # scale KD by T^2 (the reference code does not; off = reference)
     student_owns_kept: bool = False  # real step: the teacher's loss skips the weights the student keeps
+    student: str = "shared"  # shared: the teacher's weights under the mask (the paper) | own: its own weights
+    student_lr: float = 0.0  # student=own: lr of the student's optimiser (0 = train.lr)
+    one_way_kd: bool = False  # real step: the teacher does not learn from the student (no KD(S -> T))
+    real_kd_weighting: str = "source"  # source: fw KL(source||learner) + rw KL(learner||source) | self: swapped
+    warmup_epochs: int = 0  # plain teacher epochs before the student's losses and the meta step start
+    gradual_epochs: int = 0  # prune rate raised from 0 to prune_rate over these epochs (cubic; 0 = at once)
+    straight_through: bool = False  # prune: pruned weights keep the student's gradient, so the mask can change
 
 
 @dataclass
@@ -136,6 +144,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "metasd.prune_structure": ("element", "dimension"),
     "metasd.meta_optimizer": ("adam", "adagrad", "sgd"),
     "metasd.meta_grad_path": ("full", "kd"),
+    "metasd.student": ("shared", "own"),
+    "metasd.real_kd_weighting": ("source", "self"),
     "data.format": ("auto", "tsv", "raw_udd_hrt", "udd_hrt"),
 }
 
@@ -175,6 +185,13 @@ def validate(cfg: Config) -> Config:
         ("metasd.quiz_fraction", 0 < cfg.metasd.quiz_fraction < 1, "must be in (0, 1)"),
         ("metasd.quiz_batch_size", cfg.metasd.quiz_batch_size >= 1, "must be >= 1"),
         ("metasd.meta_every", cfg.metasd.meta_every >= 1, "must be >= 1"),
+        ("metasd.student_lr", cfg.metasd.student_lr >= 0, "must be >= 0"),
+        ("metasd.warmup_epochs", cfg.metasd.warmup_epochs >= 0, "must be >= 0"),
+        ("metasd.gradual_epochs", cfg.metasd.gradual_epochs >= 0, "must be >= 0"),
+        ("metasd.straight_through", not cfg.metasd.straight_through or cfg.train.method == "prune",
+         "is an option of method prune"),
+        ("metasd.student", cfg.metasd.student == "shared" or cfg.train.method in ("kd", "metasd"),
+         "own needs method kd or metasd"),
         ("eval.max_memory_mb", cfg.eval.max_memory_mb >= 1, "must be >= 1"),
         ("eval.num_buckets", cfg.eval.num_buckets >= 1, "must be >= 1"),
     ]
