@@ -192,6 +192,13 @@ def validate(cfg: Config) -> Config:
          "is an option of method prune"),
         ("metasd.student", cfg.metasd.student == "shared" or cfg.train.method in ("kd", "metasd"),
          "own needs method kd or metasd"),
+        ("metasd.student", cfg.metasd.student == "shared" or not (
+            cfg.metasd.share_forward or cfg.metasd.student_owns_kept),
+         "own is not combined with metasd.share_forward or metasd.student_owns_kept"),
+        ("metasd.real_kd_weighting", cfg.metasd.real_kd_weighting == "source" or not cfg.metasd.share_forward,
+         "self is not combined with metasd.share_forward (its real step reuses the virtual step's KD)"),
+        ("metasd.warmup_epochs", cfg.metasd.warmup_epochs == 0 or cfg.train.regime == "1-n",
+         "needs train.regime=1-n"),
         ("eval.max_memory_mb", cfg.eval.max_memory_mb >= 1, "must be >= 1"),
         ("eval.num_buckets", cfg.eval.num_buckets >= 1, "must be >= 1"),
     ]

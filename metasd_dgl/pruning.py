@@ -50,6 +50,18 @@ def keep_count(numel: int, rate: float) -> int:
     return min(numel, max(0, int(round((1.0 - rate) * numel))))
 
 
+def scheduled_rate(final_rate: float, epoch: int, gradual_epochs: int) -> float:
+    """The prune rate of (0-based) ``epoch``: Zhu and Gupta (2017)'s cubic schedule.
+
+    ``final_rate * (1 - (1 - epoch / gradual_epochs) ** 3)``: 0 at epoch 0, rising
+    fast, then slowly, to ``final_rate`` at epoch ``gradual_epochs`` and after;
+    ``gradual_epochs = 0`` prunes at the final rate from the start.
+    """
+    if gradual_epochs <= 0 or epoch >= gradual_epochs:
+        return final_rate
+    return final_rate * (1.0 - (1.0 - epoch / gradual_epochs) ** 3)
+
+
 def _top_k_mask(magnitudes: Tensor, k: int) -> Tensor:
     """Bool mask over the 1-D ``magnitudes`` keeping exactly ``k`` largest.
 

@@ -78,13 +78,35 @@ class ColumnStudent(MaskedStudent):
         return grad.new_zeros(grad.shape[0], width).index_copy_(1, self.columns[name], grad)
 
 
+class StraightThroughStudent(MaskedStudent):
+    """``S = W * M`` in the forward pass, ``dS/dW = 1`` in the backward (straight-through).
+
+    Pruned weights keep receiving the student's gradient, so they move and the
+    next epoch's magnitude mask can bring them back: a dynamic-sparse prune-only
+    baseline (``metasd.straight_through``; full width, any mask structure).
+    """
+
+    def weights(self, params: ParamDict) -> ParamDict:
+        return {n: (p + (p * self.masks[n] - p).detach()) if n in self.masks else p for n, p in params.items()}
+
+    def restrict(self, name: str, grad: Tensor) -> Tensor:
+        return grad
+
+    def to_teacher(self, name: str, grad: Tensor) -> Tensor:
+        return grad
+
+
 Student = MaskedStudent  # the interface every strategy implements
 
 
-def make_student(masks: Optional[MaskDict], params: ParamDict, structure: str = "element") -> Optional[Student]:
-    """The student for ``masks`` (``None`` without masks): columns for whole-coordinate masks."""
+def make_student(masks: Optional[MaskDict], params: ParamDict, structure: str = "element",
+                 straight_through: bool = False) -> Optional[Student]:
+    """The student for ``masks`` (``None`` without masks): columns for whole-coordinate masks,
+    straight-through gradients with ``straight_through``."""
     if not masks:
         return None
     if structure not in ("element", "dimension"):
         raise ValueError(f"prune structure must be element or dimension, got {structure!r}")
+    if straight_through:
+        return StraightThroughStudent(masks, params)
     return (ColumnStudent if structure == "dimension" else MaskedStudent)(masks, params)

@@ -44,7 +44,7 @@ from ..distributed import init_from_env, rank_device
 from ..graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local
 from ..evaluation import metrics, rank_split
 from ..model import LinkPredictor, build_model
-from ..pruning import compute_masks, dimension_coordinates, prunable_params, sparsity_report
+from ..pruning import compute_masks, dimension_coordinates, prunable_params, scheduled_rate, sparsity_report
 from ..runtime import configure_threads, tune_malloc
 from ..student import make_student
 from .spec import StepSpec
@@ -127,6 +127,8 @@ class Trainer:
         self.dist = init_from_env(self.device)  # rank 0 of 1 unless launched by torchrun
         init_gen = torch.Generator().manual_seed(tc.seed)
         self.model = make_model(cfg, data, init_gen).to(self.device)
+        if tc.init_from:  # start from another run's weights (post-hoc prune + fine-tune)
+            self._init_from(Path(tc.init_from))
         self.rgcn = cfg.model.encoder == "rgcn"
         needs_graph = self.rgcn or tc.regime == "negative-sampling"
         self.graph = to_device(data.graph, self.device) if needs_graph else None
@@ -198,6 +200,15 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in self.state.history)
 
+    def _init_from(self, path: Path) -> None:
+        """The model weights of checkpoint ``path`` (same dataset and model options); nothing else."""
+        ckpt = load_checkpoint(path, self.device)
+        if ckpt.get("dataset") != dataset_fingerprint(self.data):
+            raise CheckpointError(f"train.init_from={path}: that checkpoint was trained on another dataset")
+        if ckpt.get("config", {}).get("model") != to_dict(self.cfg)["model"]:
+            raise CheckpointError(f"train.init_from={path}: its model options differ from this run's")
+        self.model.load_state_dict(ckpt["model"])
+
     def checkpoint(self, name: str) -> Path:
         path = self.run_dir / "checkpoints" / name
         if self.dist.is_main:  # one process writes; the others hold identical weights
@@ -253,7 +264,8 @@ class Trainer:
             prunable = prunable_params(self.model)
             coords = (dimension_coordinates(prunable, self.cfg.model.dim)
                       if mc.prune_structure == "dimension" else None)
-            self._set_masks(compute_masks(prunable, mc.prune_rate, mc.prune_scope, coords))
+            rate = scheduled_rate(mc.prune_rate, st.epoch, mc.gradual_epochs)
+            self._set_masks(compute_masks(prunable, rate, mc.prune_scope, coords))
         gen = _epoch_generator(tc.seed, st.epoch)
         perm = torch.randperm(len(self.examples), generator=gen)
         if st.batch_in_epoch and getattr(self, "_resume_gen_state", None) is not None:
@@ -275,7 +287,9 @@ class Trainer:
             if self.quiz is not None:
                 q = torch.randint(len(self.quiz), (min(mc.quiz_batch_size, len(self.quiz)),), generator=gen)
                 quiz = self.quiz[q].to(self.device)
-            if negatives is not None:
+            if st.epoch < mc.warmup_epochs:  # the teacher trains alone first
+                out = self.stepper.teacher_step(batch, graph)
+            elif negatives is not None:
                 out = self.stepper.step_negative(batch, negatives, self.student, graph)
             else:
                 out = self.stepper.step(batch, self.student, quiz, graph, do_meta=(st.step % mc.meta_every == 0))
@@ -313,7 +327,8 @@ class Trainer:
 
     def _set_masks(self, masks: Optional[dict]) -> None:
         self.masks = masks
-        self.student = make_student(masks, self.stepper.params, self.cfg.metasd.prune_structure)
+        mc = self.cfg.metasd
+        self.student = make_student(masks, self.stepper.params, mc.prune_structure, mc.straight_through)
 
     @property
     def early_stopped(self) -> bool:

@@ -5,7 +5,7 @@ here has a default of its own, so a default can only ever differ in one place.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 from ..config import Config
@@ -41,7 +41,9 @@ class StepSpec:
     relation_dropout: float
     grad_clip: float  # 0 = off
     loss_backend: str  # fused | autograd
-    kd: KDSpec
+    kd: KDSpec  # the virtual step's distillation (the student learning from the teacher)
+    kd_real: KDSpec  # the real step's, for each learner (metasd.real_kd_weighting)
+    one_way_kd: bool  # real step: the teacher does not learn from the student
     virtual_lr: float
     meta_grad_path: str  # full | kd (the reference code's)
     share_forward: bool
@@ -58,7 +60,9 @@ class StepSpec:
         return cls(method=tc.method, regularizer=tc.regularizer, reg_weight=tc.reg_weight,
                    label_smoothing=tc.label_smoothing, rp_weight=tc.rp_weight, entity_dropout=tc.entity_dropout,
                    relation_dropout=tc.relation_dropout, grad_clip=tc.grad_clip, loss_backend=tc.loss_backend,
-                   kd=kd, virtual_lr=mc.virtual_lr, meta_grad_path=mc.meta_grad_path,
+                   kd=kd, kd_real=kd if mc.real_kd_weighting == "source" else replace(
+                       kd, forward_weight=mc.kd_reverse_weight, reverse_weight=mc.kd_forward_weight),
+                   one_way_kd=mc.one_way_kd, virtual_lr=mc.virtual_lr, meta_grad_path=mc.meta_grad_path,
                    share_forward=mc.share_forward, extra_teacher_step=mc.extra_teacher_step,
                    student_owns_kept=mc.student_owns_kept, margin=tc.margin)
 

@@ -44,7 +44,7 @@ from ..typing import HEAD, REL, TAIL, ParamDict
 from .fused import FUSED
 from .losses import AUTOGRAD, cross_entropy_1n, negative_sampling_loss, regularizer
 from .meta import meta_gradient, virtual_student, virtual_student_reference
-from .spec import KDSpec, StepSpec
+from .spec import StepSpec
 
 BACKENDS = {"fused": FUSED, "autograd": AUTOGRAD}
 Grads = Dict[str, Optional[Tensor]]
@@ -187,6 +187,10 @@ class Stepper:
         out = self.method(self, batch, student, quiz, graph, do_meta)
         return {k: float(v) for k, v in out.items()}
 
+    def teacher_step(self, batch: Tensor, graph=None) -> Dict[str, float]:
+        """A plain teacher step (``metasd.warmup_epochs``: the teacher trains alone first)."""
+        return {k: float(v) for k, v in single_step(self, None, batch, graph, "ce_teacher").items()}
+
     def step_negative(self, positives: Tensor, negatives: Tensor, student: Optional[Student] = None,
                       graph=None) -> Dict[str, float]:
         """Negative-sampling regime (plain or prune): ``positives (b, 3)``, ``negatives (b, k)`` tail ids.
@@ -228,19 +232,31 @@ def mutual_step(s: Stepper, batch: Tensor, student: Student, graph) -> Dict[str,
     teacher = student.without_kept(s.params) if s.spec.student_owns_kept else None
     fs = s.forward(student.weights(s.params), batch, graph)
     ft = s.forward(teacher, batch, graph)
-    gs, gt, values = s.losses.mutual_grads(fs.scores.detach(), ft.scores.detach(), batch[:, TAIL], s.spec.kd)
+    gs, gt, values = real_step_grads(s, fs.scores.detach(), ft.scores.detach(), batch)
     pairs_s, own_s = s.own_terms(fs, batch)
     pairs_t, own_t = s.own_terms(ft, batch)
     norm = s.update(s.optimizer, s.backprop([(fs.scores, gs), (ft.scores, gt), *pairs_s, *pairs_t]), len(batch))
-    return {**mutual_values(s.spec.kd, values, own_s, own_t), "grad_norm": norm}
+    return {**mutual_values(s.spec, values, own_s, own_t), "grad_norm": norm}
 
 
-def mutual_values(kd: KDSpec, v: Dict[str, Tensor], own_s: Dict[str, Tensor],
+def real_step_grads(s: Stepper, x: Tensor, z: Tensor, batch: Tensor) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+    """Score gradients of the real step: student ``CE + KD(T -> S)``, teacher ``CE + KD(S -> T)``,
+    or the teacher's CE alone with ``one_way_kd``."""
+    gs, gt, values = s.losses.mutual_grads(x, z, batch[:, TAIL], s.spec.kd_real)
+    if s.spec.one_way_kd:
+        gt, _ = s.losses.ce_grad(z, batch[:, TAIL], s.spec.label_smoothing)
+    return gs, gt, values
+
+
+def mutual_values(spec: StepSpec, v: Dict[str, Tensor], own_s: Dict[str, Tensor],
                   own_t: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """The real step's loss and its parts from the unscaled KL values of ``mutual_grads``."""
+    kd = spec.kd_real
     fw, rw, sc = kd.forward_weight, kd.reverse_weight, kd.scale
     kd_s = sc * (fw * v["kl_teacher_student"] + rw * v["kl_student_teacher"])
     kd_t = sc * (fw * v["kl_student_teacher"] + rw * v["kl_teacher_student"])
+    if spec.one_way_kd:
+        kd_t = torch.zeros_like(kd_t)
     own = {k: own_s[k] + own_t[k] for k in own_s}  # reg, and rp when it is on
     loss = v["ce_student"] + v["ce_teacher"] + kd_s + kd_t + sum(own.values())
     return {"loss": loss, **own, "kd_student": kd_s, "kd_teacher": kd_t, **v}
@@ -293,7 +309,7 @@ def metasd_shared(s: Stepper, batch: Tensor, student: Student, quiz: Tensor, gra
     virtual = s.virtual(s, batch, student, graph, every_weight=True)  # (1), gradients of all student weights
     meta, quiz_loss = meta_gradient(s, virtual, quiz, graph, retain_graph=True)  # (2)
     ft = virtual.teacher
-    _, gt, values = s.losses.mutual_grads(virtual.student_scores, ft.scores.detach(), batch[:, TAIL], s.spec.kd)
+    _, gt, values = real_step_grads(s, virtual.student_scores, ft.scores.detach(), batch)
     pairs_t, own_t = s.own_terms(ft, batch)
     teacher = s.backprop([(ft.scores, gt), *pairs_t])
     real: Grads = {}
@@ -306,7 +322,7 @@ def metasd_shared(s: Stepper, batch: Tensor, student: Student, quiz: Tensor, gra
         real[n] = None if not parts else (parts[0] if len(parts) == 1 else parts[0] + parts[1])
     out.update(meta_quiz_loss=quiz_loss, meta_grad_norm=s.update(s.meta_optimizer, meta, len(batch)))
     norm = s.update(s.optimizer, real, len(batch))
-    return {**out, **mutual_values(s.spec.kd, values, virtual.student_own, own_t), "grad_norm": norm}
+    return {**out, **mutual_values(s.spec, values, virtual.student_own, own_t), "grad_norm": norm}
 
 
 METHODS = {"plain": plain, "prune": prune, "kd": kd, "metasd": metasd}

@@ -1,0 +1,156 @@
+"""Student-study options: one-way and swapped real-step KD, straight-through prune-only, the gradual
+schedule, teacher warm-up, post-hoc fine-tuning from another run's weights."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.cli import main
+from metasd_dgl.config import Config, ConfigError, apply_overrides, load_config
+from metasd_dgl.model import build_model
+from metasd_dgl.pruning import compute_masks, keep_count, prunable_params, scheduled_rate
+from metasd_dgl.student import MaskedStudent, StraightThroughStudent, make_student
+from metasd_dgl.train.losses import cross_entropy_1n, dura, kd_loss, log_probs
+from metasd_dgl.train.spec import StepSpec
+from metasd_dgl.train.steps import Stepper
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = str(REPO / "datasets" / "toy")
+N, R = 6, 2
+
+
+def _model():
+    gen = torch.Generator().manual_seed(0)
+    return build_model("kge", "complex", N, R, 3, init_scale=0.5, generator=gen).to(torch.float64)
+
+
+def _queries(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(0, N, (n,), generator=gen), torch.randint(0, 2 * R, (n,), generator=gen),
+                        torch.randint(0, N, (n,), generator=gen)], 1)
+
+
+def _stepper(model, overrides):
+    cfg = apply_overrides(Config(), {"train.reg_weight": 0.05, **overrides})
+    return Stepper(model, torch.optim.SGD(model.parameters(), lr=0.3), None, StepSpec.from_config(cfg))
+
+
+def _kd(learner, source, fw, rw):
+    return kd_loss(log_probs(learner, 3.0), log_probs(source, 3.0), fw, rw, 1.0)
+
+
+@pytest.mark.parametrize("one_way,weighting", [(True, "source"), (False, "self"), (True, "self")])
+def test_real_step_kd_variants_match_autograd(one_way, weighting):
+    """one_way_kd: the teacher's loss is CE + reg only; real_kd_weighting=self: each learner
+    3 KL(self || other) + KL(other || self) (the reference code's real step)."""
+    model = _model()
+    twin = copy.deepcopy(model)
+    masks = compute_masks(prunable_params(model), 0.5)
+    batch = _queries(8, 1)
+    st = _stepper(model, {"train.method": "kd", "metasd.one_way_kd": one_way, "metasd.real_kd_weighting": weighting})
+    out = st.step(batch, MaskedStudent(masks, dict(model.named_parameters())))
+    fw, rw = (3.0, 1.0) if weighting == "source" else (1.0, 3.0)  # weights of KL(source||learner), KL(learner||source)
+    W = dict(twin.named_parameters())
+    S_w = {n: w * masks[n] if n in masks else w for n, w in W.items()}
+
+    def fwd(weights):
+        ent, rel = weights["encoder.entity"], weights["encoder.relation"]
+        h, r, t = ent[batch[:, 0]], rel[batch[:, 1]], ent[batch[:, 2]]
+        return twin.decoder.score_all(h, r, ent), (h, r, t)
+
+    S, rs = fwd(S_w)
+    T, rt = fwd(W)
+    y = batch[:, 2]
+    student = cross_entropy_1n(S, y) + dura(*rs, 0.05) + _kd(S, T.detach(), fw, rw)
+    teacher = cross_entropy_1n(T, y) + dura(*rt, 0.05) + (0 if one_way else _kd(T, S.detach(), fw, rw))
+    (student + teacher).backward()
+    with torch.no_grad():
+        for p in twin.parameters():
+            p -= 0.3 * p.grad
+    assert out["loss"] == pytest.approx((student + teacher).item(), abs=1e-12)
+    assert (out["kd_teacher"] == 0.0) == one_way
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_straight_through_gradients_reach_pruned_weights():
+    model = _model()
+    params = dict(model.named_parameters())
+    masks = compute_masks(prunable_params(model), 0.7)
+    st_student = make_student(masks, params, "element", straight_through=True)
+    assert type(st_student) is StraightThroughStudent
+    weights = st_student.weights(params)
+    for n in masks:  # forward: exactly the masked weights
+        assert torch.equal(weights[n], params[n] * masks[n])
+    loss = sum((w ** 2).sum() for w in weights.values())
+    grads = torch.autograd.grad(loss, list(params.values()))
+    for (n, p), g in zip(params.items(), grads):  # backward: identity, so d/dW = 2 * (W * M) everywhere
+        torch.testing.assert_close(g, 2 * (p * masks[n]).detach())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    st = _stepper(model, {"train.method": "prune", "metasd.straight_through": True})
+    st.step(_queries(12, 2), st_student)
+    for n, p in model.named_parameters():  # pruned weights moved (they do get gradient)
+        assert not torch.equal(p[~masks[n]], before[n][~masks[n]])
+    default = _model()
+    _stepper(default, {"train.method": "prune"}).step(_queries(12, 2), MaskedStudent(masks, dict(default.named_parameters())))
+    for n, p in default.named_parameters():  # the default prune-only student does not move them
+        assert torch.equal(p[~masks[n]], before[n][~masks[n]])
+
+
+def test_cubic_schedule_by_hand():
+    assert [scheduled_rate(0.9, e, 4) for e in range(6)] == pytest.approx(
+        [0.0, 0.9 * (1 - 0.75 ** 3), 0.9 * (1 - 0.5 ** 3), 0.9 * (1 - 0.25 ** 3), 0.9, 0.9])
+    assert scheduled_rate(0.9, 0, 0) == 0.9
+
+
+def _train(run, *extra):
+    args = ["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--dim", "4", "--batch-size", "4",
+            "--set", "train.valid_every=1", "--set", "train.patience=0", *extra]
+    assert main(args) == 0
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_gradual_pruning_kept_counts_per_epoch(tmp_path):
+    rows = _train(tmp_path / "run", "--epochs", "5", "--method", "prune", "--set", "metasd.gradual_epochs=4")
+    numel = 11 * 8 + 6 * 8  # toy: 11 entities, 3 relations (6 with inverses), ComplEx dim 4 -> width 8
+    expected = [keep_count(numel, scheduled_rate(0.9, e, 4)) / numel for e in range(5)]
+    got = [r["density"] for r in rows if "density" in r]
+    assert got == pytest.approx(expected) and got[0] == 1.0 and got[-1] == pytest.approx(0.1, abs=0.01)
+
+
+def test_warmup_epochs_train_the_teacher_alone(tmp_path):
+    rows = _train(tmp_path / "run", "--epochs", "3", "--method", "kd", "--set", "metasd.warmup_epochs=2")
+    epochs = [r for r in rows if "seconds" in r]
+    assert ["ce_student" in r for r in epochs] == [False, False, True]
+    assert all("density" in r for r in epochs)  # masks exist from the start (the student is validated)
+
+
+def test_init_from_starts_from_the_other_runs_weights(tmp_path):
+    _train(tmp_path / "dense", "--epochs", "2")
+    best = tmp_path / "dense" / "checkpoints" / "best.pt"
+    cfg = load_config(overrides={"data.dataset": TOY, "model.dim": 4, "train.method": "prune",
+                                 "train.init_from": str(best)})
+    from metasd_dgl.data.preprocess import load_processed, preprocess
+    from metasd_dgl.train.loop import Trainer
+    data = load_processed(preprocess(TOY, tmp_path / "data"))
+    trainer = Trainer(cfg, data, tmp_path / "ft", progress=False)
+    for n, w in load_checkpoint(best)["model"].items():
+        assert torch.equal(trainer.model.state_dict()[n], w), n
+    bad = load_config(overrides={"data.dataset": TOY, "model.dim": 6, "train.init_from": str(best)})
+    with pytest.raises(Exception, match="model options differ"):
+        Trainer(bad, data, tmp_path / "ft2", progress=False)
+
+
+def test_option_combinations_that_do_not_exist_are_config_errors():
+    for over in ({"metasd.straight_through": True, "train.method": "kd"},
+                 {"metasd.student": "own", "train.method": "prune"},
+                 {"metasd.student": "own", "train.method": "metasd", "metasd.share_forward": True},
+                 {"metasd.real_kd_weighting": "self", "train.method": "metasd", "metasd.share_forward": True},
+                 {"metasd.warmup_epochs": 2, "train.regime": "negative-sampling"}):
+        with pytest.raises(ConfigError):
+            load_config(overrides=over)
