@@ -136,7 +136,7 @@ def load_run(run_dir: PathLike, checkpoint: str = "best") -> LoadedRun:
     if masks:
         student = copy.deepcopy(model)
         with torch.no_grad():
-            params = dict(model.named_parameters())
+            params = {**dict(model.named_parameters()), **(ckpt.get("student_weights") or {})}
             weights = MaskedStudent(masks, params).weights(params)
             for name, p in student.named_parameters():
                 p.copy_(weights[name])

@@ -41,7 +41,8 @@ def _tables(run_dir: Path, checkpoint: str, student: bool):
         raise UserError(f"{run_dir}: this run has no student (train.method={cfg.train.method}); "
                         "drop --student")
     graph = data.graph if cfg.model.encoder == "rgcn" else None
-    return cfg, data, model, masks, ckpt, encode_tables(model, graph, masks if student else None)
+    return cfg, data, model, masks, ckpt, encode_tables(model, graph, masks if student else None,
+                                                        ckpt.get("student_weights"))
 
 
 @click.command("predict")
@@ -217,7 +218,7 @@ def classify_run(run_dir: Path, checkpoint: str = "best", num_negatives: int = 1
     graph = data.graph if cfg.model.encoder == "rgcn" else None
     variants = {"teacher": teacher}
     if masks:
-        variants["student"] = encode_tables(model, graph, masks)
+        variants["student"] = encode_tables(model, graph, masks, ckpt.get("student_weights"))
     results = {name: triple_classification(tables, model.decoder, data, torch.Generator().manual_seed(seed),
                                            num_negatives) for name, tables in variants.items()}
     record = {"checkpoint": checkpoint, "epoch": (ckpt.get("state") or {}).get("epoch"), "seed": seed,

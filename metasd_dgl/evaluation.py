@@ -219,12 +219,17 @@ def model_score_fn(entity: Tensor, relation: Tensor, decoder) -> ScoreFn:
 # --------------------------------------------------------------------- metrics
 # ------------------------------------------------------------- a model's tables, ranked
 @torch.no_grad()
-def encode_tables(model: "LinkPredictor", graph=None, masks: Optional[MaskDict] = None) -> tuple[Tensor, Tensor]:
-    """-> (entity (N, w_e), relation (2R, w_r)) of the teacher, or of the student given masks."""
+def encode_tables(model: "LinkPredictor", graph=None, masks: Optional[MaskDict] = None,
+                  student_weights: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Tensor]:
+    """-> (entity (N, w_e), relation (2R, w_r)) of the teacher, or of the student given masks.
+
+    student_weights: a student with its own weights (``metasd.student = own``):
+    its tensors replace the model's before masking.
+    """
     was_training = model.training
     model.eval()
     try:
-        params = dict(model.named_parameters())
+        params = {**dict(model.named_parameters()), **(student_weights or {})} if masks else None
         ent, rel = model.encode(graph, MaskedStudent(masks, params).weights(params) if masks else None)
     finally:
         model.train(was_training)
@@ -242,9 +247,10 @@ def rank_split(
     max_memory_mb: int = 512,
     batch_size: int = 0,
     tables: Optional[tuple[Tensor, Tensor]] = None,
+    student_weights: Optional[dict[str, Tensor]] = None,
 ) -> Ranks:
     """Filtered realistic ranks of ``triples`` (n, 3), both sides."""
-    ent, rel = tables if tables is not None else encode_tables(model, graph, masks)
+    ent, rel = tables if tables is not None else encode_tables(model, graph, masks, student_weights)
     bs = batch_size or chunk_size(ent.shape[0], max_memory_mb)
     if not batch_size and ent.device.type == "cpu":
         bs = min(bs, DEFAULT_BATCH_SIZE)  # on CPU, chunks of 256-512 queries measured fastest

@@ -132,7 +132,7 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
             tables = encode_tables(model_c, graph)
         ranks = rank_split(model, triples, data.num_relations, data.filter, graph=graph, masks=m,
                            max_memory_mb=cfg.eval.max_memory_mb, batch_size=cfg.eval.batch_size,
-                           tables=tables)
+                           tables=tables, student_weights=ckpt.get("student_weights"))
         results[name] = summarize(ranks, buckets)
     out_dir = Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
 
 def stage_export(run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
     """Dense teacher and compact student files side by side, with their sizes."""
-    cfg, data, model, masks, _ = load_run(run_dir, checkpoint)
+    cfg, data, model, masks, ckpt = load_run(run_dir, checkpoint)
     out = Path(run_dir) / "export"
     out.mkdir(parents=True, exist_ok=True)
     params = {n: p.detach() for n, p in model.named_parameters()}
@@ -165,7 +165,8 @@ def stage_export(run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
                             "teacher_params": sum(p.numel() for p in params.values())}
     if masks:
         student_path = out / "student.msd"
-        manifest = export_student(params, masks, student_path, {"run_dir": str(run_dir)},
+        student = {**params, **(ckpt.get("student_weights") or {})}  # a student with its own weights
+        manifest = export_student(student, masks, student_path, {"run_dir": str(run_dir)},
                                   dense_file=teacher_path)
         info.update({"student_file": str(student_path), "student_bytes": manifest["bytes"],
                      "student_nonzero": manifest["nonzeros"],

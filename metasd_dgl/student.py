@@ -15,7 +15,10 @@ same scores, losses and updates:
 
 Both are built once per mask set (the loop recomputes masks once per epoch)
 and are the only place student weights are made: training steps, validation,
-evaluation and export all call ``student.weights(params)``.
+evaluation and export all call ``student.weights(params)``.  Two more
+strategies change what the student learns: ``StraightThroughStudent``
+(prune-only whose pruned weights keep their gradient) and ``OwnStudent`` (a
+student with its own weights, initialised from the teacher's kept ones).
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ from .typing import MaskDict, ParamDict
 
 class MaskedStudent:
     """``S = W * M`` on every masked tensor; other weights are shared with the teacher."""
+
+    leaves: ParamDict = {}  # tensors of the student's own (OwnStudent); none: it is the teacher's weights
+    optimizer = None  # the optimiser of ``leaves``
 
     def __init__(self, masks: MaskDict, params: ParamDict) -> None:
         self.bool_masks = masks
@@ -96,7 +102,65 @@ class StraightThroughStudent(MaskedStudent):
         return grad
 
 
-Student = MaskedStudent  # the interface every strategy implements
+class OwnStudent:  # the MaskedStudent interface, with leaves and an optimiser of its own
+    """A student with its own weights (``metasd.student = own``): a third strategy.
+
+    Its prunable tensors are its own leaves (``leaves``, with their own
+    optimiser), initialised from the teacher's kept weights when the mask is
+    first computed; the mask still comes from the teacher every epoch
+    (``remask``): kept weights keep their values, weights the new mask brings
+    back start again from the teacher's, pruned ones are zeroed.  Shared
+    (non-prunable) weights, e.g. R-GCN biases, stay the teacher's.  The
+    student's tables are built by the masked or column view of its own tensors,
+    so its scores cost the same as the shared student's.  Its losses reach its
+    own leaves only; the teacher learns from its own losses (and, unless
+    ``metasd.one_way_kd``, from the student's predictions).
+    """
+
+    def __init__(self, masks: MaskDict, params: ParamDict, structure: str, optimizer_factory) -> None:
+        self.structure = structure
+        self.view = _view(masks, params, structure)
+        self.names = self.view.names
+        self.leaves: ParamDict = {n: (params[n].detach() * self.view.masks[n]).requires_grad_(True)
+                                  for n in self.names}
+        self.optimizer = optimizer_factory(list(self.leaves.values()))
+
+    @property
+    def bool_masks(self) -> MaskDict:
+        return self.view.bool_masks
+
+    def remask(self, masks: MaskDict, params: ParamDict) -> None:
+        """A new mask from the teacher: regrown weights start from the teacher's, pruned ones are zeroed."""
+        new = _view(masks, params, self.structure)
+        with torch.no_grad():
+            for n, w in self.leaves.items():
+                old, keep = self.view.masks[n], new.masks[n]
+                w.copy_((w * old + params[n].detach() * (1 - old)) * keep)
+        self.view = new
+
+    def weights(self, params: ParamDict) -> ParamDict:
+        """The student's tables: its own tensors under the mask, the teacher's shared weights."""
+        return self.view.weights({**params, **self.leaves})
+
+    def restrict(self, name: str, grad: Tensor) -> Tensor:
+        return self.view.restrict(name, grad)
+
+    def state_dict(self) -> dict:
+        return {"weights": {n: w.detach().clone() for n, w in self.leaves.items()},
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for n, w in self.leaves.items():
+                w.copy_(state["weights"][n])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _view(masks: MaskDict, params: ParamDict, structure: str) -> MaskedStudent:
+    return (ColumnStudent if structure == "dimension" else MaskedStudent)(masks, params)
+
+
+Student = MaskedStudent  # the interface every strategy implements (OwnStudent adds leaves and an optimiser)
 
 
 def make_student(masks: Optional[MaskDict], params: ParamDict, structure: str = "element",
@@ -109,4 +173,4 @@ def make_student(masks: Optional[MaskDict], params: ParamDict, structure: str = 
         raise ValueError(f"prune structure must be element or dimension, got {structure!r}")
     if straight_through:
         return StraightThroughStudent(masks, params)
-    return (ColumnStudent if structure == "dimension" else MaskedStudent)(masks, params)
+    return _view(masks, params, structure)

@@ -27,7 +27,7 @@ def test_two_process_gloo_matches_single_process(tmp_path, kg_dir):
                             env=env, capture_output=True, timeout=600)
     assert single.returncode == 0, single.stderr.decode()[-2000:]
     multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_addr", "127.0.0.1", "--master_port", "29531",
+                            "--standalone",  # rendezvous on a free local port: no fixed port to collide on
                             "-m", "metasd_dgl.cli", *ARGS, "--run-dir", str(tmp_path / "two"), *data],
                            env=env, capture_output=True, timeout=600)
     assert multi.returncode == 0, multi.stderr.decode()[-3000:]

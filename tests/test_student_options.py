@@ -154,3 +154,83 @@ def test_option_combinations_that_do_not_exist_are_config_errors():
                  {"metasd.warmup_epochs": 2, "train.regime": "negative-sampling"}):
         with pytest.raises(ConfigError):
             load_config(overrides=over)
+
+
+# ------------------------------------------------------------------ a student with its own weights
+def _adagrad(leaves):
+    return torch.optim.SGD(leaves, lr=0.2)
+
+
+@pytest.mark.parametrize("one_way", [True, False])
+def test_own_student_step_by_hand(one_way):
+    """metasd.student=own: the student's loss moves only its own tensors (its own optimiser), the
+    teacher's loss only the teacher (with KD from the student unless one_way_kd)."""
+    from metasd_dgl.student import OwnStudent
+    model = _model()
+    params = dict(model.named_parameters())
+    masks = compute_masks(prunable_params(model), 0.5)
+    student = OwnStudent(masks, params, "element", _adagrad)
+    for n, w in student.leaves.items():  # initialised from the teacher's kept weights
+        assert torch.equal(w, params[n].detach() * masks[n]) and w is not params[n]
+    S0 = {n: w.detach().clone() for n, w in student.leaves.items()}
+    W0 = {n: p.detach().clone() for n, p in params.items()}
+    batch = _queries(8, 3)
+    st = _stepper(model, {"train.method": "kd", "metasd.student": "own", "metasd.one_way_kd": one_way})
+    out = st.step(batch, student)
+
+    Sr = {n: w.clone().requires_grad_(True) for n, w in S0.items()}
+    Wr = {n: w.clone().requires_grad_(True) for n, w in W0.items()}
+
+    def fwd(weights):
+        ent, rel = weights["encoder.entity"], weights["encoder.relation"]
+        h, r, t = ent[batch[:, 0]], rel[batch[:, 1]], ent[batch[:, 2]]
+        return model.decoder.score_all(h, r, ent), (h, r, t)
+
+    S, rs = fwd({n: Sr[n] * masks[n] for n in Sr})
+    T, rt = fwd(Wr)
+    y = batch[:, 2]
+    ls = cross_entropy_1n(S, y) + dura(*rs, 0.05) + _kd(S, T.detach(), 3.0, 1.0)
+    lt = cross_entropy_1n(T, y) + dura(*rt, 0.05) + (0 if one_way else _kd(T, S.detach(), 3.0, 1.0))
+    gs = torch.autograd.grad(ls, list(Sr.values()))
+    gt = torch.autograd.grad(lt, list(Wr.values()))
+    for (n, w), g in zip(student.leaves.items(), gs):
+        torch.testing.assert_close(w.detach(), S0[n] - 0.2 * g, rtol=1e-12, atol=1e-12)
+    for (n, p), g in zip(params.items(), gt):
+        torch.testing.assert_close(p.detach(), W0[n] - 0.3 * g, rtol=1e-12, atol=1e-12)
+    assert out["loss"] == pytest.approx((ls + lt).item(), abs=1e-12)
+
+
+def test_own_student_remask_keeps_regrows_and_prunes():
+    from metasd_dgl.student import OwnStudent
+    model = _model()
+    params = dict(model.named_parameters())
+    m0 = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) < 0.5 for n, p in params.items()}
+    m1 = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(2)) < 0.5 for n, p in params.items()}
+    student = OwnStudent(m0, params, "element", _adagrad)
+    with torch.no_grad():
+        for w in student.leaves.values():
+            w.add_(10.0)  # the student has learned something of its own
+    student.remask(m1, params)
+    for n, w in student.leaves.items():
+        p = params[n].detach()
+        assert torch.equal(w[m0[n] & m1[n]], p[m0[n] & m1[n]] + 10.0)  # kept: its own values
+        assert torch.equal(w[~m0[n] & m1[n]], p[~m0[n] & m1[n]])  # regrown: from the teacher
+        assert torch.all(w[~m1[n]] == 0)  # pruned: zero
+
+
+def test_own_student_runs_evaluates_and_resumes_exactly(tmp_path):
+    own = ["--method", "metasd", "--set", "metasd.student=own", "--set", "metasd.prune_structure=dimension",
+           "--set", "metasd.quiz_fraction=0.2", "--set", "metasd.prune_rate=0.5", "--set", "metasd.one_way_kd=true"]
+    rows = _train(tmp_path / "whole", "--epochs", "3", *own)
+    _train(tmp_path / "part", "--epochs", "2", *own)
+    _train(tmp_path / "part", "--epochs", "3", *own, "--resume", str(tmp_path / "part"))
+    a, b = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("whole", "part"))
+    for key in ("model", "student_weights"):
+        for n, w in a[key].items():
+            assert torch.equal(w, b[key][n]), (key, n)
+    assert not torch.equal(a["student_weights"]["encoder.entity"],
+                           a["model"]["encoder.entity"] * a["masks"]["encoder.entity"])  # its own weights
+    logged = [r["valid"]["student"]["mrr"] for r in rows if "valid" in r][-1]
+    assert main(["evaluate", str(tmp_path / "whole"), "--split", "valid", "--checkpoint", "last", "--no-plots"]) == 0
+    again = json.loads((tmp_path / "whole" / "eval" / "valid.json").read_text())["results"]["student"]["both"]["mrr"]
+    assert again == pytest.approx(logged, abs=1e-12)

@@ -46,7 +46,7 @@ from ..evaluation import metrics, rank_split
 from ..model import LinkPredictor, build_model
 from ..pruning import compute_masks, dimension_coordinates, prunable_params, scheduled_rate, sparsity_report
 from ..runtime import configure_threads, tune_malloc
-from ..student import make_student
+from ..student import OwnStudent, make_student
 from .spec import StepSpec
 from .steps import Stepper, make_optimizers
 from .tracker import make_tracker
@@ -170,6 +170,10 @@ class Trainer:
             "meta_optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "masks": self.masks,
+            # a student with its own weights: its tensors (evaluate/export read them) and optimiser state
+            "student_weights": self.student.state_dict()["weights"] if self.student and self.student.leaves else None,
+            "student_optimizer": (self.student.optimizer.state_dict()
+                                  if self.student and self.student.leaves else None),
             "state": {k: v for k, v in vars(self.state).items()},
             "rng": {"epoch_generator": self._gen.get_state() if getattr(self, "_gen", None) else None,
                     "torch": torch.get_rng_state()},
@@ -189,8 +193,11 @@ class Trainer:
             self.meta_optimizer.load_state_dict(ckpt["meta_optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler"):
             self.scheduler.load_state_dict(ckpt["scheduler"])
-        self._set_masks({k: v.to(self.device) for k, v in ckpt["masks"].items()} if ckpt.get("masks") else None)
         self.state = TrainState(**ckpt["state"])
+        self._set_masks({k: v.to(self.device) for k, v in ckpt["masks"].items()} if ckpt.get("masks") else None)
+        if ckpt.get("student_weights") is not None:
+            self.student.load_state_dict({"weights": {k: v.to(self.device) for k, v in ckpt["student_weights"].items()},
+                                          "optimizer": ckpt["student_optimizer"]})
         self._resume_gen_state = ckpt["rng"]["epoch_generator"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         # The log is rewritten from the checkpoint's history, so lines written
@@ -327,8 +334,19 @@ class Trainer:
 
     def _set_masks(self, masks: Optional[dict]) -> None:
         self.masks = masks
-        mc = self.cfg.metasd
-        self.student = make_student(masks, self.stepper.params, mc.prune_structure, mc.straight_through)
+        mc, params = self.cfg.metasd, self.stepper.params
+        if mc.student != "own" or not masks:
+            self.student = make_student(masks, params, mc.prune_structure, mc.straight_through)
+        elif self.student is None or self.state.epoch <= mc.warmup_epochs:  # not trained yet: copy the teacher
+            self.student = OwnStudent(masks, params, mc.prune_structure, self._student_optimizer)
+        else:
+            self.student.remask(masks, params)
+
+    def _student_optimizer(self, leaves: list) -> torch.optim.Optimizer:
+        """The own student's optimiser: the main optimiser's kind, at ``metasd.student_lr`` (0 = train.lr)."""
+        tc = self.cfg.train
+        kind = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[tc.optimizer]
+        return kind(leaves, lr=self.cfg.metasd.student_lr or tc.lr)
 
     @property
     def early_stopped(self) -> bool:
@@ -397,7 +415,8 @@ class Trainer:
         for name, masks in variants.items():
             ranks = rank_split(self.model, self.data.valid, self.data.num_relations, self.data.filter,
                                graph=self.graph if self.rgcn else None,  # the whole training graph
-                               masks=masks, max_memory_mb=ev.max_memory_mb, batch_size=ev.batch_size)
+                               masks=masks, max_memory_mb=ev.max_memory_mb, batch_size=ev.batch_size,
+                               student_weights=self.student.leaves if self.student else None)
             out[name] = metrics(torch.cat([ranks.tail, ranks.head]))
         return out
 

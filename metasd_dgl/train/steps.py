@@ -47,6 +47,7 @@ from .meta import meta_gradient, virtual_student, virtual_student_reference
 from .spec import StepSpec
 
 BACKENDS = {"fused": FUSED, "autograd": AUTOGRAD}
+OWN = "student:"  # prefix of a student's own weights among gradients (student.OwnStudent)
 Grads = Dict[str, Optional[Tensor]]
 Pairs = List[Tuple[Tensor, Tensor]]  # (output, cotangent): back-propagated together
 
@@ -137,24 +138,37 @@ class Stepper:
             return {"reg": reg}
         return {"reg": reg, "rp": self.spec.rp_weight * cross_entropy_1n(f.rel_scores, queries[:, REL])}
 
-    def backprop(self, pairs: List[Tuple[Tensor, Tensor]], retain_graph: bool = False) -> Grads:
-        """``{name: d/dW[name] of sum <output, cotangent>}`` over ``(output, cotangent)`` pairs."""
-        pairs = [(o, c) for o, c in pairs if o.requires_grad]
-        names = [n for n, p in self.params.items() if p.requires_grad]
-        grads = torch.autograd.grad([o for o, _ in pairs], [self.params[n] for n in names], [c for _, c in pairs],
-                                    allow_unused=True, retain_graph=retain_graph)
-        return dict(zip(names, grads))
+    def backprop(self, pairs: List[Tuple[Tensor, Tensor]], retain_graph: bool = False,
+                 student: Optional[Student] = None) -> Grads:
+        """``{name: d/dW[name] of sum <output, cotangent>}`` over ``(output, cotangent)`` pairs.
 
-    def update(self, opt: torch.optim.Optimizer, grads: Grads, rows: int) -> float:
+        With a student of its own weights, its leaves' gradients too, as ``OWN + name``.
+        """
+        leaves = {n: p for n, p in self.params.items() if p.requires_grad}
+        if student is not None:
+            leaves.update({OWN + n: w for n, w in student.leaves.items()})
+        pairs = [(o, c) for o, c in pairs if o.requires_grad]
+        grads = torch.autograd.grad([o for o, _ in pairs], list(leaves.values()), [c for _, c in pairs],
+                                    allow_unused=True, retain_graph=retain_graph)
+        return dict(zip(leaves, grads))
+
+    def update(self, opt: torch.optim.Optimizer, grads: Grads, rows: int, student: Optional[Student] = None) -> float:
         """The one update path: average over ranks, clip, step; returns the gradient norm before clipping.
 
         rows: this process's batch rows (the weight of its gradients in the average under torchrun).
+        student: its own leaves' gradients (``OWN + name``) step its own optimiser the same way.
         """
+        own = {n[len(OWN):]: g for n, g in grads.items() if n.startswith(OWN)}
+        if own and student is not None:
+            self._apply(student.optimizer, student.leaves, own, rows)
+        return self._apply(opt, self.params, {n: g for n, g in grads.items() if not n.startswith(OWN)}, rows)
+
+    def _apply(self, opt: torch.optim.Optimizer, params: ParamDict, grads: Grads, rows: int) -> float:
         leaves = []
         for n, g in grads.items():
-            self.params[n].grad = g
+            params[n].grad = g
             if g is not None:
-                leaves.append(self.params[n])
+                leaves.append(params[n])
         average_gradients(leaves, rows)  # no-op unless running under torchrun
         norms = [torch.linalg.vector_norm(p.grad) for p in leaves]
         norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
@@ -235,7 +249,8 @@ def mutual_step(s: Stepper, batch: Tensor, student: Student, graph) -> Dict[str,
     gs, gt, values = real_step_grads(s, fs.scores.detach(), ft.scores.detach(), batch)
     pairs_s, own_s = s.own_terms(fs, batch)
     pairs_t, own_t = s.own_terms(ft, batch)
-    norm = s.update(s.optimizer, s.backprop([(fs.scores, gs), (ft.scores, gt), *pairs_s, *pairs_t]), len(batch))
+    grads = s.backprop([(fs.scores, gs), (ft.scores, gt), *pairs_s, *pairs_t], student=student)
+    norm = s.update(s.optimizer, grads, len(batch), student)
     return {**mutual_values(s.spec, values, own_s, own_t), "grad_norm": norm}
 
 
