@@ -9,6 +9,7 @@ output is ever left):
 ``relations.tsv``   ``id<TAB>name``, ids 0..R-1 (inverses ``r + R`` not listed)
 ``train.npy``       (n, 3) int64 ``[h, r, t]``; also ``valid.npy``, ``test.npy``
 ``graph.bin``       ``dgl.save_graphs`` of ``metasd_dgl.graph.build.build_graph``
+                    (only where DGL imports; see below)
 ``filter.npz``      ``FilterIndex.from_triples(train+valid+test).save``
 ``stats.json``      ``metasd_dgl.data.stats.summarize`` of the train triples
 ``manifest.json``   counts, policies, source, input and output sha256, version
@@ -21,7 +22,13 @@ Policies (recorded in the manifest):
 * duplicates: a triple repeated *within* a split is counted and removed (first
   copy kept, order kept); triples shared *between* splits are counted and kept;
 * unseen entities: valid/test triples with an entity absent from train are
-  kept and ranked like any other (the common protocol), and counted.
+  kept and ranked like any other (the common protocol), and counted;
+* graph: ``graph.bin`` is written when DGL can be imported; without DGL
+  (e.g. a torch newer than DGL's wheels) it is skipped and the manifest's
+  ``graph`` says so.  Only the R-GCN encoder and negative sampling need the
+  graph; ``KGData.graph`` builds it from ``train.npy`` (with DGL, at that
+  moment) for a folder written without it, so such a folder works later with
+  DGL too, and nothing in the folder changes.
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ from metasd_dgl.data.filters import FilterIndex
 from metasd_dgl.data.triples import SPLITS, RawKG, read_source, source_identity, triple_keys
 from metasd_dgl.errors import DataError
 from metasd_dgl.graph.build import build_graph, load_graph, save_graph
+from metasd_dgl.graph.dgl_import import dgl_available, require_dgl
 
 MANIFEST_VERSION = 1
 _CHECKED = ("entities.tsv", "relations.tsv", "train.npy", "valid.npy", "test.npy", "stats.json")
@@ -121,7 +129,11 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
     for split in SPLITS:
         np.save(tmp / f"{split}.npy", np.ascontiguousarray(ids[split], dtype=np.int64))
     train = torch.from_numpy(ids["train"])
-    save_graph(build_graph(train, n_ent, n_rel), tmp / "graph.bin")
+    graph_note = "graph.bin"
+    if dgl_available():
+        save_graph(build_graph(train, n_ent, n_rel), tmp / "graph.bin")
+    else:
+        graph_note = "not written (DGL not importable at preprocess time); built from train.npy when needed"
     everything = torch.from_numpy(np.concatenate([ids[s] for s in SPLITS]))
     FilterIndex.from_triples(everything, n_ent, n_rel).save(tmp / "filter.npz")
     (tmp / "stats.json").write_text(
@@ -148,6 +160,7 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
                             "valid_triples": unseen["valid"], "test_triples": unseen["test"],
                             "total_triples": unseen["valid"] + unseen["test"]},
         "filter": "filter.npz",
+        "graph": graph_note,
         "files": {p.name: _sha(p) for p in sorted(tmp.iterdir()) if p.is_file()},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -273,8 +286,13 @@ class KGData:
 
     @cached_property
     def graph(self) -> Any:
-        """``dgl.DGLGraph`` of the train triples (see ``metasd_dgl.graph.build``)."""
-        return load_graph(self._verified("graph.bin"))
+        """``dgl.DGLGraph`` of the train triples (see ``metasd_dgl.graph.build``): graph.bin, or
+        built from the train triples for a folder written without DGL; DGLUnavailableError
+        without DGL."""
+        require_dgl("the training graph (R-GCN encoder, negative sampling)")
+        if "graph.bin" in self.manifest["files"]:
+            return load_graph(self._verified("graph.bin"))
+        return build_graph(self.train, self.num_entities, self.num_relations)
 
     @cached_property
     def filter(self) -> FilterIndex:
