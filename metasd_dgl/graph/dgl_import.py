@@ -75,7 +75,7 @@ class _LazyDGL:
     """Module stand-in: ``dgl.X`` imports DGL (``require_dgl``) and returns ``dgl.X``."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # copy/pickle/inspect probes must not import DGL
+        if name.startswith("__") and name != "__version__":  # copy/pickle/inspect probes: no import
             raise AttributeError(name)
         return getattr(require_dgl(), name)
 
