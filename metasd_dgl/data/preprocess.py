@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-import pandas as pd
 import torch
 
 from metasd_dgl.data import registry
@@ -59,21 +58,36 @@ MANIFEST_VERSION = 1
 _CHECKED = ("entities.tsv", "relations.tsv", "train.npy", "valid.npy", "test.npy", "stats.json")
 
 
+def _factorize(seq: np.ndarray) -> Tuple[np.ndarray, List[str]]:
+    """Values -> (ids numbered in order of first appearance, the distinct values in that order)."""
+    uniq, first, inverse = np.unique(seq, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[order] = np.arange(len(uniq))
+    return rank[inverse.reshape(-1)], [str(x) for x in uniq[order]]
+
+
+def _lookup(names: List[str], seq: np.ndarray) -> np.ndarray:
+    """Ids of ``seq`` in ``names`` (-1 where absent)."""
+    index = {name: i for i, name in enumerate(names)}
+    return np.fromiter((index.get(x, -1) for x in seq), dtype=np.int64, count=len(seq))
+
+
 def encode(raw: RawKG) -> Tuple[List[str], List[str], Dict[str, np.ndarray]]:
-    """Names -> ids (policy in the module docstring); returns names and (n, 3) int64 per split."""
+    """Names -> ids (policy in the module docstring); returns names and (n, 3) int64 per split.
+
+    numpy only (no pandas), so that preprocessing runs where only torch and numpy are installed."""
     arrays = {s: np.array(rows, dtype=object).reshape(-1, 3) for s, rows in raw.splits().items()}
     ent_seq = np.concatenate([a[:, [0, 2]].ravel() for a in arrays.values()])  # h0 t0 h1 t1 ...
     rel_seq = np.concatenate([a[:, 1] for a in arrays.values()])
     if raw.entities is not None and raw.relations is not None:
         entities, relations = list(raw.entities), list(raw.relations)
-        ent_ids = pd.Index(entities).get_indexer(ent_seq)
-        rel_ids = pd.Index(relations).get_indexer(rel_seq)
+        ent_ids, rel_ids = _lookup(entities, ent_seq), _lookup(relations, rel_seq)
         if (ent_ids < 0).any() or (rel_ids < 0).any():
             raise DataError(f"{raw.source}: a triple names an entity or relation missing from the id maps")
     else:
-        ent_ids, ent_names = pd.factorize(ent_seq)
-        rel_ids, rel_names = pd.factorize(rel_seq)
-        entities, relations = [str(x) for x in ent_names], [str(x) for x in rel_names]
+        ent_ids, entities = _factorize(ent_seq)
+        rel_ids, relations = _factorize(rel_seq)
     out: Dict[str, np.ndarray] = {}
     start = 0
     for split, arr in arrays.items():
