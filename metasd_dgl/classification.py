@@ -24,11 +24,11 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-import dgl
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import Tensor
 
+from .graph.dgl_import import dgl
 from .data.triples import triple_keys
 from .decoders import Decoder
 from .graph.sampling import negative_tails

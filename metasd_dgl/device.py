@@ -1,9 +1,13 @@
-"""Device selection: ``--device cpu | cuda | cuda:N`` checked against both torch and DGL.
+"""Device selection: ``--device cpu | cuda | cuda:N`` checked against torch, and against DGL
+when a graph goes on the device.
 
-The published Linux wheel of DGL 2.1.0 on PyPI is CPU-only; moving a graph to
-CUDA then fails deep inside a training step.  ``resolve_device`` fails early
-with the command that installs DGL's CUDA build instead (DGL's wheel index is
-per torch minor version and CUDA version, e.g. for torch 2.2 and CUDA 12.1:
+The lookup (KGE) encoder trained 1-N never builds a graph, so ``resolve_device``
+checks torch only and works without DGL.  The published Linux wheel of DGL
+2.1.0 on PyPI is CPU-only; moving a graph to CUDA then fails deep inside a
+training step.  ``resolve_device(..., needs_graph=True)`` and ``to_device``
+fail early with the command that installs DGL's CUDA build instead (DGL's
+wheel index is per torch minor version and CUDA version, e.g. for torch 2.2
+and CUDA 12.1:
 ``pip install dgl==2.1.0+cu121 -f https://data.dgl.ai/wheels/torch-2.2/cu121/repo.html``).
 """
 from __future__ import annotations
@@ -11,10 +15,10 @@ from __future__ import annotations
 import re
 from typing import Union
 
-import dgl
 import torch
 
 from .errors import DeviceError
+from .graph.dgl_import import DGL_WHEEL_VERSION, DGLUnavailableError, dgl, require_dgl
 
 
 def dgl_cuda_wheel_hint() -> str:
@@ -23,7 +27,10 @@ def dgl_cuda_wheel_hint() -> str:
     torch_minor = f"{match.group(1)}.{match.group(2)}" if match else "2.2"
     cuda = torch.version.cuda or "12.1"
     tag = "cu" + cuda.replace(".", "")
-    version = dgl.__version__.split("+")[0]
+    try:
+        version = require_dgl().__version__.split("+")[0]
+    except DGLUnavailableError:
+        version = DGL_WHEEL_VERSION
     return f"pip install dgl=={version}+{tag} -f https://data.dgl.ai/wheels/torch-{torch_minor}/{tag}/repo.html"
 
 
@@ -36,8 +43,21 @@ def _dgl_cuda_error(device: torch.device) -> str:
     return ""
 
 
-def resolve_device(name: str) -> torch.device:
-    """'cpu', 'cuda' or 'cuda:N' -> torch.device; DeviceError if torch or DGL cannot use it."""
+def check_dgl_device(device: torch.device, name: str = "") -> None:
+    """DeviceError (naming DGL's CUDA wheel) if DGL cannot hold a graph on ``device``."""
+    if device.type == "cpu":
+        return
+    complaint = _dgl_cuda_error(device)
+    if complaint:
+        raise DeviceError(
+            f"--device {name or device}: the installed DGL {dgl.__version__} cannot use CUDA ({complaint}); "
+            f"it is probably the CPU-only build: install DGL's CUDA wheel: {dgl_cuda_wheel_hint()}"
+        )
+
+
+def resolve_device(name: str, needs_graph: bool = False) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N' -> torch.device; DeviceError if torch cannot use it, or, with
+    ``needs_graph`` (R-GCN, negative sampling), if DGL cannot (DGLUnavailableError without DGL)."""
     text = str(name).strip().lower()
     if text == "cpu":
         return torch.device("cpu")
@@ -57,20 +77,18 @@ def resolve_device(name: str) -> torch.device:
     if index >= torch.cuda.device_count():
         raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
     device = torch.device("cuda", index)
-    complaint = _dgl_cuda_error(device)
-    if complaint:
-        raise DeviceError(
-            f"--device {name}: the installed DGL {dgl.__version__} cannot use CUDA ({complaint}); "
-            f"it is probably the CPU-only build: install DGL's CUDA wheel: {dgl_cuda_wheel_hint()}"
-        )
+    if needs_graph:
+        check_dgl_device(device, name)
     return device
 
 
 def to_device(graph: dgl.DGLGraph, device: Union[str, torch.device]) -> dgl.DGLGraph:
-    """Move a DGL graph (structure and features) to ``device``; a no-op if it is there."""
+    """Move a DGL graph (structure and features) to ``device``; a no-op if it is there;
+    DeviceError naming DGL's CUDA wheel if DGL cannot use ``device``."""
     device = torch.device(device)
     if graph.device == device:
         return graph
+    check_dgl_device(device)
     try:
         return graph.to(device)
     except dgl.DGLError as exc:

@@ -175,7 +175,8 @@ def test_devices():
 
 
 def test_dgl_without_cuda_names_the_wheel(monkeypatch):
-    """torch sees a GPU but DGL cannot move a graph there (CPU-only DGL): the error names the wheel."""
+    """torch sees a GPU but DGL cannot move a graph there (CPU-only DGL): where a graph is needed the
+    error names the wheel; the graph-free KGE path gets its device."""
     import metasd_dgl.device as dev
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -184,7 +185,11 @@ def test_dgl_without_cuda_names_the_wheel(monkeypatch):
     def refuse(self, device, **kwargs):
         raise dgl.DGLError("Device API cuda is not enabled. Please install the cuda version of dgl.")
 
+    g, _ = graph_and_triples()
     monkeypatch.setattr(dgl.DGLGraph, "to", refuse)
+    assert dev.resolve_device("cuda:0") == torch.device("cuda", 0)  # KGE 1-N: no graph, DGL not asked
     with pytest.raises(DeviceError, match="CPU-only build") as info:
-        dev.resolve_device("cuda:0")
+        dev.resolve_device("cuda:0", needs_graph=True)
     assert "pip install dgl==2.1.0+cu" in str(info.value) and "repo.html" in str(info.value)
+    with pytest.raises(DeviceError, match="CPU-only build"):  # the trainer moves its graph: same error
+        dev.to_device(g, torch.device("cuda", 0))

@@ -9,6 +9,7 @@ output is ever left):
 ``relations.tsv``   ``id<TAB>name``, ids 0..R-1 (inverses ``r + R`` not listed)
 ``train.npy``       (n, 3) int64 ``[h, r, t]``; also ``valid.npy``, ``test.npy``
 ``graph.bin``       ``dgl.save_graphs`` of ``metasd_dgl.graph.build.build_graph``
+                    (only where DGL imports; see below)
 ``filter.npz``      ``FilterIndex.from_triples(train+valid+test).save``
 ``stats.json``      ``metasd_dgl.data.stats.summarize`` of the train triples
 ``manifest.json``   counts, policies, source, input and output sha256, version
@@ -21,7 +22,13 @@ Policies (recorded in the manifest):
 * duplicates: a triple repeated *within* a split is counted and removed (first
   copy kept, order kept); triples shared *between* splits are counted and kept;
 * unseen entities: valid/test triples with an entity absent from train are
-  kept and ranked like any other (the common protocol), and counted.
+  kept and ranked like any other (the common protocol), and counted;
+* graph: ``graph.bin`` is written when DGL can be imported; without DGL
+  (e.g. a torch newer than DGL's wheels) it is skipped and the manifest's
+  ``graph`` says so.  Only the R-GCN encoder and negative sampling need the
+  graph; ``KGData.graph`` builds it from ``train.npy`` (with DGL, at that
+  moment) for a folder written without it, so such a folder works later with
+  DGL too, and nothing in the folder changes.
 """
 from __future__ import annotations
 
@@ -36,7 +43,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-import pandas as pd
 import torch
 
 from metasd_dgl.data import registry
@@ -46,26 +52,42 @@ from metasd_dgl.data.filters import FilterIndex
 from metasd_dgl.data.triples import SPLITS, RawKG, read_source, source_identity, triple_keys
 from metasd_dgl.errors import DataError
 from metasd_dgl.graph.build import build_graph, load_graph, save_graph
+from metasd_dgl.graph.dgl_import import dgl_available, require_dgl
 
 MANIFEST_VERSION = 1
 _CHECKED = ("entities.tsv", "relations.tsv", "train.npy", "valid.npy", "test.npy", "stats.json")
 
 
+def _factorize(seq: np.ndarray) -> Tuple[np.ndarray, List[str]]:
+    """Values -> (ids numbered in order of first appearance, the distinct values in that order)."""
+    uniq, first, inverse = np.unique(seq, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[order] = np.arange(len(uniq))
+    return rank[inverse.reshape(-1)], [str(x) for x in uniq[order]]
+
+
+def _lookup(names: List[str], seq: np.ndarray) -> np.ndarray:
+    """Ids of ``seq`` in ``names`` (-1 where absent)."""
+    index = {name: i for i, name in enumerate(names)}
+    return np.fromiter((index.get(x, -1) for x in seq), dtype=np.int64, count=len(seq))
+
+
 def encode(raw: RawKG) -> Tuple[List[str], List[str], Dict[str, np.ndarray]]:
-    """Names -> ids (policy in the module docstring); returns names and (n, 3) int64 per split."""
+    """Names -> ids (policy in the module docstring); returns names and (n, 3) int64 per split.
+
+    numpy only (no pandas), so that preprocessing runs where only torch and numpy are installed."""
     arrays = {s: np.array(rows, dtype=object).reshape(-1, 3) for s, rows in raw.splits().items()}
     ent_seq = np.concatenate([a[:, [0, 2]].ravel() for a in arrays.values()])  # h0 t0 h1 t1 ...
     rel_seq = np.concatenate([a[:, 1] for a in arrays.values()])
     if raw.entities is not None and raw.relations is not None:
         entities, relations = list(raw.entities), list(raw.relations)
-        ent_ids = pd.Index(entities).get_indexer(ent_seq)
-        rel_ids = pd.Index(relations).get_indexer(rel_seq)
+        ent_ids, rel_ids = _lookup(entities, ent_seq), _lookup(relations, rel_seq)
         if (ent_ids < 0).any() or (rel_ids < 0).any():
             raise DataError(f"{raw.source}: a triple names an entity or relation missing from the id maps")
     else:
-        ent_ids, ent_names = pd.factorize(ent_seq)
-        rel_ids, rel_names = pd.factorize(rel_seq)
-        entities, relations = [str(x) for x in ent_names], [str(x) for x in rel_names]
+        ent_ids, entities = _factorize(ent_seq)
+        rel_ids, relations = _factorize(rel_seq)
     out: Dict[str, np.ndarray] = {}
     start = 0
     for split, arr in arrays.items():
@@ -121,7 +143,11 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
     for split in SPLITS:
         np.save(tmp / f"{split}.npy", np.ascontiguousarray(ids[split], dtype=np.int64))
     train = torch.from_numpy(ids["train"])
-    save_graph(build_graph(train, n_ent, n_rel), tmp / "graph.bin")
+    graph_note = "graph.bin"
+    if dgl_available():
+        save_graph(build_graph(train, n_ent, n_rel), tmp / "graph.bin")
+    else:
+        graph_note = "not written (DGL not importable at preprocess time); built from train.npy when needed"
     everything = torch.from_numpy(np.concatenate([ids[s] for s in SPLITS]))
     FilterIndex.from_triples(everything, n_ent, n_rel).save(tmp / "filter.npz")
     (tmp / "stats.json").write_text(
@@ -148,6 +174,7 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
                             "valid_triples": unseen["valid"], "test_triples": unseen["test"],
                             "total_triples": unseen["valid"] + unseen["test"]},
         "filter": "filter.npz",
+        "graph": graph_note,
         "files": {p.name: _sha(p) for p in sorted(tmp.iterdir()) if p.is_file()},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -273,8 +300,13 @@ class KGData:
 
     @cached_property
     def graph(self) -> Any:
-        """``dgl.DGLGraph`` of the train triples (see ``metasd_dgl.graph.build``)."""
-        return load_graph(self._verified("graph.bin"))
+        """``dgl.DGLGraph`` of the train triples (see ``metasd_dgl.graph.build``): graph.bin, or
+        built from the train triples for a folder written without DGL; DGLUnavailableError
+        without DGL."""
+        require_dgl("the training graph (R-GCN encoder, negative sampling)")
+        if "graph.bin" in self.manifest["files"]:
+            return load_graph(self._verified("graph.bin"))
+        return build_graph(self.train, self.num_entities, self.num_relations)
 
     @cached_property
     def filter(self) -> FilterIndex:

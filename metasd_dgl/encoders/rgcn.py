@@ -62,10 +62,10 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-import dgl
 import torch
 from torch import Tensor, nn
 
+from ..graph.dgl_import import dgl
 from ..errors import UserError
 from ..graph.build import dst_norm
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-import dgl
 import torch
 
+from metasd_dgl.graph.dgl_import import dgl
 from metasd_dgl.errors import DataError
 from metasd_dgl.typing import HEAD, REL, TAIL
 

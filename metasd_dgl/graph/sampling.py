@@ -20,13 +20,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-import dgl
 import torch
-from dgl.dataloading import negative_sampler
 from torch import Tensor
 
 from ..typing import HEAD, TAIL
 from .build import dst_norm
+from .dgl_import import dgl
 
 
 def _pair_count(graph: dgl.DGLGraph) -> int:
@@ -176,7 +175,7 @@ def negative_tails(graph: dgl.DGLGraph, eids: Tensor, k: int, generator: torch.G
         raise ValueError(f"k={k} must be >= 1")
     eids = eids.to(graph.device).to(graph.idtype)
     with seeded_torch_rng(generator, graph.device):
-        _, neg_dst = negative_sampler.Uniform(k)(graph, eids)
+        _, neg_dst = dgl.dataloading.negative_sampler.Uniform(k)(graph, eids)
     return neg_dst.long().reshape(-1, k)
 
 
