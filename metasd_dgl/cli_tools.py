@@ -268,7 +268,8 @@ def subset_command(source: str, k: int, out: str, data_dir: Optional[str]) -> No
     data_dir = data_dir or os.environ.get("METASD_DATA_DIR")
     record = write_subset(source, k, Path(out), Path(data_dir) if data_dir else None)
     c, src = record["counts"], record["source_counts"]
-    click.echo(f"{out}: {c['entities']} entities, {c['relations']} relations, train/valid/test "
+    click.echo(f"{out}: top {c['top']} entities by degree, {c['entities']} with a train triple inside, "
+               f"{c['relations']} relations, train/valid/test "
                f"{c['train']}/{c['valid']}/{c['test']} (of {src['train']}/{src['valid']}/{src['test']})")
     click.echo(f"use it with --dataset {out}")
 

@@ -34,7 +34,12 @@ def test_triples_kept():
                                    ("a", "r1", "b"), ("d", "r1", "a")]
     assert sub.splits["valid"] == [("a", "r1", "d"), ("c", "r2", "b")]
     assert sub.splits["test"] == [("d", "r2", "c")]
-    assert sub.counts() == {"entities": 4, "relations": 2, "train": 6, "valid": 2, "test": 1}
+    # with k=5, e is kept but its only train triple (c-r3-e) holds r3 ... and c: it stays
+    assert top_entities_subset(_raw(), 5).counts()["entities"] == 5
+    lonely = RawKG(train=TRAIN + [("q", "r1", "y"), ("q", "r2", "x")], valid=[], test=[], source="hand")
+    assert top_entities_subset(lonely, 5).entities == ["a", "b", "c", "d", "q"]
+    assert top_entities_subset(lonely, 5).counts()["entities"] == 4  # q's neighbours x, y are not kept
+    assert sub.counts() == {"top": 4, "entities": 4, "relations": 2, "train": 6, "valid": 2, "test": 1}
 
 
 def test_order_of_the_source_does_not_change_the_entities():
@@ -51,7 +56,7 @@ def test_command_writes_a_dataset_that_preprocess_reads(tmp_path, capsys):
     out = tmp_path / "sub"
     assert main(["subset", str(src), "--top-entities", "4", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "4 entities, 2 relations, train/valid/test 6/2/1 (of 8/4/3)" in printed
+    assert "top 4 entities by degree, 4 with a train triple inside, 2 relations, train/valid/test 6/2/1 (of 8/4/3)" in printed
     assert (out / "valid.txt").read_text() == "a\tr1\td\nc\tr2\tb\n"
     assert json.loads((out / "subset.json").read_text())["counts"]["train"] == 6
     assert main(["preprocess", str(out), "--out", str(tmp_path / "p")]) == 0

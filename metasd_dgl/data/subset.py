@@ -38,9 +38,14 @@ class Subset:
     splits: Dict[str, List[StrTriple]]
 
     def counts(self) -> Dict[str, int]:
-        """entities, relations (of train) and triples per split."""
+        """top (entities kept), entities and relations occurring in train, triples per split.
+
+        A kept entity whose every train neighbour fell outside has no triple
+        left: ``entities`` (what ``preprocess`` indexes) can be below ``top``.
+        """
         rels = {r for _, r, _ in self.splits["train"]}
-        return {"entities": len(self.entities), "relations": len(rels),
+        ents = {e for h, _, t in self.splits["train"] for e in (h, t)}
+        return {"top": len(self.entities), "entities": len(ents), "relations": len(rels),
                 **{s: len(self.splits[s]) for s in SPLITS}}
 
 
