@@ -63,15 +63,18 @@ RATE = 0.9  # students keep 10 % of the prunable weights
 FB_SUBSET = "fb15k-237-top2000"
 
 # Budgets: dim D, epochs, batch, lr, regulariser weight, validation every k epochs; ``rgcn``: the R-GCN
-# budget on datasets that run it.  Measured on the shared 2-core machine, one thread, dimension masks:
-# UMLS dim 128 plain 0.12 s/epoch, metasd 0.55; see the README for the others.
+# budget on the datasets that run it.  Set from plain epochs measured on the shared 2-core machine
+# (one thread, load ~2): UMLS dim 128 0.12 s, Kinship dim 128 0.28 s, CoDEx-S dim 128 5.1 s (dim 256:
+# 12 s), FB15k-237 top-2000 dim 100 7.1 s (dim 200: 17 s), R-GCN dim 64: UMLS 0.29 s, FB subset 28 s.
+# MetaSD costs ~3-4x plain with dimension masks, ~8x with element masks; kd ~2x.  With every method,
+# 3 seeds and 2 jobs the default study is ~23,000 CPU-seconds: ~3-3.5 h on 2 cores.
 BUDGETS: dict[str, dict] = {
     "umls": dict(source="umls", dim=128, epochs=60, batch=500, lr=0.1, reg=0.01, valid_every=10,
                  rgcn=dict(dim=64, epochs=40, batch=1000, lr=0.05, valid_every=10)),
     "kinship": dict(source="kinship", dim=128, epochs=60, batch=500, lr=0.1, reg=0.01, valid_every=10),
-    "codex-s": dict(source="codex-s", dim=256, epochs=30, batch=1000, lr=0.1, reg=0.01, valid_every=5),
-    FB_SUBSET: dict(source=FB_SUBSET, dim=200, epochs=20, batch=1000, lr=0.1, reg=0.01, valid_every=5,
-                    rgcn=dict(dim=64, epochs=10, batch=2000, lr=0.05, valid_every=5)),
+    "codex-s": dict(source="codex-s", dim=128, epochs=20, batch=1000, lr=0.1, reg=0.01, valid_every=5),
+    FB_SUBSET: dict(source=FB_SUBSET, dim=100, epochs=12, batch=1000, lr=0.1, reg=0.01, valid_every=4,
+                    rgcn=dict(dim=64, epochs=6, batch=2000, lr=0.05, valid_every=3)),
 }
 QUICK = {"umls": dict(source="umls", dim=16, epochs=2, batch=1000, lr=0.1, reg=0.01, valid_every=1,
                       rgcn=dict(dim=8, epochs=2, batch=2000, lr=0.05, valid_every=1))}
@@ -251,7 +254,7 @@ def prepare_dataset(name: str, budget: dict, root: Path, data_dir: Path) -> Path
     """The processed folder of dataset ``name`` under ``root`` (the FB15k-237 subset written first)."""
     source: Any = budget["source"]
     if source == FB_SUBSET:
-        folder = root / "fb15k-237-top2000-raw"
+        folder = Path(budget.get("subset_dir") or root / "fb15k-237-top2000-raw")
         if not (folder / "subset.json").is_file():
             from metasd_dgl.data.subset import write_subset
 
@@ -275,11 +278,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
     ap.add_argument("--own-kd", default="", metavar="KEY=VALUE,...",
                     help="override the own-weights student's KD options (defaults: %s)" % OWN_KD)
+    ap.add_argument("--fb-subset", default="", metavar="DIR",
+                    help="the FB15k-237 subset folder (metasd-dgl subset FB15k-237 --top-entities 2000 --out DIR); "
+                         "default: written under --root")
     ap.add_argument("--quick", action="store_true", help="smoke run: UMLS, tiny dims, 1 seed, 2 epochs")
     ap.add_argument("--root", default=str(RESULTS / "compression_runs"), help="run folders (kept: resumable)")
     ap.add_argument("--out", default=str(RESULTS / "compression.json"))
     args = ap.parse_args(argv)
-    budgets = QUICK if args.quick else {d: BUDGETS[d] for d in args.datasets.split(",")}
+    budgets = QUICK if args.quick else {d: dict(BUDGETS[d]) for d in args.datasets.split(",")}
+    if args.fb_subset and FB_SUBSET in budgets:
+        budgets[FB_SUBSET]["subset_dir"] = args.fb_subset
     seeds = list(range(1 if args.quick else args.seeds))
     unknown = [m for m in args.methods.split(",") if m not in BY_NAME]
     if unknown:
