@@ -66,8 +66,9 @@ FB_SUBSET = "fb15k-237-top2000"
 # budget on the datasets that run it.  Set from plain epochs measured on the shared 2-core machine
 # (one thread, load ~2): UMLS dim 128 0.12 s, Kinship dim 128 0.28 s, CoDEx-S dim 128 5.1 s (dim 256:
 # 12 s), FB15k-237 top-2000 dim 100 7.1 s (dim 200: 17 s), R-GCN dim 64: UMLS 0.29 s, FB subset 28 s.
-# MetaSD costs ~3-4x plain with dimension masks, ~8x with element masks; kd ~2x.  With every method,
-# 3 seeds and 2 jobs the default study is ~23,000 CPU-seconds: ~3-3.5 h on 2 cores.
+# MetaSD costs ~3-4x plain with dimension masks, ~8x with element masks (R-GCN on the subset: 177 s,
+# 6.4x); kd ~2x.  With every method,
+# 3 seeds and 2 jobs the default study is ~25,000 CPU-seconds: ~3.5 h on 2 cores.
 BUDGETS: dict[str, dict] = {
     "umls": dict(source="umls", dim=128, epochs=60, batch=500, lr=0.1, reg=0.01, valid_every=10,
                  rgcn=dict(dim=64, epochs=40, batch=1000, lr=0.05, valid_every=10)),
