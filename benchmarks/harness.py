@@ -64,11 +64,12 @@ def evaluate_run(run_dir: str | Path) -> dict:
     out: dict[str, Any] = {"best_epoch": record["epoch"],
                            "export": {k: v for k, v in export.items() if not k.endswith("_file")}}
     for row, s in record["results"].items():
-        rel = s["buckets"]["relation"]
+        rel, ent = s["buckets"]["relation"], s["buckets"]["entity"]
         rarest = next(iter(rel))
         student = row == "student"
         out[row] = {"mrr": s["both"]["mrr"], "hits@1": s["both"]["hits@1"], "hits@10": s["both"]["hits@10"],
                     "rarest_bucket": rarest, "rarest_mrr": rel[rarest]["mrr"], "buckets": rel,
+                    "rarest_entity_mrr": ent[next(iter(ent))]["mrr"],
                     "nonzero": export["student_nonzero" if student else "teacher_params"],
                     "bytes": export["student_bytes" if student else "teacher_bytes"]}
     return out
@@ -102,10 +103,50 @@ def mean_rows(runs: list[dict]) -> dict:
         if row not in runs[0]:
             continue
         vals = [r[row] for r in runs]
-        mean = {k: sum(v[k] for v in vals) / len(vals) for k in ("mrr", "hits@1", "hits@10", "rarest_mrr")}
-        mean["mrr_std"] = (sum((v["mrr"] - mean["mrr"]) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+        keys = [k for k in MEANED if all(v.get(k) is not None for v in vals)]
+        mean = {k: sum(v[k] for v in vals) / len(vals) for k in keys}
+        mean.update({f"{k}_std": sample_sd([v[k] for v in vals]) for k in keys})
         out[row] = {**vals[0], **mean}
     return out
+
+
+#: Row metrics ``mean_rows`` averages over seeds (each also gets ``<key>_std``).
+MEANED = ("mrr", "hits@1", "hits@10", "rarest_mrr", "rarest_entity_mrr")
+
+
+def sample_sd(values: Sequence[float]) -> float:
+    """Sample standard deviation (n - 1 in the denominator); 0.0 for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return (sum((x - mean) ** 2 for x in values) / (n - 1)) ** 0.5
+
+
+def run_variant_seed(v: Variant, base: Mapping[str, Any], root: Path, seed: int,
+                     adjust: Callable[[Variant, dict], dict] = lambda v, over: over, resume: bool = False) -> dict:
+    """Train and test one variant at one seed in ``root/<variant>-seed<k>`` -> ``train_and_test``'s result.
+
+    The result is also stored as ``result.json`` in the run folder; with ``resume`` a folder whose
+    ``result.json`` was made with the same overrides is not retrained (its result is returned), and
+    a folder holding anything else is cleared first (an interrupted run starts again).
+    """
+    import shutil
+    import sys
+
+    over = adjust(v, {**base, "train.seed": seed, **v.overrides, "run_dir": str(root / f"{v.slug}-seed{seed}")})
+    run_dir, stored = Path(over["run_dir"]), Path(over["run_dir"]) / "result.json"
+    if resume and stored.is_file():
+        record = json.loads(stored.read_text(encoding="utf-8"))
+        if record.get("overrides") == json.loads(json.dumps(over)):
+            print(f"[{root.name}] {v.name} seed {seed}: stored result, not retrained", file=sys.stderr, flush=True)
+            return record["result"]
+    if resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    print(f"[{root.name}] {v.name} seed {seed} ...", file=sys.stderr, flush=True)
+    result = {"dim": over["model.dim"], **train_and_test(load_config(overrides=over))}
+    stored.write_text(json.dumps({"overrides": over, "result": result}, indent=2), encoding="utf-8")
+    return result
 
 
 def run_variants(variants: Iterable[Variant], base: Mapping[str, Any], root: Path, seeds: Sequence[int],
@@ -116,16 +157,9 @@ def run_variants(variants: Iterable[Variant], base: Mapping[str, Any], root: Pat
     Overrides: ``base``, then the variant's, then ``adjust(variant, overrides)``; run folders
     ``root/<variant>-seed<k>``.  ``on_result(name, result)`` after each variant (e.g. write the JSON).
     """
-    import sys
-
     results = {}
     for v in variants:
-        runs = []
-        for seed in (seeds if v.seeded else seeds[:1]):
-            print(f"[{root.name}] {v.name} seed {seed} ...", file=sys.stderr, flush=True)
-            over = adjust(v, {**base, "train.seed": seed, **v.overrides,
-                              "run_dir": str(root / f"{v.slug}-seed{seed}")})
-            runs.append({"dim": over["model.dim"], **train_and_test(load_config(overrides=over))})
+        runs = [run_variant_seed(v, base, root, seed, adjust) for seed in (seeds if v.seeded else seeds[:1])]
         results[v.name] = {**mean_rows(runs), "reported": list(v.reported)}
         on_result(v.name, results[v.name])
     return results

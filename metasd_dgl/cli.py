@@ -157,12 +157,16 @@ def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, forc
 @click.option("--triple-classification", is_flag=True,
               help="Also score valid/test triples against filtered DGL-sampled negatives (ROC-AUC, AP, accuracy).")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNGs into RUN_DIR/plots.")
+@click.option("--protocol", type=click.Choice(["true", "reference"]), default="true", show_default=True,
+              help="reference: also score the student as the reference code did (query side masked at rate 0.8, "
+                   "candidate entity table dense), next to the true student and the teacher.")
 def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
-             triple_classification: bool, plots: bool) -> None:
+             triple_classification: bool, plots: bool, protocol: str) -> None:
     """Exact filtered ranking of teacher and true student, overall and per bucket."""
     from metasd_dgl.stages import stage_evaluate
 
-    stage_evaluate(Path(run_dir), split, checkpoint, Path(compact) if compact else None, echo=click.echo)
+    stage_evaluate(Path(run_dir), split, checkpoint, Path(compact) if compact else None, echo=click.echo,
+                   protocol=protocol)
     click.echo(f"metrics: {Path(run_dir) / 'eval' / (split + '.json')}")
     if triple_classification:
         from .cli_tools import classification_lines, classify_run

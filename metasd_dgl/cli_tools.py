@@ -254,4 +254,26 @@ def classification_lines(path: Path) -> list[str]:
     return lines + [f"triple classification: {path}"]
 
 
-COMMANDS = [predict_command, report_command, export_dglke_command, import_dglke_command, classify_command]
+@click.command("subset")
+@click.argument("source")
+@click.option("--top-entities", "k", type=click.IntRange(min=1), required=True,
+              help="Keep this many entities of highest training degree (ties by name).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Dataset folder to write.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with published archives.")
+def subset_command(source: str, k: int, out: str, data_dir: Optional[str]) -> None:
+    """A deterministic subset of SOURCE on its top entities by training degree (see metasd_dgl/data/subset.py)."""
+    import os
+
+    from .data.subset import write_subset
+
+    data_dir = data_dir or os.environ.get("METASD_DATA_DIR")
+    record = write_subset(source, k, Path(out), Path(data_dir) if data_dir else None)
+    c, src = record["counts"], record["source_counts"]
+    click.echo(f"{out}: top {c['top']} entities by degree, {c['entities']} with a train triple inside, "
+               f"{c['relations']} relations, train/valid/test "
+               f"{c['train']}/{c['valid']}/{c['test']} (of {src['train']}/{src['valid']}/{src['test']})")
+    click.echo(f"use it with --dataset {out}")
+
+
+COMMANDS = [predict_command, report_command, export_dglke_command, import_dglke_command, classify_command,
+            subset_command]

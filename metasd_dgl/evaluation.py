@@ -11,7 +11,10 @@ true for the query (train+valid+test, ``FilterIndex``) except the target.
 A model is ranked by ``rank_split``: its tables are encoded once under
 ``no_grad`` (one full-graph forward for R-GCN) -- the dense teacher, or the
 *true* student (``student.MaskedStudent``: both the query side and the
-candidate entity table masked; the reference code masked only the query side).
+candidate entity table masked).  ``rank_split_reference`` scores as the
+reference code did (query side masked, candidate table dense, prune rate 0.8
+recomputed from the teacher: ``reference_masks``), to show how its published
+figures arise.
 
 Queries are processed in chunks; per chunk one ``(chunk, N)`` score matrix
 exists (whatever the score function allocates aside), counted in place, and
@@ -203,15 +206,19 @@ def evaluate_ranking(
     return Ranks(tail=ranks[:n], head=ranks[n:])
 
 
-def model_score_fn(entity: Tensor, relation: Tensor, decoder) -> ScoreFn:
+def model_score_fn(entity: Tensor, relation: Tensor, decoder, candidates: Optional[Tensor] = None) -> ScoreFn:
     """ScoreFn over already-encoded tables: ``entity`` (N, w_e), ``relation`` (2R, w_r).
 
     For a pruned student pass the masked tables: candidates and queries are
     then both the student's, and the teacher and student share this path.
+    ``candidates`` (N, w_e): another entity table to score the query rows
+    against (default ``entity``); the reference protocol passes the teacher's.
     """
+    cand = entity if candidates is None else candidates
+
     def score(hr: Tensor) -> Tensor:
         hr = hr.to(entity.device)
-        return decoder.score_all(entity[hr[:, 0]], relation[hr[:, 1]], entity)
+        return decoder.score_all(entity[hr[:, 0]], relation[hr[:, 1]], cand)
 
     return score
 
@@ -248,14 +255,61 @@ def rank_split(
     batch_size: int = 0,
     tables: Optional[tuple[Tensor, Tensor]] = None,
     student_weights: Optional[dict[str, Tensor]] = None,
+    candidates: Optional[Tensor] = None,
 ) -> Ranks:
-    """Filtered realistic ranks of ``triples`` (n, 3), both sides."""
+    """Filtered realistic ranks of ``triples`` (n, 3), both sides.
+
+    ``candidates`` (N, w_e): score the query rows (from ``tables`` / the masked
+    encoding) against this entity table instead of their own (``reference_protocol``).
+    """
     ent, rel = tables if tables is not None else encode_tables(model, graph, masks, student_weights)
     bs = batch_size or chunk_size(ent.shape[0], max_memory_mb)
     if not batch_size and ent.device.type == "cpu":
         bs = min(bs, DEFAULT_BATCH_SIZE)  # on CPU, chunks of 256-512 queries measured fastest
-    fn = model_score_fn(ent, rel, model.decoder)
+    fn = model_score_fn(ent, rel, model.decoder, candidates)
     return evaluate_ranking(fn, triples.to(ent.device), num_relations, filter_index, bs)
+
+
+#: The prune rate at which the reference code reported its student.
+REFERENCE_PRUNE_RATE = 0.8
+
+
+def reference_masks(model: "LinkPredictor", rate: float = REFERENCE_PRUNE_RATE, scope: str = "global",
+                    structure: str = "element", dim: int = 0) -> MaskDict:
+    """Magnitude masks at ``rate`` recomputed from ``model``'s (teacher) weights, as the reference did.
+
+    ``structure`` "dimension" keeps whole coordinates (``dim``: the model's
+    ``model.dim``), "element" single weights; ``scope`` as ``compute_masks``.
+    """
+    from .pruning import compute_masks, dimension_coordinates, prunable_params
+
+    prunable = prunable_params(model)
+    coords = dimension_coordinates(prunable, dim) if structure == "dimension" else None
+    return compute_masks(prunable, rate, scope, coords)
+
+
+@torch.no_grad()
+def rank_split_reference(
+    model: "LinkPredictor",
+    triples: Tensor,
+    num_relations: int,
+    filter_index,
+    masks: MaskDict,
+    graph=None,
+    max_memory_mb: int = 512,
+    batch_size: int = 0,
+) -> Ranks:
+    """The reference code's "student" score: the query side masked, the candidates dense.
+
+    The query rows ``h``, ``r`` come from the masked (student) tables, the
+    candidate entity table from the unmasked teacher:
+    ``decoder.score_all(h_student, r_student, E_teacher)``.  This is not a
+    compressed model (it needs every teacher weight); ``rank_split`` with the
+    same masks scores the true student.
+    """
+    teacher_entity, _ = encode_tables(model, graph)
+    return rank_split(model, triples, num_relations, filter_index, tables=encode_tables(model, graph, masks),
+                      max_memory_mb=max_memory_mb, batch_size=batch_size, candidates=teacher_entity)
 
 
 def metrics(ranks: Tensor) -> dict[str, Optional[float]]:

@@ -21,7 +21,7 @@ from metasd_dgl.data.stats import evaluation_buckets
 from metasd_dgl.errors import CheckpointError, UserError
 from metasd_dgl.evaluation import format_table, summarize
 from metasd_dgl.export import export_student, load_student, save_dense
-from metasd_dgl.evaluation import encode_tables, rank_split
+from metasd_dgl.evaluation import REFERENCE_PRUNE_RATE, encode_tables, rank_split, rank_split_reference, reference_masks
 from metasd_dgl.train.loop import dataset_fingerprint, make_model, train
 
 
@@ -112,9 +112,21 @@ def load_run(run_dir: Path, checkpoint: str = "best"):
     return cfg, data, model, ckpt.get("masks"), ckpt
 
 
+#: The row of ``protocol="reference"``: the reference code's scoring of its "student".
+REFERENCE_ROW = "reference student"
+
+
 def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
-                   compact: Optional[Path] = None, echo=print) -> dict[str, Any]:
-    """Teacher and true student, overall and per long-tail bucket; writes eval/<split>.json."""
+                   compact: Optional[Path] = None, echo=print, protocol: str = "true") -> dict[str, Any]:
+    """Teacher and true student, overall and per long-tail bucket; writes eval/<split>.json.
+
+    ``protocol="reference"`` adds the row ``REFERENCE_ROW``: the reference code's
+    score (query side masked, candidate entity table dense) at its prune rate
+    0.8, masks recomputed from the checkpoint's teacher weights with the run's
+    prune structure and scope (``evaluation.rank_split_reference``).
+    """
+    if protocol not in ("true", "reference"):
+        raise UserError(f"protocol must be true or reference, got {protocol!r}")
     cfg, data, model, masks, ckpt = load_run(run_dir, checkpoint)
     triples = getattr(data, split)
     graph = data.graph if cfg.model.encoder == "rgcn" else None
@@ -134,6 +146,15 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
                            max_memory_mb=cfg.eval.max_memory_mb, batch_size=cfg.eval.batch_size,
                            tables=tables, student_weights=ckpt.get("student_weights"))
         results[name] = summarize(ranks, buckets)
+    reference = None
+    if protocol == "reference":
+        mc = cfg.metasd
+        reference = {"prune_rate": REFERENCE_PRUNE_RATE, "prune_structure": mc.prune_structure,
+                     "prune_scope": mc.prune_scope, "query": "masked", "candidates": "dense teacher table"}
+        ref_masks = reference_masks(model, REFERENCE_PRUNE_RATE, mc.prune_scope, mc.prune_structure, cfg.model.dim)
+        ranks = rank_split_reference(model, triples, data.num_relations, data.filter, ref_masks, graph=graph,
+                                     max_memory_mb=cfg.eval.max_memory_mb, batch_size=cfg.eval.batch_size)
+        results[REFERENCE_ROW] = summarize(ranks, buckets)
     out_dir = Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     # prune-only trains the masked weights alone: the dense "teacher" is no trained model
@@ -142,12 +163,19 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
               "epoch": ckpt["state"]["epoch"],
               "student_source": str(compact) if compact is not None and masks else ("masks" if masks else None),
               "teacher_trained": teacher_trained, "results": results}
+    if reference is not None:
+        record["reference_protocol"] = reference
     (out_dir / f"{split}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     shown = results if teacher_trained else {("untrained dense" if k == "teacher" else k): v for k, v in results.items()}
     echo(format_table(shown))
     if not teacher_trained:
         echo("note: method prune trains only the kept weights; the dense row includes never-trained weights "
              "and is no teacher")
+    if reference is not None:
+        echo(f"note: '{REFERENCE_ROW}' is scored as the reference code did: query rows from the student masked at "
+             f"rate {REFERENCE_PRUNE_RATE} ({reference['prune_structure']} masks recomputed from the teacher), "
+             "candidates from the dense teacher entity table -- it needs every teacher weight and is no compressed "
+             "model; 'student' is the true student (both sides masked, the run's own masks)")
     source = f"student from {compact}" if compact is not None and masks else ""
     echo(f"scored {ckpt['path']} (epoch {record['epoch']}){'; ' + source if source else ''}")
     return record

@@ -1,0 +1,94 @@
+"""benchmarks/bench_compression.py: the paired comparison on known numbers, and a quick run's table/JSON."""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(REPO / "benchmarks"))  # spawned workers inherit it
+    try:
+        yield importlib.import_module("bench_compression")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_paired_differences_on_known_numbers(bench):
+    p = bench.paired([0.50, 0.52, 0.54], [0.40, 0.43, 0.40])
+    assert p["diffs"] == pytest.approx([0.10, 0.09, 0.14])
+    assert p["mean"] == pytest.approx(0.11)
+    sd = math.sqrt(((0.10 - 0.11) ** 2 + (0.09 - 0.11) ** 2 + (0.14 - 0.11) ** 2) / 2)  # 0.02646
+    assert p["sd"] == pytest.approx(sd)
+    assert p["ratio"] == pytest.approx(0.11 / sd) and p["marked"]  # 0.11 > 2 * 0.0265
+    q = bench.paired([0.50, 0.40, 0.60], [0.45, 0.45, 0.45])  # diffs +0.05 -0.05 +0.15: mean 0.05, sd 0.1
+    assert q["mean"] == pytest.approx(0.05) and q["sd"] == pytest.approx(0.1) and not q["marked"]
+    one = bench.paired([0.5], [0.4])
+    assert one["sd"] == 0.0 and one["ratio"] is None and not one["marked"]
+    with pytest.raises(ValueError):
+        bench.paired([0.5, 0.6], [0.4])
+
+
+def test_comparisons_pair_students_with_dense_small_and_prune_only(bench):
+    def res(row, mrrs):
+        return {row: {"per_seed_mrr": mrrs}}
+
+    results = {"dense small": res("teacher", [0.3, 0.32]), "prune-only": res("student", [0.4, 0.41]),
+               "kd": res("student", [0.45, 0.47]), "dense": res("teacher", [0.8, 0.8])}
+    c = bench.comparisons(results)
+    assert set(c) == {"kd"} and set(c["kd"]) == {"dense small", "prune-only"}
+    assert c["kd"]["dense small"]["diffs"] == pytest.approx([0.15, 0.15])
+    assert c["kd"]["prune-only"]["diffs"] == pytest.approx([0.05, 0.06])
+    # prune-only is itself compared with dense small only through the student table, not here
+    assert "prune-only" not in c
+
+
+def test_preset_overrides_drop_the_budget_options(bench, tmp_path):
+    path = tmp_path / "reference.yaml"
+    path.write_text("run_dir: x\ndata:\n  dataset: umls\nmodel:\n  dim: 500\n  decoder: complex\n"
+                    "train:\n  method: metasd\n  epochs: 9\n  lr: 0.01\nmetasd:\n  prune_rate: 0.8\n")
+    assert bench.preset_overrides(path) == {"model.decoder": "complex", "train.method": "metasd",
+                                            "train.lr": 0.01, "metasd.prune_rate": 0.8}
+
+
+def test_unimplemented_options_are_found(bench):
+    assert bench.option_used("train.lr") and bench.option_used("metasd.prune_structure")
+    assert not bench.option_used("metasd.no_such_option_anywhere")
+
+
+def test_quick_run_table_and_json(bench, tmp_path, kg_dir, monkeypatch):
+    monkeypatch.setenv("METASD_DATA_DIR", str(kg_dir))
+    out = tmp_path / "c.json"
+    argv = ["--quick", "--methods", "dense,dense small,prune-only,kd,warm-up", "--jobs", "1",
+            "--root", str(tmp_path / "runs"), "--out", str(out), "--data-dir", str(kg_dir)]
+    record = bench.main(argv)
+    stored = json.loads(out.read_text())
+    assert set(stored) >= {"machine", "budgets", "seeds", "results", "paired", "table", "skipped"}
+    res = stored["results"]["umls"]
+    implemented = bench.option_used("metasd.warmup_epochs")
+    assert set(res) == {"dense", "dense small", "prune-only", "kd"} | ({"warm-up"} if implemented else set())
+    if not implemented:
+        assert "metasd.warmup_epochs" in stored["skipped"]["warm-up"]
+    row = res["kd"]["student"]
+    assert set(row) >= {"mrr", "mrr_std", "hits@1", "hits@10", "rarest_mrr", "rarest_entity_mrr", "nonzero",
+                        "bytes", "per_seed_mrr"}
+    assert res["dense small"]["dim"] == 2 and res["dense"]["dim"] == 16
+    assert row["nonzero"] == res["prune-only"]["student"]["nonzero"]
+    p = stored["paired"]["umls"]["kd"]["prune-only"]
+    assert p["diffs"] == pytest.approx([row["mrr"] - res["prune-only"]["student"]["mrr"]])
+    table = stored["table"]
+    assert table == record["table"] and "| umls | kd student |" in table and "| kd | prune-only |" in table
+    # resumable: a second run trains nothing and gives the same numbers
+    files = sorted((tmp_path / "runs").rglob("checkpoints/best.pt"))
+    assert len(files) == 4
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = bench.main(argv)
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    assert again["results"] == record["results"]
