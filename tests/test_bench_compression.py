@@ -87,7 +87,7 @@ def test_quick_run_table_and_json(bench, tmp_path, kg_dir, monkeypatch):
     assert table == record["table"] and "| umls | kd student |" in table and "| kd | prune-only |" in table
     # resumable: a second run trains nothing and gives the same numbers
     files = sorted((tmp_path / "runs").rglob("checkpoints/best.pt"))
-    assert len(files) == 4
+    assert len(files) == 4 + bool(implemented)  # warm-up runs once its option is implemented
     stamps = [f.stat().st_mtime_ns for f in files]
     again = bench.main(argv)
     assert [f.stat().st_mtime_ns for f in files] == stamps
