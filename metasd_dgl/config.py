@@ -98,7 +98,7 @@ class MetaSDConfig:
     quiz_batch_size: int = 1000
     meta_every: int = 1  # run the meta step every k batches
     extra_teacher_step: bool = False  # reference code: plain teacher step first
-    meta_grad_path: str = "full"  # full: through teacher predictions and W*M | kd: predictions only (reference)
+    meta_grad_path: str = "kd"  # kd: through the teacher's predictions only (reference, MetaDistil) | full: also W*M
     share_forward: bool = False  # approximate: real step reuses the pre-meta forward (faster)
     kd_t2_scale: bool = False  # scale KD by T^2 (the reference code does not; off = reference)
     student_owns_kept: bool = False  # real step: the teacher's loss skips the weights the student keeps

@@ -198,7 +198,7 @@ def test_real_steps_match_autograd_reference(method):
 def test_metasd_step_is_meta_update_then_kd_step():
     model = tiny()
     twin = copy.deepcopy(model)
-    st = stepper(model, "metasd", sgd_lr=0.3, meta_lr=0.05)
+    st = stepper(model, "metasd", sgd_lr=0.3, meta_lr=0.05, meta_grad_path="full")
     gen = torch.Generator().manual_seed(3)
     batch, quiz = queries(9, gen), queries(4, gen)
     masks = compute_masks(prunable_params(model), 0.6)
@@ -343,7 +343,7 @@ def test_narrow_student_equals_masked_student(decoder, method, opts):
         assert o1[k] == pytest.approx(o0[k], rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.parametrize("method,opts", [("kd", {}), ("metasd", {"share_forward": True})])
+@pytest.mark.parametrize("method,opts", [("kd", {}), ("metasd", {"share_forward": True, "meta_grad_path": "full"})])
 def test_student_owns_kept_weights(method, opts):
     """student_owns_kept: the teacher's real-step loss reaches only the weights the student does not keep."""
     model = tiny()
@@ -453,3 +453,11 @@ def test_students_are_built_in_one_place():
     g = torch.ones_like(ent)
     assert torch.equal(cols.to_teacher("encoder.entity", g), keep.expand(N, -1).to(g.dtype))
     assert make_student(None, params) is None
+
+
+def test_default_meta_gradient_is_the_reference_path():
+    """The meta gradient flows through the teacher's predictions only by default (the reference's, MetaDistil's)."""
+    from metasd_dgl.train.meta import virtual_student, virtual_student_reference
+    assert Config().metasd.meta_grad_path == "kd"
+    assert stepper(tiny(), "metasd").virtual is virtual_student_reference
+    assert stepper(tiny(), "metasd", meta_grad_path="full").virtual is virtual_student
