@@ -17,6 +17,9 @@ each reports in brackets):
     metasd               metasd, dimension (the project default)            [teacher, student]
     own student          metasd, student=own, one-way KD, T^2-scaled KD, T 2, kd_weight 3 (--own-kd) [student]
     warm-up              metasd, dimension, warmup_epochs = epochs // 3     [student]
+    own student warm-up  own student after epochs // 3 plain teacher epochs (initialised from that teacher)
+    prune-only element   prune, element masks, global magnitude (the paper's masks)
+    prune-only element per-tensor   prune, element masks, a 10 % budget per table
     gradual element      metasd, element masks, gradual_epochs = epochs // 2 [student]
     rgcn dense / rgcn prune-only / rgcn metasd   R-GCN + DistMult, element masks on embeddings and
                          GNN weights (pipelines/configs/umls_rgcn.yaml), on the datasets whose budget
@@ -123,6 +126,12 @@ METHODS = [
            needs=("metasd.student", "metasd.one_way_kd")),
     Method("warm-up", lambda b: {"train.method": "metasd", **DIM, "metasd.warmup_epochs": b["epochs"] // 3},
            needs=("metasd.warmup_epochs",)),
+    Method("own student warm-up", lambda b: {"train.method": "metasd", "metasd.student": "own", **DIM,
+                                             **b["own_kd"], "metasd.warmup_epochs": b["epochs"] // 3},
+           needs=("metasd.student", "metasd.warmup_epochs")),
+    Method("prune-only element", _const({"train.method": "prune", **ELEMENT})),
+    Method("prune-only element per-tensor", _const({"train.method": "prune", **ELEMENT,
+                                                    "metasd.prune_scope": "per-tensor"})),
     Method("gradual element", lambda b: {"train.method": "metasd", **ELEMENT,
                                          "metasd.gradual_epochs": b["epochs"] // 2},
            needs=("metasd.gradual_epochs",)),
