@@ -21,7 +21,7 @@ each reports in brackets):
     prune-only element   prune, element masks, global magnitude (the paper's masks)
     prune-only element per-tensor   prune, element masks, a 10 % budget per table
     gradual element      metasd, element masks, gradual_epochs = epochs // 2 [student]
-    rgcn dense / rgcn prune-only / rgcn metasd   R-GCN + DistMult, element masks on embeddings and
+    rgcn dense / rgcn prune-only / rgcn metasd / rgcn own student   R-GCN + DistMult, element masks on embeddings and
                          GNN weights (pipelines/configs/umls_rgcn.yaml), on the datasets whose budget
                          has an ``rgcn`` entry (UMLS, the FB15k-237 subset)
 
@@ -138,6 +138,8 @@ METHODS = [
     Method("rgcn dense", _const({"train.method": "plain"}), ("teacher",), encoder="rgcn"),
     Method("rgcn prune-only", _const({"train.method": "prune"}), encoder="rgcn"),
     Method("rgcn metasd", _const({"train.method": "metasd"}), ("teacher", "student"), encoder="rgcn"),
+    Method("rgcn own student", lambda b: {"train.method": "metasd", "metasd.student": "own", **b["own_kd"]},
+           encoder="rgcn", needs=("metasd.student",)),
 ]
 BY_NAME = {m.name: m for m in METHODS}
 #: Students compared with these two, seed by seed.

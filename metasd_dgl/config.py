@@ -187,7 +187,7 @@ def validate(cfg: Config) -> Config:
         ("metasd.meta_every", cfg.metasd.meta_every >= 1, "must be >= 1"),
         ("metasd.student_lr", cfg.metasd.student_lr >= 0, "must be >= 0"),
         ("metasd.warmup_epochs", cfg.metasd.warmup_epochs >= 0, "must be >= 0"),
-        ("metasd.gradual_epochs", cfg.metasd.gradual_epochs >= 0, "must be >= 0"),
+        ("metasd.gradual_epochs", 0 <= cfg.metasd.gradual_epochs < cfg.train.epochs, "must be in [0, train.epochs)"),
         ("metasd.straight_through", not cfg.metasd.straight_through or cfg.train.method == "prune",
          "is an option of method prune"),
         ("metasd.student", cfg.metasd.student == "shared" or cfg.train.method in ("kd", "metasd"),

@@ -121,6 +121,11 @@ def test_gradual_pruning_kept_counts_per_epoch(tmp_path):
     expected = [keep_count(numel, scheduled_rate(0.9, e, 4)) / numel for e in range(5)]
     got = [r["density"] for r in rows if "density" in r]
     assert got == pytest.approx(expected) and got[0] == 1.0 and got[-1] == pytest.approx(0.1, abs=0.01)
+    # best.pt is chosen only among students at the final rate (a denser one would flatter the student)
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["state"]["epoch"] == 5 and best["state"]["best_epoch"] == 5
+    kept = sum(int(m.sum()) for m in best["masks"].values())
+    assert kept == keep_count(numel, 0.9)
 
 
 def test_warmup_epochs_train_the_teacher_alone(tmp_path):

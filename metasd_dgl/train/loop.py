@@ -393,12 +393,15 @@ class Trainer:
         result = self.validate()
         key = "student" if "student" in result else "teacher"
         mrr = result[key]["mrr"]
-        new_best = mrr > st.best_mrr
+        # While metasd.gradual_epochs still raises the prune rate the student is denser than the
+        # target: such a checkpoint is no candidate for best.pt (and does not count for patience).
+        final = st.epoch > self.cfg.metasd.gradual_epochs if self.masks is not None else True
+        new_best = final and mrr > st.best_mrr
         if self.scheduler is not None:
             self.scheduler.step(mrr)
         if new_best:
             st.best_mrr, st.best_epoch, st.bad_validations = mrr, st.epoch, 0
-        else:
+        elif final:
             st.bad_validations += 1
         self._log({"epoch": st.epoch, "valid": result},
                   valid_line(st.epoch, result, st.best_mrr, st.best_epoch, new_best))
