@@ -253,16 +253,18 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
               help="Search space YAML; default CONFIG with .tune.yaml for .yaml.")
 @click.option("--pruner", type=click.Choice(["median", "none"]), default="median", show_default=True,
               help="Stop trials whose validation MRR is below the median of earlier trials at that epoch.")
+@click.option("--config", "extra", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="More YAML overrides applied after CONFIG in every trial (e.g. fewer epochs).")
 @click.option("--resume", is_flag=True, help="Continue the study in --study-dir (killed trials are re-run).")
 def tune(config: str, trials: int, timeout_min: Optional[float], study_dir: Optional[str], space: Optional[str],
-         pruner: str, resume: bool) -> None:
+         pruner: str, extra: tuple[str, ...], resume: bool) -> None:
     """Search hyper-parameters with Optuna (TPE, median pruning) on validation MRR; writes best.yaml."""
     from .tune import tune as run_tune
 
-    base = load_config(config)
+    base = load_config(config, *extra)
     folder = Path(study_dir) if study_dir else Path(base.run_dir + "-tune")
     run_tune(Path(config), trials, folder, Path(space) if space else None, timeout_min, resume, pruner,
-             echo=click.echo)
+             tuple(Path(e) for e in extra), echo=click.echo)
 
 
 def _register_tools() -> None:

@@ -57,8 +57,10 @@ class TuneResult:
     table: list[dict[str, Any]]  # one row per trial
 
 
-def _identity(config: Path, space: Path) -> dict[str, str]:
-    return {"config": str(config.resolve()), "config_sha256": sha256_file(config),
+def _identity(configs: list[Path], space: Path) -> dict[str, str]:
+    """The study's config (the files in order, each with its sha256) and search space."""
+    return {"config": ", ".join(str(c.resolve()) for c in configs),
+            "config_sha256": ",".join(sha256_file(c) for c in configs),
             "space": str(space.resolve()), "space_sha256": sha256_file(space)}
 
 
@@ -218,7 +220,7 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
     if pruner not in PRUNERS:
         raise UserError(f"pruner {pruner!r} is not one of {', '.join(PRUNERS)}")
     study_dir = Path(study_dir)
-    identity = _identity(config, space_path)
+    identity = _identity(base_files, space_path)
     existing = _check_study_dir(study_dir, identity, resume)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data_dir = base.data.data_dir or os.environ.get("METASD_DATA_DIR")
