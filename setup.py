@@ -59,6 +59,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.6",
         "safetensors>=0.4",
+        "optuna>=4.0",  # metasd-dgl tune (studies in SQLite: sqlalchemy, alembic)
     ],
     extras_require={
         "test": ["pytest>=7", "pykeen==1.11.1", "tensorboard==2.21.0"],

@@ -1,6 +1,11 @@
-"""Triple classification: true valid/test triples against corrupted negatives.
+"""Triple classification: true valid/test triples against negatives, sampled or given.
 
-Negatives: each positive ``(h, r, t)`` gets ``num_negatives`` corruptions; each
+Given negatives (``classify_given``; a dataset that ships hard negatives, e.g.
+CoDEx-S, or ``classify --negatives-valid/--negatives-test``): the valid
+triples against the valid negatives choose the thresholds, the test triples
+against the test negatives are scored; nothing is sampled.
+
+Sampled negatives (``triple_classification``): each positive ``(h, r, t)`` gets ``num_negatives`` corruptions; each
 corrupts the tail or the head (a fair coin per negative, from the generator)
 with an entity drawn uniformly by DGL's ``negative_sampler.Uniform``
 (``graph.sampling.negative_tails``) over a graph on all ``N`` entities whose
@@ -16,8 +21,9 @@ consecutive distinct scores, and ``min - 1`` / ``max + 1``; the lowest best is
 kept).  Relations without validation triples use the threshold chosen over all
 validation triples together.  Metrics that are undefined (one class only) are None.  ROC-AUC and average precision
 (``sklearn.metrics``) are reported per relation and overall (raw scores, all
-relations pooled); accuracy on test uses the per-relation thresholds (validation
-accuracy is reported too, but is fitted, hence optimistic).
+relations pooled); accuracy and F1 (of the "true" class) on test use the
+per-relation thresholds (validation accuracy is reported too, but is fitted,
+hence optimistic).
 """
 from __future__ import annotations
 
@@ -131,46 +137,50 @@ def best_thresholds(scores: Tensor, labels: Tensor, groups: Tensor, num_groups: 
     return threshold, accuracy, present
 
 
+def f1_score(predicted: Tensor, labels: Tensor) -> Optional[float]:
+    """F1 of the positive class, ``2 TP / (2 TP + FP + FN)``; None when there is no positive at all."""
+    tp = int((predicted & labels).sum())
+    wrong = int((predicted != labels).sum())
+    return None if 2 * tp + wrong == 0 else 2 * tp / (2 * tp + wrong)
+
+
 def _split_metrics(scores: Tensor, labels: Tensor, correct: Tensor) -> Optional[dict[str, Any]]:
-    """ROC-AUC, AP (None when one class is missing), accuracy and counts; None for no samples."""
+    """ROC-AUC, AP (None when one class is missing), accuracy, F1 and counts; None for no samples."""
     if labels.numel() == 0:
         return None
     y, s = labels.numpy().astype(int), scores.double().numpy()
     both = 0 < y.sum() < y.size
+    predicted = correct == labels  # correct iff the prediction equals the label
     return {"roc_auc": float(roc_auc_score(y, s)) if both else None,
             "average_precision": float(average_precision_score(y, s)) if both else None,
-            "accuracy": float(correct.double().mean()), "positives": int(y.sum()), "negatives": int(y.size - y.sum())}
+            "accuracy": float(correct.double().mean()), "f1": f1_score(predicted, labels),
+            "positives": int(y.sum()), "negatives": int(y.size - y.sum())}
 
 
-def _labelled(entity: Tensor, relation: Tensor, decoder: Decoder, positives: Tensor, known: Tensor,
-              num_entities: int, num_relations: int, generator: torch.Generator, num_negatives: int,
-              ) -> tuple[Tensor, Tensor, Tensor, dict[str, int]]:
-    negatives, _, counts = corrupt(positives, known, num_entities, num_relations, generator, num_negatives)
+def _with_labels(entity: Tensor, relation: Tensor, decoder: Decoder, positives: Tensor, negatives: Tensor,
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (scores, labels, relation ids) of ``positives`` then ``negatives``."""
     triples = torch.cat([positives, negatives])
     labels = torch.cat([torch.ones(len(positives), dtype=torch.bool), torch.zeros(len(negatives), dtype=torch.bool)])
-    return score_triples(entity, relation, decoder, triples), labels, triples[:, REL].long(), counts
+    return score_triples(entity, relation, decoder, triples), labels, triples[:, REL].long()
 
 
-def triple_classification(tables: tuple[Tensor, Tensor], decoder: Decoder, data, generator: torch.Generator,
-                          num_negatives: int = 1, relation_names: Optional[list[str]] = None) -> dict[str, Any]:
-    """Classify valid/test triples against filtered corruptions (see the module docstring).
+def choose_thresholds(scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """Per-relation thresholds, a relation without examples falling back to the global one.
 
-    ``tables`` = (entity (N, w_e), relation (2R, w_r)); ``data`` needs
-    ``train``/``valid``/``test`` (n, 3), ``num_entities``, ``num_relations``
-    and ``relation_names``.  Returns a JSON-ready dict with ``overall``
-    (valid and test: roc_auc, average_precision, accuracy), ``relations``
-    (per relation name: threshold, valid accuracy, test metrics and counts),
-    ``negatives`` (draw counts per split) and ``num_negatives``.
+    Returns ``(threshold (G,), from_relation (G,) bool)``.
     """
-    N, R = data.num_entities, data.num_relations
-    names = relation_names or list(data.relation_names)
-    known = torch.cat([data.train, data.valid, data.test]).long()
-    ent, rel = tables
-    v_s, v_y, v_g, v_counts = _labelled(ent, rel, decoder, data.valid.long(), known, N, R, generator, num_negatives)
-    t_s, t_y, t_g, t_counts = _labelled(ent, rel, decoder, data.test.long(), known, N, R, generator, num_negatives)
-    thr, _, present = best_thresholds(v_s, v_y, v_g, R)
-    glob_thr, _, _ = best_thresholds(v_s, v_y, torch.zeros_like(v_g), 1)
-    thr = torch.where(present, thr, glob_thr.expand(R))
+    thr, _, present = best_thresholds(scores, labels, groups, num_groups)
+    glob_thr, _, _ = best_thresholds(scores, labels, torch.zeros_like(groups), 1)
+    return torch.where(present, thr, glob_thr.expand(num_groups)), present
+
+
+def _classify(valid: tuple[Tensor, Tensor, Tensor], test: tuple[Tensor, Tensor, Tensor], num_relations: int,
+              names: list[str]) -> dict[str, Any]:
+    """Thresholds from ``valid`` (scores, labels, relations), applied to both; metrics overall and per relation."""
+    v_s, v_y, v_g = valid
+    t_s, t_y, t_g = test
+    thr, present = choose_thresholds(v_s, v_y, v_g, num_relations)
     correct_test = (t_s.double() >= thr[t_g]) == t_y
     correct_valid = (v_s.double() >= thr[v_g]) == v_y
     relations: dict[str, Any] = {}
@@ -182,6 +192,45 @@ def triple_classification(tables: tuple[Tensor, Tensor], decoder: Decoder, data,
             "test": _split_metrics(t_s[tm], t_y[tm], correct_test[tm]),
         }
     overall = {"valid": _split_metrics(v_s, v_y, correct_valid), "test": _split_metrics(t_s, t_y, correct_test)}
-    return {"num_negatives": num_negatives, "negatives": {"valid": v_counts, "test": t_counts},
-            "overall": overall, "relations": relations,
+    return {"overall": overall, "relations": relations,
             "rule": "per-relation threshold maximising validation accuracy; see metasd_dgl.classification"}
+
+
+def triple_classification(tables: tuple[Tensor, Tensor], decoder: Decoder, data, generator: torch.Generator,
+                          num_negatives: int = 1, relation_names: Optional[list[str]] = None) -> dict[str, Any]:
+    """Classify valid/test triples against filtered corruptions (see the module docstring).
+
+    ``tables`` = (entity (N, w_e), relation (2R, w_r)); ``data`` needs
+    ``train``/``valid``/``test`` (n, 3), ``num_entities``, ``num_relations``
+    and ``relation_names``.  Returns a JSON-ready dict with ``overall``
+    (valid and test: roc_auc, average_precision, accuracy, f1), ``relations``
+    (per relation name: threshold, valid accuracy, test metrics and counts),
+    ``negatives`` (draw counts per split) and ``num_negatives``.
+    """
+    N, R = data.num_entities, data.num_relations
+    names = relation_names or list(data.relation_names)
+    known = torch.cat([data.train, data.valid, data.test]).long()
+    ent, rel = tables
+    labelled, counts = {}, {}
+    for split in ("valid", "test"):
+        positives = getattr(data, split).long()
+        negatives, _, counts[split] = corrupt(positives, known, N, R, generator, num_negatives)
+        labelled[split] = _with_labels(ent, rel, decoder, positives, negatives)
+    return {"num_negatives": num_negatives, "negatives": counts,
+            **_classify(labelled["valid"], labelled["test"], R, names)}
+
+
+def classify_given(tables: tuple[Tensor, Tensor], decoder: Decoder, data, negatives: dict[str, Tensor],
+                   source: str, relation_names: Optional[list[str]] = None) -> dict[str, Any]:
+    """Classify valid/test triples against the given ``negatives`` ``{"valid", "test"}`` (m, 3) ids.
+
+    Same record as ``triple_classification``, with ``negatives`` the counts
+    given and ``negatives_source`` saying where they came from.
+    """
+    names = relation_names or list(data.relation_names)
+    ent, rel = tables
+    labelled = {split: _with_labels(ent, rel, decoder, getattr(data, split).long(), negatives[split].long())
+                for split in ("valid", "test")}
+    return {"num_negatives": None, "negatives_source": source,
+            "negatives": {s: {"given": int(len(negatives[s]))} for s in ("valid", "test")},
+            **_classify(labelled["valid"], labelled["test"], data.num_relations, names)}

@@ -1,4 +1,4 @@
-"""Command line: ``metasd-dgl preprocess | train | evaluate | export | pipeline``.
+"""Command line: ``metasd-dgl preprocess | train | evaluate | export | pipeline | tune``.
 
 Only this module (and ``metasd_dgl.stages``) reads configuration; the library
 takes typed arguments.  User errors print one line and exit 2; internal errors
@@ -244,6 +244,31 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
 
     for png in make_report(run_dir, split="test"):
         console.line(f"plot: {png}")
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False, exists=True))
+@click.option("--trials", type=click.IntRange(min=1), required=True, help="Trials to finish (complete or pruned).")
+@click.option("--timeout", "timeout_min", type=click.FloatRange(min=0, min_open=True),
+              help="Stop starting trials after this many minutes.")
+@click.option("--study-dir", type=click.Path(file_okay=False),
+              help="Study folder (SQLite study, one run folder per trial); default <run_dir>-tune.")
+@click.option("--space", type=click.Path(dir_okay=False, exists=True),
+              help="Search space YAML; default CONFIG with .tune.yaml for .yaml.")
+@click.option("--pruner", type=click.Choice(["median", "none"]), default="median", show_default=True,
+              help="Stop trials whose validation MRR is below the median of earlier trials at that epoch.")
+@click.option("--config", "extra", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="More YAML overrides applied after CONFIG in every trial (e.g. fewer epochs).")
+@click.option("--resume", is_flag=True, help="Continue the study in --study-dir (killed trials are re-run).")
+def tune(config: str, trials: int, timeout_min: Optional[float], study_dir: Optional[str], space: Optional[str],
+         pruner: str, extra: tuple[str, ...], resume: bool) -> None:
+    """Search hyper-parameters with Optuna (TPE, median pruning) on validation MRR; writes best.yaml."""
+    from .tune import tune as run_tune
+
+    base = load_config(config, *extra)
+    folder = Path(study_dir) if study_dir else Path(base.run_dir + "-tune")
+    run_tune(Path(config), trials, folder, Path(space) if space else None, timeout_min, resume, pruner,
+             tuple(Path(e) for e in extra), echo=click.echo)
 
 
 def _register_tools() -> None:

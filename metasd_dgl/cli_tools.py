@@ -203,26 +203,54 @@ def import_dglke_command(folder: str, processed: str, model_name: Optional[str],
         click.echo(f"metrics: {out}")
 
 
-def classify_run(run_dir: Path, checkpoint: str = "best", num_negatives: int = 1, seed: int = 0) -> Path:
+def _given_negatives(data, negatives_valid: Optional[Path], negatives_test: Optional[Path]):
+    """-> (``{"valid", "test"}`` id tensors, source line) of the files, or of the dataset; (None, "") if neither."""
+    import torch
+
+    from .data.triples import named_ids, read_named
+
+    if (negatives_valid is None) != (negatives_test is None):
+        raise click.UsageError("--negatives-valid and --negatives-test go together")
+    if negatives_valid is not None:
+        files = {"valid": Path(negatives_valid), "test": Path(negatives_test)}
+        ids = {s: torch.from_numpy(named_ids(read_named(f), data.entity_names, data.relation_names))
+               for s, f in files.items()}
+        return ids, f"files {files['valid']}, {files['test']}"
+    if set(data.negatives) >= {"valid", "test"}:
+        return data.negatives, f"shipped with the dataset ({data.path})"
+    return None, ""
+
+
+def classify_run(run_dir: Path, checkpoint: str = "best", num_negatives: int = 1, seed: int = 0,
+                 negatives_valid: Optional[Path] = None, negatives_test: Optional[Path] = None) -> Path:
     """Triple classification of the teacher (and student, if any) -> ``eval/triple_classification.json``.
 
-    Both variants are scored on the same negatives (same seed).  Callable from
-    ``evaluate --triple-classification``.
+    Negatives: the given files (name triples), else the hard negatives the
+    dataset ships (CoDEx-S), else corruptions drawn with ``seed`` (both
+    variants scored on the same ones).  Callable from ``evaluate --triple-classification``.
     """
     import torch
 
-    from .classification import triple_classification
+    from .classification import classify_given, triple_classification
     from .evaluation import encode_tables
 
     cfg, data, model, masks, ckpt, teacher = _tables(Path(run_dir), checkpoint, False)
+    given, source = _given_negatives(data, negatives_valid, negatives_test)  # errors before anything is written
     graph = data.graph if cfg.model.encoder == "rgcn" else None
     variants = {"teacher": teacher}
     if masks:
         variants["student"] = encode_tables(model, graph, masks, ckpt.get("student_weights"))
-    results = {name: triple_classification(tables, model.decoder, data, torch.Generator().manual_seed(seed),
-                                           num_negatives) for name, tables in variants.items()}
-    record = {"checkpoint": checkpoint, "epoch": (ckpt.get("state") or {}).get("epoch"), "seed": seed,
-              "num_negatives": num_negatives, "results": results}
+    if given is not None:
+        results = {name: classify_given(tables, model.decoder, data, given, source)
+                   for name, tables in variants.items()}
+    else:
+        results = {name: triple_classification(tables, model.decoder, data, torch.Generator().manual_seed(seed),
+                                               num_negatives) for name, tables in variants.items()}
+    record = {"checkpoint": checkpoint, "epoch": (ckpt.get("state") or {}).get("epoch"),
+              "seed": None if given is not None else seed,
+              "num_negatives": None if given is not None else num_negatives,
+              "negatives": source or f"{num_negatives} filtered corruption(s) per triple, seed {seed}",
+              "results": results}
     path = Path(run_dir) / "eval" / "triple_classification.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -233,11 +261,22 @@ def classify_run(run_dir: Path, checkpoint: str = "best", num_negatives: int = 1
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--checkpoint", default="best", show_default=True)
 @click.option("--num-negatives", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Corrupted negatives per valid/test triple.")
+              help="Corrupted negatives per valid/test triple (when no negatives are given).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the negative draws.")
-def classify_command(run_dir: str, checkpoint: str, num_negatives: int, seed: int) -> None:
-    """Triple classification: ROC-AUC, AP, per-relation thresholds (valid) and test accuracy."""
-    path = classify_run(Path(run_dir), checkpoint, num_negatives, seed)
+@click.option("--negatives-valid", type=click.Path(dir_okay=False, exists=True),
+              help="Given negatives of valid (head<TAB>relation<TAB>tail names): they choose the thresholds.")
+@click.option("--negatives-test", type=click.Path(dir_okay=False, exists=True),
+              help="Given negatives of test: scored against the test triples.")
+def classify_command(run_dir: str, checkpoint: str, num_negatives: int, seed: int,
+                     negatives_valid: Optional[str], negatives_test: Optional[str]) -> None:
+    """Triple classification: ROC-AUC, AP, per-relation thresholds (valid), test accuracy and F1.
+
+    Negatives: --negatives-valid/--negatives-test, else those the dataset ships (CoDEx-S),
+    else filtered corruptions.
+    """
+    path = classify_run(Path(run_dir), checkpoint, num_negatives, seed,
+                        Path(negatives_valid) if negatives_valid else None,
+                        Path(negatives_test) if negatives_test else None)
     for line in classification_lines(path):
         click.echo(line)
 
@@ -249,9 +288,16 @@ def classification_lines(path: Path) -> list[str]:
     for name, res in record["results"].items():
         for split in ("valid", "test"):
             m = res["overall"][split]
-            lines.append(f"{name:<8} {split:<5} roc_auc {m['roc_auc']:.4f}  ap {m['average_precision']:.4f}  "
-                         f"accuracy {m['accuracy']:.4f}  (+{m['positives']} / -{m['negatives']})")
+            lines.append(f"{name:<8} {split:<5} roc_auc {_num(m['roc_auc'])}  ap {_num(m['average_precision'])}  "
+                         f"accuracy {m['accuracy']:.4f}  f1 {_num(m.get('f1'))}  "
+                         f"(+{m['positives']} / -{m['negatives']})")
+    if record.get("negatives"):
+        lines.append(f"negatives: {record['negatives']}")
     return lines + [f"triple classification: {path}"]
+
+
+def _num(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 @click.command("subset")

@@ -60,8 +60,15 @@ def test_every_option_has_a_default():
 def test_shipped_configs_load():
     from pathlib import Path
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "pipelines" / "configs").glob("*.yaml"))
+    from metasd_dgl.search_space import load_space
+
+    folder = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
+    configs = sorted(p for p in folder.glob("*.yaml") if not p.name.endswith(".tune.yaml"))
     assert len(configs) >= 6
     for path in configs:
         cfg = load_config(path)
         assert cfg.run_dir.startswith("runs/"), path
+    spaces = sorted(folder.glob("*.tune.yaml"))  # each search space parses against its config
+    assert {p.name for p in spaces} >= {f"{d}_dense.tune.yaml" for d in ("umls", "kinship", "nations", "codex-s")}
+    for path in spaces:
+        assert load_space(path, load_config(folder / path.name.replace(".tune.yaml", ".yaml")))

@@ -95,9 +95,9 @@ def test_missing_path_unknown_name_and_format(tmp_path):
     assert str(err.value) == f"{tmp_path / 'nope'}: file not found"
     with pytest.raises(DataError) as err:
         read_source("fb16k")
-    assert str(err.value) == ("fb16k: not a built-in dataset (fb15k-237, kinship, nations, umls, wn18rr) "
+    assert str(err.value) == ("fb16k: not a built-in dataset (codex-s, fb15k-237, kinship, nations, umls, wn18rr) "
                               "nor an existing file or folder")
-    with pytest.raises(DataError, match="known: fb15k-237, kinship, nations, umls, wn18rr"):
+    with pytest.raises(DataError, match="known: codex-s, fb15k-237, kinship, nations, umls, wn18rr"):
         registry.get("yago")
     with pytest.raises(DataError, match="format 'csv' is not one of auto, tsv, raw_udd_hrt, udd_hrt"):
         read_source(TOY, fmt="csv")

@@ -12,6 +12,8 @@ output is ever left):
                     (only where DGL imports; see below)
 ``filter.npz``      ``FilterIndex.from_triples(train+valid+test).save``
 ``stats.json``      ``metasd_dgl.data.stats.summarize`` of the train triples
+``*_negatives.npy`` (n, 3) int64 hard negatives of valid/test, only when the
+                    source ships them (e.g. CoDEx-S); kept as given (no dedupe)
 ``manifest.json``   counts, policies, source, input and output sha256, version
 ==================  ==========================================================
 
@@ -49,7 +51,7 @@ from metasd_dgl.data import registry
 from metasd_dgl import __version__
 from metasd_dgl.data import stats as kgstats
 from metasd_dgl.data.filters import FilterIndex
-from metasd_dgl.data.triples import SPLITS, RawKG, read_source, source_identity, triple_keys
+from metasd_dgl.data.triples import SPLITS, RawKG, named_ids, read_source, source_identity, triple_keys
 from metasd_dgl.errors import DataError
 from metasd_dgl.graph.build import build_graph, load_graph, save_graph
 from metasd_dgl.graph.dgl_import import dgl_available, require_dgl
@@ -121,6 +123,10 @@ def _check_published(raw: RawKG, raw_counts: Dict[str, int], n_ent: int, n_rel: 
     got = dict(raw_counts, entities=n_ent, relations=n_rel)
     if got != expected:
         raise DataError(f"{raw.source}: counts {got} differ from the published {expected}")
+    want = registry.get(raw.builtin).negatives
+    have = {s: len(n.triples) for s, n in raw.negatives.items()}
+    if have != want:
+        raise DataError(f"{raw.source}: hard negatives {have} differ from the published {want}")
     return True
 
 
@@ -142,6 +148,9 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
     _write_names(tmp / "relations.tsv", relations)
     for split in SPLITS:
         np.save(tmp / f"{split}.npy", np.ascontiguousarray(ids[split], dtype=np.int64))
+    negatives = {s: named_ids(n, entities, relations) for s, n in raw.negatives.items()}
+    for split, neg in negatives.items():
+        np.save(tmp / f"{split}_negatives.npy", np.ascontiguousarray(neg, dtype=np.int64))
     train = torch.from_numpy(ids["train"])
     graph_note = "graph.bin"
     if dgl_available():
@@ -175,6 +184,7 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
                             "total_triples": unseen["valid"] + unseen["test"]},
         "filter": "filter.npz",
         "graph": graph_note,
+        "negatives": {s: len(n) for s, n in negatives.items()},
         "files": {p.name: _sha(p) for p in sorted(tmp.iterdir()) if p.is_file()},
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -283,6 +293,7 @@ class KGData:
     test: torch.Tensor  # (n_test, 3)
     stats: Dict[str, Any] = field(repr=False)
     manifest: Dict[str, Any] = field(repr=False)
+    negatives: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # split -> (m, 3) hard negatives
 
     def split(self, name: str) -> torch.Tensor:
         """The (n, 3) triples of split ``name`` (train | valid | test)."""
@@ -341,6 +352,14 @@ def load_processed(path: Union[str, Path]) -> KGData:
         splits[split] = torch.from_numpy(arr)
     if (counts.get("entities"), counts.get("relations")) != (len(entity_names), len(relation_names)):
         raise DataError(f"{path}: entities.tsv/relations.tsv disagree with manifest.json counts")
+    negatives: Dict[str, torch.Tensor] = {}
+    for split, n in (manifest.get("negatives") or {}).items():
+        name = f"{split}_negatives.npy"
+        arr = np.load(_verified(path, manifest, name), allow_pickle=False)
+        if arr.dtype != np.int64 or arr.ndim != 2 or arr.shape[1] != 3 or len(arr) != n:
+            raise DataError(f"{path / name}: expected ({n}, 3) int64")
+        negatives[split] = torch.from_numpy(arr)
     stats = json.loads((path / "stats.json").read_text(encoding="utf-8"))
     return KGData(path, len(entity_names), len(relation_names), entity_names, relation_names,
-                  splits["train"], splits["valid"], splits["test"], stats=stats, manifest=manifest)
+                  splits["train"], splits["valid"], splits["test"], stats=stats, manifest=manifest,
+                  negatives=negatives)

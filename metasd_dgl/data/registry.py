@@ -13,7 +13,10 @@ members, checked when these pins were written).
    Kinships, UMLS only; every file's sha256 verified);
 4. the download cache (``METASD_CACHE_DIR`` or ``~/.cache/metasd-dgl``),
    then a download from the public URL into it (sha256 verified before the
-   file is renamed into the cache).
+   file is renamed into the cache).  A source that serves its files one by
+   one (CoDEx-S: ``files`` and ``files_url`` set) is fetched file by file into
+   the folder ``<cache>/<name>/``, each file verified by its own sha256, the
+   folder renamed into place only when all are.
 
 A checksum mismatch anywhere is a ``DataError``; so is an unknown name (the
 message lists the known ones) and a failed download (the message says how to
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -39,6 +43,7 @@ _CONVE_NOTE = (
     "ConvE repository (Dettmers et al. 2018), file at the repository root; "
     "URL written from the repository layout, not fetched from this machine"
 )
+_CODEX = "https://raw.githubusercontent.com/tsafavi/codex/master/data/triples/codex-s/"
 _SMALL_LICENCE = (
     "Kok & Domingos 2007 relational benchmarks (Alchemy); redistributed in the "
     "ConvE repository (MIT) and in PyKEEN (MIT); no separate data licence stated"
@@ -63,6 +68,9 @@ class BuiltinDataset:
     citation: str
     pykeen_dir: Optional[str] = None  # pykeen/datasets/<dir> holding the splits
     pykeen_sha256: Dict[str, str] = field(default_factory=dict)  # split -> sha256
+    files: Dict[str, str] = field(default_factory=dict)  # file name -> sha256, if served one by one
+    files_url: str = ""  # base URL of ``files`` (name appended)
+    negatives: Dict[str, int] = field(default_factory=dict)  # split -> hard negatives shipped (``valid_negatives.txt``)
 
     def counts(self) -> Dict[str, int]:
         """Expected counts as ``{"train", "valid", "test", "entities", "relations"}``."""
@@ -116,9 +124,24 @@ BUILTINS: Dict[str, BuiltinDataset] = {
         86835, 3034, 3134, 40943, 11,
         "WordNet 3.0 licence (Princeton); ConvE packaging MIT",
         "Dettmers et al., AAAI 2018"),
+    "codex-s": BuiltinDataset(
+        "codex-s", "codex-s.tar.gz",
+        "9616bd0de40dca0affab868a54122551fffd53cccafa89039d66266d7803caa5",
+        _CODEX, "tsafavi/codex repository, data/triples/codex-s/; served as five files "
+        "(see files_url), not as an archive; URLs written from the repository layout, "
+        "not fetched from this machine",
+        32888, 1827, 1828, 2034, 42,
+        "MIT (tsafavi/codex repository); entity and relation ids from Wikidata (CC0)",
+        "Safavi & Koutra, EMNLP 2020", files={
+            "train.txt": "64f93b7f314f3936a6f65739721429db3f6a7c8f5a1e1104ec3bb544f7434f59",
+            "valid.txt": "3831c0e57daef03c3a18cdd1a72e370b496f696c5218883d35c7d2ab8a6a772c",
+            "test.txt": "27127fcb34688c4778e88a39ef3c9b540807da846021e9d9685660ac1838aca1",
+            "valid_negatives.txt": "c1d84860d6ee786419f1f118d0e9479c6614283b3e267afc158734389036901f",
+            "test_negatives.txt": "d3fb32c41f3be26d09484ace571965806f1ade0ca712551b0de684c283cdbb22",
+        }, files_url=_CODEX, negatives={"valid": 1827, "test": 1828}),
 }
 
-_ALIASES = {"fb15k237": "fb15k-237", "kinships": "kinship"}
+_ALIASES = {"fb15k237": "fb15k-237", "kinships": "kinship", "codex_s": "codex-s", "codexs": "codex-s"}
 
 
 @dataclass(frozen=True)
@@ -206,32 +229,79 @@ def _packaged(entry: BuiltinDataset) -> Optional[Resolved]:
     return Resolved(entry, "folder", folder, "pykeen", shas)
 
 
-def download(entry: BuiltinDataset, target_dir: Path, timeout: float = 60.0) -> Path:
-    """Fetch ``entry.url`` into ``target_dir/<archive>``, verified before the final rename."""
+def _fetch(url: str, target_dir: Path, name: str, sha256: str, timeout: float) -> Path:
+    """``url`` -> ``target_dir/name``, verified (sha256) before the final rename; DataError if not."""
     target_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.archive}.", suffix=".part", dir=target_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target_dir)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(entry.url, timeout=timeout) as response:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)
         got = sha256_file(tmp)
-        if got != entry.sha256:
-            raise DataError(f"{entry.url}: downloaded file has sha256 {got}, expected "
-                            f"{entry.sha256}; not the published {entry.archive}")
-        final = target_dir / entry.archive
+        if got != sha256:
+            raise DataError(f"{url}: downloaded file has sha256 {got}, expected {sha256}; "
+                            f"not the published {name}")
+        final = target_dir / name
         os.replace(tmp, final)
         return final
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DataError(
-            f"{entry.name}: not found offline and the download from {entry.url} failed "
-            f"({reason}); download {entry.archive} by hand and pass its folder as the "
-            f"data folder (--data-dir DIR) or set METASD_DATA_DIR=DIR") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _download_failed(entry: BuiltinDataset, url: str, exc: BaseException) -> DataError:
+    reason = getattr(exc, "reason", exc)
+    return DataError(
+        f"{entry.name}: not found offline and the download from {url} failed "
+        f"({reason}); download {entry.archive} by hand and pass its folder as the "
+        f"data folder (--data-dir DIR) or set METASD_DATA_DIR=DIR")
+
+
+def download(entry: BuiltinDataset, target_dir: Path, timeout: float = 60.0) -> Path:
+    """Fetch ``entry.url`` into ``target_dir/<archive>``, verified before the final rename."""
+    try:
+        return _fetch(entry.url, target_dir, entry.archive, entry.sha256, timeout)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise _download_failed(entry, entry.url, exc) from None
+
+
+def _cached_files(entry: BuiltinDataset, folder: Path) -> Optional[Resolved]:
+    """``folder`` holding every one of ``entry.files`` (each sha256 verified), or None if any is missing."""
+    if not all((folder / n).is_file() for n in entry.files):
+        return None
+    shas: Dict[str, str] = {}
+    for name, want in entry.files.items():
+        got = sha256_file(folder / name)
+        if got != want:
+            raise DataError(f"{folder / name}: sha256 mismatch (got {got}, expected {want}); "
+                            f"delete {folder} to download it again")
+        shas[name] = got
+    return Resolved(entry, "folder", folder, "cache", shas)
+
+
+def download_files(entry: BuiltinDataset, cache: Path, timeout: float = 60.0) -> Path:
+    """Fetch each of ``entry.files`` from ``entry.files_url`` into ``cache/<name>/``.
+
+    Every file is verified by its own sha256 in a scratch folder, which is
+    renamed to ``cache/<name>`` only when all are; a failure leaves nothing.
+    """
+    cache.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".part", dir=cache))
+    url = entry.files_url
+    try:
+        for name, sha in entry.files.items():
+            url = entry.files_url + name
+            _fetch(url, scratch, name, sha, timeout)
+        final = cache / entry.name
+        os.replace(scratch, final)
+        return final
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise _download_failed(entry, url, exc) from None
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def resolve(name: str, data_dir: Optional[Path] = None, cache: Optional[Path] = None,
@@ -254,9 +324,15 @@ def resolve(name: str, data_dir: Optional[Path] = None, cache: Optional[Path] = 
     cached = cache / entry.archive
     if cached.is_file():
         return _verified_archive(entry, cached, "cache")
+    if entry.files:
+        found = _cached_files(entry, cache / entry.name)
+        if found is not None:
+            return found
     if not allow_download:
         looked = ", ".join(str(f) for f, _ in places) or "no data folder given"
         raise DataError(f"{entry.name}: {entry.archive} not found ({looked}; cache {cache}); "
                         f"pass --data-dir DIR or set METASD_DATA_DIR=DIR")
+    if entry.files:
+        return Resolved(entry, "folder", download_files(entry, cache), "download", dict(entry.files))
     path = download(entry, cache)
     return Resolved(entry, "archive", path, "download", {entry.archive: entry.sha256})

@@ -27,6 +27,11 @@ Layouts (``fmt``):
   ``assert``; so the maps and every triple line are validated here (file:line
   errors), the triples are then read by ``KGDatasetUDD`` from a scratch copy and
   checked equal.  The user's ids are kept (``RawKG.entities``/``relations``).
+* hard negatives: a ``tsv``/``raw_udd_hrt`` folder (or archive) that also holds
+  ``valid_negatives.txt`` and/or ``test_negatives.txt`` (CoDEx-S ships them:
+  plausible triples verified false) has them read, with the same file:line
+  errors, into ``RawKG.negatives``; ``named_ids`` maps such name triples to
+  ids (``path:LINE: unknown entity 'x'``).
 * ``auto``: ``udd_hrt`` when the folder has both map files and the first
   train line is three integers, else ``tsv``.
 
@@ -61,6 +66,15 @@ _ARCHIVES = (".tar.gz", ".tgz", ".tar")
 
 
 @dataclass
+class NamedTriples:
+    """Name triples read from ``path`` with the line number of each (for error messages)."""
+
+    path: Path
+    triples: List[StrTriple]
+    lines: List[int]
+
+
+@dataclass
 class RawKG:
     """String triples of the three splits and where they came from."""
 
@@ -73,6 +87,7 @@ class RawKG:
     builtin: Optional[str] = None  # canonical built-in name, if one
     entities: Optional[List[str]] = None  # fixed id order (udd_hrt), else None
     relations: Optional[List[str]] = None
+    negatives: Dict[str, NamedTriples] = field(default_factory=dict)  # "valid"/"test" -> hard negatives
 
     def splits(self) -> Dict[str, List[StrTriple]]:
         """``{"train": ..., "valid": ..., "test": ...}``."""
@@ -116,6 +131,37 @@ def read_tsv(path: Union[str, Path]) -> List[StrTriple]:
     return rows  # type: ignore[return-value]
 
 
+def read_named(path: Union[str, Path]) -> NamedTriples:
+    """``read_tsv`` keeping each triple's line number."""
+    rows, lines = _read_rows(Path(path), 3, "triples")
+    return NamedTriples(Path(path), rows, lines)  # type: ignore[arg-type]
+
+
+def named_ids(named: NamedTriples, entities: List[str], relations: List[str]) -> np.ndarray:
+    """(n, 3) int64 ids of ``named`` under the id maps; an unknown name is ``path:LINE: unknown ...``."""
+    import pandas as pd
+
+    arr = np.array(named.triples, dtype=object).reshape(-1, 3)
+    ent, rel = pd.Index(entities), pd.Index(relations)
+    ids = np.stack([ent.get_indexer(arr[:, 0]), rel.get_indexer(arr[:, 1]), ent.get_indexer(arr[:, 2])], axis=1)
+    bad = np.argwhere(ids < 0)
+    if len(bad):
+        i, j = bad[0]
+        kind = "relation" if j == 1 else "entity"
+        raise DataError(f"{named.path}:{named.lines[i]}: unknown {kind} {arr[i, j]!r} (not in the dataset)")
+    return ids.astype(np.int64)
+
+
+def _read_negatives(folder: Path) -> Dict[str, NamedTriples]:
+    """``{split: hard negatives}`` for each ``<split>_negatives`` file the folder holds."""
+    out: Dict[str, NamedTriples] = {}
+    for split in ("valid", "test"):
+        path = _find(folder, tuple(f"{split}_negatives{s}" for s in _SUFFIXES))
+        if path is not None:
+            out[split] = read_named(path)
+    return out
+
+
 def _find(folder: Path, names: Tuple[str, ...]) -> Optional[Path]:
     """First of ``folder/name`` that is a file, or None."""
     return next((folder / n for n in names if (folder / n).is_file()), None)
@@ -136,7 +182,8 @@ def _input_hashes(path: Path) -> Dict[str, str]:
     """sha256 of an archive, or of a folder's split and map files (names relative)."""
     if path.is_file():
         return {path.name: registry.sha256_file(path)}
-    names = [s + x for s in SPLITS for x in _SUFFIXES] + list(_ENTITY_MAPS + _RELATION_MAPS)
+    names = [s + x for s in SPLITS + ("valid_negatives", "test_negatives") for x in _SUFFIXES] \
+        + list(_ENTITY_MAPS + _RELATION_MAPS)
     return {n: registry.sha256_file(path / n) for n in names if (path / n).is_file()}
 
 
@@ -255,8 +302,9 @@ def read_folder(folder: Path, fmt: str, work: Path) -> RawKG:
         splits = _read_raw_udd(folder, work)
     else:
         splits, entities, relations = _read_udd(folder, work)
+    negatives = _read_negatives(folder) if layout != "udd_hrt" else {}
     return RawKG(splits["train"], splits["valid"], splits["test"], f"{layout} folder {folder}",
-                 layout, _input_hashes(folder), None, entities, relations)
+                 layout, _input_hashes(folder), None, entities, relations, negatives)
 
 
 def extract_archive(archive: Path, dest: Path) -> Path:

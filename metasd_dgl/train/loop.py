@@ -118,8 +118,9 @@ class Trainer:
     """Holds the run's objects; ``run()`` is the loop."""
 
     def __init__(self, cfg: Config, data, run_dir: Path, progress: bool = True,
-                 console: Optional[Console] = None) -> None:
+                 console: Optional[Console] = None, on_validation=None) -> None:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
+        self.on_validation = on_validation  # (epoch, selection MRR) after each validation (e.g. a tuner's pruner)
         self.console = console or Console("normal" if progress else "quiet", self.run_dir / "train.log")
         self.progress = progress and self.console.bars
         tc, mc = cfg.train, cfg.metasd
@@ -408,6 +409,8 @@ class Trainer:
         if new_best:
             self.checkpoint("best.pt")
         self.checkpoint("last.pt")
+        if self.on_validation is not None:
+            self.on_validation(st.epoch, mrr)
 
     def validate(self) -> dict[str, dict[str, float]]:
         ev = self.cfg.eval
@@ -492,7 +495,7 @@ class Trainer:
 
 
 def train(cfg: Config, data, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          console: Optional[Console] = None) -> Trainer:
+          console: Optional[Console] = None, on_validation=None) -> Trainer:
     """Train into ``run_dir`` (resuming from its ``checkpoints/last.pt`` when ``resume``).
 
     ``console``: where the readable lines go (default: stdout and ``RUN_DIR/train.log``,
@@ -503,7 +506,7 @@ def train(cfg: Config, data, run_dir: str | Path, resume: bool = False, progress
     configure_threads(cfg.train.num_threads)
     if cfg.train.tune_malloc:
         tune_malloc()
-    trainer = Trainer(cfg, data, Path(run_dir), progress, console)
+    trainer = Trainer(cfg, data, Path(run_dir), progress, console, on_validation)
     if resume:
         path = Path(run_dir) / "checkpoints" / "last.pt"
         trainer.load_state_dict(load_checkpoint(path, trainer.device))
