@@ -33,13 +33,15 @@ BLOCKED = "import sys; sys.modules.update(dict.fromkeys(['dgl', 'pandas', 'safet
 
 def test_cpu_rehearsal(tmp_path, kg_dir):
     out = tmp_path / "gpu_check.json"
-    budget = 10.0
+    # Generous for the work (rank 8 on UMLS: the timing cells take about a second, an epoch well under one):
+    # the checks below hold on a loaded machine too; only "stopped by the deadline" needs the clock.
+    budget = 30.0
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(
         [sys.executable, "-c", BLOCKED + "sys.path.insert(0, 'benchmarks'); import gpu_check; "
          "sys.exit(gpu_check.main(sys.argv[1:]))",
          "--data", str(kg_dir / "umls.tar.gz"), "--tiny", "--budget", str(budget), "--threads", "1",
-         "--timing-share", "0.5", "--device", "cpu", "--out", str(out)],
+         "--timing-share", "0.8", "--device", "cpu", "--out", str(out)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rec = json.loads(out.read_text())
@@ -57,7 +59,7 @@ def test_cpu_rehearsal(tmp_path, kg_dir):
 
     tr = rec["training"]
     assert tr["stop"] == "wall-clock budget spent"  # 1000 epochs cannot finish: the deadline stopped it
-    assert tr["train_seconds"] <= tr["train_seconds_given"] + 3.0  # one step, a save and the summary past it
+    assert tr["train_seconds"] <= tr["train_seconds_given"] + 15.0  # one step, a save and the summary past it
     assert tr["epochs_done"] >= 1 and tr["valid"]
     names = [e["checkpoint"] for e in tr["evaluations"]]
     assert names == ["best.pt", "last.pt"]

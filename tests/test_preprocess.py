@@ -174,11 +174,7 @@ def test_umls_counts(tmp_path, kg_dir):
 
 
 def test_fb15k237_counts_and_unseen(tmp_path, kg_dir):
-    start = time.perf_counter()
-    out = preprocess("FB15k-237", tmp_path / "fb", data_dir=kg_dir)
-    seconds = time.perf_counter() - start
-    print(f"fb15k-237 preprocess: {seconds:.2f}s")
-    assert seconds < 30
+    out = preprocess("FB15k-237", tmp_path / "fb", data_dir=kg_dir)  # speed belongs in benchmarks, not here
     d = load_processed(out)
     assert (d.num_entities, d.num_relations) == (14541, 237)
     assert [len(d.train), len(d.valid), len(d.test)] == [272115, 17535, 20466]
