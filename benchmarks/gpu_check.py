@@ -113,7 +113,7 @@ def paper_config(args, run_dir: Path):
     over["model"]["dim"] = args.dim
     over["train"].update({"device": str(args.device), "keep_checkpoints": 0, "num_threads": args.threads})
     if args.tiny:
-        over["train"].update({"batch_size": 128, "valid_every": 1, "epochs": 1000})
+        over["train"].update({"batch_size": 128, "valid_every": 1, "epochs": 1000, "patience": 0})
         over["metasd"]["quiz_batch_size"] = 64
     cfg = apply_overrides(Config(), over)
     cfg.run_dir = str(run_dir)

@@ -113,8 +113,10 @@ class OwnStudent:  # the MaskedStudent interface, with leaves and an optimiser o
     (non-prunable) weights, e.g. R-GCN biases, stay the teacher's.  The
     student's tables are built by the masked or column view of its own tensors,
     so its scores cost the same as the shared student's.  Its losses reach its
-    own leaves only; the teacher learns from its own losses (and, unless
-    ``metasd.one_way_kd``, from the student's predictions).
+    own leaves (and the shared non-prunable weights it reads); the teacher
+    learns from its own losses (and, unless ``metasd.one_way_kd``, from the
+    student's predictions).  ``grad_clip`` clips the student's and the
+    teacher's gradients separately.
     """
 
     def __init__(self, masks: MaskDict, params: ParamDict, structure: str, optimizer_factory) -> None:

@@ -15,11 +15,13 @@ def test_quick_quality_table(tmp_path, kg_dir):
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(out.read_text())
-    assert [r["label"] for r in record["rows"]] == ["tuned", "rp off", "rp 0.5"]
-    for row, folder in zip(record["rows"], ("nations-tuned", "nations-rpoff", "nations-rp0.5")):
+    from metasd_dgl.config import load_config
+    weight = load_config(REPO / "pipelines" / "configs" / "nations_dense.yaml").train.rp_weight or 0.5
+    assert [r["label"] for r in record["rows"]] == ["tuned", "rp off", f"rp {weight:g}"]
+    for row, folder in zip(record["rows"], ("nations-tuned", "nations-rpoff", f"nations-rp{weight:g}")):
         ev = json.loads((tmp_path / "quick" / folder / "eval" / "test.json").read_text())["results"]["teacher"]["both"]
         assert {k: row[k] for k in ("mrr", "hits@1", "hits@3", "hits@10")} == {
             k: ev[k] for k in ("mrr", "hits@1", "hits@3", "hits@10")}
     assert record["rows"][1]["overrides"]["train.rp_weight"] == 0.0
-    assert record["rows"][2]["overrides"]["train.rp_weight"] == 0.5
+    assert record["rows"][2]["overrides"]["train.rp_weight"] == weight
     assert "| " not in record["table"] and "nations_dense.yaml (rp off)" in record["table"]

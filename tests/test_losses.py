@@ -176,3 +176,5 @@ def test_empty_batch_gives_zero_gradients_and_losses():
         assert backend[2](x, x, y, spec).shape == (0, 6)
     rows = torch.zeros(0, 4)
     assert dura(rows, rows, rows, 0.1).item() == 0.0 and n3((rows, rows, rows), 0.1).item() == 0.0
+    for kind in ("bilinear", "distance"):
+        assert negative_sampling_loss(torch.zeros(0), torch.zeros(0, 3), 2.0, kind).item() == 0.0

@@ -133,6 +133,19 @@ def test_warmup_epochs_train_the_teacher_alone(tmp_path):
     epochs = [r for r in rows if "seconds" in r]
     assert ["ce_student" in r for r in epochs] == [False, False, True]
     assert all("density" in r for r in epochs)  # masks exist from the start (the student is validated)
+    # an untrained student (a warm-up validation) is never the best checkpoint
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["state"]["best_epoch"] == 3 and best["state"]["bad_validations"] == 0
+
+
+def test_resume_may_not_change_the_student_strategy(tmp_path):
+    from metasd_dgl.errors import CheckpointError  # noqa: F401  (the CLI reports it as one error line)
+    own = ["--method", "metasd", "--set", "metasd.quiz_fraction=0.2", "--set", "metasd.prune_rate=0.5"]
+    _train(tmp_path / "run", "--epochs", "1", *own, "--set", "metasd.student=own")
+    args = ["train", "--quiet", "--dataset", TOY, "--run-dir", str(tmp_path / "run"), "--dim", "4",
+            "--batch-size", "4", "--epochs", "2", *own, "--set", "metasd.student=shared", "--resume",
+            str(tmp_path / "run")]
+    assert main(args) == 2  # metasd.student: 'own' (checkpoint) vs 'shared' (now)
 
 
 def test_init_from_starts_from_the_other_runs_weights(tmp_path):
@@ -156,7 +169,9 @@ def test_option_combinations_that_do_not_exist_are_config_errors():
                  {"metasd.student": "own", "train.method": "prune"},
                  {"metasd.student": "own", "train.method": "metasd", "metasd.share_forward": True},
                  {"metasd.real_kd_weighting": "self", "train.method": "metasd", "metasd.share_forward": True},
-                 {"metasd.warmup_epochs": 2, "train.regime": "negative-sampling"}):
+                 {"metasd.warmup_epochs": 2, "train.regime": "negative-sampling"},
+                 {"metasd.warmup_epochs": 30, "metasd.gradual_epochs": 20, "train.epochs": 50},
+                 {"metasd.student": "own", "train.method": "kd", "train.lr_scheduler": "plateau"}):
         with pytest.raises(ConfigError):
             load_config(overrides=over)
 

@@ -16,8 +16,9 @@ own triples and ``train.edge_dropout``), so model selection and the test score
 see the same graph.
 
 Randomness comes from ``torch.Generator``s derived from ``train.seed`` (one
-for initialisation and the quiz split, one per epoch for shuffling and quiz
-batches), so a resumed run replays the same batches.
+for initialisation and the quiz split, one per epoch for shuffling, quiz
+batches, edge dropout, negatives and embedding dropout), so a resumed run
+replays the same batches.
 """
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def dataset_fingerprint(data) -> str:
 FIXED_ON_RESUME = ("model", "train.method", "train.regime", "train.optimizer", "train.seed",
                    "train.batch_size", "metasd.prune_rate", "metasd.prune_scope",
                    "metasd.prune_structure",
-                   "metasd.meta_optimizer", "metasd.quiz_fraction", "train.lr_scheduler")
+                   "metasd.meta_optimizer", "metasd.quiz_fraction", "train.lr_scheduler",
+                   "metasd.student", "metasd.straight_through", "metasd.warmup_epochs", "metasd.gradual_epochs")
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
@@ -272,7 +274,8 @@ class Trainer:
             prunable = prunable_params(self.model)
             coords = (dimension_coordinates(prunable, self.cfg.model.dim)
                       if mc.prune_structure == "dimension" else None)
-            rate = scheduled_rate(mc.prune_rate, st.epoch, mc.gradual_epochs)
+            # the schedule starts when the student does, after the teacher's warm-up epochs
+            rate = scheduled_rate(mc.prune_rate, max(0, st.epoch - mc.warmup_epochs), mc.gradual_epochs)
             self._set_masks(compute_masks(prunable, rate, mc.prune_scope, coords))
         gen = _epoch_generator(tc.seed, st.epoch)
         perm = torch.randperm(len(self.examples), generator=gen)
@@ -394,11 +397,13 @@ class Trainer:
         result = self.validate()
         key = "student" if "student" in result else "teacher"
         mrr = result[key]["mrr"]
-        # While metasd.gradual_epochs still raises the prune rate the student is denser than the
-        # target: such a checkpoint is no candidate for best.pt (and does not count for patience).
-        final = st.epoch > self.cfg.metasd.gradual_epochs if self.masks is not None else True
+        # During the teacher's warm-up the student has not trained, and while metasd.gradual_epochs
+        # still raises the prune rate it is denser than the target: such a validation is no candidate
+        # for best.pt, counts for neither patience nor the LR schedule.
+        mc = self.cfg.metasd
+        final = st.epoch > mc.warmup_epochs + mc.gradual_epochs if self.masks is not None else True
         new_best = final and mrr > st.best_mrr
-        if self.scheduler is not None:
+        if self.scheduler is not None and final:
             self.scheduler.step(mrr)
         if new_best:
             st.best_mrr, st.best_epoch, st.bad_validations = mrr, st.epoch, 0

@@ -143,7 +143,7 @@ def negative_sampling_loss(pos: Tensor, neg: Tensor, margin: float = 9.0, kind: 
         shift = margin
     else:
         raise ValueError(f"unknown score kind {kind!r}")
-    return (F.softplus(-(pos + shift)) + F.softplus(neg + shift).mean(-1)).mean()
+    return (F.softplus(-(pos + shift)) + F.softplus(neg + shift).mean(-1)).sum() / _rows(pos)
 
 
 # ------------------------------------------------------- the autograd backend
