@@ -49,7 +49,7 @@ from ..pruning import compute_masks, dimension_coordinates, prunable_params, sch
 from ..runtime import configure_threads, tune_malloc
 from ..student import OwnStudent, make_student
 from .spec import StepSpec
-from .steps import Stepper, make_optimizers
+from .steps import OPTIMIZERS, Stepper, make_optimizers
 from .tracker import make_tracker
 
 STUDENT_METHODS = ("prune", "kd", "metasd")
@@ -349,8 +349,7 @@ class Trainer:
     def _student_optimizer(self, leaves: list) -> torch.optim.Optimizer:
         """The own student's optimiser: the main optimiser's kind, at ``metasd.student_lr`` (0 = train.lr)."""
         tc = self.cfg.train
-        kind = {"adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[tc.optimizer]
-        return kind(leaves, lr=self.cfg.metasd.student_lr or tc.lr)
+        return OPTIMIZERS[tc.optimizer](leaves, lr=self.cfg.metasd.student_lr or tc.lr)
 
     @property
     def early_stopped(self) -> bool:

@@ -60,13 +60,16 @@ class Forward(NamedTuple):
     rel_scores: Optional[Tensor]  # (b, 2R): every relation given (h, t); only with train.rp_weight
 
 
+#: ``train.optimizer`` / ``metasd.meta_optimizer`` names -> torch optimisers.
+OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+
+
 def make_optimizers(model: nn.Module, cfg: Config) -> Tuple[torch.optim.Optimizer, Optional[torch.optim.Optimizer]]:
     """Main optimiser over all weights and, for ``metasd``, the meta optimiser over the same weights."""
     params = [p for p in model.parameters() if p.requires_grad]
     tc, mc = cfg.train, cfg.metasd
-    opts = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
-    main = opts[tc.optimizer](params, lr=tc.lr)
-    meta = opts[mc.meta_optimizer](params, lr=mc.meta_lr) if tc.method == "metasd" else None
+    main = OPTIMIZERS[tc.optimizer](params, lr=tc.lr)
+    meta = OPTIMIZERS[mc.meta_optimizer](params, lr=mc.meta_lr) if tc.method == "metasd" else None
     return main, meta
 
 
