@@ -110,12 +110,17 @@ def test_ce_grad_matches_autograd(smoothing):
     assert torch.allclose(g, g_ref, atol=1e-12) and loss.item() == pytest.approx(ref.item(), abs=1e-12)
 
 
+def _logits(seed: int, rows: int, cols: int):
+    """Learner and source logits ``(rows, cols)`` (requiring grad) and targets ``(rows,)``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, cols, generator=gen) * 2).requires_grad_()
+    z = (torch.randn(rows, cols, generator=gen) * 2).requires_grad_()
+    return x, z, torch.randint(0, cols, (rows,), generator=gen), gen
+
+
 @pytest.mark.parametrize("spec", SPECS)
 def test_mutual_grads_match_autograd(spec):
-    gen = torch.Generator().manual_seed(1)
-    x = (torch.randn(6, 11, generator=gen) * 2).requires_grad_()
-    z = (torch.randn(6, 11, generator=gen) * 2).requires_grad_()
-    y = torch.randint(0, 11, (6,), generator=gen)
+    x, z, y, _ = _logits(1, 6, 11)
     (gx_ref,) = torch.autograd.grad(_reference_student_loss(x, z.detach(), y, spec), x)
     (gz_ref,) = torch.autograd.grad(_reference_student_loss(z, x.detach(), y, spec), z)
     gx, gz, v = mutual_grads(x.detach(), z.detach(), y, spec)
@@ -128,10 +133,7 @@ def test_mutual_grads_match_autograd(spec):
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_virtual_grad_and_its_hessian_vector_product(spec):
-    gen = torch.Generator().manual_seed(2)
-    x = (torch.randn(4, 8, generator=gen) * 2).requires_grad_()
-    z = (torch.randn(4, 8, generator=gen) * 2).requires_grad_()
-    y = torch.randint(0, 8, (4,), generator=gen)
+    x, z, y, gen = _logits(2, 4, 8)
     v = torch.randn(4, 8, generator=gen)
     (g_ref,) = torch.autograd.grad(_reference_student_loss(x, z, y, spec), x, create_graph=True)
     g = virtual_grad(x, z, y, spec)
@@ -148,10 +150,7 @@ def test_virtual_grad_and_its_hessian_vector_product(spec):
 @pytest.mark.parametrize("spec", SPECS)
 def test_autograd_backend_equals_fused(spec):
     """``losses.AUTOGRAD`` and ``fused`` give the same gradients, values and second-order terms."""
-    gen = torch.Generator().manual_seed(3)
-    x = (torch.randn(5, 9, generator=gen) * 2).requires_grad_()
-    z = (torch.randn(5, 9, generator=gen) * 2).requires_grad_()
-    y = torch.randint(0, 9, (5,), generator=gen)
+    x, z, y, gen = _logits(3, 5, 9)
     g1, l1 = ce_grad(x.detach(), y, 0.1)
     g2, l2 = AUTOGRAD.ce_grad(x.detach(), y, 0.1)
     assert torch.allclose(g1, g2, atol=1e-12) and l1.item() == pytest.approx(l2.item(), abs=1e-12)
