@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict
 
@@ -45,8 +46,9 @@ from common import (RESULTS, default_data_dir, format_table, in_child, machine_i
                     write_json)
 
 DATASETS = ("umls", "kinship", "fb15k-237")
-RUNS = ("ours", "pykeen-1n", "pykeen-lcwa")
-LABELS = {"ours": "metasd-dgl", "pykeen-1n": "PyKEEN 1-N", "pykeen-lcwa": "PyKEEN LCWA"}
+RUNS = ("ours", "ours-rp", "pykeen-1n", "pykeen-lcwa")
+LABELS = {"ours": "metasd-dgl", "ours-rp": "metasd-dgl+RP", "pykeen-1n": "PyKEEN 1-N", "pykeen-lcwa": "PyKEEN LCWA"}
+PEERS = ("pykeen-1n", "pykeen-lcwa")  # compared with ours; ours-rp is ours with relation prediction
 
 FULL: Dict[str, Dict[str, Any]] = {
     "umls": dict(dim=200, batch=500, epochs=100, lr=0.1),
@@ -79,6 +81,7 @@ def _config(job: dict):
         "train.regularizer": job["regularizer"], "train.reg_weight": job["reg_weight"],
         "train.label_smoothing": 0.0, "train.seed": job["seed"], "train.device": "cpu",
         "train.valid_every": job["epochs"], "train.patience": 0, "train.keep_checkpoints": 0,
+        "train.cpu_minutes": job.get("cpu_minutes") or 0.0, "train.rp_weight": job.get("rp_weight") or 0.0,
         # the Trainer validates once, after the last epoch; a small score chunk keeps that validation
         # from setting the run's peak RSS (default cap 512 MB), which should measure training
         "eval.max_memory_mb": 128,
@@ -118,6 +121,7 @@ def run_ours(job: dict) -> dict:
     rss_train = peak_rss_mb()
     epochs = [h for h in trainer.state.history if "seconds" in h]
     return {
+        "cpu_seconds": trainer.state.cpu_seconds, "steps": trainer.state.step,
         "epoch_seconds": [h["seconds"] for h in epochs],
         "epoch_loss": [h.get("loss") for h in epochs],
         "train_wall_s": wall,
@@ -144,7 +148,8 @@ def run_pykeen(job: dict) -> dict:
     rss_loaded = peak_rss_mb()
     model, out = pykeen_peer.train_complex(job, train, data["entities"], data["relations"], data["init"])
     rss_train = peak_rss_mb()
-    pk_metrics = pykeen_peer.evaluate(model, test, [data["train"], data["valid"]], job["eval_batch"])
+    pk_metrics = (pykeen_peer.evaluate(model, test, [data["train"], data["valid"]], job["eval_batch"])
+                  if job["pykeen_evaluator"] else None)
     rss_pk_eval = peak_rss_mb()
 
     # Our evaluator on PyKEEN's trained tables, in our layout (and a check that both models score alike).
@@ -161,6 +166,8 @@ def run_pykeen(job: dict) -> dict:
         our_scores = torch.cat([ours(probe[:, :2]), ours(torch.stack([probe[:, 2], probe[:, 1] + R], 1))])
         score_diff = float((pk_scores - our_scores).abs().max() / our_scores.abs().max().clamp_min(1e-30))
     our_metrics = our_evaluation(ours, test, job["processed"])
+    if pk_metrics is None:  # --no-pykeen-evaluator: ours only (they agree to 1e-7, see the epoch-budget runs)
+        pk_metrics = {**our_metrics, "seconds": float("nan")}
     return {
         **out,
         "steps_per_epoch": math.ceil(job["rows_per_epoch"] / job["batch"]),
@@ -182,10 +189,15 @@ def summarize(result: dict) -> None:
     if not result.get("ok"):
         return
     secs = result["epoch_seconds"]
-    result["seconds_per_epoch"] = sum(secs) / len(secs)
+    if result.get("cpu_minutes"):  # a CPU budget: epochs done (fractional), CPU seconds per epoch
+        result["epochs_done"] = result["steps"] / result["steps_per_epoch"]
+        result["seconds_per_epoch"] = result["cpu_seconds"] / result["epochs_done"]
+    else:
+        result["epochs_done"] = len(secs)
+        result["seconds_per_epoch"] = sum(secs) / len(secs)
     result["ms_per_1k_rows"] = 1e6 * result["seconds_per_epoch"] / result["rows_per_epoch"]
     if "gc_collect_seconds" in result:
-        result["gc_seconds_per_epoch"] = result["gc_collect_seconds"] / len(secs)
+        result["gc_seconds_per_epoch"] = result["gc_collect_seconds"] / result["epochs_done"]
 
 
 def compare(ours: dict, other: dict) -> dict:
@@ -208,7 +220,8 @@ def compare(ours: dict, other: dict) -> dict:
 
 
 def budget_text(s: dict) -> str:
-    text = f"d{s['dim']} b{s['batch']} e{s['epochs']} lr{s['lr']:g}"
+    span = f"{s['cpu_minutes']:g} CPU min" if s.get("cpu_minutes") else f"e{s['epochs']}"
+    text = f"d{s['dim']} b{s['batch']} {span} lr{s['lr']:g}"
     if s.get("train_limit"):
         text += f" train[:{s['train_limit']}]"
     return text
@@ -222,18 +235,18 @@ def print_tables(record: dict) -> None:
             lead = [name, budget_text(ds["settings"])] if first else ["", ""]
             first = False
             if not res.get("ok"):
-                rows.append(lead + [LABELS[run], "failed: " + res.get("error", "?")[:60]] + [""] * 8)
+                rows.append(lead + [LABELS[run], "failed: " + res.get("error", "?")[:60]] + [""] * 9)
                 continue
             cmp = ds["comparisons"].get(run, {})
             rows.append(lead + [
                 LABELS[run], f"{res['metrics']['mrr']:.4f}", f"{res['metrics']['hits@10']:.4f}",
-                f"{res['seconds_per_epoch']:.2f}", f"{res['rows_per_epoch']:,}", f"{res['ms_per_1k_rows']:.1f}",
+                f"{res['epochs_done']:.2f}", f"{res['seconds_per_epoch']:.2f}", f"{res['rows_per_epoch']:,}", f"{res['ms_per_1k_rows']:.1f}",
                 f"{res['peak_rss_mb']['train']:.0f}",
                 f"{cmp['time_ratio_per_epoch']:.2f}x" if cmp else "-",
                 f"{cmp['time_ratio_per_row']:.2f}x" if cmp else "-",
                 f"{cmp['mrr_diff']:+.4f}" if cmp else "-",
             ])
-            if run != "ours":
+            if run in PEERS:
                 agree.append([name, LABELS[run], f"{res['metrics']['mrr']:.6f}", f"{res['our_evaluator']['mrr']:.6f}",
                               f"{res['evaluator_mrr_abs_diff']:.1e}", f"{res['evaluator_hits10_abs_diff']:.1e}",
                               f"{res['score_rel_diff_after_training']:.1e}", f"{res['init_max_abs_diff']:.0e}",
@@ -247,8 +260,17 @@ def print_tables(record: dict) -> None:
           + f", Adagrad, init N(0, {s['init_scale']:g}^2), torch threads {s['threads'] or 'default'}"
           + f", seed {s['seed']}; test split, both sides, filtered, realistic ranks")
     print(format_table(
-        ["dataset", "budget", "run", "MRR", "H@10", "s/epoch", "rows/epoch", "ms/1k rows", "peak RSS MB",
+        ["dataset", "budget", "run", "MRR", "H@10", "epochs", "s/epoch", "rows/epoch", "ms/1k rows", "peak RSS MB",
          "ours/this s/ep", "ours/this per row", "ours-this MRR"], rows, left=3))
+    if s.get("cpu_minutes"):
+        print(f"budget: {s['cpu_minutes']:g} CPU minutes of training batches per run (process time, "
+              f"{s['threads'] or 'default'} thread(s)); epochs = batches done / batches per epoch; "
+              "s/epoch = CPU seconds per epoch")
+    for name, ds in record["datasets"].items():
+        if "rp_effect" in ds:
+            e = ds["rp_effect"]
+            print(f"relation prediction (weight {s['rp_weight']:g}) on {name}: MRR {e['mrr']:+.4f}, "
+                  f"H@1 {e['hits@1']:+.4f}, H@10 {e['hits@10']:+.4f} (ours-rp - ours, same budget)")
     print("rows/epoch: training queries per epoch (ours and PyKEEN 1-N: 2 x |train|; PyKEEN LCWA: unique (h, r)"
           " pairs incl. inverses); peak RSS: whole process up to the end of training (imports included)")
     if agree:
@@ -268,7 +290,18 @@ def main() -> None:
     ap.add_argument("--data-dir", default=default_data_dir(), help="folder holding the <name>.tar.gz archives")
     ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=None,
                     help="default: all three (--quick: umls)")
-    ap.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS), help="which trainings (ours is the reference)")
+    ap.add_argument("--runs", nargs="+", choices=RUNS, default=["ours", *PEERS],
+                    help="which trainings (ours is the reference; ours-rp: ours plus relation prediction)")
+    ap.add_argument("--cpu-minutes", type=float, default=0.0,
+                    help="train every run for this many CPU minutes (process time of its batches; epochs become "
+                         "a cap) instead of a number of epochs; the final weights are tested")
+    ap.add_argument("--rp-weight", type=float, default=4.0,
+                    help="relation-prediction weight of the ours-rp run (4: the MetaSD reference's FB15k-237 value)")
+    ap.add_argument("--no-pykeen-evaluator", action="store_true",
+                    help="test PyKEEN's trained tables with our evaluator only (PyKEEN's takes ~17 min on "
+                         "FB15k-237; the two agree to 1e-7 in every epoch-budget run)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs trained at once (each single-process; with --cpu-minutes their budgets stay equal)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets (dim 16, 1-2 epochs): checks the script works")
     ap.add_argument("--epochs", type=int, help="override every dataset's epochs")
     ap.add_argument("--dim", type=int, help="override every dataset's dim")
@@ -308,7 +341,8 @@ def main() -> None:
                   "reg_weight": args.reg_weight if args.regularizer != "none" else 0.0,
                   "init_scale": args.init_scale, "seed": args.seed, "threads": args.threads,
                   "optimizer": "adagrad", "loss": "softmax cross-entropy", "quick": args.quick,
-                  "pykeen_eval_batch": args.eval_batch, "pykeen_tuned_malloc": args.pykeen_tuned_malloc},
+                  "pykeen_eval_batch": args.eval_batch, "pykeen_tuned_malloc": args.pykeen_tuned_malloc,
+                  "cpu_minutes": args.cpu_minutes, "rp_weight": args.rp_weight, "jobs": args.jobs},
         "datasets": {},
     }
     try:
@@ -318,6 +352,8 @@ def main() -> None:
                                ("lr", args.lr)):
                 if value is not None:
                     settings[key] = value
+            if args.cpu_minutes:  # the budget is CPU time; epochs only a cap
+                settings.update(cpu_minutes=args.cpu_minutes, epochs=args.epochs or 10_000)
             t_prep, processed = timed(lambda: preprocess(name, work / "data" / name, Path(args.data_dir)))
             data = load_processed(processed)
             train = data.train[: settings["train_limit"]] if settings.get("train_limit") else data.train
@@ -337,7 +373,8 @@ def main() -> None:
                           "regularizer": args.regularizer, "reg_weight": args.reg_weight,
                           "init_scale": args.init_scale, "seed": args.seed, "threads": args.threads,
                           "eval_batch": args.eval_batch, "pykeen_tuned_malloc": args.pykeen_tuned_malloc,
-                          "triples_file": str(work / "triples" / f"{name}.pt")}
+                          "pykeen_evaluator": not args.no_pykeen_evaluator,
+                          "triples_file": str(work / "triples" / f"{name}.pt"), "cpu_minutes": args.cpu_minutes}
             # The PyKEEN process reads the splits and our initial weights (make_model with the Trainer's
             # seeded generator) from this file, so that it trains without dgl or this project imported.
             init = make_model(_config({**common_job, "run_dir": str(work)}), data,
@@ -347,21 +384,32 @@ def main() -> None:
                         "entities": data.entity_names, "relations": data.relation_names,
                         "init": {"entity": init.entity.detach().clone(), "relation": init.relation.detach().clone()}},
                        common_job["triples_file"])
-            for run in runs:
+            def one(run: str) -> dict:
                 rows = info["unique_hr_pairs"] if run == "pykeen-lcwa" else info["queries_per_epoch"]
-                job = {**common_job, "run": run, "run_dir": str(work / "runs" / name / run), "rows_per_epoch": rows}
-                wall, res = timed(lambda: in_child(run_ours if run == "ours" else run_pykeen, job))
-                res["process_wall_s"] = wall
+                job = {**common_job, "run": run, "run_dir": str(work / "runs" / name / run), "rows_per_epoch": rows,
+                       "rp_weight": args.rp_weight if run == "ours-rp" else 0.0}
+                wall, res = timed(lambda: in_child(run_pykeen if run in PEERS else run_ours, job))
+                res.update(process_wall_s=wall, cpu_minutes=args.cpu_minutes)
                 summarize(res)
-                ds["runs"][run] = res
+                return res
+
+            with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # each run is its own process
+                results = dict(zip(runs, pool.map(one, runs)))
+            for run in runs:
+                res = ds["runs"][run] = results[run]
+                wall = res["process_wall_s"]
                 if res.get("ok"):
                     print(f"  {LABELS[run]:12s} MRR {res['metrics']['mrr']:.4f}  H@10 {res['metrics']['hits@10']:.4f}"
                           f"  {res['seconds_per_epoch']:.2f} s/epoch  peak RSS {res['peak_rss_mb']['train']:.0f} MB"
                           f"  ({wall:.0f} s)", flush=True)
                 else:
                     print(f"  {LABELS[run]:12s} FAILED: {res.get('error')}\n{res.get('traceback', '')}", flush=True)
-            for run in runs[1:]:
-                ds["comparisons"][run] = compare(ds["runs"]["ours"], ds["runs"][run])
+            for run in runs:
+                if run in PEERS:
+                    ds["comparisons"][run] = compare(ds["runs"]["ours"], ds["runs"][run])
+            if "ours-rp" in runs and ds["runs"]["ours"].get("ok") and ds["runs"]["ours-rp"].get("ok"):
+                ds["rp_effect"] = {k: ds["runs"]["ours-rp"]["metrics"][k] - ds["runs"]["ours"]["metrics"][k]
+                                   for k in ("mrr", "hits@1", "hits@10")}
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)

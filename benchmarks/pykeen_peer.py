@@ -113,7 +113,8 @@ def train_complex(job: dict, train: torch.Tensor, entities: List[str], relations
 
     ``job["run"]``: ``pykeen-lcwa`` (stock ``LCWATrainingLoop``) or ``pykeen-1n`` (our 2 x |train| rows on
     its per-triple ``SymmetricLCWATrainingLoop``).  ``job``: dim, epochs, batch, lr, regularizer,
-    reg_weight, seed.  -> (model, {epoch_seconds, epoch_loss, train_wall_s, setup_before_first_batch_s,
+    reg_weight, seed, and optionally cpu_minutes (stop once the batches used that much CPU time; ``epochs``
+    is then only a cap).  -> (model, {epoch_seconds, epoch_loss, train_wall_s, setup_before_first_batch_s,
     gc_collect_seconds, init_max_abs_diff}).
     """
     quiet()
@@ -171,6 +172,27 @@ def train_complex(job: dict, train: torch.Tensor, entities: List[str], relations
             self.marks.append(time.perf_counter())
             self.losses.append(float(epoch_loss))
 
+    class BudgetSpent(Exception):
+        """Raised by ``CPUBudget`` to end training (PyKEEN re-raises only MemoryError/RuntimeError handling)."""
+
+    class CPUBudget(TrainingCallback):
+        """``job["cpu_minutes"]``: process CPU time from the first batch on, read at every batch start (so the
+        previous batch's optimiser step and PyKEEN's per-epoch ``gc.collect`` count); the budget spent, the
+        next batch does not start."""
+
+        def __init__(self, minutes: float) -> None:
+            super().__init__()
+            self.budget, self.used, self.steps, self.last = 60.0 * minutes, 0.0, 0, None
+
+        def pre_batch(self, **kwargs: Any) -> None:
+            now = time.process_time()
+            if self.last is not None:
+                self.used += now - self.last
+                self.steps += 1
+                if self.budget and self.used >= self.budget:
+                    raise BudgetSpent
+            self.last = now
+
     class TimedGC:
         """Stands in for ``gc`` inside PyKEEN's training loop module: its ``gc.collect()`` calls, timed."""
 
@@ -205,11 +227,14 @@ def train_complex(job: dict, train: torch.Tensor, entities: List[str], relations
     loop_cls = PerQueryTrainingLoop if job["run"] == "pykeen-1n" else LCWATrainingLoop
     loop = loop_cls(model=model, triples_factory=tf, optimizer="adagrad", optimizer_kwargs=dict(lr=job["lr"]))
     assert isinstance(loop.optimizer, torch.optim.Adagrad)
+    budget = CPUBudget(job.get("cpu_minutes") or 0.0)
     loop_module.gc = TimedGC()
     start = time.perf_counter()
     try:
         loop.train(triples_factory=tf, num_epochs=job["epochs"], batch_size=job["batch"], use_tqdm=False,
-                   use_tqdm_batch=False, callbacks=[timer], drop_last=False, pin_memory=False)
+                   use_tqdm_batch=False, callbacks=[timer, budget], drop_last=False, pin_memory=False)
+    except BudgetSpent:
+        pass
     finally:
         loop_module.gc = gc
     wall = time.perf_counter() - start
@@ -223,6 +248,8 @@ def train_complex(job: dict, train: torch.Tensor, entities: List[str], relations
         # only the calls inside the timed epochs (PyKEEN also collects once before the first batch)
         "gc_collect_seconds": sum(s for t, s in TimedGC.calls if t >= first),
         "init_max_abs_diff": timer.init_diff,
+        # batches done and their CPU time (exact when the budget ended training; else without the last batch)
+        "cpu_seconds": budget.used, "steps": budget.steps,
     }
 
 

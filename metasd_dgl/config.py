@@ -67,6 +67,7 @@ class TrainConfig:
     margin: float = 9.0  # negative-sampling regime: gamma of distance models
     edge_dropout: float = 0.5  # rgcn: share of training edges hidden from message passing
     batches_per_epoch: int = 0  # cap on batches per epoch, a random part of it (0 = the whole epoch)
+    cpu_minutes: float = 0.0  # stop once training steps used this much process CPU time, all threads (0 = off)
     sample_edges: int = 0  # rgcn + negative-sampling: message edges sampled per batch (0 = all)
     grad_clip: float = 0.0  # 0 = off
     loss_backend: str = "fused"  # fused (closed-form score gradients) | autograd (the reference losses)
@@ -109,6 +110,7 @@ class MetaSDConfig:
     warmup_epochs: int = 0  # plain teacher epochs before the student's losses and the meta step start
     gradual_epochs: int = 0  # prune rate raised from 0 to prune_rate over these epochs (cubic; 0 = at once)
     straight_through: bool = False  # prune: pruned weights keep the student's gradient, so the mask can change
+    mask_epochs: int = 0  # the mask is recomputed in the first k student epochs, then kept (0 = every epoch)
 
 
 @dataclass
@@ -188,6 +190,9 @@ def validate(cfg: Config) -> Config:
         ("metasd.student_lr", cfg.metasd.student_lr >= 0, "must be >= 0"),
         ("metasd.warmup_epochs", cfg.metasd.warmup_epochs >= 0, "must be >= 0"),
         ("metasd.gradual_epochs", cfg.metasd.gradual_epochs >= 0, "must be >= 0"),
+        ("metasd.mask_epochs", cfg.metasd.mask_epochs >= 0, "must be >= 0"),
+        ("metasd.mask_epochs", cfg.metasd.mask_epochs == 0 or cfg.metasd.mask_epochs > cfg.metasd.gradual_epochs,
+         "must exceed metasd.gradual_epochs (the mask is kept only at the final prune rate)"),
         ("metasd.gradual_epochs", cfg.metasd.warmup_epochs + cfg.metasd.gradual_epochs < cfg.train.epochs,
          "plus metasd.warmup_epochs must be below train.epochs (the student must train at its final rate)"),
         ("train.lr_scheduler", cfg.train.lr_scheduler == "none" or cfg.metasd.student == "shared",
@@ -210,9 +215,19 @@ def validate(cfg: Config) -> Config:
                    f"negative-sampling supports methods plain and prune, not {cfg.train.method!r}"))
     checks.append(("train.sample_edges", cfg.train.sample_edges >= 0, "must be >= 0"))
     checks.append(("train.batches_per_epoch", cfg.train.batches_per_epoch >= 0, "must be >= 0"))
+    checks.append(("train.cpu_minutes", cfg.train.cpu_minutes >= 0, "must be >= 0"))
     checks.append(("metasd.prune_structure", cfg.metasd.prune_structure == "element" or (
         cfg.model.encoder == "kge" and cfg.metasd.prune_scope == "global"),
         "needs model.encoder=kge and metasd.prune_scope=global"))
+    # Options that would be silently ignored by the chosen method or student.
+    student_method = cfg.train.method in ("prune", "kd", "metasd")
+    checks += [(f"metasd.{name}", not getattr(cfg.metasd, name) or student_method,
+                f"has no effect with train.method={cfg.train.method!r} (needs prune, kd or metasd)")
+               for name in ("warmup_epochs", "gradual_epochs", "mask_epochs")]
+    checks += [("metasd.one_way_kd", not cfg.metasd.one_way_kd or cfg.train.method in ("kd", "metasd"),
+                "has no effect without distillation (train.method kd or metasd)"),
+               ("metasd.student_lr", not cfg.metasd.student_lr or cfg.metasd.student == "own",
+                "is the own student's lr: it needs metasd.student=own")]
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"{key}={get(cfg, key)!r} {why}")

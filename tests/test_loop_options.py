@@ -38,3 +38,67 @@ def test_dimension_masks_train_and_evaluate(tmp_path):
         kept = coords if kept is None else kept
         assert coords == kept  # the same coordinates in every table
     assert main(["evaluate", str(run), "--no-plots"]) == 0  # teacher and true student
+
+
+class _FakeCPU:
+    """``time.process_time`` of the loop module: every training step costs ``per_step`` CPU seconds."""
+
+    def __init__(self, per_step: float) -> None:
+        self.now, self.per_step, self.calls = 0.0, per_step, 0
+
+    def process_time(self) -> float:
+        self.calls += 1
+        if self.calls % 2 == 0:  # the second reading of a step
+            self.now += self.per_step
+        return self.now
+
+    def __getattr__(self, name):  # perf_counter and the rest: the real module
+        import time
+        return getattr(time, name)
+
+
+def test_cpu_budget_stops_mid_epoch_validates_and_resumes(tmp_path, monkeypatch):
+    from metasd_dgl.train import loop
+
+    fake = _FakeCPU(per_step=30.0)
+    monkeypatch.setattr(loop, "time", fake)
+    run = tmp_path / "run"
+    # toy: 16 training triples -> 32 queries, batch 4 -> 8 batches an epoch; 30 CPU s a step, budget 5 min = 10 steps
+    args = ["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "50", "--dim", "4",
+            "--batch-size", "4", "--set", "train.valid_every=20", "--set", "train.cpu_minutes=5"]
+    assert main(args) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if "seconds" in r]
+    steps_per_epoch = epochs[0]["step"]
+    assert [r["step"] for r in epochs] == [steps_per_epoch, 10]  # the second epoch cut at the 10th step
+    assert [r["epoch"] for r in rows if "valid" in r] == [2]  # validated although valid_every is 20
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["state"]
+    assert state["cpu_seconds"] == 300.0 and state["best_epoch"] == 2
+    assert "CPU budget spent" in (run / "train.log").read_text()
+    # a larger budget continues from the stored CPU time: 2 more minutes = 4 more steps
+    assert main(["train", "--quiet", "--resume", str(run), "--set", "train.cpu_minutes=7"]) == 0
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["state"]
+    assert state["step"] == 14 and state["cpu_seconds"] == 420.0
+
+
+def _masks_by_epoch(run, epochs):
+    return [load_checkpoint(run / "checkpoints" / f"epoch-{k}.pt")["masks"] for k in range(1, epochs + 1)]
+
+
+def test_mask_epochs_keeps_the_mask_after_the_first_student_epochs(tmp_path):
+    def masks(name, *extra):
+        run = tmp_path / name
+        assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "5", "--dim", "6",
+                     "--method", "metasd", "--batch-size", "4", "--set", "metasd.quiz_fraction=0.2",
+                     "--set", "train.keep_checkpoints=5", "--set", "train.lr=0.5", *extra]) == 0
+        return _masks_by_epoch(run, 5)
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) for k in a)
+
+    every = masks("every")
+    assert not all(same(every[0], m) for m in every[1:])  # recomputed each epoch, the mask moves here
+    kept = masks("kept", "--set", "metasd.mask_epochs=2", "--set", "metasd.warmup_epochs=1")
+    # warm-up epoch 1, student epochs 2-3 recompute it, epochs 4-5 keep the mask of epoch 3
+    assert same(kept[2], kept[3]) and same(kept[3], kept[4])
+    assert not same(kept[1], kept[2]) or not same(kept[0], kept[1])  # it was recomputed before

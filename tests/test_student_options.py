@@ -171,7 +171,13 @@ def test_option_combinations_that_do_not_exist_are_config_errors():
                  {"metasd.real_kd_weighting": "self", "train.method": "metasd", "metasd.share_forward": True},
                  {"metasd.warmup_epochs": 2, "train.regime": "negative-sampling"},
                  {"metasd.warmup_epochs": 30, "metasd.gradual_epochs": 20, "train.epochs": 50},
-                 {"metasd.student": "own", "train.method": "kd", "train.lr_scheduler": "plateau"}):
+                 {"metasd.student": "own", "train.method": "kd", "train.lr_scheduler": "plateau"},
+                 # options the method would silently ignore
+                 {"metasd.warmup_epochs": 2, "train.method": "plain"},
+                 {"metasd.mask_epochs": 2, "train.method": "plain"},
+                 {"metasd.mask_epochs": 2, "metasd.gradual_epochs": 3, "train.method": "prune"},
+                 {"metasd.one_way_kd": True, "train.method": "prune"},
+                 {"metasd.student_lr": 0.1, "train.method": "metasd"}):
         with pytest.raises(ConfigError):
             load_config(overrides=over)
 

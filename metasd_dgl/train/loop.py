@@ -77,6 +77,7 @@ class TrainState:
     bad_validations: int = 0
     validated_epoch: int = 0  # last epoch whose validation is done
     epoch_sums: dict = field(default_factory=dict)  # running loss sums of the current epoch
+    cpu_seconds: float = 0.0  # process CPU time spent in training steps (train.cpu_minutes)
     history: list = field(default_factory=list)
 
 
@@ -98,7 +99,8 @@ FIXED_ON_RESUME = ("model", "train.method", "train.regime", "train.optimizer", "
                    "train.batch_size", "metasd.prune_rate", "metasd.prune_scope",
                    "metasd.prune_structure",
                    "metasd.meta_optimizer", "metasd.quiz_fraction", "train.lr_scheduler",
-                   "metasd.student", "metasd.straight_through", "metasd.warmup_epochs", "metasd.gradual_epochs")
+                   "metasd.student", "metasd.straight_through", "metasd.warmup_epochs", "metasd.gradual_epochs",
+                   "metasd.mask_epochs")
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
@@ -244,7 +246,7 @@ class Trainer:
                 # Validation first, so a run resumed between an epoch's end and
                 # its validation still validates that epoch.
                 self._validate_if_due()
-                if self.early_stopped or self.state.epoch >= tc.epochs:
+                if self.early_stopped or self.budget_spent or self.state.epoch >= tc.epochs:
                     break
                 self._run_epoch()
                 if self._stop_signal is not None:
@@ -258,8 +260,10 @@ class Trainer:
             self.checkpoint("last.pt")
             self.stop_reason = f"interrupted by signal {self._stop_signal} at step {self.state.step}"
         else:
-            self.stop_reason = (f"early stop: no better valid MRR in {tc.patience} validations (train.patience)"
-                                if self.early_stopped else f"reached train.epochs={tc.epochs}")
+            self.stop_reason = (
+                f"early stop: no better valid MRR in {tc.patience} validations (train.patience)" if self.early_stopped
+                else f"CPU budget spent: {self.state.cpu_seconds / 60:.1f} of train.cpu_minutes={tc.cpu_minutes:g}"
+                if self.budget_spent else f"reached train.epochs={tc.epochs}")
         self._summary()
         if self._stop_signal is not None:
             raise TrainingInterrupted(
@@ -269,13 +273,15 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         tc, mc, st = self.cfg.train, self.cfg.metasd, self.state
-        if self.cfg.train.method in STUDENT_METHODS and st.batch_in_epoch == 0:
-            # Masks are recomputed from the teacher's current magnitudes every epoch.
+        student_epoch = st.epoch - mc.warmup_epochs  # < 0 during the teacher's warm-up
+        remask = not mc.mask_epochs or student_epoch < mc.mask_epochs or self.masks is None
+        if self.cfg.train.method in STUDENT_METHODS and st.batch_in_epoch == 0 and remask:
+            # Masks are recomputed from the teacher's current magnitudes every epoch (or the first mask_epochs).
             prunable = prunable_params(self.model)
             coords = (dimension_coordinates(prunable, self.cfg.model.dim)
                       if mc.prune_structure == "dimension" else None)
             # the schedule starts when the student does, after the teacher's warm-up epochs
-            rate = scheduled_rate(mc.prune_rate, max(0, st.epoch - mc.warmup_epochs), mc.gradual_epochs)
+            rate = scheduled_rate(mc.prune_rate, max(0, student_epoch), mc.gradual_epochs)
             self._set_masks(compute_masks(prunable, rate, mc.prune_scope, coords))
         gen = _epoch_generator(tc.seed, st.epoch)
         perm = torch.randperm(len(self.examples), generator=gen)
@@ -292,6 +298,9 @@ class Trainer:
         bar = tqdm(total=len(batches), initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{tc.epochs}",
                    disable=not (self.progress and self.dist.is_main), leave=False, dynamic_ncols=True)
         for i in range(st.batch_in_epoch, len(batches)):
+            if self.budget_spent:  # the epoch ends here: it is logged, validated and checkpointed as the last
+                break
+            cpu0 = time.process_time()
             idx = batches[i][self.dist.rank::self.dist.world]  # this process's share
             batch, graph, negatives = self._batch_inputs(idx, gen)
             quiz = None
@@ -309,6 +318,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
             st.step += 1
             st.batch_in_epoch = i + 1
+            st.cpu_seconds += time.process_time() - cpu0
             bar.update(1)
             bar.set_postfix(loss=f"{sums.get('loss', math.nan) / st.batch_in_epoch:.4g}")  # running mean
             if tc.checkpoint_every and st.step % tc.checkpoint_every == 0:
@@ -317,7 +327,7 @@ class Trainer:
                 bar.close()
                 return
         bar.close()
-        n = max(1, len(batches))
+        n = max(1, st.batch_in_epoch)
         record = {"epoch": st.epoch + 1, "step": st.step, "seconds": round(time.perf_counter() - t0, 3),
                   **{k: v / n for k, v in sums.items()}}
         if self.masks:
@@ -350,6 +360,11 @@ class Trainer:
         """The own student's optimiser: the main optimiser's kind, at ``metasd.student_lr`` (0 = train.lr)."""
         tc = self.cfg.train
         return OPTIMIZERS[tc.optimizer](leaves, lr=self.cfg.metasd.student_lr or tc.lr)
+
+    @property
+    def budget_spent(self) -> bool:
+        minutes = self.cfg.train.cpu_minutes
+        return bool(minutes) and self.state.cpu_seconds >= 60 * minutes
 
     @property
     def early_stopped(self) -> bool:
@@ -390,7 +405,7 @@ class Trainer:
         tc, st = self.cfg.train, self.state
         if st.epoch == 0 or st.validated_epoch == st.epoch or st.batch_in_epoch:
             return
-        if st.epoch % tc.valid_every != 0 and st.epoch < tc.epochs:
+        if st.epoch % tc.valid_every != 0 and st.epoch < tc.epochs and not self.budget_spent:
             return
         st.validated_epoch = st.epoch
         result = self.validate()
@@ -453,7 +468,8 @@ class Trainer:
         return (f"dataset {cfg.data.dataset}: {d.num_entities} entities, {d.num_relations} relations, "
                 f"train/valid/test {len(d.train)}/{len(d.valid)}/{len(d.test)}\n"
                 f"model {cfg.model.encoder}+{cfg.model.decoder} dim {cfg.model.dim}, method {method}{prune}, "
-                f"{cfg.train.epochs} epochs\n"
+                f"{cfg.train.epochs} epochs"
+                + (f" or {cfg.train.cpu_minutes:g} CPU minutes" if cfg.train.cpu_minutes else "") + "\n"
                 f"device {self.device}, threads {torch.get_num_threads()}"
                 + (f", {self.dist.world} processes" if self.dist.world > 1 else "")
                 + f"\nrun folder {self.run_dir}")
