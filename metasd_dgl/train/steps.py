@@ -111,13 +111,15 @@ class Stepper:
         return Forward(self.decoder.score_all(h, r, ent), (h, r, t), rel_scores)
 
     def _dropout(self, x: Tensor, rate: float) -> Tensor:
-        """Inverted dropout of the rows' entries, masks drawn from ``self.generator``."""
+        """Inverted dropout of the rows' entries.  The mask is drawn on ``x``'s device from a seed that
+        ``self.generator`` (the epoch's CPU stream, resumable) gives, so no table-sized mask is copied."""
         if not rate:
             return x
         if self.generator is None:
             raise ValueError("embedding dropout needs Stepper.generator")
-        keep = torch.rand(x.shape, generator=self.generator, device=self.generator.device) >= rate
-        return x * keep.to(x.device, x.dtype) * (1.0 / (1.0 - rate))
+        seed = int(torch.randint(2 ** 62, (1,), generator=self.generator))
+        keep = torch.rand(x.shape, generator=torch.Generator(x.device).manual_seed(seed), device=x.device) >= rate
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - rate))
 
     def own_terms(self, f: Forward, queries: Tensor) -> Tuple[Pairs, Dict[str, Tensor]]:
         """A model's terms beside the data CE: the regulariser and relation prediction.
