@@ -75,15 +75,19 @@ def run_status(run_dir: Path, cfg: Config) -> Optional[dict[str, Any]]:
         state = load_checkpoint(path)
     except CheckpointError:
         return {"finished": False, "differences": [f"{path} is unreadable"], "epoch": 0, "best_mrr": -1.0}
-    from metasd_dgl.config import to_dict
+    from metasd_dgl.config import Config, to_dict
 
-    old, new = state.get("config", {}), to_dict(cfg)
+    # an option the run's checkpoint predates counts with its default
+    defaults, new = to_dict(Config()), to_dict(cfg)
+    old = {sec: {**(defaults[sec] if isinstance(defaults.get(sec), dict) else {}), **v} if isinstance(v, dict) else v
+           for sec, v in state.get("config", {}).items()}
     differences = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} (run) vs {new[sec].get(k)!r} (now)"
                    for sec in new if isinstance(new[sec], dict)
                    for k in sorted(set(new[sec]) | set(old.get(sec, {}))) if old.get(sec, {}).get(k) != new[sec].get(k)]
     st = state["state"]
     stopped = cfg.train.patience and st["bad_validations"] >= cfg.train.patience
-    done = bool(st["epoch"] >= cfg.train.epochs or stopped) and not st.get("batch_in_epoch")
+    spent = cfg.train.cpu_minutes and st.get("cpu_seconds", 0.0) >= 60 * cfg.train.cpu_minutes
+    done = bool(st["epoch"] >= cfg.train.epochs or stopped or spent) and not st.get("batch_in_epoch")
     return {"finished": done and not differences, "differences": differences, "epoch": st["epoch"],
             "best_mrr": st.get("best_mrr", -1.0)}
 

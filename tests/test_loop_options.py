@@ -102,3 +102,38 @@ def test_mask_epochs_keeps_the_mask_after_the_first_student_epochs(tmp_path):
     # warm-up epoch 1, student epochs 2-3 recompute it, epochs 4-5 keep the mask of epoch 3
     assert same(kept[2], kept[3]) and same(kept[3], kept[4])
     assert not same(kept[1], kept[2]) or not same(kept[0], kept[1])  # it was recomputed before
+
+
+def test_a_run_resumed_after_its_budget_ran_out_mid_epoch_closes_that_epoch(tmp_path, monkeypatch):
+    """Killed after the mid-epoch checkpoint of the step that spent the budget: the resume logs, validates
+    and checkpoints the cut epoch (it does not stop with the epoch open)."""
+    from metasd_dgl.train import loop
+
+    monkeypatch.setattr(loop, "time", _FakeCPU(per_step=30.0))
+    real_checkpoint = loop.Trainer.checkpoint
+
+    def dies_after_step_10(self, name):
+        path = real_checkpoint(self, name)
+        if self.state.step == 10 and self.state.batch_in_epoch:
+            raise KeyboardInterrupt("killed")  # stands in for SIGKILL right after the save
+        return path
+
+    run = tmp_path / "run"
+    args = ["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "50", "--dim", "4",
+            "--batch-size", "4", "--set", "train.valid_every=20", "--set", "train.cpu_minutes=5",
+            "--set", "train.checkpoint_every=10"]
+    monkeypatch.setattr(loop.Trainer, "checkpoint", dies_after_step_10)
+    try:
+        main(args)
+    except KeyboardInterrupt:
+        pass
+    killed = load_checkpoint(run / "checkpoints" / "last.pt")["state"]
+    assert killed["step"] == 10 and killed["batch_in_epoch"] > 0 and killed["epoch"] == 1  # inside epoch 2
+    monkeypatch.setattr(loop.Trainer, "checkpoint", real_checkpoint)
+    assert main(["train", "--quiet", "--resume", str(run)]) == 0
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["state"]
+    assert (state["epoch"], state["batch_in_epoch"], state["step"], state["best_epoch"]) == (2, 0, 10, 2)
+    from metasd_dgl.stages import run_status
+    from metasd_dgl.config import from_dict
+    cfg = from_dict(load_checkpoint(run / "checkpoints" / "last.pt")["config"])
+    assert run_status(run, cfg)["finished"]  # a spent budget is a finished run

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..console import Console, epoch_line, valid_line
-from ..config import Config, save_config, to_dict
+from ..config import Config, ConfigError, save_config, to_dict
 from ..data.triples import reciprocal_queries
 from ..device import resolve_device
 from ..errors import CheckpointError, UserError
@@ -104,11 +104,12 @@ FIXED_ON_RESUME = ("model", "train.method", "train.regime", "train.optimizer", "
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
-    """``["model.dim: 8 (checkpoint) vs 16 (now)", ...]`` over FIXED_ON_RESUME."""
-    out = []
+    """``["model.dim: 8 (checkpoint) vs 16 (now)", ...]`` over FIXED_ON_RESUME (an option the
+    checkpoint predates counts with its default)."""
+    out, defaults = [], to_dict(Config())
     for key in FIXED_ON_RESUME:
         section, _, name = key.partition(".")
-        a, b = old.get(section, {}), new.get(section, {})
+        a, b = {**defaults.get(section, {}), **old.get(section, {})}, new.get(section, {})
         pairs = [(name, a.get(name), b.get(name))] if name else [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))]
         out += [f"{section}.{k}: {x!r} (checkpoint) vs {y!r} (now)" for k, x, y in pairs if x != y]
     return out
@@ -130,6 +131,9 @@ class Trainer:
         tc, mc = cfg.train, cfg.metasd
         self.device = resolve_device(rank_device(tc.device, os.environ))  # cuda -> cuda:LOCAL_RANK
         self.dist = init_from_env(self.device)  # rank 0 of 1 unless launched by torchrun
+        if tc.cpu_minutes and self.dist.world > 1:  # each rank would spend its own budget: ranks would part
+            raise ConfigError("train.cpu_minutes is a single-process budget; not supported under torchrun "
+                              f"(WORLD_SIZE={self.dist.world})")
         init_gen = torch.Generator().manual_seed(tc.seed)
         self.model = make_model(cfg, data, init_gen).to(self.device)
         if tc.init_from:  # start from another run's weights (post-hoc prune + fine-tune)
@@ -246,7 +250,9 @@ class Trainer:
                 # Validation first, so a run resumed between an epoch's end and
                 # its validation still validates that epoch.
                 self._validate_if_due()
-                if self.early_stopped or self.budget_spent or self.state.epoch >= tc.epochs:
+                # a budget spent inside an epoch (a run resumed after it) still closes that epoch first
+                budget_over = self.budget_spent and not self.state.batch_in_epoch
+                if self.early_stopped or budget_over or self.state.epoch >= tc.epochs:
                     break
                 self._run_epoch()
                 if self._stop_signal is not None:
@@ -479,8 +485,12 @@ class Trainer:
             return
         st, ck = self.state, self.run_dir / "checkpoints"
         key = "student" if self.masks else "teacher"
+        mc = self.cfg.metasd
+        unready = (f"no best checkpoint: no validation after the warm-up / gradual pruning "
+                   f"(metasd.warmup_epochs + gradual_epochs = {mc.warmup_epochs + mc.gradual_epochs} epochs)")
         best = (f"best epoch {st.best_epoch} (valid {key} MRR {st.best_mrr:.4f}) -> {ck / 'best.pt'}"
-                if st.best_epoch > 0 else "no validation yet, no best checkpoint")
+                if st.best_epoch > 0 else unready if st.validated_epoch and self.masks
+                else "no validation yet, no best checkpoint")
         lines = [f"done: {st.epoch} epochs, {st.step} steps; {self.stop_reason}", best,
                  f"outputs: {ck / 'last.pt'}, {self.run_dir / 'metrics.jsonl'}, {self.run_dir / 'train.log'}"]
         record = {"epochs": st.epoch, "steps": st.step, "best_epoch": st.best_epoch, "best_mrr": st.best_mrr,
