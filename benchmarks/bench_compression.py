@@ -147,8 +147,8 @@ METHODS = [
            encoder="rgcn", needs=("metasd.student", "metasd.mask_epochs")),
 ]
 BY_NAME = {m.name: m for m in METHODS}
-#: Students compared with these two, seed by seed.
-PAIRED_AGAINST = ("dense small", "prune-only")
+#: Students compared with these, seed by seed (per encoder).
+PAIRED_AGAINST = {"kge": ("dense small", "prune-only"), "rgcn": ("rgcn prune-only",)}
 
 
 # ------------------------------------------------------------------ the options a method relies on
@@ -228,9 +228,10 @@ def comparisons(results: Mapping[str, dict]) -> dict:
     """``{student method: {reference: paired(...)}}`` for every student row with a run of each reference."""
     out: dict = {}
     for name, res in results.items():
-        if "student" not in res or name in PAIRED_AGAINST or BY_NAME[name].encoder != "kge":
+        refs = PAIRED_AGAINST[BY_NAME[name].encoder]
+        if "student" not in res or name in refs:
             continue
-        for ref in PAIRED_AGAINST:
+        for ref in refs:
             if ref in results and ref != name:
                 ref_row = "student" if "student" in results[ref] else "teacher"
                 out.setdefault(name, {})[ref] = paired(res["student"]["per_seed_mrr"],
