@@ -49,9 +49,9 @@ def reference(kg_dir, tmp_path_factory):
 KILLER = """
 import os, signal, sys
 from metasd_dgl.cli import main
-from metasd_dgl.train import loop
+from metasd_dgl.train import examples, loop
 signum, where, n = getattr(signal, "SIG" + sys.argv[1]), sys.argv[2], int(sys.argv[3])
-owner, name = {"batch": (loop.Trainer, "_batch_inputs"), "checkpoint": (loop, "save_checkpoint"),
+owner, name = {"batch": (examples.BatchInputs, "__call__"), "checkpoint": (loop, "save_checkpoint"),
                "validate": (loop.Trainer, "validate")}[where]
 original, calls = getattr(owner, name), [0]
 def wrapped(*args, **kwargs):

@@ -37,17 +37,16 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..console import Console, epoch_line, valid_line
 from ..config import Config, ConfigError, save_config, to_dict
-from ..data.triples import reciprocal_queries
 from ..device import resolve_device
 from ..errors import CheckpointError, UserError
 from ..device import to_device
 from ..distributed import init_from_env, rank_device
-from ..graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local
 from ..evaluation import metrics, rank_split
 from ..model import LinkPredictor, build_model
 from ..pruning import compute_masks, dimension_coordinates, prunable_params, scheduled_rate, sparsity_report
 from ..runtime import configure_threads, tune_malloc
 from ..student import OwnStudent, make_student
+from .examples import BatchInputs, Examples
 from .spec import StepSpec
 from .steps import OPTIMIZERS, Stepper, make_optimizers
 from .tracker import make_tracker
@@ -147,20 +146,12 @@ class Trainer:
         self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=tc.lr_factor, patience=tc.lr_patience)
             if tc.lr_scheduler == "plateau" else None)
-        # Quiz split: a seeded random slice of train, removed from the training examples.
-        n_all = len(data.train)
-        train_idx = torch.arange(n_all)
-        self.quiz = None
-        if tc.method == "metasd":
-            train_idx, quiz_idx = quiz_split(n_all, mc.quiz_fraction, init_gen)
-            self.quiz = reciprocal_queries(data.train[quiz_idx], data.num_relations)
-        self.examples = reciprocal_queries(data.train[train_idx], data.num_relations)
-        # Graph edges of each example: edge i is (h, r, t), edge i + n its inverse (t, r+R, h),
-        # i.e. exactly the reciprocal query; ``example_pair`` is the forward id of the pair.
-        self.example_pair = torch.cat([train_idx, train_idx])
-        self.example_edge = torch.cat([train_idx, train_idx + n_all])
-        # Training steps' message passing never sees the quiz triples (evaluation sees all).
-        self.hidden = quiz_idx if self.quiz is not None else torch.zeros(0, dtype=torch.int64)
+        # The training queries; for MetaSD a seeded random slice of train is the quiz, held out.
+        self.examples = Examples.split(data.train, data.num_relations,
+                                       mc.quiz_fraction if tc.method == "metasd" else None, init_gen)
+        self.batch_inputs = BatchInputs(self.examples, self.graph, data.train, self.device, self.rgcn,
+                                        tc.regime == "negative-sampling", tc.edge_dropout, tc.num_negatives,
+                                        tc.sample_edges)
         self.masks: Optional[dict] = None
         self.student = None  # the student of ``masks`` (student.make_student), rebuilt with them
         self.state = TrainState()
@@ -308,11 +299,9 @@ class Trainer:
                 break
             cpu0 = time.process_time()
             idx = batches[i][self.dist.rank::self.dist.world]  # this process's share
-            batch, graph, negatives = self._batch_inputs(idx, gen)
-            quiz = None
-            if self.quiz is not None:
-                q = torch.randint(len(self.quiz), (min(mc.quiz_batch_size, len(self.quiz)),), generator=gen)
-                quiz = self.quiz[q].to(self.device)
+            batch, graph, negatives = self.batch_inputs(idx, gen)
+            quiz = self.examples.quiz_batch(mc.quiz_batch_size, gen)
+            quiz = quiz.to(self.device) if quiz is not None else None
             if st.epoch < mc.warmup_epochs:  # the teacher trains alone first
                 out = self.stepper.teacher_step(batch, graph)
             elif negatives is not None:
@@ -376,35 +365,6 @@ class Trainer:
     def early_stopped(self) -> bool:
         patience = self.cfg.train.patience
         return bool(patience) and self.state.bad_validations >= patience
-
-    def _batch_inputs(self, idx: torch.Tensor, gen: torch.Generator):
-        """-> (queries (b, 3), message graph or None, negatives (b, k) or None) for one batch.
-
-        1-N: R-GCN runs on the message graph with ``edge_dropout`` of its
-        triples hidden, the batch's own triples always among them (a triple is
-        never predicted from itself).  Negative sampling: DGL's uniform sampler
-        corrupts the tail of each example's graph edge; R-GCN then runs on an
-        edge-sampled subgraph and ids become the subgraph's node ids.
-        """
-        tc = self.cfg.train
-        batch = self.examples[idx]
-        if tc.regime != "negative-sampling":
-            graph = None
-            if self.rgcn:
-                graph = full_graph_dropout(self.graph, tc.edge_dropout, gen,
-                                           exclude_edge_ids=torch.cat([self.hidden, self.example_pair[idx]]))
-            return batch.to(self.device), graph, None
-        negatives = negative_tails(self.graph, self.example_edge[idx].to(self.device), tc.num_negatives, gen)
-        if not self.rgcn:
-            return batch.to(self.device), None, negatives.to(self.device)
-        sub, _ = edge_sampled_subgraph(self.graph, self.data.train, self.example_pair[idx], gen,
-                                       tc.edge_dropout, sample_size=tc.sample_edges or None,
-                                       extra_nodes=torch.cat([batch[:, 0], batch[:, 2], negatives.reshape(-1).cpu()]))
-        local = batch.clone()
-        local[:, 0] = to_local(sub, batch[:, 0])
-        local[:, 2] = to_local(sub, batch[:, 2])
-        neg_local = to_local(sub, negatives.reshape(-1)).view_as(negatives)
-        return local.to(self.device), sub, neg_local.to(self.device)
 
     def _validate_if_due(self) -> None:
         """Validate on schedule (once per epoch); keep the best checkpoint."""
