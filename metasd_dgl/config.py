@@ -323,6 +323,13 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return d
 
 
+def with_defaults(d: dict[str, Any]) -> dict[str, Any]:
+    """A stored config dict (e.g. a checkpoint's) with every option it predates at its default."""
+    defaults = to_dict(Config())
+    return {sec: {**defaults[sec], **v} if isinstance(v, dict) and isinstance(defaults.get(sec), dict) else v
+            for sec, v in {**defaults, **d}.items()}
+
+
 def from_dict(d: dict[str, Any], source: str = "config") -> Config:
     return validate(apply_overrides(Config(), d, source))
 

@@ -75,12 +75,9 @@ def run_status(run_dir: Path, cfg: Config) -> Optional[dict[str, Any]]:
         state = load_checkpoint(path)
     except CheckpointError:
         return {"finished": False, "differences": [f"{path} is unreadable"], "epoch": 0, "best_mrr": -1.0}
-    from metasd_dgl.config import Config, to_dict
+    from metasd_dgl.config import to_dict, with_defaults
 
-    # an option the run's checkpoint predates counts with its default
-    defaults, new = to_dict(Config()), to_dict(cfg)
-    old = {sec: {**(defaults[sec] if isinstance(defaults.get(sec), dict) else {}), **v} if isinstance(v, dict) else v
-           for sec, v in state.get("config", {}).items()}
+    old, new = with_defaults(state.get("config", {})), to_dict(cfg)  # options the run predates: defaults
     differences = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} (run) vs {new[sec].get(k)!r} (now)"
                    for sec in new if isinstance(new[sec], dict)
                    for k in sorted(set(new[sec]) | set(old.get(sec, {}))) if old.get(sec, {}).get(k) != new[sec].get(k)]

@@ -137,3 +137,25 @@ def test_a_run_resumed_after_its_budget_ran_out_mid_epoch_closes_that_epoch(tmp_
     from metasd_dgl.config import from_dict
     cfg = from_dict(load_checkpoint(run / "checkpoints" / "last.pt")["config"])
     assert run_status(run, cfg)["finished"]  # a spent budget is a finished run
+
+
+def test_a_checkpoint_older_than_an_option_counts_it_at_its_default(tmp_path):
+    """A run folder written before ``train.cpu_minutes`` / ``metasd.mask_epochs`` existed is still finished
+    for ``pipeline`` and resumable (the missing options are compared at their defaults)."""
+    from metasd_dgl.config import from_dict
+    from metasd_dgl.stages import run_status
+    from metasd_dgl.train.loop import config_differences
+
+    run = tmp_path / "run"
+    assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "1", "--dim", "4"]) == 0
+    stored = load_checkpoint(run / "checkpoints" / "last.pt")
+    cfg = from_dict(stored["config"])
+    old = {sec: dict(v) if isinstance(v, dict) else v for sec, v in stored["config"].items()}
+    del old["train"]["cpu_minutes"], old["metasd"]["mask_epochs"]
+    stored["config"] = old
+    from metasd_dgl.checkpoint import save_checkpoint
+    save_checkpoint(stored, run / "checkpoints" / "last.pt")
+    assert run_status(run, cfg) == {**run_status(run, cfg), "finished": True, "differences": []}
+    assert config_differences(old, stored["config"] | {"metasd": {**old["metasd"], "mask_epochs": 0}}) == []
+    assert config_differences(old, {**old, "metasd": {**old["metasd"], "mask_epochs": 2}}) == [
+        "metasd.mask_epochs: 0 (checkpoint) vs 2 (now)"]

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..console import Console, epoch_line, valid_line
-from ..config import Config, ConfigError, save_config, to_dict
+from ..config import Config, ConfigError, save_config, to_dict, with_defaults
 from ..device import resolve_device
 from ..errors import CheckpointError, UserError
 from ..device import to_device
@@ -105,10 +105,10 @@ FIXED_ON_RESUME = ("model", "train.method", "train.regime", "train.optimizer", "
 def config_differences(old: dict, new: dict) -> list[str]:
     """``["model.dim: 8 (checkpoint) vs 16 (now)", ...]`` over FIXED_ON_RESUME (an option the
     checkpoint predates counts with its default)."""
-    out, defaults = [], to_dict(Config())
+    out, old = [], with_defaults(old)
     for key in FIXED_ON_RESUME:
         section, _, name = key.partition(".")
-        a, b = {**defaults.get(section, {}), **old.get(section, {})}, new.get(section, {})
+        a, b = old.get(section, {}), new.get(section, {})
         pairs = [(name, a.get(name), b.get(name))] if name else [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))]
         out += [f"{section}.{k}: {x!r} (checkpoint) vs {y!r} (now)" for k, x, y in pairs if x != y]
     return out
