@@ -382,7 +382,7 @@ def main() -> None:
                           "init_scale": args.init_scale, "seed": args.seed, "threads": args.threads,
                           "eval_batch": args.eval_batch, "pykeen_tuned_malloc": args.pykeen_tuned_malloc,
                           "pykeen_evaluator": not args.no_pykeen_evaluator,
-                          "triples_file": str(work / "triples" / f"{name}.pt"), "cpu_minutes": args.cpu_minutes}
+                          "triples_file": str(work / "triples" / f"{name}.pt")}
             # The PyKEEN process reads the splits and our initial weights (make_model with the Trainer's
             # seeded generator) from this file, so that it trains without dgl or this project imported.
             init = make_model(_config({**common_job, "run_dir": str(work)}), data,
@@ -397,7 +397,7 @@ def main() -> None:
                 job = {**common_job, "run": run, "run_dir": str(work / "runs" / name / run), "rows_per_epoch": rows,
                        "rp_weight": args.rp_weight if run == "ours-rp" else 0.0}
                 wall, res = timed(lambda: in_child(run_pykeen if run in PEERS else run_ours, job))
-                res.update(process_wall_s=wall, cpu_minutes=args.cpu_minutes)
+                res.update(process_wall_s=wall, cpu_minutes=job.get("cpu_minutes"))  # settings hold the budget
                 summarize(res)
                 return res
 

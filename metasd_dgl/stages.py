@@ -22,7 +22,7 @@ from metasd_dgl.errors import CheckpointError, UserError
 from metasd_dgl.evaluation import format_table, summarize
 from metasd_dgl.export import export_student, load_student, save_dense
 from metasd_dgl.evaluation import REFERENCE_PRUNE_RATE, encode_tables, rank_split, rank_split_reference, reference_masks
-from metasd_dgl.train.loop import dataset_fingerprint, make_model, train
+from metasd_dgl.train.loop import cpu_budget_spent, dataset_fingerprint, make_model, train
 
 
 def processed_dir(cfg: Config) -> Path:
@@ -83,7 +83,7 @@ def run_status(run_dir: Path, cfg: Config) -> Optional[dict[str, Any]]:
                    for k in sorted(set(new[sec]) | set(old.get(sec, {}))) if old.get(sec, {}).get(k) != new[sec].get(k)]
     st = state["state"]
     stopped = cfg.train.patience and st["bad_validations"] >= cfg.train.patience
-    spent = cfg.train.cpu_minutes and st.get("cpu_seconds", 0.0) >= 60 * cfg.train.cpu_minutes
+    spent = cpu_budget_spent(cfg.train.cpu_minutes, st.get("cpu_seconds", 0.0))
     done = bool(st["epoch"] >= cfg.train.epochs or stopped or spent) and not st.get("batch_in_epoch")
     return {"finished": done and not differences, "differences": differences, "epoch": st["epoch"],
             "best_mrr": st.get("best_mrr", -1.0)}

@@ -114,6 +114,11 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return out
 
 
+def cpu_budget_spent(cpu_minutes: float, cpu_seconds: float) -> bool:
+    """Whether training steps that used ``cpu_seconds`` have spent ``train.cpu_minutes`` (0 = no budget)."""
+    return bool(cpu_minutes) and cpu_seconds >= 60 * cpu_minutes
+
+
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
 
@@ -358,8 +363,7 @@ class Trainer:
 
     @property
     def budget_spent(self) -> bool:
-        minutes = self.cfg.train.cpu_minutes
-        return bool(minutes) and self.state.cpu_seconds >= 60 * minutes
+        return cpu_budget_spent(self.cfg.train.cpu_minutes, self.state.cpu_seconds)
 
     @property
     def early_stopped(self) -> bool:
