@@ -111,6 +111,7 @@ class MetaSDConfig:
     gradual_epochs: int = 0  # prune rate raised from 0 to prune_rate over these epochs (cubic; 0 = at once)
     straight_through: bool = False  # prune: pruned weights keep the student's gradient, so the mask can change
     mask_epochs: int = 0  # the mask is recomputed in the first k student epochs, then kept (0 = every epoch)
+    mask_source: str = "teacher"  # student=own: whose magnitudes choose the mask each epoch | student (prune-only's)
 
 
 @dataclass
@@ -147,6 +148,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "metasd.meta_optimizer": ("adam", "adagrad", "sgd"),
     "metasd.meta_grad_path": ("full", "kd"),
     "metasd.student": ("shared", "own"),
+    "metasd.mask_source": ("teacher", "student"),
     "metasd.real_kd_weighting": ("source", "self"),
     "data.format": ("auto", "tsv", "raw_udd_hrt", "udd_hrt"),
 }
@@ -227,7 +229,9 @@ def validate(cfg: Config) -> Config:
     checks += [("metasd.one_way_kd", not cfg.metasd.one_way_kd or cfg.train.method in ("kd", "metasd"),
                 "has no effect without distillation (train.method kd or metasd)"),
                ("metasd.student_lr", not cfg.metasd.student_lr or cfg.metasd.student == "own",
-                "is the own student's lr: it needs metasd.student=own")]
+                "is the own student's lr: it needs metasd.student=own"),
+               ("metasd.mask_source", cfg.metasd.mask_source == "teacher" or cfg.metasd.student == "own",
+                "chooses between the teacher's and the own student's magnitudes: it needs metasd.student=own")]
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"{key}={get(cfg, key)!r} {why}")

@@ -117,13 +117,23 @@ class OwnStudent:  # the MaskedStudent interface, with leaves and an optimiser o
     learns from its own losses (and, unless ``metasd.one_way_kd``, from the
     student's predictions).  ``grad_clip`` clips the student's and the
     teacher's gradients separately.
+
+    ``keep_pruned`` (``metasd.mask_source = student``): the student is
+    prune-only's masked model with a teacher to learn from.  Its tensors start
+    as the teacher's whole tensors; a pruned weight keeps its last value
+    (frozen: its gradient through the mask is zero) and the next mask comes from
+    the student's own magnitudes (``magnitudes``), so a weight that regrows
+    comes back with its own value, as in prune-only.
     """
 
-    def __init__(self, masks: MaskDict, params: ParamDict, structure: str, optimizer_factory) -> None:
+    def __init__(self, masks: MaskDict, params: ParamDict, structure: str, optimizer_factory,
+                 keep_pruned: bool = False) -> None:
         self.structure = structure
+        self.keep_pruned = keep_pruned
         self.view = _view(masks, params, structure)
         self.names = self.view.names
-        self.leaves: ParamDict = {n: (params[n].detach() * self.view.masks[n]).requires_grad_(True)
+        self.leaves: ParamDict = {n: (params[n].detach().clone() if keep_pruned
+                                      else params[n].detach() * self.view.masks[n]).requires_grad_(True)
                                   for n in self.names}
         self.optimizer = optimizer_factory(list(self.leaves.values()))
 
@@ -132,13 +142,19 @@ class OwnStudent:  # the MaskedStudent interface, with leaves and an optimiser o
         return self.view.bool_masks
 
     def remask(self, masks: MaskDict, params: ParamDict) -> None:
-        """A new mask from the teacher: regrown weights start from the teacher's, pruned ones are zeroed."""
+        """A new mask: regrown weights start from the teacher's, pruned ones are zeroed (with
+        ``keep_pruned`` both keep their own values)."""
         new = _view(masks, params, self.structure)
-        with torch.no_grad():
-            for n, w in self.leaves.items():
-                old, keep = self.view.masks[n], new.masks[n]
-                w.copy_((w * old + params[n].detach() * (1 - old)) * keep)
+        if not self.keep_pruned:
+            with torch.no_grad():
+                for n, w in self.leaves.items():
+                    old, keep = self.view.masks[n], new.masks[n]
+                    w.copy_((w * old + params[n].detach() * (1 - old)) * keep)
         self.view = new
+
+    def magnitudes(self) -> ParamDict:
+        """``{name: tensor}`` the next mask is computed from (``metasd.mask_source = student``)."""
+        return {n: self.leaves[n].detach() for n in self.names}
 
     def weights(self, params: ParamDict) -> ParamDict:
         """The student's tables: its own tensors under the mask, the teacher's shared weights."""

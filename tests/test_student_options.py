@@ -177,7 +177,8 @@ def test_option_combinations_that_do_not_exist_are_config_errors():
                  {"metasd.mask_epochs": 2, "train.method": "plain"},
                  {"metasd.mask_epochs": 2, "metasd.gradual_epochs": 3, "train.method": "prune"},
                  {"metasd.one_way_kd": True, "train.method": "prune"},
-                 {"metasd.student_lr": 0.1, "train.method": "metasd"}):
+                 {"metasd.student_lr": 0.1, "train.method": "metasd"},
+                 {"metasd.mask_source": "student", "train.method": "metasd"}):
         with pytest.raises(ConfigError):
             load_config(overrides=over)
 
@@ -242,11 +243,24 @@ def test_own_student_remask_keeps_regrows_and_prunes():
         assert torch.equal(w[m0[n] & m1[n]], p[m0[n] & m1[n]] + 10.0)  # kept: its own values
         assert torch.equal(w[~m0[n] & m1[n]], p[~m0[n] & m1[n]])  # regrown: from the teacher
         assert torch.all(w[~m1[n]] == 0)  # pruned: zero
+    # keep_pruned (metasd.mask_source=student): whole tensors from the teacher, and a new mask moves no value
+    student = OwnStudent(m0, params, "element", _adagrad, keep_pruned=True)
+    assert all(torch.equal(w, params[n].detach()) for n, w in student.leaves.items())
+    with torch.no_grad():
+        for w in student.leaves.values():
+            w.add_(10.0)
+    student.remask(m1, params)
+    for n, w in student.leaves.items():
+        assert torch.equal(w, params[n].detach() + 10.0)
+        assert torch.equal(student.weights(params)[n], w * m1[n])  # the student: its tensors under the new mask
+        assert torch.equal(student.magnitudes()[n], w.detach())
 
 
-def test_own_student_runs_evaluates_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("source", ["teacher", "student"])
+def test_own_student_runs_evaluates_and_resumes_exactly(tmp_path, source):
     own = ["--method", "metasd", "--set", "metasd.student=own", "--set", "metasd.prune_structure=dimension",
-           "--set", "metasd.quiz_fraction=0.2", "--set", "metasd.prune_rate=0.5", "--set", "metasd.one_way_kd=true"]
+           "--set", "metasd.quiz_fraction=0.2", "--set", "metasd.prune_rate=0.5", "--set", "metasd.one_way_kd=true",
+           "--set", f"metasd.mask_source={source}"]
     rows = _train(tmp_path / "whole", "--epochs", "3", *own)
     _train(tmp_path / "part", "--epochs", "2", *own)
     _train(tmp_path / "part", "--epochs", "3", *own, "--resume", str(tmp_path / "part"))
@@ -260,3 +274,21 @@ def test_own_student_runs_evaluates_and_resumes_exactly(tmp_path):
     assert main(["evaluate", str(tmp_path / "whole"), "--split", "valid", "--checkpoint", "last", "--no-plots"]) == 0
     again = json.loads((tmp_path / "whole" / "eval" / "valid.json").read_text())["results"]["student"]["both"]["mrr"]
     assert again == pytest.approx(logged, abs=1e-12)
+
+
+def test_own_student_with_its_own_mask_and_no_kd_is_prune_only_exactly(tmp_path):
+    """metasd.mask_source=student: the own student's mask comes from its own magnitudes and its pruned
+    weights keep their values, so without distillation it is prune-only's masked model, weight for weight
+    (the masks move between epochs: regrown weights come back with their own values, as in prune-only)."""
+    own = ["--method", "kd", "--set", "metasd.student=own", "--set", "metasd.mask_source=student",
+           "--set", "metasd.kd_weight=0", "--set", "metasd.one_way_kd=true"]
+    a = _train(tmp_path / "prune", "--epochs", "4", "--method", "prune")
+    b = _train(tmp_path / "own", "--epochs", "4", *own)
+    _train(tmp_path / "own1", "--epochs", "1", *own)
+    A, B, B1 = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("prune", "own", "own1"))
+    for n, m in A["masks"].items():
+        assert torch.equal(m, B["masks"][n]), n
+        torch.testing.assert_close(B["student_weights"][n], A["model"][n], rtol=0, atol=1e-6)
+    assert sum(int((m != B1["masks"][n]).sum()) for n, m in B["masks"].items()) > 0  # the mask moved
+    assert [r["valid"]["student"]["mrr"] for r in a if "valid" in r] == \
+        pytest.approx([r["valid"]["student"]["mrr"] for r in b if "valid" in r], abs=1e-9)

@@ -99,7 +99,7 @@ FIXED_ON_RESUME = ("model", "train.method", "train.regime", "train.optimizer", "
                    "metasd.prune_structure",
                    "metasd.meta_optimizer", "metasd.quiz_fraction", "train.lr_scheduler",
                    "metasd.student", "metasd.straight_through", "metasd.warmup_epochs", "metasd.gradual_epochs",
-                   "metasd.mask_epochs")
+                   "metasd.mask_epochs", "metasd.mask_source")
 
 
 def config_differences(old: dict, new: dict) -> list[str]:
@@ -278,8 +278,10 @@ class Trainer:
         student_epoch = st.epoch - mc.warmup_epochs  # < 0 during the teacher's warm-up
         remask = not mc.mask_epochs or student_epoch < mc.mask_epochs or self.masks is None
         if self.cfg.train.method in STUDENT_METHODS and st.batch_in_epoch == 0 and remask:
-            # Masks are recomputed from the teacher's current magnitudes every epoch (or the first mask_epochs).
-            prunable = prunable_params(self.model)
+            # Masks are recomputed from the teacher's current magnitudes every epoch (or the first mask_epochs),
+            # or from the own student's (metasd.mask_source=student) once it exists.
+            own_source = mc.mask_source == "student" and self.student is not None and st.epoch > mc.warmup_epochs
+            prunable = self.student.magnitudes() if own_source else prunable_params(self.model)
             coords = (dimension_coordinates(prunable, self.cfg.model.dim)
                       if mc.prune_structure == "dimension" else None)
             # the schedule starts when the student does, after the teacher's warm-up epochs
@@ -352,7 +354,8 @@ class Trainer:
         if mc.student != "own" or not masks:
             self.student = make_student(masks, params, mc.prune_structure, mc.straight_through)
         elif self.student is None or self.state.epoch <= mc.warmup_epochs:  # not trained yet: copy the teacher
-            self.student = OwnStudent(masks, params, mc.prune_structure, self._student_optimizer)
+            self.student = OwnStudent(masks, params, mc.prune_structure, self._student_optimizer,
+                                      keep_pruned=mc.mask_source == "student")
         else:
             self.student.remask(masks, params)
 
