@@ -48,11 +48,12 @@ built-in) and ``fb15k-237-top2000`` (``metasd-dgl subset FB15k-237
 --top-entities 2000``, made under --root when missing).  Results are resumable:
 each run folder under --root keeps its ``result.json``; a run whose stored
 result was made with the same overrides is not retrained, so a killed study
-continues where it stopped.  A method whose option is not implemented in this
+continues where it stopped (nor is a method whose overrides equal another's
+stored run on that dataset: it takes that run's result).  A method whose option is not implemented in this
 checkout (or whose preset file is missing) makes the full study fail before it
 trains anything; with --quick it is skipped with a message.
 
-    python benchmarks/bench_compression.py --threads 1 --jobs 2         # the full study (~3-4 h, 2 cores)
+    python benchmarks/bench_compression.py --threads 1 --jobs 2         # the full study (~5.5 h, 2 cores)
     python benchmarks/bench_compression.py --quick                      # a smoke run (minutes)
     python benchmarks/bench_compression.py --datasets umls --methods dense,prune-only,metasd --seeds 2
 """
@@ -81,7 +82,8 @@ FB_SUBSET = "fb15k-237-top2000"
 # 12 s), FB15k-237 top-2000 dim 100 7.1 s (dim 200: 17 s), R-GCN dim 64: UMLS 0.29 s, FB subset 28 s.
 # MetaSD costs ~3-4x plain with dimension masks, ~8x with element masks (R-GCN on the subset: 177 s,
 # 6.4x); kd ~2x.  With every method,
-# 3 seeds and 2 jobs the default study is ~25,000 CPU-seconds: ~3.5 h on 2 cores.
+# 3 seeds and 2 jobs the default study is ~40,000 CPU-seconds (R-GCN students on the subset: ~900 s a
+# seed each): ~5.5 h on 2 cores.
 BUDGETS: dict[str, dict] = {
     "umls": dict(source="umls", dim=128, epochs=60, batch=500, lr=0.1, reg=0.01, valid_every=10,
                  rgcn=dict(dim=64, epochs=40, batch=1000, lr=0.05, valid_every=10)),
@@ -300,10 +302,31 @@ def run_dir_of(root: Path, method: str, seed: int) -> Path:
 
 
 def one_run(dataset: str, method_name: str, seed: int, base: dict, root: str, budget: dict) -> dict:
-    """One (dataset, method, seed) in a worker process -> the harness's result."""
+    """One (dataset, method, seed) in a worker process -> the harness's result (a twin's, when one exists)."""
     method = BY_NAME[method_name]
     variant = Variant(method.name, method.overrides(budget), tuple(method.reported))
+    twin = twin_result(method, budget, base, Path(root), seed)
+    if twin is not None:
+        return twin
     return run_variant_seed(variant, base, Path(root), seed, resume=True)
+
+
+def twin_result(method: Method, budget: dict, base: dict, root: Path, seed: int) -> Optional[dict]:
+    """The stored result of another method whose overrides are the same on this dataset (e.g. the KD chosen
+    on Kinship, which is both "KD tuned" and "KD per dataset" there), or None: the same run is not trained twice."""
+    want = json.loads(json.dumps({**base, "train.seed": seed, **method.overrides(budget)}))
+    for other in METHODS:
+        if other is method or other.encoder != method.encoder:
+            continue
+        stored = run_dir_of(root, other.name, seed) / "result.json"
+        if not stored.is_file():
+            continue
+        record = json.loads(stored.read_text(encoding="utf-8"))
+        if {k: v for k, v in record.get("overrides", {}).items() if k != "run_dir"} == want:
+            print(f"[{root.name}] {method.name} seed {seed}: the stored run of {other.name!r} (the same overrides)",
+                  file=sys.stderr, flush=True)
+            return record["result"]
+    return None
 
 
 def prepare_dataset(name: str, budget: dict, root: Path, data_dir: Path) -> Path:

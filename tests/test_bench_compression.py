@@ -92,3 +92,21 @@ def test_quick_run_table_and_json(bench, tmp_path, kg_dir, monkeypatch):
     again = bench.main(argv)
     assert [f.stat().st_mtime_ns for f in files] == stamps
     assert again["results"] == record["results"]
+
+
+def test_a_method_with_another_methods_overrides_takes_its_stored_run(bench, tmp_path):
+    """On Kinship "own student KD per dataset" is "own student KD tuned" (both: Kinship's KD): not trained twice."""
+    base, seed = {"model.dim": 8, "data.processed_dir": "x"}, 1
+    budget = {"name": "kinship", "own_kd": dict(bench.OWN_KD)}
+    tuned, per = bench.BY_NAME["own student KD tuned"], bench.BY_NAME["own student KD per dataset"]
+    assert tuned.overrides(budget) == per.overrides(budget)
+    over = {**base, "train.seed": seed, **tuned.overrides(budget)}
+    folder = bench.run_dir_of(tmp_path, tuned.name, seed)
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"overrides": {**over, "run_dir": str(folder)},
+                                                    "result": {"dim": 8, "marker": 42}}))
+    assert bench.twin_result(per, budget, base, tmp_path, seed) == {"dim": 8, "marker": 42}
+    assert bench.twin_result(per, budget, base, tmp_path, seed + 1) is None  # another seed: no stored twin
+    umls = {**budget, "name": "umls"}  # UMLS has KD of its own: not the same run
+    assert bench.twin_result(per, umls, {**base}, tmp_path, seed) is None
+    assert bench.twin_result(per, budget, {**base, "model.dim": 16}, tmp_path, seed) is None
