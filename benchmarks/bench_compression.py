@@ -19,7 +19,8 @@ each reports in brackets):
     own student KD tuned the same with T 1, kd_weight 8.2, student lr 0.144: chosen by a tune on Kinship
                          validation (OWN_KD_TUNED) and used unchanged on every dataset [student]
     own student KD per dataset   the recipe: the same with the KD chosen on each dataset's own validation
-                         (OWN_KD_VALID; the FB15k-237 subset, not tuned, takes Kinship's) [student]
+                         (OWN_KD_VALID; the FB15k-237 subset, not tuned, takes Kinship's) [teacher, student]
+    dense small / prune-only at the recipe's lr   the controls: the baselines at the recipe's student lr
     warm-up              metasd, dimension, warmup_epochs = epochs // 3     [student]
     own student warm-up  own student after epochs // 3 plain teacher epochs (initialised from that teacher)
     prune-only element   prune, element masks, global magnitude (the paper's masks)
@@ -132,6 +133,20 @@ class Method:
     after: Optional[str] = None  # a method whose run of the same seed must exist first
 
 
+def small_dim(budget: dict) -> int:
+    """The dense model with the students' non-zeros: dim round(0.1 D)."""
+    return max(1, round((1 - RATE) * budget["dim"]))
+
+
+def recipe_kd(budget: dict, table: Optional[dict] = None) -> dict:
+    """The recipe's KD settings on this budget's dataset (``OWN_KD_VALID``, or ``table``)."""
+    table = OWN_KD_VALID if table is None else table
+    if budget["name"] not in table:
+        raise SystemExit(f"no KD chosen on {budget['name']!r} validation yet: add it to bench_compression's "
+                         f"OWN_KD_VALID / RGCN_OWN_KD_VALID (a search: pipelines/search/*own_student*.yaml)")
+    return table[budget["name"]]
+
+
 DIM = {"metasd.prune_structure": "dimension"}
 ELEMENT = {"metasd.prune_structure": "element"}
 
@@ -142,8 +157,7 @@ def _const(over: dict) -> Callable[[dict], dict]:
 
 METHODS = [
     Method("dense", _const({"train.method": "plain"}), ("teacher",)),
-    Method("dense small", lambda b: {"train.method": "plain", "model.dim": max(1, round((1 - RATE) * b["dim"]))},
-           ("teacher",)),
+    Method("dense small", lambda b: {"train.method": "plain", "model.dim": small_dim(b)}, ("teacher",)),
     Method("prune-only", _const({"train.method": "prune", **DIM})),
     Method("prune-only dynamic", _const({"train.method": "prune", "metasd.straight_through": True, **ELEMENT}),
            needs=("metasd.straight_through",)),
@@ -157,8 +171,13 @@ METHODS = [
     Method("own student KD tuned", lambda b: {"train.method": "metasd", "metasd.student": "own", **DIM, **OWN_KD,
                                               **OWN_KD_TUNED}, needs=("metasd.student", "metasd.student_lr")),
     Method("own student KD per dataset", lambda b: {"train.method": "metasd", "metasd.student": "own", **DIM, **OWN_KD,
-                                                    **OWN_KD_VALID[b["name"]]},
-           needs=("metasd.student", "metasd.student_lr")),
+                                                    **recipe_kd(b)},
+           ("teacher", "student"), needs=("metasd.student", "metasd.student_lr")),
+    Method("dense small at the recipe's lr", lambda b: {"train.method": "plain", "model.dim": small_dim(b),
+                                                        "train.lr": recipe_kd(b)["metasd.student_lr"]},
+           ("teacher",)),
+    Method("prune-only at the recipe's lr", lambda b: {"train.method": "prune", **DIM,
+                                                       "train.lr": recipe_kd(b)["metasd.student_lr"]}),
     Method("warm-up", lambda b: {"train.method": "metasd", **DIM, "metasd.warmup_epochs": b["epochs"] // 3},
            needs=("metasd.warmup_epochs",)),
     Method("own student warm-up", lambda b: {"train.method": "metasd", "metasd.student": "own", **DIM,
@@ -176,10 +195,10 @@ METHODS = [
     Method("rgcn own student", lambda b: {"train.method": "metasd", "metasd.student": "own", **b["own_kd"]},
            encoder="rgcn", needs=("metasd.student",)),
     Method("rgcn own student own mask", lambda b: {"train.method": "metasd", "metasd.student": "own", **OWN_KD,
-                                                   "metasd.mask_source": "student", **RGCN_OWN_KD_VALID[b["name"]]},
+                                                   "metasd.mask_source": "student", **recipe_kd(b, RGCN_OWN_KD_VALID)},
            encoder="rgcn", needs=("metasd.student", "metasd.mask_source")),
     Method("rgcn prune-only at the student's lr",
-           lambda b: {"train.method": "prune", "train.lr": RGCN_OWN_KD_VALID[b["name"]]["metasd.student_lr"]},
+           lambda b: {"train.method": "prune", "train.lr": recipe_kd(b, RGCN_OWN_KD_VALID)["metasd.student_lr"]},
            encoder="rgcn"),
     Method("rgcn own student fixed mask", lambda b: {"train.method": "metasd", "metasd.student": "own", **b["own_kd"],
                                                      "metasd.mask_epochs": 1},
@@ -187,7 +206,8 @@ METHODS = [
 ]
 BY_NAME = {m.name: m for m in METHODS}
 #: Students compared with these, seed by seed (per encoder).
-PAIRED_AGAINST = {"kge": ("dense small", "prune-only"),
+PAIRED_AGAINST = {"kge": ("dense small", "prune-only", "dense small at the recipe's lr",
+                          "prune-only at the recipe's lr"),
                   "rgcn": ("rgcn prune-only", "rgcn prune-only at the student's lr")}
 
 

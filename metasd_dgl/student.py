@@ -18,7 +18,8 @@ and are the only place student weights are made: training steps, validation,
 evaluation and export all call ``student.weights(params)``.  Two more
 strategies change what the student learns: ``StraightThroughStudent``
 (prune-only whose pruned weights keep their gradient) and ``OwnStudent`` (a
-student with its own weights, initialised from the teacher's kept ones).
+student with its own weights, initialised from the teacher's; its mask from
+the teacher's magnitudes or, with ``own_mask``, from its own).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class MaskedStudent:
 
     leaves: ParamDict = {}  # tensors of the student's own (OwnStudent); none: it is the teacher's weights
     optimizer = None  # the optimiser of ``leaves``
+    own_mask = False  # whether the next mask comes from the student's own magnitudes (OwnStudent)
 
     def __init__(self, masks: MaskDict, params: ParamDict) -> None:
         self.bool_masks = masks
@@ -107,34 +109,36 @@ class OwnStudent:  # the MaskedStudent interface, with leaves and an optimiser o
 
     Its prunable tensors are its own leaves (``leaves``, with their own
     optimiser), initialised from the teacher's kept weights when the mask is
-    first computed; the mask still comes from the teacher every epoch
-    (``remask``): kept weights keep their values, weights the new mask brings
-    back start again from the teacher's, pruned ones are zeroed.  Shared
-    (non-prunable) weights, e.g. R-GCN biases, stay the teacher's.  The
+    first computed; by default the mask still comes from the teacher every
+    epoch (``remask``): kept weights keep their values, weights the new mask
+    brings back start again from the teacher's, pruned ones are zeroed, and
+    shared (non-prunable) weights, e.g. R-GCN biases, stay the teacher's.  The
     student's tables are built by the masked or column view of its own tensors,
     so its scores cost the same as the shared student's.  Its losses reach its
-    own leaves (and the shared non-prunable weights it reads); the teacher
-    learns from its own losses (and, unless ``metasd.one_way_kd``, from the
-    student's predictions).  ``grad_clip`` clips the student's and the
-    teacher's gradients separately.
+    own leaves (and the shared weights it reads); the teacher learns from its
+    own losses (and, unless ``metasd.one_way_kd``, from the student's
+    predictions).  ``grad_clip`` clips the student's and the teacher's
+    gradients separately.
 
-    ``keep_pruned`` (``metasd.mask_source = student``): the student is
-    prune-only's masked model with a teacher to learn from.  Its tensors start
-    as the teacher's whole tensors; a pruned weight keeps its last value
-    (frozen: its gradient through the mask is zero) and the next mask comes from
-    the student's own magnitudes (``magnitudes``), so a weight that regrows
-    comes back with its own value, as in prune-only.
+    ``own_mask`` (``metasd.mask_source = student``): the student is prune-only's
+    masked model with a teacher to learn from.  It owns every weight it reads
+    (the non-prunable ones too), starting from the teacher's whole tensors; a
+    pruned weight keeps its value and gets no gradient (it moves only on an
+    optimiser's momentum, as in prune-only), and the next mask comes from the
+    student's own magnitudes (``magnitudes``), so a weight that regrows comes
+    back with its own value, as in prune-only.
     """
 
     def __init__(self, masks: MaskDict, params: ParamDict, structure: str, optimizer_factory,
-                 keep_pruned: bool = False) -> None:
+                 own_mask: bool = False) -> None:
         self.structure = structure
-        self.keep_pruned = keep_pruned
+        self.own_mask = own_mask
         self.view = _view(masks, params, structure)
         self.names = self.view.names
-        self.leaves: ParamDict = {n: (params[n].detach().clone() if keep_pruned
+        owned = [n for n, p in params.items() if p.requires_grad] if own_mask else self.names
+        self.leaves: ParamDict = {n: (params[n].detach().clone() if own_mask
                                       else params[n].detach() * self.view.masks[n]).requires_grad_(True)
-                                  for n in self.names}
+                                  for n in owned}
         self.optimizer = optimizer_factory(list(self.leaves.values()))
 
     @property
@@ -143,17 +147,17 @@ class OwnStudent:  # the MaskedStudent interface, with leaves and an optimiser o
 
     def remask(self, masks: MaskDict, params: ParamDict) -> None:
         """A new mask: regrown weights start from the teacher's, pruned ones are zeroed (with
-        ``keep_pruned`` both keep their own values)."""
+        ``own_mask`` every weight keeps its own value)."""
         new = _view(masks, params, self.structure)
-        if not self.keep_pruned:
+        if not self.own_mask:
             with torch.no_grad():
-                for n, w in self.leaves.items():
-                    old, keep = self.view.masks[n], new.masks[n]
+                for n in self.names:
+                    w, old, keep = self.leaves[n], self.view.masks[n], new.masks[n]
                     w.copy_((w * old + params[n].detach() * (1 - old)) * keep)
         self.view = new
 
     def magnitudes(self) -> ParamDict:
-        """``{name: tensor}`` the next mask is computed from (``metasd.mask_source = student``)."""
+        """``{name: tensor}`` of the prunable weights the next mask is computed from, with ``own_mask``."""
         return {n: self.leaves[n].detach() for n in self.names}
 
     def weights(self, params: ParamDict) -> ParamDict:

@@ -243,8 +243,8 @@ def test_own_student_remask_keeps_regrows_and_prunes():
         assert torch.equal(w[m0[n] & m1[n]], p[m0[n] & m1[n]] + 10.0)  # kept: its own values
         assert torch.equal(w[~m0[n] & m1[n]], p[~m0[n] & m1[n]])  # regrown: from the teacher
         assert torch.all(w[~m1[n]] == 0)  # pruned: zero
-    # keep_pruned (metasd.mask_source=student): whole tensors from the teacher, and a new mask moves no value
-    student = OwnStudent(m0, params, "element", _adagrad, keep_pruned=True)
+    # own_mask (metasd.mask_source=student): whole tensors from the teacher, and a new mask moves no value
+    student = OwnStudent(m0, params, "element", _adagrad, own_mask=True)
     assert all(torch.equal(w, params[n].detach()) for n, w in student.leaves.items())
     with torch.no_grad():
         for w in student.leaves.values():
@@ -268,27 +268,38 @@ def test_own_student_runs_evaluates_and_resumes_exactly(tmp_path, source):
     for key in ("model", "student_weights"):
         for n, w in a[key].items():
             assert torch.equal(w, b[key][n]), (key, n)
-    assert not torch.equal(a["student_weights"]["encoder.entity"],
-                           a["model"]["encoder.entity"] * a["masks"]["encoder.entity"])  # its own weights
+    kept = a["masks"]["encoder.entity"]
+    assert not torch.equal(a["student_weights"]["encoder.entity"][kept], a["model"]["encoder.entity"][kept])  # its own
     logged = [r["valid"]["student"]["mrr"] for r in rows if "valid" in r][-1]
     assert main(["evaluate", str(tmp_path / "whole"), "--split", "valid", "--checkpoint", "last", "--no-plots"]) == 0
     again = json.loads((tmp_path / "whole" / "eval" / "valid.json").read_text())["results"]["student"]["both"]["mrr"]
     assert again == pytest.approx(logged, abs=1e-12)
 
 
-def test_own_student_with_its_own_mask_and_no_kd_is_prune_only_exactly(tmp_path):
-    """metasd.mask_source=student: the own student's mask comes from its own magnitudes and its pruned
-    weights keep their values, so without distillation it is prune-only's masked model, weight for weight
-    (the masks move between epochs: regrown weights come back with their own values, as in prune-only)."""
+RGCN = ["--encoder", "rgcn", "--decoder", "distmult", "--num-bases", "2", "--set", "model.num_layers=1",
+        "--set", "metasd.prune_scope=per-tensor"]
+
+
+@pytest.mark.parametrize("model", [[], ["--set", "metasd.prune_structure=dimension"], RGCN],
+                         ids=["element", "dimension", "rgcn"])
+def test_own_student_with_its_own_mask_and_no_kd_is_prune_only_exactly(tmp_path, model):
+    """metasd.mask_source=student: the own student owns every weight it reads (R-GCN biases too), its
+    mask comes from its own magnitudes and its pruned weights keep their values, so without distillation
+    it is prune-only's masked model, weight for weight (the masks move between epochs: regrown weights
+    come back with their own values, as in prune-only)."""
     own = ["--method", "kd", "--set", "metasd.student=own", "--set", "metasd.mask_source=student",
-           "--set", "metasd.kd_weight=0", "--set", "metasd.one_way_kd=true"]
-    a = _train(tmp_path / "prune", "--epochs", "4", "--method", "prune")
+           "--set", "metasd.kd_weight=0", "--set", "metasd.one_way_kd=true", *model]
+    a = _train(tmp_path / "prune", "--epochs", "4", "--method", "prune", *model)
     b = _train(tmp_path / "own", "--epochs", "4", *own)
     _train(tmp_path / "own1", "--epochs", "1", *own)
     A, B, B1 = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("prune", "own", "own1"))
+    weights = {n: w for n, w in A["model"].items() if w.is_floating_point()}  # (not the dropout RNG buffer)
+    assert set(B["student_weights"]) == set(weights)  # it owns every weight
+    for n, w in weights.items():
+        torch.testing.assert_close(B["student_weights"][n], w, rtol=0, atol=1e-6, msg=n)
     for n, m in A["masks"].items():
         assert torch.equal(m, B["masks"][n]), n
-        torch.testing.assert_close(B["student_weights"][n], A["model"][n], rtol=0, atol=1e-6)
-    assert sum(int((m != B1["masks"][n]).sum()) for n, m in B["masks"].items()) > 0  # the mask moved
+    if "metasd.prune_structure=dimension" not in model:  # (one kept coordinate of 4 stays put on the toy)
+        assert sum(int((m != B1["masks"][n]).sum()) for n, m in B["masks"].items()) > 0  # the mask moved
     assert [r["valid"]["student"]["mrr"] for r in a if "valid" in r] == \
         pytest.approx([r["valid"]["student"]["mrr"] for r in b if "valid" in r], abs=1e-9)

@@ -280,8 +280,8 @@ class Trainer:
         if self.cfg.train.method in STUDENT_METHODS and st.batch_in_epoch == 0 and remask:
             # Masks are recomputed from the teacher's current magnitudes every epoch (or the first mask_epochs),
             # or from the own student's (metasd.mask_source=student) once it exists.
-            own_source = mc.mask_source == "student" and self.student is not None and st.epoch > mc.warmup_epochs
-            prunable = self.student.magnitudes() if own_source else prunable_params(self.model)
+            own_mask = self.student is not None and self.student.own_mask and st.epoch > mc.warmup_epochs
+            prunable = self.student.magnitudes() if own_mask else prunable_params(self.model)
             coords = (dimension_coordinates(prunable, self.cfg.model.dim)
                       if mc.prune_structure == "dimension" else None)
             # the schedule starts when the student does, after the teacher's warm-up epochs
@@ -355,7 +355,7 @@ class Trainer:
             self.student = make_student(masks, params, mc.prune_structure, mc.straight_through)
         elif self.student is None or self.state.epoch <= mc.warmup_epochs:  # not trained yet: copy the teacher
             self.student = OwnStudent(masks, params, mc.prune_structure, self._student_optimizer,
-                                      keep_pruned=mc.mask_source == "student")
+                                      own_mask=mc.mask_source == "student")
         else:
             self.student.remask(masks, params)
 
