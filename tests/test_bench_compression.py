@@ -94,7 +94,7 @@ def test_quick_run_table_and_json(bench, tmp_path, kg_dir, monkeypatch):
     assert again["results"] == record["results"]
 
 
-def test_a_method_with_another_methods_overrides_takes_its_stored_run(bench, tmp_path):
+def test_a_method_with_another_methods_overrides_takes_its_stored_run(bench, tmp_path, monkeypatch):
     """On Kinship "own student KD per dataset" is "own student KD tuned" (both: Kinship's KD): not trained twice."""
     base, seed = {"model.dim": 8, "data.processed_dir": "x"}, 1
     budget = {"name": "kinship", "own_kd": dict(bench.OWN_KD)}
@@ -106,6 +106,12 @@ def test_a_method_with_another_methods_overrides_takes_its_stored_run(bench, tmp
     (folder / "result.json").write_text(json.dumps({"overrides": {**over, "run_dir": str(folder)},
                                                     "result": {"dim": 8, "marker": 42}}))
     assert bench.twin_result(per, budget, base, tmp_path, seed) == {"dim": 8, "marker": 42}
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the twin's stored run should have been taken")
+
+    monkeypatch.setattr(bench, "run_variant_seed", must_not_train)  # the study's worker takes it too
+    assert bench.one_run("kinship", per.name, seed, base, str(tmp_path), budget) == {"dim": 8, "marker": 42}
     assert bench.twin_result(per, budget, base, tmp_path, seed + 1) is None  # another seed: no stored twin
     umls = {**budget, "name": "umls"}  # UMLS has KD of its own: not the same run
     assert bench.twin_result(per, umls, {**base}, tmp_path, seed) is None
