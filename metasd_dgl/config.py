@@ -111,7 +111,7 @@ class MetaSDConfig:
     gradual_epochs: int = 0  # prune rate raised from 0 to prune_rate over these epochs (cubic; 0 = at once)
     straight_through: bool = False  # prune: pruned weights keep the student's gradient, so the mask can change
     mask_epochs: int = 0  # the mask is recomputed in the first k student epochs, then kept (0 = every epoch)
-    mask_source: str = "teacher"  # student=own: whose magnitudes choose the mask each epoch | student (prune-only's)
+    mask_source: str = "teacher"  # student=own: the mask from the teacher's magnitudes | student: its own (owns all)
 
 
 @dataclass
