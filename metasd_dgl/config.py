@@ -8,6 +8,7 @@ the CLI and ``metasd_dgl.stages`` read files.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import typing
@@ -21,7 +22,11 @@ from .errors import UserError
 
 
 class ConfigError(UserError):
-    """A config file or override that names an unknown option or a bad value."""
+    """A config file or override that names an unknown option or a bad value (``key``: the option)."""
+
+    def __init__(self, message: str, key: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -159,7 +164,7 @@ def validate(cfg: Config) -> Config:
     for key, allowed in CHOICES.items():
         value = get(cfg, key)
         if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}", key)
     checks = [
         ("model.dim", cfg.model.dim >= 1, "must be >= 1"),
         ("model.num_layers", cfg.model.num_layers >= 1, "must be >= 1"),
@@ -234,7 +239,7 @@ def validate(cfg: Config) -> Config:
                 "chooses between the teacher's and the own student's magnitudes: it needs metasd.student=own")]
     for key, ok, why in checks:
         if not ok:
-            raise ConfigError(f"{key}={get(cfg, key)!r} {why}")
+            raise ConfigError(f"{key}={get(cfg, key)!r} {why}", key)
     return cfg
 
 
@@ -258,30 +263,30 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}", key)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}", key)
         try:
             return int(value)
         except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+            raise ConfigError(f"{key}: expected an integer, got {value!r}", key) from None
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}", key)
         try:
             return float(value)
         except ValueError:
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{key}: expected a number, got {value!r}", key) from None
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {value!r}", key)
         return str(value)
     if hint is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}", key)
         return tuple(str(v) for v in value)
     return value
 
@@ -339,8 +344,10 @@ def from_dict(d: dict[str, Any], source: str = "config") -> Config:
 
 
 def load_config(*paths: str | Path, overrides: Optional[dict[str, Any]] = None) -> Config:
-    """Defaults, then each YAML file in order, then ``overrides``; validated."""
+    """Defaults, then each YAML file in order, then ``overrides``; validated.  An error about an option
+    names the file and line that set it."""
     cfg = Config()
+    origins: dict[str, str] = {}  # option -> where it was last set
     for path in paths:
         path = Path(path)
         try:
@@ -357,12 +364,54 @@ def load_config(*paths: str | Path, overrides: Optional[dict[str, Any]] = None) 
             raise ConfigError(f"{path}:{where} invalid YAML") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of options")
-        apply_overrides(cfg, data, str(path))
+        lines = option_lines(text)
+        origins.update({key: f"{path}: line {line}" for key, line in lines.items()})
+        with _located(origins):
+            apply_overrides(cfg, data, str(path))
     if overrides:
+        for key in _flat_keys(overrides):  # set on the command line: its error names it already
+            origins.pop(key, None)
         apply_overrides(cfg, overrides)
     if not cfg.run_dir:
         cfg.run_dir = default_run_dir(cfg)
-    return validate(cfg)
+    with _located(origins):
+        return validate(cfg)
+
+
+def option_lines(text: str) -> dict[str, int]:
+    """``{"section.option": 1-based line}`` of the options a YAML config text sets."""
+    out: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for k, v in node.value:
+            key = f"{prefix}{k.value}"
+            if isinstance(v, yaml.MappingNode) and not prefix:
+                walk(v, key + ".")
+            else:
+                out[key] = k.start_mark.line + 1
+
+    walk(yaml.compose(text), "")
+    return out
+
+
+def _flat_keys(overrides: dict[str, Any]) -> list[str]:
+    """``{"train.lr": .., "model": {"dim": ..}}`` -> ``["train.lr", "model.dim"]``."""
+    return [f"{k}.{sub}" if isinstance(v, dict) else k for k, v in overrides.items()
+            for sub in (v if isinstance(v, dict) else [None])]
+
+
+@contextlib.contextmanager
+def _located(origins: dict[str, str]):
+    """A ConfigError about an option is told where that option was set ("file: line N: ...")."""
+    try:
+        yield
+    except ConfigError as exc:
+        where = origins.get(exc.key or "")
+        if where is None:
+            raise
+        raise ConfigError(f"{where}: {exc}", exc.key) from None
 
 
 def dataset_label(dataset: str) -> str:

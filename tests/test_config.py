@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from metasd_dgl.config import Config, ConfigError, load_config, save_config, to_dict
@@ -72,3 +74,21 @@ def test_shipped_configs_load():
     assert {p.name for p in spaces} >= {f"{d}_dense.tune.yaml" for d in ("umls", "kinship", "nations", "codex-s")}
     for path in spaces:
         assert load_space(path, load_config(folder / path.name.replace(".tune.yaml", ".yaml")))
+
+
+def test_a_bad_value_names_the_file_and_line_that_set_it(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("train:\n  epochs: 3\n  lr: -1\nmetasd:\n  mask_source: sideways\n")
+    second.write_text("# a comment\nmetasd:\n  student: own\n  mask_source: sideways\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(first))}: line 3: train.lr=-1.0 must be > 0$"):
+        load_config(first, overrides={"metasd.mask_source": "teacher"})
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(second))}: line 4: metasd.mask_source='sideways' is not"):
+        load_config(first, second, overrides={"train.lr": 0.1})  # the file that set it last is named
+    fixed = load_config(first, overrides={"train.lr": 0.1, "metasd": {"mask_source": "teacher"}})
+    assert fixed.train.lr == 0.1  # a command-line override replaces the file's value, and its error
+    with pytest.raises(ConfigError, match=r"^train.lr=-2.0 must be > 0$"):
+        load_config(first, overrides={"train.lr": -2, "metasd.mask_source": "teacher"})
+    bad_type = tmp_path / "c.yaml"
+    bad_type.write_text("model:\n\n  dim: wide\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad_type))}: line 3: model.dim: expected an integer"):
+        load_config(bad_type)
