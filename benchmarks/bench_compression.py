@@ -4,14 +4,12 @@ Every method trains through the one harness (``harness.run_variant_seed``) from
 a per-dataset base config (``BUDGETS``: dim D, epochs, batch, lr), selects its
 checkpoint on validation only and is tested (filtered, both sides, realistic
 ranks; the *true* student: both sides masked).  Students keep 10 % of the
-prunable weights (``metasd.prune_rate=0.9``).  Methods (``METHODS``; the row
+prunable weights (``prune.rate=0.9``).  Methods (``METHODS``; the row
 each reports in brackets):
 
     dense                plain, dim D                                       [teacher]
     dense small          plain, dim round(0.1 D): the students' non-zeros   [teacher]
     prune-only           prune, dimension masks                             [student]
-    prune-only dynamic   prune, straight-through, element masks             [student]
-    post-hoc prune+ft    prune, dimension, train.init_from = the dense run's best.pt (same seed) [student]
     kd                   kd, dimension                                      [student]
     metasd reference     the overrides of pipelines/configs/reference.yaml  [student]
     metasd               metasd, dimension (the project default)            [teacher, student]
@@ -21,19 +19,12 @@ each reports in brackets):
     own student KD per dataset   the recipe: the same with the KD chosen on each dataset's own validation
                          (OWN_KD_VALID; the FB15k-237 subset, not tuned, takes Kinship's) [teacher, student]
     dense small / prune-only at the recipe's lr   the controls: the baselines at the recipe's student lr
-    warm-up              metasd, dimension, warmup_epochs = epochs // 3     [student]
-    own student warm-up  own student after epochs // 3 plain teacher epochs (initialised from that teacher)
     prune-only element   prune, element masks, global magnitude (the paper's masks)
     prune-only element per-tensor   prune, element masks, a 10 % budget per table
     gradual element      metasd, element masks, gradual_epochs = epochs // 2 [student]
     rgcn dense / rgcn prune-only / rgcn metasd / rgcn own student   R-GCN + DistMult, element masks on embeddings and
                          GNN weights (pipelines/configs/umls_rgcn.yaml), on the datasets whose budget
                          has an ``rgcn`` entry (UMLS, the FB15k-237 subset)
-    rgcn own student fixed mask   the own student with the mask of its first epoch kept (metasd.mask_epochs=1)
-    rgcn own student own mask     the own student whose mask comes from its own magnitudes each epoch
-                         (metasd.mask_source=student: prune-only's masked model with a teacher), KD chosen
-                         on UMLS validation (RGCN_OWN_KD_VALID)
-    rgcn prune-only at the student's lr   the control: prune-only at that student's tuned lr
 
 The table: test MRR, Hits@1, Hits@10 as mean ± sd over seeds, MRR on the rarest
 third of relations and of entities (``eval.num_buckets=3``, bucket 0), the
@@ -112,10 +103,6 @@ OWN_KD_VALID = {
     "codex-s": {"metasd.temperature": 2.0, "metasd.kd_weight": 3.07, "metasd.student_lr": 0.44},  # valid 0.3844
     FB_SUBSET: dict(OWN_KD_TUNED),  # not tuned: Kinship's
 }
-RGCN_OWN_KD_VALID = {  # valid 0.7569 (trial 8 of 10): KD nearly off, the student's lr the gain
-    "umls": {"metasd.temperature": 4.0, "metasd.kd_weight": 0.0141, "metasd.student_lr": 0.0929},
-}
-RGCN_OWN_KD_VALID[FB_SUBSET] = RGCN_OWN_KD_VALID["umls"]  # not tuned: UMLS's
 #: Options of the preset that the study's budget sets instead.
 PRESET_DROPPED = ("run_dir", "data.", "model.dim", "train.epochs", "train.seed", "train.num_threads",
                   "train.valid_every", "train.device", "train.patience", "train.keep_checkpoints")
@@ -130,7 +117,6 @@ class Method:
     reported: Sequence[str] = ("student",)
     needs: Sequence[str] = ()
     encoder: str = "kge"
-    after: Optional[str] = None  # a method whose run of the same seed must exist first
 
 
 def small_dim(budget: dict) -> int:
@@ -143,12 +129,12 @@ def recipe_kd(budget: dict, table: Optional[dict] = None) -> dict:
     table = OWN_KD_VALID if table is None else table
     if budget["name"] not in table:
         raise SystemExit(f"no KD chosen on {budget['name']!r} validation yet: add it to bench_compression's "
-                         f"OWN_KD_VALID / RGCN_OWN_KD_VALID (a search: pipelines/search/*own_student*.yaml)")
+                         f"OWN_KD_VALID (a search: pipelines/search/*own_student*.yaml)")
     return table[budget["name"]]
 
 
-DIM = {"metasd.prune_structure": "dimension"}
-ELEMENT = {"metasd.prune_structure": "element"}
+DIM = {"prune.structure": "dimension"}
+ELEMENT = {"prune.structure": "element"}
 
 
 def _const(over: dict) -> Callable[[dict], dict]:
@@ -159,10 +145,6 @@ METHODS = [
     Method("dense", _const({"train.method": "plain"}), ("teacher",)),
     Method("dense small", lambda b: {"train.method": "plain", "model.dim": small_dim(b)}, ("teacher",)),
     Method("prune-only", _const({"train.method": "prune", **DIM})),
-    Method("prune-only dynamic", _const({"train.method": "prune", "metasd.straight_through": True, **ELEMENT}),
-           needs=("metasd.straight_through",)),
-    Method("post-hoc prune+ft", lambda b: {"train.method": "prune", **DIM, "train.init_from": b["dense_best"]},
-           needs=("train.init_from",), after="dense"),
     Method("kd", _const({"train.method": "kd", **DIM})),
     Method("metasd reference", lambda b: dict(b["preset"]), needs=("preset",)),
     Method("metasd", _const({"train.method": "metasd", **DIM}), ("teacher", "student")),
@@ -178,37 +160,23 @@ METHODS = [
            ("teacher",)),
     Method("prune-only at the recipe's lr", lambda b: {"train.method": "prune", **DIM,
                                                        "train.lr": recipe_kd(b)["metasd.student_lr"]}),
-    Method("warm-up", lambda b: {"train.method": "metasd", **DIM, "metasd.warmup_epochs": b["epochs"] // 3},
-           needs=("metasd.warmup_epochs",)),
-    Method("own student warm-up", lambda b: {"train.method": "metasd", "metasd.student": "own", **DIM,
-                                             **b["own_kd"], "metasd.warmup_epochs": b["epochs"] // 3},
-           needs=("metasd.student", "metasd.warmup_epochs")),
     Method("prune-only element", _const({"train.method": "prune", **ELEMENT})),
     Method("prune-only element per-tensor", _const({"train.method": "prune", **ELEMENT,
-                                                    "metasd.prune_scope": "per-tensor"})),
+                                                    "prune.scope": "per-tensor"})),
     Method("gradual element", lambda b: {"train.method": "metasd", **ELEMENT,
-                                         "metasd.gradual_epochs": b["epochs"] // 2},
-           needs=("metasd.gradual_epochs",)),
+                                         "prune.gradual_epochs": b["epochs"] // 2},
+           needs=("prune.gradual_epochs",)),
     Method("rgcn dense", _const({"train.method": "plain"}), ("teacher",), encoder="rgcn"),
     Method("rgcn prune-only", _const({"train.method": "prune"}), encoder="rgcn"),
     Method("rgcn metasd", _const({"train.method": "metasd"}), ("teacher", "student"), encoder="rgcn"),
     Method("rgcn own student", lambda b: {"train.method": "metasd", "metasd.student": "own", **b["own_kd"]},
            encoder="rgcn", needs=("metasd.student",)),
-    Method("rgcn own student own mask", lambda b: {"train.method": "metasd", "metasd.student": "own", **OWN_KD,
-                                                   "metasd.mask_source": "student", **recipe_kd(b, RGCN_OWN_KD_VALID)},
-           encoder="rgcn", needs=("metasd.student", "metasd.mask_source")),
-    Method("rgcn prune-only at the student's lr",
-           lambda b: {"train.method": "prune", "train.lr": recipe_kd(b, RGCN_OWN_KD_VALID)["metasd.student_lr"]},
-           encoder="rgcn"),
-    Method("rgcn own student fixed mask", lambda b: {"train.method": "metasd", "metasd.student": "own", **b["own_kd"],
-                                                     "metasd.mask_epochs": 1},
-           encoder="rgcn", needs=("metasd.student", "metasd.mask_epochs")),
 ]
 BY_NAME = {m.name: m for m in METHODS}
 #: Students compared with these, seed by seed (per encoder).
 PAIRED_AGAINST = {"kge": ("dense small", "prune-only", "dense small at the recipe's lr",
                           "prune-only at the recipe's lr"),
-                  "rgcn": ("rgcn prune-only", "rgcn prune-only at the student's lr")}
+                  "rgcn": ("rgcn prune-only",)}
 
 
 # ------------------------------------------------------------------ the options a method relies on
@@ -308,12 +276,12 @@ def base_overrides(data_path: Path, budget: dict, threads: int, encoder: str) ->
                 "train.epochs": b["epochs"], "train.batch_size": b["batch"], "train.lr": b["lr"],
                 "train.regularizer": "none", "train.edge_dropout": 0.5, "train.valid_every": b["valid_every"],
                 "train.patience": 0, "train.keep_checkpoints": 0, "train.num_threads": threads,
-                "metasd.prune_rate": RATE, "metasd.prune_scope": "per-tensor", "metasd.prune_structure": "element",
+                "prune.rate": RATE, "prune.scope": "per-tensor", "prune.structure": "element",
                 "metasd.quiz_batch_size": b["batch"], "eval.num_buckets": 3}
     return {"data.processed_dir": str(data_path), "model.decoder": "complex", "model.dim": budget["dim"],
             "train.epochs": budget["epochs"], "train.batch_size": budget["batch"], "train.lr": budget["lr"],
             "train.reg_weight": budget["reg"], "train.valid_every": budget["valid_every"], "train.patience": 0,
-            "train.keep_checkpoints": 0, "train.num_threads": threads, "metasd.prune_rate": RATE,
+            "train.keep_checkpoints": 0, "train.num_threads": threads, "prune.rate": RATE,
             "metasd.quiz_batch_size": budget["batch"], "eval.num_buckets": 3}
 
 
@@ -392,9 +360,6 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if unknown:
         ap.error(f"unknown methods {unknown}; known: {', '.join(BY_NAME)}")
     methods = [BY_NAME[m] for m in args.methods.split(",")]
-    for m in list(methods):  # a method that starts from another's checkpoint brings that one along
-        if m.after and BY_NAME[m.after] not in methods:
-            methods.insert(0, BY_NAME[m.after])
     own_kd = dict(OWN_KD)
     for item in filter(None, args.own_kd.split(",")):
         key, value = item.split("=", 1)
@@ -420,19 +385,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
             if m.encoder == "rgcn" and "rgcn" not in budget:
                 continue
             for seed in seeds:
-                extra = {"name": ds, "preset": preset, "own_kd": own_kd,
-                         "dense_best": str(run_dir_of(ds_root, "dense", seed) / "checkpoints" / "best.pt")}
+                extra = {"name": ds, "preset": preset, "own_kd": own_kd}
                 tasks.append((ds, m.name, seed, base_overrides(data_path, budget, args.threads, m.encoder),
                               str(ds_root), {**budget, **extra}))
     runs: dict = {}
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
-        for phase in (False, True):  # methods that need another run's checkpoint go second
-            batch = [t for t in tasks if (BY_NAME[t[1]].after is not None) == phase]
-            futures = {pool.submit(one_run, *t): t for t in batch}
-            for fut in concurrent.futures.as_completed(futures):
-                ds, name, seed = futures[fut][:3]
-                runs[(ds, name, seed)] = fut.result()  # a failed run fails the study
+        futures = {pool.submit(one_run, *t): t for t in tasks}
+        for fut in concurrent.futures.as_completed(futures):
+            ds, name, seed = futures[fut][:3]
+            runs[(ds, name, seed)] = fut.result()  # a failed run fails the study
     for ds in budgets:
         res = record["results"][ds] = {}
         for m in methods:

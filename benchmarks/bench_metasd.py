@@ -4,12 +4,11 @@ Per dataset, every variant trains from the same seed with the same budget
 (dim, epochs, batch, lr, regulariser), selects its checkpoint on the
 validation split only, and is evaluated on test (filtered, both sides,
 realistic ranks).  Student masks are whole-coordinate masks
-(``metasd.prune_structure=dimension``, see ``metasd_dgl/pruning.py``) unless
+(``prune.structure=dimension``, see ``metasd_dgl/pruning.py``) unless
 the row says "element masks" (the paper's element-wise global magnitude):
 
     dense (plain)          dense ComplEx at dim D, method plain              -> teacher row
     metasd                 MetaSD at dim D, prune rate 0.9, exact meta step  -> teacher and student rows
-    metasd fast            meta_grad_path=kd, share_forward (see train/meta.py) -> teacher and student rows
     metasd (meta/4)        the exact meta step every 4th batch               -> student row
     metasd element masks   MetaSD with element-wise masks                    -> student row
     kd                     mutual distillation without the meta step          -> student row
@@ -50,14 +49,12 @@ BUDGETS = {
 }
 QUICK = {"umls": dict(dim=32, epochs=4, batch=500, lr=0.1, reg=0.01, valid_every=2, seeds=2)}
 
-DIM = {"metasd.prune_structure": "dimension"}
+DIM = {"prune.structure": "dimension"}
 VARIANTS = [
     Variant("dense (plain)", {"train.method": "plain"}),
     Variant("metasd", {"train.method": "metasd", **DIM}, ("teacher", "student"), seeded=True),
-    Variant("metasd fast", {"train.method": "metasd", "metasd.meta_grad_path": "kd", "metasd.share_forward": True,
-                            **DIM}, ("teacher", "student"), seeded=True),
     Variant("metasd (meta/4)", {"train.method": "metasd", "metasd.meta_every": 4, **DIM}, ("student",)),
-    Variant("metasd element masks", {"train.method": "metasd", "metasd.prune_structure": "element"}, ("student",)),
+    Variant("metasd element masks", {"train.method": "metasd", "prune.structure": "element"}, ("student",)),
     Variant("kd", {"train.method": "kd", **DIM}, ("student",), seeded=True),
     Variant("prune-only", {"train.method": "prune", **DIM}, ("student",), seeded=True),
     Variant("dense small", {"train.method": "plain"}, seeded=True),  # dim round(0.1 D): the student's non-zeros

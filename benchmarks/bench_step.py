@@ -32,11 +32,13 @@ import torch  # noqa: E402
 
 from metasd_dgl.config import Config, apply_overrides  # noqa: E402
 from metasd_dgl.model import build_model  # noqa: E402
-from metasd_dgl.pruning import compute_masks, dimension_coordinates, prunable_params  # noqa: E402
+from metasd_dgl.optimizers import OPTIMIZERS  # noqa: E402
+from metasd_dgl.pruning import make_masks  # noqa: E402
 from metasd_dgl.runtime import configure_threads, tune_malloc  # noqa: E402
 from metasd_dgl.student import make_student  # noqa: E402
+from metasd_dgl.train.loop import run_step  # noqa: E402
 from metasd_dgl.train.spec import StepSpec  # noqa: E402
-from metasd_dgl.train.steps import Stepper, make_optimizers  # noqa: E402
+from metasd_dgl.train.steps import Steps  # noqa: E402
 
 
 def random_queries(n: int, num_entities: int, num_relations: int, gen: torch.Generator) -> torch.Tensor:
@@ -54,22 +56,21 @@ def random_queries(n: int, num_entities: int, num_relations: int, gen: torch.Gen
 class Runner:
     """One configuration: its own model, optimisers, masks and batch stream."""
 
-    def __init__(self, label: str, method: str, meta_every: int, path: str, share: bool, args, seed: int) -> None:
-        self.label, self.meta_every = label, meta_every
+    def __init__(self, label: str, method: str, meta_every: int, args, seed: int) -> None:
+        self.label, self.method, self.meta_every = label, method, meta_every
         gen = torch.Generator().manual_seed(seed)
         self.model = build_model(
             "kge", args.decoder, args.entities, args.relations, args.dim, init_scale=1e-1, generator=gen
         )
         cfg = apply_overrides(Config(), {
-            "train": {"method": method, "batch_size": args.batch},
-            "metasd": {"meta_every": meta_every, "quiz_batch_size": args.quiz, "meta_grad_path": path,
-                       "share_forward": share, "prune_structure": args.structure}})
-        opt, meta = make_optimizers(self.model, cfg)
-        self.stepper = Stepper(self.model, opt, meta, StepSpec.from_config(cfg))
-        prunable = prunable_params(self.model)
-        coords = dimension_coordinates(prunable, args.dim) if args.structure == "dimension" else None
-        masks = None if method == "plain" else compute_masks(prunable, 0.9, "global", coords)
-        self.student = make_student(masks, self.stepper.params, args.structure)
+            "train": {"method": method, "batch_size": args.batch}, "prune": {"structure": args.structure},
+            "metasd": {"meta_every": meta_every, "quiz_batch_size": args.quiz}})
+        weights = list(self.model.parameters())
+        self.meta = OPTIMIZERS[cfg.metasd.meta_optimizer](weights, lr=cfg.metasd.meta_lr)
+        self.steps = Steps(self.model, OPTIMIZERS[cfg.train.optimizer](weights, lr=cfg.train.lr),
+                           StepSpec.from_config(cfg))
+        self.student = None if method == "plain" else make_student(
+            make_masks(self.model, 0.9, "global", args.structure, args.dim), self.steps.params, args.structure)
         self.batches = [random_queries(args.batch, args.entities, args.relations, gen) for _ in range(4)]
         self.quiz = [random_queries(args.quiz, args.entities, args.relations, gen) for _ in range(4)]
         self.i = 0
@@ -81,7 +82,8 @@ class Runner:
         start, cpu = time.perf_counter(), time.process_time()
         for k in range(self.meta_every):
             j = self.i % 4
-            self.stepper.step(self.batches[j], self.student, self.quiz[j], do_meta=(k == 0))
+            run_step(self.method, self.steps, self.batches[j], self.student, quiz=self.quiz[j],
+                     meta_optimizer=self.meta, do_meta=(k == 0))
             self.i += 1
         self.times.append((time.perf_counter() - start) * 1e3 / self.meta_every)
         self.cpu.append((time.process_time() - cpu) * 1e3 / self.meta_every)
@@ -97,23 +99,16 @@ def main() -> None:
     ap.add_argument("--quiz", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--paths", default="full,kd", help="meta_grad_path values to time for metasd")
-    ap.add_argument("--shared", type=int, default=1, help="also time share_forward=True (1) or not (0)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     ap.add_argument("--structure", choices=("element", "dimension"), default="element",
                     help="student masks: element-wise, or whole coordinates (the student runs on the kept columns)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_timing.json"))
     args = ap.parse_args()
     configure_threads(args.threads)
-    tune_malloc()  # as a training run does (train.tune_malloc, on by default)
+    tune_malloc()  # as a training run does
 
-    configs = [("plain", "plain", 1, "full", False), ("prune", "prune", 1, "full", False),
-               ("kd", "kd", 1, "full", False)]
-    for path in [p for p in args.paths.split(",") if p]:
-        configs += [(f"metasd[{path}] every 1", "metasd", 1, path, False),
-                    (f"metasd[{path}] every 4", "metasd", 4, path, False)]
-        if args.shared:
-            configs.append((f"metasd[{path},shared] every 1", "metasd", 1, path, True))
+    configs = [("plain", "plain", 1), ("prune", "prune", 1), ("kd", "kd", 1),
+               ("metasd every 1", "metasd", 1), ("metasd every 4", "metasd", 4)]
     runners = [Runner(*c, args=args, seed=i) for i, c in enumerate(configs)]
     for _ in range(args.warmup):
         for r in runners:

@@ -107,7 +107,7 @@ def run_ours(job: dict) -> dict:
     from harness import Trainer, load_processed, tune_malloc
 
     _threads(job)
-    tune_malloc()  # what train() applies for train.tune_malloc (on by default)
+    tune_malloc()  # what train() applies
     data = load_processed(job["processed"])
     train, test = _limited(job, {"train": data.train, "test": data.test})
     data = dataclasses.replace(data, train=train)
@@ -139,7 +139,7 @@ def run_pykeen(job: dict) -> dict:
     import pykeen_peer
 
     _threads(job)
-    if job.get("pykeen_tuned_malloc"):  # the process-wide glibc setting our training runs apply (train.tune_malloc)
+    if job.get("pykeen_tuned_malloc"):  # the process-wide glibc setting our training runs apply (train() applies it)
         from metasd_dgl.runtime import tune_malloc
 
         tune_malloc()
@@ -385,8 +385,8 @@ def main() -> None:
                           "triples_file": str(work / "triples" / f"{name}.pt")}
             # The PyKEEN process reads the splits and our initial weights (make_model with the Trainer's
             # seeded generator) from this file, so that it trains without dgl or this project imported.
-            init = make_model(_config({**common_job, "run_dir": str(work)}), data,
-                              torch.Generator().manual_seed(args.seed)).encoder
+            init = make_model(_config({**common_job, "run_dir": str(work)}).model, data.num_entities,
+                              data.num_relations, torch.Generator().manual_seed(args.seed)).encoder
             Path(common_job["triples_file"]).parent.mkdir(parents=True, exist_ok=True)
             torch.save({"train": data.train, "valid": data.valid, "test": data.test,
                         "entities": data.entity_names, "relations": data.relation_names,

@@ -56,7 +56,7 @@ PAPER_CONFIG = {
     "model": {"decoder": "complex", "dim": 2000},
     "train": {"method": "metasd", "epochs": 100, "batch_size": 1000, "lr": 0.1, "regularizer": "dura",
               "reg_weight": 0.05, "valid_every": 5, "patience": 5, "rp_weight": 4.0},
-    "metasd": {"prune_rate": 0.9, "quiz_batch_size": 1000},
+    "prune": {"rate": 0.9}, "metasd": {"quiz_batch_size": 1000},
 }
 METHODS = ("plain", "kd", "metasd")
 
@@ -145,23 +145,25 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
     from metasd_dgl.config import Config, apply_overrides
     from metasd_dgl.data.triples import reciprocal_queries
     from metasd_dgl.model import build_model
-    from metasd_dgl.pruning import compute_masks, dimension_coordinates, prunable_params
+    from metasd_dgl.optimizers import OPTIMIZERS
+    from metasd_dgl.pruning import make_masks
     from metasd_dgl.student import make_student
+    from metasd_dgl.train.loop import run_step
     from metasd_dgl.train.spec import StepSpec
-    from metasd_dgl.train.steps import Stepper, make_optimizers
+    from metasd_dgl.train.steps import Steps
 
     gen = torch.Generator().manual_seed(seed)
     model = build_model("kge", "complex", data.num_entities, data.num_relations, dim, init_scale=1e-1,
                         generator=gen).to(device)
     cfg = apply_overrides(Config(), {
         "train": {"method": method, "batch_size": batch, "regularizer": "dura", "rp_weight": 4.0},
-        "metasd": {"quiz_batch_size": 1000, "prune_structure": structure}})
-    opt, meta = make_optimizers(model, cfg)
-    stepper = Stepper(model, opt, meta, StepSpec.from_config(cfg))
-    prunable = prunable_params(model)
-    coords = dimension_coordinates(prunable, dim) if structure == "dimension" else None
-    masks = None if method == "plain" else compute_masks(prunable, 0.9, "global", coords)
-    student = make_student(masks, stepper.params, structure)
+        "metasd": {"quiz_batch_size": 1000}, "prune": {"structure": structure}})
+    weights = list(model.parameters())
+    opt = OPTIMIZERS[cfg.train.optimizer](weights, lr=cfg.train.lr)
+    meta = OPTIMIZERS[cfg.metasd.meta_optimizer](weights, lr=cfg.metasd.meta_lr)
+    ctx = Steps(model, opt, StepSpec.from_config(cfg))
+    student = None if method == "plain" else make_student(make_masks(model, 0.9, "global", structure, dim),
+                                                          ctx.params, structure)
     queries = reciprocal_queries(data.train, data.num_relations)
     times = []
     for k in range(steps + 1):
@@ -169,13 +171,13 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
         q = queries[torch.randint(len(queries), (1000,), generator=gen)].to(device) if method == "metasd" else None
         _sync(device)
         t0 = time.perf_counter()
-        out = stepper.step(b, student, q)
+        out = run_step(method, ctx, b, student, quiz=q, meta_optimizer=meta)
         _sync(device)
         if k:  # the first step warms up (allocator, kernels)
             times.append((time.perf_counter() - t0) * 1e3)
     loss = float(out["loss"])
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    del model, opt, meta, stepper, student, masks
+    del model, opt, meta, ctx, student
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -239,17 +241,19 @@ def evaluate_checkpoint(cfg, data, path: Path, device) -> dict:
 
     from metasd_dgl.checkpoint import load_checkpoint
     from metasd_dgl.evaluation import metrics, rank_split
-    from metasd_dgl.train.loop import make_model
+    from metasd_dgl.model import make_model
+    from metasd_dgl.student import checkpoint_student
 
     ckpt = load_checkpoint(path, device)
-    model = make_model(cfg, data, torch.Generator().manual_seed(0)).to(device)
+    model = make_model(cfg.model, data.num_entities, data.num_relations, torch.Generator().manual_seed(0)).to(device)
     model.load_state_dict(ckpt["model"])
     masks = ckpt.get("masks")
+    student = checkpoint_student(dict(model.named_parameters()), masks, ckpt.get("student_weights"))
     out = {"checkpoint": path.name, "epoch": ckpt["state"]["epoch"], "step": ckpt["state"]["step"]}
-    for who, m in (("teacher", None), ("student", masks)):
-        if who == "student" and not m:
+    for who, w in (("teacher", None), ("student", student)):
+        if who == "student" and w is None:
             continue
-        ranks = rank_split(model, data.test, data.num_relations, data.filter, masks=m,
+        ranks = rank_split(model, data.test, data.num_relations, data.filter, weights=w,
                            max_memory_mb=cfg.eval.max_memory_mb)
         out[who] = metrics(ranks.both())
     if masks:

@@ -29,7 +29,8 @@ from metasd_dgl.decoders import DistMult  # noqa: F401
 from metasd_dgl.evaluation import DEFAULT_BATCH_SIZE, chunk_size, evaluate_ranking, metrics, model_score_fn  # noqa: F401
 from metasd_dgl.evaluation import rank_split  # noqa: F401
 from metasd_dgl.model import build_model  # noqa: F401
-from metasd_dgl.train.loop import Trainer, make_model, train  # noqa: F401
+from metasd_dgl.model import make_model  # noqa: F401
+from metasd_dgl.train.loop import Trainer, train  # noqa: F401
 
 ROWS = ("teacher", "student")
 

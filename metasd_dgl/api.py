@@ -128,16 +128,13 @@ def load_run(run_dir: PathLike, checkpoint: str = "best") -> LoadedRun:
 
     from metasd_dgl.stages import load_run as _load
 
-    from .student import MaskedStudent
-
-    cfg, data, model, masks, ckpt = _load(Path(run_dir), checkpoint)
+    cfg, data, model, weights, ckpt = _load(Path(run_dir), checkpoint)
+    masks = ckpt.get("masks")
     model.eval()
     student = None
-    if masks:
+    if weights:
         student = copy.deepcopy(model)
         with torch.no_grad():
-            params = {**dict(model.named_parameters()), **(ckpt.get("student_weights") or {})}
-            weights = MaskedStudent(masks, params).weights(params)
             for name, p in student.named_parameters():
                 p.copy_(weights[name])
         student.eval()

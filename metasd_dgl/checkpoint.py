@@ -4,59 +4,35 @@ A checkpoint is a ``torch.save`` of plain containers (dicts, lists, numbers,
 strings, tensors): model and optimiser states, masks, counters, RNG states,
 the resolved config and the dataset's fingerprint.  It is written to a
 temporary file in the same folder, fsynced, then renamed over the target, so
-a crash never leaves a half-written checkpoint under the real name.  Loading
+a crash never leaves a half-written checkpoint under the real name
+(``metasd_dgl.atomic.write_with``; a full disk is one line naming the file).  Loading
 uses ``torch.load(weights_only=True)``, which refuses arbitrary pickled
 objects (a malicious file raises instead of running code).
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .atomic import write_with
 from .errors import CheckpointError
 
 FORMAT = "metasd-dgl-checkpoint/1"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Atomically write ``state`` (plain containers and tensors) to ``path``."""
+    """Atomically write ``state`` (plain containers and tensors) to ``path``.
+
+    A failed write (full disk, file-size limit, read-only folder) raises a
+    ``WriteError`` naming ``path`` and the cause; the previous checkpoint is
+    kept and the temporary file removed (``metasd_dgl.atomic``).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": FORMAT, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"{path}: could not write checkpoint ({exc.strerror or exc})") from None
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return write_with(path, lambda fh: torch.save({"format": FORMAT, **state}, fh),
+                      "could not write checkpoint")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -31,14 +31,28 @@ def _choice(key: str) -> click.Choice:
     return click.Choice(CHOICES[key], case_sensitive=False)
 
 
+#: How every command that trains (train, pipeline, tune) chooses its dataset: the same options, mapped
+#: to the ``data.*`` overrides (``data_options``); a hint may name them for any of these commands.
+DATA_OPTIONS = [
+    click.option("--dataset", "data__dataset", help="Built-in name, folder or .tar.gz (data.dataset)."),
+    click.option("--data-dir", "data__data_dir", type=click.Path(file_okay=False),
+                 help="Folder with the published archives (data.data_dir; env METASD_DATA_DIR)."),
+    click.option("--format", "data__format", type=_choice("data.format"),
+                 help="How to read a folder (data.format; default auto)."),
+]
+
+
+def data_options(fn):
+    for opt in reversed(DATA_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
 TRAIN_OPTIONS = [
     click.option("--config", "configs", multiple=True, type=click.Path(dir_okay=False),
                  help="YAML override file(s), applied in order."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                  help="Override any option, e.g. --set train.lr=0.05."),
-    click.option("--dataset", "data__dataset", help="Built-in name, folder or .tar.gz."),
-    click.option("--data-dir", "data__data_dir", type=click.Path(file_okay=False),
-                 help="Folder with the published archives (env METASD_DATA_DIR)."),
     click.option("--run-dir", "run_dir", type=click.Path(file_okay=False), help="Output folder."),
     click.option("--encoder", "model__encoder", type=_choice("model.encoder")),
     click.option("--decoder", "model__decoder", type=_choice("model.decoder")),
@@ -48,9 +62,10 @@ TRAIN_OPTIONS = [
     click.option("--epochs", "train__epochs", type=int),
     click.option("--batch-size", "train__batch_size", type=int),
     click.option("--lr", "train__lr", type=float),
-    click.option("--prune-rate", "metasd__prune_rate", type=float),
+    click.option("--prune-rate", "prune__rate", type=float),
     click.option("--num-bases", "model__num_bases", type=int),
-    click.option("--regularizer", "model__regularizer", type=_choice("model.regularizer")),
+    click.option("--decomposition", "--regularizer", "model__decomposition", type=_choice("model.decomposition"),
+                 help="R-GCN weight sharing (--regularizer: its earlier name)."),
     click.option("--seed", "train__seed", type=int),
     click.option("--device", "train__device", help="cpu, cuda or cuda:N."),
     click.option("--tracker", "train__tracker", type=_choice("train.tracker"),
@@ -71,19 +86,21 @@ def output_options(fn):
     return fn
 
 
-def make_console(run_dir: str, quiet: bool, as_json: bool):
-    """The console of a training command: readable, quiet or JSON; logged to RUN_DIR/train.log."""
+def make_console(run_dir: str, quiet: bool, as_json: bool, method: Optional[str] = None):
+    """The console of a training command: readable, quiet or JSON; logged to RUN_DIR/train.log;
+    ``method`` (train.method) names the rows (``console.ROW_NAMES``)."""
     from .console import Console
 
     if quiet and as_json:
         raise click.UsageError("--quiet and --json exclude each other")
-    return Console("json" if as_json else "quiet" if quiet else "normal", Path(run_dir) / "train.log")
+    return Console("json" if as_json else "quiet" if quiet else "normal", Path(run_dir) / "train.log",
+                   method=method)
 
 
 def train_options(fn):
     for opt in reversed(TRAIN_OPTIONS):
         fn = opt(fn)
-    return fn
+    return data_options(fn)
 
 
 def resolve(configs: tuple[str, ...], sets: tuple[str, ...], **options: Any) -> Config:
@@ -120,6 +137,9 @@ def preprocess(source: str, out: str, data_dir: Optional[str], fmt: str, force: 
                f"train/valid/test {len(kg.train)}/{len(kg.valid)}/{len(kg.test)}")
     if m.get("duplicates"):
         click.echo(f"duplicates: {m['duplicates']}")
+    from .unseen import manifest_line
+
+    click.echo(manifest_line(m))
 
 
 @cli.command()
@@ -138,7 +158,7 @@ def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, forc
         cfg.run_dir = resume
     else:
         cfg = resolve(configs, sets, **options)
-    console = make_console(cfg.run_dir, quiet, as_json)
+    console = make_console(cfg.run_dir, quiet, as_json, cfg.train.method)
     if not resume:
         # Under torchrun, rank 0 preprocesses while the others wait.
         info = init_from_env(resolve_device(cfg.train.device))
@@ -195,7 +215,9 @@ def export(run_dir: str, checkpoint: str) -> None:
 @cli.command()
 @click.argument("config_files", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any option.")
-@click.option("--run-dir", "run_dir", type=click.Path(file_okay=False))
+@data_options
+@click.option("--run-dir", "run_dir", type=click.Path(file_okay=False),
+              help="Output folder (default runs/<dataset>-<decoder>-<method>).")
 @click.option("--device", "train__device")
 @click.option("--tracker", "train__tracker", type=_choice("train.tracker"),
               help="Also log scalars to an experiment tracker (tensorboard: RUN_DIR/tensorboard).")
@@ -216,7 +238,7 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
 
     files = config_files or (str(default_config_path()),)
     cfg = resolve(files, sets, **options)
-    console = make_console(cfg.run_dir, quiet, as_json)
+    console = make_console(cfg.run_dir, quiet, as_json, cfg.train.method)
     run_dir = Path(cfg.run_dir)
     console.line(f"[1/4] preprocess {cfg.data.dataset}")
     stage_preprocess(cfg, force=force)
@@ -228,9 +250,11 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
     if status is not None and status["finished"] and not reevaluate and stored.is_file():
         import json
 
+        from .console import named_rows
         from .evaluation import format_table
 
-        console.result(format_table(json.loads(stored.read_text(encoding="utf-8"))["results"]))
+        record = json.loads(stored.read_text(encoding="utf-8"))
+        console.result(format_table(named_rows(record["results"], cfg.train.method, record.get("rows"))))
         console.result(f"metrics: {stored} (stored; pass --reevaluate to export and evaluate again)")
         return
     console.line("[3/4] export")
@@ -252,23 +276,30 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
 @click.option("--timeout", "timeout_min", type=click.FloatRange(min=0, min_open=True),
               help="Stop starting trials after this many minutes.")
 @click.option("--study-dir", type=click.Path(file_okay=False),
-              help="Study folder (SQLite study, one run folder per trial); default <run_dir>-tune.")
+              help="Study folder (SQLite study, one run folder per trial); default <run_dir>-tune "
+                   "(runs/<dataset>-<decoder>-<method>-tune unless the config sets run_dir).")
 @click.option("--space", type=click.Path(dir_okay=False, exists=True),
               help="Search space YAML; default CONFIG with .tune.yaml for .yaml.")
 @click.option("--pruner", type=click.Choice(["median", "none"]), default="median", show_default=True,
               help="Stop trials whose validation MRR is below the median of earlier trials at that epoch.")
 @click.option("--config", "extra", multiple=True, type=click.Path(dir_okay=False, exists=True),
               help="More YAML overrides applied after CONFIG in every trial (e.g. fewer epochs).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any option in every trial (after CONFIG and --config).")
+@data_options
+@click.option("--device", "train__device", help="cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue the study in --study-dir (killed trials are re-run).")
 def tune(config: str, trials: int, timeout_min: Optional[float], study_dir: Optional[str], space: Optional[str],
-         pruner: str, extra: tuple[str, ...], resume: bool) -> None:
-    """Search hyper-parameters with Optuna (TPE, median pruning) on validation MRR; writes best.yaml."""
+         pruner: str, extra: tuple[str, ...], sets: tuple[str, ...], resume: bool, **options) -> None:
+    """Search hyper-parameters with Optuna (TPE, median pruning) on validation MRR; writes best.yaml,
+    the search's whole config with the best trial's values (metasd-dgl pipeline STUDY/best.yaml)."""
     from .tune import tune as run_tune
 
-    base = load_config(config, *extra)
+    overrides = _overrides(options, sets)
+    base = load_config(config, *extra, overrides=overrides)
     folder = Path(study_dir) if study_dir else Path(base.run_dir + "-tune")
     run_tune(Path(config), trials, folder, Path(space) if space else None, timeout_min, resume, pruner,
-             tuple(Path(e) for e in extra), echo=click.echo)
+             tuple(Path(e) for e in extra), echo=click.echo, overrides=overrides)
 
 
 def _register_tools() -> None:
@@ -283,9 +314,12 @@ _register_tools()
 
 def main(argv: Optional[list[str]] = None) -> int:
     configure_environment()  # before torch or DGL load (they are imported lazily below)
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args
+    if debug:  # "rerun with --debug": anywhere on the line, as the group's option
+        args = ["--debug"] + [a for a in args if a != "--debug"]
     try:
-        cli.main(args=argv, prog_name="metasd-dgl", standalone_mode=False)
+        cli.main(args=args, prog_name="metasd-dgl", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130

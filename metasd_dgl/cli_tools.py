@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -36,13 +37,13 @@ def _tables(run_dir: Path, checkpoint: str, student: bool):
 
     from .evaluation import encode_tables
 
-    cfg, data, model, masks, ckpt = load_run(run_dir, checkpoint)
+    cfg, data, model, weights, ckpt = load_run(run_dir, checkpoint)
+    masks = ckpt.get("masks")
     if student and not masks:
         raise UserError(f"{run_dir}: this run has no student (train.method={cfg.train.method}); "
                         "drop --student")
     graph = data.graph if cfg.model.encoder == "rgcn" else None
-    return cfg, data, model, masks, ckpt, encode_tables(model, graph, masks if student else None,
-                                                        ckpt.get("student_weights"))
+    return cfg, data, model, masks, ckpt, encode_tables(model, graph, weights if student else None)
 
 
 @click.command("predict")
@@ -233,13 +234,15 @@ def classify_run(run_dir: Path, checkpoint: str = "best", num_negatives: int = 1
 
     from .classification import classify_given, triple_classification
     from .evaluation import encode_tables
+    from .student import checkpoint_student
 
     cfg, data, model, masks, ckpt, teacher = _tables(Path(run_dir), checkpoint, False)
     given, source = _given_negatives(data, negatives_valid, negatives_test)  # errors before anything is written
     graph = data.graph if cfg.model.encoder == "rgcn" else None
     variants = {"teacher": teacher}
     if masks:
-        variants["student"] = encode_tables(model, graph, masks, ckpt.get("student_weights"))
+        variants["student"] = encode_tables(model, graph, checkpoint_student(
+            dict(model.named_parameters()), masks, ckpt.get("student_weights")))
     if given is not None:
         results = {name: classify_given(tables, model.decoder, data, given, source)
                    for name, tables in variants.items()}
@@ -318,7 +321,8 @@ def subset_command(source: str, k: int, out: str, data_dir: Optional[str]) -> No
     click.echo(f"{out}: top {c['top']} entities by degree, {c['entities']} with a train triple inside, "
                f"{c['relations']} relations, train/valid/test "
                f"{c['train']}/{c['valid']}/{c['test']} (of {src['train']}/{src['valid']}/{src['test']})")
-    click.echo(f"use it with --dataset {out}")
+    folder = shlex.quote(out)
+    click.echo(f"use it with --dataset {folder} (train, pipeline, tune), e.g. metasd-dgl pipeline --dataset {folder}")
 
 
 COMMANDS = [predict_command, report_command, export_dglke_command, import_dglke_command, classify_command,

@@ -18,7 +18,11 @@ from typing import Any, Optional
 
 import yaml
 
+from .decoders import DECODERS
 from .errors import UserError
+from .optimizers import OPTIMIZERS
+from .pruning import SCOPES, STRUCTURES
+from .train.tracker import TRACKERS
 
 
 class ConfigError(UserError):
@@ -46,9 +50,8 @@ class ModelConfig:
     # R-GCN encoder
     num_layers: int = 2
     num_bases: int = 4
-    regularizer: str = "basis"  # basis | bdd
+    decomposition: str = "basis"  # basis | bdd: how the per-relation weight matrices are shared
     dropout: float = 0.2
-    self_loop: bool = True
 
 
 @dataclass
@@ -75,10 +78,7 @@ class TrainConfig:
     cpu_minutes: float = 0.0  # stop once training steps used this much process CPU time, all threads (0 = off)
     sample_edges: int = 0  # rgcn + negative-sampling: message edges sampled per batch (0 = all)
     grad_clip: float = 0.0  # 0 = off
-    loss_backend: str = "fused"  # fused (closed-form score gradients) | autograd (the reference losses)
-    tune_malloc: bool = True  # keep large temporaries mapped (glibc mallopt), faster 1-N steps
     seed: int = 0
-    init_from: str = ""  # a checkpoint whose model weights start this run (e.g. post-hoc prune + fine-tune)
     device: str = "cpu"
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
     valid_every: int = 5  # epochs between validations
@@ -89,42 +89,41 @@ class TrainConfig:
 
 
 @dataclass
+class PruneConfig:
+    """The student's mask (methods prune, kd, metasd): magnitude pruning, recomputed every epoch."""
+
+    rate: float = 0.9  # share of prunable weights zeroed in the student
+    scope: str = "global"  # global | per-tensor: one magnitude threshold over all tables, or one per table
+    structure: str = "element"  # element | dimension (whole coordinates, aligned across tables; kge)
+    gradual_epochs: int = 0  # the rate rises from 0 to prune.rate over these epochs (cubic; 0 = at once)
+
+
+@dataclass
 class MetaSDConfig:
-    prune_rate: float = 0.9  # share of prunable weights zeroed in the student
-    prune_scope: str = "global"  # global | per-tensor
-    prune_structure: str = "element"  # element | dimension (whole coordinates, aligned across tables; kge)
+    """Distillation (kd, metasd) and MetaSD's meta step (metasd)."""
+
     temperature: float = 3.0
     kd_weight: float = 1.0  # weight of distillation next to cross-entropy
     kd_forward_weight: float = 3.0  # KL(teacher || student)
     kd_reverse_weight: float = 1.0  # KL(student || teacher)
-    meta_lr: float = 1e-4
+    kd_t2_scale: bool = False  # scale KD by T^2 (the reference code does not; off = reference)
+    real_kd_weighting: str = "source"  # real step: source: fw KL(source||learner) + rw KL(learner||source) | self: swapped
+    one_way_kd: bool = False  # real step: the teacher does not learn from the student (no KD(S -> T))
     meta_optimizer: str = "adam"  # adam | adagrad | sgd
+    meta_lr: float = 1e-4
     virtual_lr: float = 0.1  # SGD step of the virtual student
     quiz_fraction: float = 0.02  # held-out slice of train for the meta step
     quiz_batch_size: int = 1000
     meta_every: int = 1  # run the meta step every k batches
-    extra_teacher_step: bool = False  # reference code: plain teacher step first
-    meta_grad_path: str = "kd"  # kd: through the teacher's predictions only (reference, MetaDistil) | full: also W*M
-    share_forward: bool = False  # approximate: real step reuses the pre-meta forward (faster)
-    kd_t2_scale: bool = False  # scale KD by T^2 (the reference code does not; off = reference)
-    student_owns_kept: bool = False  # real step: the teacher's loss skips the weights the student keeps
+    extra_teacher_step: bool = False  # reference code: a plain teacher step first, every batch
     student: str = "shared"  # shared: the teacher's weights under the mask (the paper) | own: its own weights
     student_lr: float = 0.0  # student=own: lr of the student's optimiser (0 = train.lr)
-    one_way_kd: bool = False  # real step: the teacher does not learn from the student (no KD(S -> T))
-    real_kd_weighting: str = "source"  # source: fw KL(source||learner) + rw KL(learner||source) | self: swapped
-    warmup_epochs: int = 0  # plain teacher epochs before the student's losses and the meta step start
-    gradual_epochs: int = 0  # prune rate raised from 0 to prune_rate over these epochs (cubic; 0 = at once)
-    straight_through: bool = False  # prune: pruned weights keep the student's gradient, so the mask can change
-    mask_epochs: int = 0  # the mask is recomputed in the first k student epochs, then kept (0 = every epoch)
-    mask_source: str = "teacher"  # student=own: the mask from the teacher's magnitudes | student: its own (owns all)
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 0  # queries per chunk; 0 = derive from max_memory_mb
-    max_memory_mb: int = 512  # cap on the (chunk x entities) score matrix
+    max_memory_mb: int = 512  # cap on the (chunk x entities) score matrix, which sets the chunk of queries
     num_buckets: int = 3  # long-tail buckets by relation frequency / entity degree
-    splits: tuple = ("valid", "test")
 
 
 @dataclass
@@ -133,30 +132,112 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     metasd: MetaSDConfig = field(default_factory=MetaSDConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.encoder": ("kge", "rgcn"),
-    "model.decoder": ("complex", "distmult", "rotate", "transe"),
-    "model.regularizer": ("basis", "bdd"),
+    "model.decoder": tuple(DECODERS),
+    "model.decomposition": ("basis", "bdd"),
     "train.method": ("plain", "prune", "kd", "metasd"),
     "train.regime": ("1-n", "negative-sampling"),
-    "train.optimizer": ("adagrad", "adam"),
+    "train.optimizer": tuple(n for n in OPTIMIZERS if n != "sgd"),
     "train.lr_scheduler": ("none", "plateau"),
     "train.regularizer": ("dura", "n3", "none"),
-    "train.loss_backend": ("fused", "autograd"),
-    "train.tracker": ("none", "tensorboard"),
-    "metasd.prune_scope": ("global", "per-tensor"),
-    "metasd.prune_structure": ("element", "dimension"),
-    "metasd.meta_optimizer": ("adam", "adagrad", "sgd"),
-    "metasd.meta_grad_path": ("full", "kd"),
+    "train.tracker": TRACKERS,
+    "prune.scope": SCOPES,
+    "prune.structure": STRUCTURES,
+    "metasd.meta_optimizer": tuple(OPTIMIZERS),
     "metasd.student": ("shared", "own"),
-    "metasd.mask_source": ("teacher", "student"),
     "metasd.real_kd_weighting": ("source", "self"),
     "data.format": ("auto", "tsv", "raw_udd_hrt", "udd_hrt"),
 }
+
+#: Options of earlier versions: the old name -> what to use instead.  A YAML file or ``--set`` naming one
+#: is an error saying so; a stored config (a checkpoint's) is read through ``upgrade``.
+MOVED = {
+    "metasd.prune_rate": "prune.rate",
+    "metasd.prune_scope": "prune.scope",
+    "metasd.prune_structure": "prune.structure",
+    "metasd.gradual_epochs": "prune.gradual_epochs",
+    "model.regularizer": "model.decomposition",
+}
+#: Retired options: the old name -> (its only value now, why it went).
+RETIRED: dict[str, tuple[Any, str]] = {
+    "metasd.share_forward": (False, "the real step always takes its gradients after the meta step (exact MetaSD)"),
+    "metasd.student_owns_kept": (False, "a study arm; use metasd.student=own for a student with weights of its own"),
+    "metasd.straight_through": (False, "a study arm of prune-only; its result stays in the README"),
+    "metasd.mask_epochs": (0, "the mask is recomputed every epoch"),
+    "metasd.mask_source": ("teacher", "the own student's mask comes from the teacher's magnitudes"),
+    "metasd.meta_grad_path": ("kd", "the meta gradient always flows through the teacher's predictions "
+                                    "(the reference code's path)"),
+    "metasd.warmup_epochs": (0, "the student trains from the first epoch; prune.gradual_epochs eases it in"),
+    "train.loss_backend": ("fused", "the closed-form loss gradients are always used (the autograd ones are "
+                                    "the tests' reference)"),
+    "train.tune_malloc": (True, "it is always applied"),
+    "train.init_from": ("", "a study arm (post-hoc pruning); its result stays in the README"),
+    "model.self_loop": (True, "R-GCN layers always have a self-loop"),
+    "eval.batch_size": (0, "the chunk of queries comes from eval.max_memory_mb"),
+    "eval.splits": (("valid", "test"), "evaluate takes --split"),
+}
+
+
+def retired_hint(key: str) -> Optional[str]:
+    """What to say about an option of an earlier version (``None``: ``key`` is no such option)."""
+    if key in MOVED:
+        return f"{key} is now {MOVED[key]}"
+    if key in RETIRED:
+        return f"{key} was retired: {RETIRED[key][1]}"
+    return None
+
+
+def upgrade(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config dict (a checkpoint's, an old run's ``config.yaml``) in today's names: moved
+    options take their new names, retired ones are dropped (``retired_settings`` lists those that were
+    not at the value that is now the only behaviour)."""
+    out = {sec: dict(v) if isinstance(v, dict) else v for sec, v in stored.items()}
+    for old, new in MOVED.items():
+        sec, _, name = old.partition(".")
+        if isinstance(out.get(sec), dict) and name in out[sec]:
+            value = out[sec].pop(name)
+            new_sec, _, new_name = new.partition(".")
+            out.setdefault(new_sec, {}).setdefault(new_name, value)
+    for old in RETIRED:
+        sec, _, name = old.partition(".")
+        if isinstance(out.get(sec), dict):
+            out[sec].pop(name, None)
+    return out
+
+
+def retired_settings(stored: dict[str, Any]) -> list[str]:
+    """``["metasd.share_forward=True (retired: ...)", ...]``: what a stored config set to a value this
+    version no longer has (a run trained so can be evaluated, not continued)."""
+    out = []
+    for old, (value, why) in RETIRED.items():
+        sec, _, name = old.partition(".")
+        got = stored.get(sec, {}).get(name, value) if isinstance(stored.get(sec), dict) else value
+        if (list(got) if isinstance(got, (list, tuple)) else got) != (list(value) if isinstance(value, tuple) else value):
+            out.append(f"{old}={got!r} (retired: {why})")
+    return out
+
+
+#: The range of every numeric option: (what it must be, the test, the options).
+RANGES = [
+    ("must be >= 1", lambda v: v >= 1, (
+        "model.dim", "model.num_layers", "model.num_bases", "train.epochs", "train.batch_size", "train.num_negatives",
+        "train.valid_every", "metasd.quiz_batch_size", "metasd.meta_every", "eval.max_memory_mb", "eval.num_buckets")),
+    ("must be >= 0", lambda v: v >= 0, (
+        "train.reg_weight", "train.rp_weight", "train.lr_patience", "train.patience", "train.grad_clip",
+        "train.num_threads", "train.sample_edges", "train.batches_per_epoch", "train.cpu_minutes",
+        "prune.gradual_epochs", "metasd.student_lr")),
+    ("must be > 0", lambda v: v > 0, ("model.init_scale", "train.lr", "metasd.temperature")),
+    ("must be in [0, 1)", lambda v: 0 <= v < 1, (
+        "model.dropout", "train.edge_dropout", "train.label_smoothing", "train.entity_dropout",
+        "train.relation_dropout", "prune.rate")),
+    ("must be in (0, 1)", lambda v: 0 < v < 1, ("train.lr_factor", "metasd.quiz_fraction")),
+]
 
 
 def validate(cfg: Config) -> Config:
@@ -165,79 +246,30 @@ def validate(cfg: Config) -> Config:
         value = get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}", key)
-    checks = [
-        ("model.dim", cfg.model.dim >= 1, "must be >= 1"),
-        ("model.num_layers", cfg.model.num_layers >= 1, "must be >= 1"),
-        ("model.num_bases", cfg.model.num_bases >= 1, "must be >= 1"),
-        ("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"),
-        ("model.init_scale", cfg.model.init_scale > 0, "must be > 0"),
-        ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
-        ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
-        ("train.lr", cfg.train.lr > 0, "must be > 0"),
-        ("train.reg_weight", cfg.train.reg_weight >= 0, "must be >= 0"),
-        ("train.num_negatives", cfg.train.num_negatives >= 1, "must be >= 1"),
-        ("train.edge_dropout", 0 <= cfg.train.edge_dropout < 1, "must be in [0, 1)"),
-        ("train.label_smoothing", 0 <= cfg.train.label_smoothing < 1, "must be in [0, 1)"),
-        ("train.rp_weight", cfg.train.rp_weight >= 0, "must be >= 0"),
-        ("train.rp_weight", cfg.train.rp_weight == 0 or cfg.model.decoder in ("complex", "distmult"),
+    ranges = [(key, test(get(cfg, key)), why) for why, test, keys in RANGES for key in keys]
+    m, t, p, d = cfg.model, cfg.train, cfg.prune, cfg.metasd
+    # The options that combine: each rule says which choice needs which.
+    distills = t.method in ("kd", "metasd")
+    rules = [
+        ("train.rp_weight", t.rp_weight == 0 or m.decoder in ("complex", "distmult"),
          "needs model.decoder complex or distmult (relation prediction scores every relation bilinearly)"),
-        ("train.entity_dropout", 0 <= cfg.train.entity_dropout < 1, "must be in [0, 1)"),
-        ("train.relation_dropout", 0 <= cfg.train.relation_dropout < 1, "must be in [0, 1)"),
-        ("train.lr_factor", 0 < cfg.train.lr_factor < 1, "must be in (0, 1)"),
-        ("train.lr_patience", cfg.train.lr_patience >= 0, "must be >= 0"),
-        ("train.valid_every", cfg.train.valid_every >= 1, "must be >= 1"),
-        ("train.patience", cfg.train.patience >= 0, "must be >= 0"),
-        ("train.grad_clip", cfg.train.grad_clip >= 0, "must be >= 0"),
-        ("train.num_threads", cfg.train.num_threads >= 0, "must be >= 0"),
-        ("metasd.prune_rate", 0 <= cfg.metasd.prune_rate < 1, "must be in [0, 1)"),
-        ("metasd.temperature", cfg.metasd.temperature > 0, "must be > 0"),
-        ("metasd.quiz_fraction", 0 < cfg.metasd.quiz_fraction < 1, "must be in (0, 1)"),
-        ("metasd.quiz_batch_size", cfg.metasd.quiz_batch_size >= 1, "must be >= 1"),
-        ("metasd.meta_every", cfg.metasd.meta_every >= 1, "must be >= 1"),
-        ("metasd.student_lr", cfg.metasd.student_lr >= 0, "must be >= 0"),
-        ("metasd.warmup_epochs", cfg.metasd.warmup_epochs >= 0, "must be >= 0"),
-        ("metasd.gradual_epochs", cfg.metasd.gradual_epochs >= 0, "must be >= 0"),
-        ("metasd.mask_epochs", cfg.metasd.mask_epochs >= 0, "must be >= 0"),
-        ("metasd.mask_epochs", cfg.metasd.mask_epochs == 0 or cfg.metasd.mask_epochs > cfg.metasd.gradual_epochs,
-         "must exceed metasd.gradual_epochs (the mask is kept only at the final prune rate)"),
-        ("metasd.gradual_epochs", cfg.metasd.warmup_epochs + cfg.metasd.gradual_epochs < cfg.train.epochs,
-         "plus metasd.warmup_epochs must be below train.epochs (the student must train at its final rate)"),
-        ("train.lr_scheduler", cfg.train.lr_scheduler == "none" or cfg.metasd.student == "shared",
+        ("train.regime", t.regime == "1-n" or t.method in ("plain", "prune"),
+         f"negative-sampling supports methods plain and prune, not {t.method!r}"),
+        ("prune.structure", p.structure == "element" or (m.encoder == "kge" and p.scope == "global"),
+         "needs model.encoder=kge and prune.scope=global"),
+        ("prune.gradual_epochs", p.gradual_epochs < t.epochs,
+         "must be below train.epochs (the student must train at its final rate)"),
+        ("prune.gradual_epochs", not p.gradual_epochs or t.method != "plain",
+         "has no effect with train.method='plain' (needs prune, kd or metasd)"),
+        ("metasd.one_way_kd", not d.one_way_kd or distills,
+         "has no effect without distillation (train.method kd or metasd)"),
+        ("metasd.student", d.student == "shared" or distills, "own needs method kd or metasd"),
+        ("metasd.student_lr", not d.student_lr or d.student == "own",
+         "is the own student's lr: it needs metasd.student=own"),
+        ("train.lr_scheduler", t.lr_scheduler == "none" or d.student == "shared",
          "plateau schedules the teacher's optimiser only: not combined with metasd.student=own"),
-        ("metasd.straight_through", not cfg.metasd.straight_through or cfg.train.method == "prune",
-         "is an option of method prune"),
-        ("metasd.student", cfg.metasd.student == "shared" or cfg.train.method in ("kd", "metasd"),
-         "own needs method kd or metasd"),
-        ("metasd.student", cfg.metasd.student == "shared" or not (
-            cfg.metasd.share_forward or cfg.metasd.student_owns_kept),
-         "own is not combined with metasd.share_forward or metasd.student_owns_kept"),
-        ("metasd.real_kd_weighting", cfg.metasd.real_kd_weighting == "source" or not cfg.metasd.share_forward,
-         "self is not combined with metasd.share_forward (its real step reuses the virtual step's KD)"),
-        ("metasd.warmup_epochs", cfg.metasd.warmup_epochs == 0 or cfg.train.regime == "1-n",
-         "needs train.regime=1-n"),
-        ("eval.max_memory_mb", cfg.eval.max_memory_mb >= 1, "must be >= 1"),
-        ("eval.num_buckets", cfg.eval.num_buckets >= 1, "must be >= 1"),
     ]
-    checks.append(("train.regime", cfg.train.regime == "1-n" or cfg.train.method in ("plain", "prune"),
-                   f"negative-sampling supports methods plain and prune, not {cfg.train.method!r}"))
-    checks.append(("train.sample_edges", cfg.train.sample_edges >= 0, "must be >= 0"))
-    checks.append(("train.batches_per_epoch", cfg.train.batches_per_epoch >= 0, "must be >= 0"))
-    checks.append(("train.cpu_minutes", cfg.train.cpu_minutes >= 0, "must be >= 0"))
-    checks.append(("metasd.prune_structure", cfg.metasd.prune_structure == "element" or (
-        cfg.model.encoder == "kge" and cfg.metasd.prune_scope == "global"),
-        "needs model.encoder=kge and metasd.prune_scope=global"))
-    # Options that would be silently ignored by the chosen method or student.
-    student_method = cfg.train.method in ("prune", "kd", "metasd")
-    checks += [(f"metasd.{name}", not getattr(cfg.metasd, name) or student_method,
-                f"has no effect with train.method={cfg.train.method!r} (needs prune, kd or metasd)")
-               for name in ("warmup_epochs", "gradual_epochs", "mask_epochs")]
-    checks += [("metasd.one_way_kd", not cfg.metasd.one_way_kd or cfg.train.method in ("kd", "metasd"),
-                "has no effect without distillation (train.method kd or metasd)"),
-               ("metasd.student_lr", not cfg.metasd.student_lr or cfg.metasd.student == "own",
-                "is the own student's lr: it needs metasd.student=own"),
-               ("metasd.mask_source", cfg.metasd.mask_source == "teacher" or cfg.metasd.student == "own",
-                "chooses between the teacher's and the own student's magnitudes: it needs metasd.student=own")]
-    for key, ok, why in checks:
+    for key, ok, why in ranges + rules:
         if not ok:
             raise ConfigError(f"{key}={get(cfg, key)!r} {why}", key)
     return cfg
@@ -264,20 +296,14 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"{key}: expected true/false, got {value!r}", key)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}", key)
+    if hint in (int, float):  # an int field takes no float (3.5 steps), a float field any number
+        kind, accepted = ("an integer", (int, str)) if hint is int else ("a number", (int, float, str))
         try:
-            return int(value)
+            if isinstance(value, bool) or not isinstance(value, accepted):
+                raise ValueError
+            return hint(value)
         except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}", key) from None
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}", key)
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected a number, got {value!r}", key) from None
+            raise ConfigError(f"{key}: expected {kind}, got {value!r}", key) from None
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key}: expected a string, got {value!r}", key)
@@ -308,17 +334,22 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str = "overr
         parts = key.split(".")
         if len(parts) == 1:
             if parts[0] not in hints_root or parts[0] in _sections():
-                raise ConfigError(f"{source}: unknown option {key!r}")
+                raise _unknown(key, source)
             setattr(cfg, parts[0], _coerce(value, hints_root[parts[0]], key))
             continue
         if len(parts) != 2 or parts[0] not in _sections():
-            raise ConfigError(f"{source}: unknown option {key!r}")
+            raise _unknown(key, source)
         section = getattr(cfg, parts[0])
         hints = typing.get_type_hints(type(section))
         if parts[1] not in hints:
-            raise ConfigError(f"{source}: unknown option {key!r}")
+            raise _unknown(key, source)
         setattr(section, parts[1], _coerce(value, hints[parts[1]], key))
     return cfg
+
+
+def _unknown(key: str, source: str) -> ConfigError:
+    """An option that does not exist: an earlier version's says what replaced it."""
+    return ConfigError(f"{source}: {retired_hint(key) or f'unknown option {key!r}'}", key)
 
 
 def _sections() -> tuple[str, ...]:
@@ -327,20 +358,19 @@ def _sections() -> tuple[str, ...]:
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    d["eval"]["splits"] = list(d["eval"]["splits"])
-    return d
+    return dataclasses.asdict(cfg)
 
 
 def with_defaults(d: dict[str, Any]) -> dict[str, Any]:
-    """A stored config dict (e.g. a checkpoint's) with every option it predates at its default."""
-    defaults = to_dict(Config())
+    """A stored config dict (e.g. a checkpoint's) in today's names, every option it predates at its default."""
+    defaults, d = to_dict(Config()), upgrade(d)
     return {sec: {**defaults[sec], **v} if isinstance(v, dict) and isinstance(defaults.get(sec), dict) else v
             for sec, v in {**defaults, **d}.items()}
 
 
 def from_dict(d: dict[str, Any], source: str = "config") -> Config:
-    return validate(apply_overrides(Config(), d, source))
+    """A stored config (a checkpoint's) as a validated ``Config``, read through ``upgrade``."""
+    return validate(apply_overrides(Config(), upgrade(d), source))
 
 
 def load_config(*paths: str | Path, overrides: Optional[dict[str, Any]] = None) -> Config:
@@ -357,7 +387,10 @@ def load_config(*paths: str | Path, overrides: Optional[dict[str, Any]] = None) 
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a UTF-8 text file") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = _safe_load_unique(text) or {}
+        except _DuplicateKey as exc:
+            raise ConfigError(f"{path}: line {exc.line}: {exc.key!r} is set twice "
+                              f"(the first would be silently dropped)") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""
@@ -366,7 +399,7 @@ def load_config(*paths: str | Path, overrides: Optional[dict[str, Any]] = None) 
             raise ConfigError(f"{path}: expected a mapping of options")
         lines = option_lines(text)
         origins.update({key: f"{path}: line {line}" for key, line in lines.items()})
-        with _located(origins):
+        with _located(origins, str(path)):
             apply_overrides(cfg, data, str(path))
     if overrides:
         for key in _flat_keys(overrides):  # set on the command line: its error names it already
@@ -403,7 +436,7 @@ def _flat_keys(overrides: dict[str, Any]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _located(origins: dict[str, str]):
+def _located(origins: dict[str, str], source: str = ""):
     """A ConfigError about an option is told where that option was set ("file: line N: ...")."""
     try:
         yield
@@ -411,7 +444,49 @@ def _located(origins: dict[str, str]):
         where = origins.get(exc.key or "")
         if where is None:
             raise
-        raise ConfigError(f"{where}: {exc}", exc.key) from None
+        text = str(exc)
+        if source and text.startswith(f"{source}: "):
+            text = text[len(source) + 2:]
+        raise ConfigError(f"{where}: {text}", exc.key) from None
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+def _safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key set twice in one mapping (YAML would keep the last)."""
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
+#: Options a resumed run may not change (they change shapes or the meaning of the state).
+FIXED_ON_RESUME = ("model", "train.method", "train.regime", "train.optimizer", "train.seed", "train.batch_size",
+                   "train.lr_scheduler", "prune", "metasd.meta_optimizer", "metasd.quiz_fraction", "metasd.student")
+
+
+def resume_differences(old: dict, new: dict) -> list[str]:
+    """``["model.dim: 8 (checkpoint) vs 16 (now)", ...]`` over FIXED_ON_RESUME (an option the
+    checkpoint predates counts with its default), and any retired option the checkpoint's run used."""
+    out, old = [f"{s} (checkpoint)" for s in retired_settings(old)], with_defaults(old)
+    for key in FIXED_ON_RESUME:
+        section, _, name = key.partition(".")
+        a, b = old.get(section, {}), new.get(section, {})
+        pairs = [(name, a.get(name), b.get(name))] if name else [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))]
+        out += [f"{section}.{k}: {x!r} (checkpoint) vs {y!r} (now)" for k, x, y in pairs if x != y]
+    return out
 
 
 def dataset_label(dataset: str) -> str:

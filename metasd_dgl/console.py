@@ -19,6 +19,40 @@ from typing import Any, Optional, TextIO
 from tqdm.auto import tqdm
 
 MODES = ("normal", "json", "quiet")
+#: What each row is called, per ``train.method``.  ``metrics.jsonl`` and ``eval/*.json`` key the rows by
+#: slot -- "teacher": the dense weights, "student": the masked model -- and every line, table and plot
+#: shows the slot's name here: a plain run's only model is "dense"; kd and metasd have a "teacher" and
+#: a "student" (the true student: both sides masked); prune-only's model is its "student" (the masked
+#: weights, trained alone) and its dense weights, never trained where pruned, are "dense (untrained)".
+ROW_NAMES = {
+    "plain": {"teacher": "dense"},
+    "prune": {"teacher": "dense (untrained)", "student": "student"},
+    "kd": {"teacher": "teacher", "student": "student"},
+    "metasd": {"teacher": "teacher", "student": "student"},
+}
+
+
+def row_names(slots, method: Optional[str] = None) -> dict[str, str]:
+    """``{slot: name}`` of the rows ``slots`` of a run of ``method`` (``ROW_NAMES``).
+
+    Without ``method`` a lone "teacher" slot is a plain run's dense model (other slots keep their key;
+    prune-only's dense row needs the method to be named).  Unknown slots (e.g. "reference student")
+    keep their key.
+    """
+    slots = list(slots)
+    if method is None:
+        method = "plain" if slots == ["teacher"] else "metasd"
+    names = ROW_NAMES.get(method, {})
+    return {slot: names.get(slot, slot) for slot in slots}
+
+
+def named_rows(results: dict[str, Any], method: Optional[str] = None,
+               names: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """``results`` keyed by row name instead of slot (``names``, else ``row_names``)."""
+    names = names or row_names(results, method)
+    return {names.get(slot, slot): value for slot, value in results.items()}
+
+
 #: Keys of an epoch record that are not losses.
 _NOT_LOSSES = ("epoch", "step", "seconds", "density", "lr")
 
@@ -50,22 +84,44 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     return f"epoch {record['epoch']}/{epochs}  {losses}{kept}{lr}  {record.get('seconds', 0):.2f} s/epoch"
 
 
+class ValidLine(str):
+    """``valid_line``'s text; a ``Console`` that knows the run's method names its rows again."""
+
+    args: tuple
+
+    def __new__(cls, text: str, args: tuple) -> "ValidLine":
+        line = super().__new__(cls, text)
+        line.args = args
+        return line
+
+
 def valid_line(epoch: int, result: dict[str, dict[str, float]], best_mrr: float, best_epoch: int,
-               new_best: bool) -> str:
-    """``valid epoch 10: teacher MRR 0.7123  student MRR 0.6543  best 0.6543 (epoch 10)  new best -> ...``."""
-    parts = "  ".join(f"{name} MRR {m['mrr']:.4f}" for name, m in result.items())
+               new_best: bool, method: Optional[str] = None) -> str:
+    """``valid epoch 10: teacher MRR 0.7123  student MRR 0.6543  best 0.6543 (epoch 10)  new best -> ...``;
+    the rows by their names (``row_names``)."""
+    parts = "  ".join(f"{name} MRR {m['mrr']:.4f}" for name, m in named_rows(result, method).items())
     tail = "  new best -> checkpoints/best.pt" if new_best else ""
-    return f"valid epoch {epoch}: {parts}  best {best_mrr:.4f} (epoch {best_epoch}){tail}"
+    return ValidLine(f"valid epoch {epoch}: {parts}  best {best_mrr:.4f} (epoch {best_epoch}){tail}",
+                     (epoch, result, best_mrr, best_epoch, new_best))
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
 
 
 class Console:
     """Prints per ``mode`` and appends every readable line to ``log_path`` (when set)."""
 
     def __init__(self, mode: str = "normal", log_path: Optional[Path] = None,
-                 stream: Optional[TextIO] = None) -> None:
+                 stream: Optional[TextIO] = None, method: Optional[str] = None) -> None:
         if mode not in MODES:
             raise ValueError(f"console mode {mode!r} is not one of {', '.join(MODES)}")
         self.mode, self.log_path = mode, Path(log_path) if log_path else None
+        self.method = method  # train.method: names the rows of validation lines and the summary
+        self._slots: Optional[list[str]] = None  # the rows of the last validation record
         self._stream = stream
         self._pending: list[str] = []
 
@@ -75,8 +131,9 @@ class Console:
 
     @property
     def bars(self) -> bool:
-        """Progress bars only in normal mode."""
-        return self.mode == "normal"
+        """Progress bars only in normal mode, and only where someone watches: stderr, where tqdm
+        draws them, is a terminal (a log file or CI output gets the per-epoch lines, not bar refreshes)."""
+        return self.mode == "normal" and _is_terminal(sys.stderr)
 
     def _log(self, line: str) -> None:
         if self.log_path is None:
@@ -104,6 +161,10 @@ class Console:
 
     def record(self, record: dict[str, Any], readable: Optional[str]) -> None:
         """A metrics record: its readable form (normal) or the JSON line (json)."""
+        if isinstance(record.get("valid"), dict):
+            self._slots = list(record["valid"])
+        if isinstance(readable, ValidLine) and self.method is not None:
+            readable = valid_line(*readable.args, method=self.method)
         if readable is not None:
             self._log(readable)
         if self.mode == "json":
@@ -113,6 +174,9 @@ class Console:
 
     def summary(self, lines: list[str], record: dict[str, Any]) -> None:
         """The end of a run: shown in normal and quiet mode, a JSON object in json mode."""
+        names = row_names(self._slots or ["teacher", "student"], self.method)
+        for slot, name in names.items():  # "best epoch 3 (valid teacher MRR ...)": the row's name
+            lines = [text.replace(f"(valid {slot} MRR ", f"(valid {name} MRR ") for text in lines]
         for text in lines:
             self._log(text)
         if self.mode == "json":

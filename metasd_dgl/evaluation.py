@@ -10,11 +10,11 @@ true for the query (train+valid+test, ``FilterIndex``) except the target.
 
 A model is ranked by ``rank_split``: its tables are encoded once under
 ``no_grad`` (one full-graph forward for R-GCN) -- the dense teacher, or the
-*true* student (``student.MaskedStudent``: both the query side and the
+*true* student (``student.checkpoint_student``: both the query side and the
 candidate entity table masked).  ``rank_split_reference`` scores as the
 reference code did (query side masked, candidate table dense, prune rate 0.8
-recomputed from the teacher: ``reference_masks``), to show how its published
-figures arise.
+recomputed from the teacher by ``pruning.make_masks``), to show how its
+published figures arise.
 
 Queries are processed in chunks; per chunk one ``(chunk, N)`` score matrix
 exists (whatever the score function allocates aside), counted in place, and
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .data.filters import FilterIndex
 from .data.triples import reciprocal_queries
-from .student import MaskedStudent
+from .student import checkpoint_student
 from .typing import HEAD, REL, TAIL, MaskDict
 
 if TYPE_CHECKING:
@@ -226,18 +226,14 @@ def model_score_fn(entity: Tensor, relation: Tensor, decoder, candidates: Option
 # --------------------------------------------------------------------- metrics
 # ------------------------------------------------------------- a model's tables, ranked
 @torch.no_grad()
-def encode_tables(model: "LinkPredictor", graph=None, masks: Optional[MaskDict] = None,
-                  student_weights: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Tensor]:
-    """-> (entity (N, w_e), relation (2R, w_r)) of the teacher, or of the student given masks.
-
-    student_weights: a student with its own weights (``metasd.student = own``):
-    its tensors replace the model's before masking.
-    """
+def encode_tables(model: "LinkPredictor", graph=None,
+                  weights: Optional[dict[str, Tensor]] = None) -> tuple[Tensor, Tensor]:
+    """-> (entity (N, w_e), relation (2R, w_r)) of the teacher, or of the model on ``weights``
+    (the true student: ``student.checkpoint_student``)."""
     was_training = model.training
     model.eval()
     try:
-        params = {**dict(model.named_parameters()), **(student_weights or {})} if masks else None
-        ent, rel = model.encode(graph, MaskedStudent(masks, params).weights(params) if masks else None)
+        ent, rel = model.encode(graph, weights)
     finally:
         model.train(was_training)
     return ent.detach(), rel.detach()
@@ -250,19 +246,19 @@ def rank_split(
     num_relations: int,
     filter_index,
     graph=None,
-    masks: Optional[MaskDict] = None,
+    weights: Optional[dict[str, Tensor]] = None,
     max_memory_mb: int = 512,
     batch_size: int = 0,
     tables: Optional[tuple[Tensor, Tensor]] = None,
-    student_weights: Optional[dict[str, Tensor]] = None,
     candidates: Optional[Tensor] = None,
 ) -> Ranks:
-    """Filtered realistic ranks of ``triples`` (n, 3), both sides.
+    """Filtered realistic ranks of ``triples`` (n, 3), both sides, of the model on ``weights``
+    (``None``: its own, the teacher).
 
-    ``candidates`` (N, w_e): score the query rows (from ``tables`` / the masked
-    encoding) against this entity table instead of their own (``reference_protocol``).
+    ``candidates`` (N, w_e): score the query rows (from ``tables`` / the encoding) against this
+    entity table instead of their own (``reference_protocol``).
     """
-    ent, rel = tables if tables is not None else encode_tables(model, graph, masks, student_weights)
+    ent, rel = tables if tables is not None else encode_tables(model, graph, weights)
     bs = batch_size or chunk_size(ent.shape[0], max_memory_mb)
     if not batch_size and ent.device.type == "cpu":
         bs = min(bs, DEFAULT_BATCH_SIZE)  # on CPU, chunks of 256-512 queries measured fastest
@@ -272,20 +268,6 @@ def rank_split(
 
 #: The prune rate at which the reference code reported its student.
 REFERENCE_PRUNE_RATE = 0.8
-
-
-def reference_masks(model: "LinkPredictor", rate: float = REFERENCE_PRUNE_RATE, scope: str = "global",
-                    structure: str = "element", dim: int = 0) -> MaskDict:
-    """Magnitude masks at ``rate`` recomputed from ``model``'s (teacher) weights, as the reference did.
-
-    ``structure`` "dimension" keeps whole coordinates (``dim``: the model's
-    ``model.dim``), "element" single weights; ``scope`` as ``compute_masks``.
-    """
-    from .pruning import compute_masks, dimension_coordinates, prunable_params
-
-    prunable = prunable_params(model)
-    coords = dimension_coordinates(prunable, dim) if structure == "dimension" else None
-    return compute_masks(prunable, rate, scope, coords)
 
 
 @torch.no_grad()
@@ -308,7 +290,8 @@ def rank_split_reference(
     same masks scores the true student.
     """
     teacher_entity, _ = encode_tables(model, graph)
-    return rank_split(model, triples, num_relations, filter_index, tables=encode_tables(model, graph, masks),
+    student = checkpoint_student(dict(model.named_parameters()), masks)
+    return rank_split(model, triples, num_relations, filter_index, tables=encode_tables(model, graph, student),
                       max_memory_mb=max_memory_mb, batch_size=batch_size, candidates=teacher_entity)
 
 

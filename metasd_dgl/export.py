@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import lzma
-import os
 import sys
 import zlib
 from pathlib import Path
@@ -33,9 +32,10 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 from torch import Tensor
 
+from .atomic import atomic_write_bytes, atomic_write_json
 from .errors import CheckpointError
 from .typing import MaskDict, ParamDict
 
@@ -50,10 +50,9 @@ def dense_size_bytes(params: ParamDict) -> int:
 
 
 def _atomic_save(tensors: Dict[str, Tensor], path: Path, metadata: Dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    """Serialise in memory, then write atomically from Python (a full disk is a WriteError naming
+    ``path``; safetensors' own writer would raise an opaque SafetensorError)."""
+    atomic_write_bytes(path, save_bytes(tensors, metadata=metadata))
 
 
 def save_dense(params: ParamDict, path: str | Path, meta: Optional[dict] = None) -> int:
@@ -242,10 +241,7 @@ def export_student(
     if dense_file is not None:
         manifest["dense_file_bytes"] = Path(dense_file).stat().st_size
         manifest["ratio_to_dense_file"] = size / manifest["dense_file_bytes"]
-    side = path.with_name(path.name + ".manifest.json")
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    os.replace(tmp, side)
+    atomic_write_json(path.with_name(path.name + ".manifest.json"), manifest)
     return manifest
 
 
@@ -259,7 +255,10 @@ def _open(path: str | Path, expected: str):
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     if header.get("format") != expected:
-        raise CheckpointError(f"{path}: format {header.get('format')!r}, expected {expected!r}")
+        what = {STUDENT_FORMAT: "a compact student (export/student.msd)",
+                DENSE_FORMAT: "a dense teacher (export/teacher.safetensors)"}
+        raise CheckpointError(f"{path}: format {header.get('format')!r}, expected {expected!r}; pass "
+                              f"{what.get(expected, 'a file metasd-dgl export wrote')} from metasd-dgl export")
     return header, handle
 
 
@@ -310,3 +309,18 @@ def load_student(path: str | Path) -> Tuple[ParamDict, MaskDict, dict]:
             params[name] = dense.view(shape)
             masks[name] = flat.view(shape)
     return params, masks, header.get("meta", {})
+
+
+def check_student_fits(params: ParamDict, reference: Dict[str, Tensor], path: str | Path) -> None:
+    """CheckpointError (one line) unless every tensor of a loaded student file has a same-named,
+    same-shaped tensor in ``reference`` (the run's model state): a student file of another
+    dataset (entity or relation count) or model (dim, decoder, encoder) is named as such."""
+    for name, p in params.items():
+        if name not in reference:
+            raise CheckpointError(f"{path}: holds {name!r}, which this run's model does not have: it is the "
+                                  "student of another model; export this run's with metasd-dgl export RUN_DIR")
+        want, got = tuple(reference[name].shape), tuple(p.shape)
+        if want != got:
+            raise CheckpointError(f"{path}: {name} has shape {got}, this run's model needs {want}: it is the "
+                                  "student of another dataset or model; export this run's with "
+                                  "metasd-dgl export RUN_DIR")

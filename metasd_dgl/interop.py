@@ -50,6 +50,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .atomic import atomic_write_text, write_error, write_with
 from .decoders import DECODERS, Decoder, RotatE
 from .encoders.lookup import LookupEncoder
 from .errors import UserError
@@ -174,7 +175,7 @@ def _write_map(path: Path, names: Sequence[str]) -> None:
     bad = [n for n in names if "\t" in n or "\n" in n]
     if bad:
         raise InteropError(f"name {bad[0]!r} holds a tab or newline; DGL-KE's id maps cannot store it")
-    path.write_text("".join(f"{i}\t{n}\n" for i, n in enumerate(names)), encoding="utf-8")
+    atomic_write_text(path, "".join(f"{i}\t{n}\n" for i, n in enumerate(names)))
 
 
 def export_dglke(entity: Tensor, relation: Tensor, decoder: str, num_relations: int, out_dir: str | Path,
@@ -196,14 +197,17 @@ def export_dglke(entity: Tensor, relation: Tensor, decoder: str, num_relations: 
     scale = emb_init(gamma, hidden) if decoder == "rotate" else 1.0
     rel = relation.detach().cpu().double() * scale
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc, "could not create the folder") from None
     prefix = out / f"{dataset}_{name}"
     paths = {"entity": Path(f"{prefix}_entity.npy"), "relation": Path(f"{prefix}_relation.npy"),
              "relation_inverse": Path(f"{prefix}_relation_inverse.npy"),
              "entities": out / "entities.tsv", "relations": out / "relations.tsv", "config": out / "config.json"}
-    np.save(paths["entity"], entity.detach().cpu().numpy().astype(np.float32))
-    np.save(paths["relation"], rel[:num_relations].numpy().astype(np.float32))
-    np.save(paths["relation_inverse"], rel[num_relations:].numpy().astype(np.float32))
+    write_with(paths["entity"], lambda fh: np.save(fh, entity.detach().cpu().numpy().astype(np.float32)))
+    write_with(paths["relation"], lambda fh: np.save(fh, rel[:num_relations].numpy().astype(np.float32)))
+    write_with(paths["relation_inverse"], lambda fh: np.save(fh, rel[num_relations:].numpy().astype(np.float32)))
     _write_map(paths["entities"], entity_names)
     _write_map(paths["relations"], relation_names)
     config = {"dataset": dataset, "model": name, "emb_size": hidden, "gamma": gamma,
@@ -212,7 +216,7 @@ def export_dglke(entity: Tensor, relation: Tensor, decoder: str, num_relations: 
                                "regularization_coef", "regularization_norm")), "neg_adversarial_sampling": False,
               "emap_file": "entities.tsv", "rmap_file": "relations.tsv",
               "exported_by": "metasd-dgl", "relation_inverse_file": paths["relation_inverse"].name}
-    paths["config"].write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
+    atomic_write_text(paths["config"], json.dumps(config, indent=4) + "\n")
     return paths
 
 
@@ -250,6 +254,57 @@ def _find_pair(folder: Path, dataset: Optional[str], model: Optional[str]) -> tu
     return found[0]
 
 
+#: config.json keys read, and the check each value must pass
+_CONFIG_CHECKS = {
+    "model": (lambda v: isinstance(v, str), "a model name such as \"ComplEx\""),
+    "dataset": (lambda v: isinstance(v, str) and v != "", "a dataset name"),
+    "emb_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 20,
+                 "a positive integer (the hidden dimension)"),
+    "gamma": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v), "a number"),
+    "emap_file": (lambda v: isinstance(v, str), "a file name"),
+    "rmap_file": (lambda v: isinstance(v, str), "a file name"),
+}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """DGL-KE's config.json ({} when absent); InteropError naming the key whose value is wrong."""
+    if not path.is_file():
+        return {}
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InteropError(f"{path}: not UTF-8 text; expected DGL-KE's config.json") from None
+    except ValueError as exc:
+        raise InteropError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise InteropError(f"{path}: expected a JSON object (DGL-KE's config.json), got a {type(cfg).__name__}")
+    for key, (ok, what) in _CONFIG_CHECKS.items():
+        if cfg.get(key) is not None and not ok(cfg[key]):
+            raise InteropError(f"{path}: {key} is {cfg[key]!r}; expected {what}")
+    return cfg
+
+
+def _read_table(path: Path) -> np.ndarray:
+    """A (rows, width) float embedding table as float32; InteropError for a missing, truncated,
+    non-float, non-2-D or non-finite one."""
+    try:
+        arr = np.load(path, allow_pickle=False, mmap_mode=None)
+    except FileNotFoundError:
+        raise InteropError(f"{path}: file not found") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise InteropError(f"{path}: not a readable .npy file, or truncated ({exc})") from None
+    if not isinstance(arr, np.ndarray):
+        raise InteropError(f"{path}: not a .npy array")
+    if arr.dtype.kind != "f":
+        raise InteropError(f"{path}: dtype {arr.dtype}; expected float embeddings (float32)")
+    if arr.ndim != 2:
+        raise InteropError(f"{path}: shape {arr.shape}; expected a 2-D (rows, width) table")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise InteropError(f"{path}: holds NaN or infinite values")
+    return arr
+
+
 def read_dglke(folder: str | Path, dataset: Optional[str] = None, model: Optional[str] = None,
                gamma: Optional[float] = None) -> DGLKEEmbeddings:
     """Read a DGL-KE save folder (config.json optional; then name the model or let the file name tell).
@@ -259,26 +314,21 @@ def read_dglke(folder: str | Path, dataset: Optional[str] = None, model: Optiona
     folder = Path(folder)
     if not folder.is_dir():
         raise InteropError(f"{folder}: not a folder")
-    cfg: dict[str, Any] = {}
-    if (folder / "config.json").is_file():
-        try:
-            cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise InteropError(f"{folder / 'config.json'}: not JSON ({exc})") from None
+    cfg = _read_config(folder / "config.json")
     model = model or cfg.get("model")
-    if model is not None and model not in NATIVE:
+    if model is not None and (not isinstance(model, str) or model not in NATIVE):
         raise InteropError(f"unknown DGL-KE model {model!r}; expected one of {', '.join(NATIVE)}")
     dataset, model = _find_pair(folder, dataset or cfg.get("dataset"), model)
     prefix = folder / f"{dataset}_{model}"
-    try:
-        ent = np.load(f"{prefix}_entity.npy", allow_pickle=False).astype(np.float32)
-        rel = np.load(f"{prefix}_relation.npy", allow_pickle=False).astype(np.float32)
-    except (OSError, ValueError) as exc:
-        raise InteropError(f"{prefix}_*.npy: unreadable ({exc})") from None
+    ent = _read_table(Path(f"{prefix}_entity.npy"))
+    rel = _read_table(Path(f"{prefix}_relation.npy"))
     inv_path = Path(f"{prefix}_relation_inverse.npy")
-    inv = np.load(inv_path, allow_pickle=False).astype(np.float32) if inv_path.is_file() else None
-    hidden = int(cfg.get("emb_size") or (rel.shape[1] if model == "RotatE" else ent.shape[1] // (1 + (model == "ComplEx"))))
-    if ent.ndim != 2 or rel.ndim != 2 or (ent.shape[1], rel.shape[1]) != widths(model, hidden):
+    inv = _read_table(inv_path) if inv_path.is_file() else None
+    if cfg.get("emb_size") is not None:
+        hidden = cfg["emb_size"]
+    else:
+        hidden = rel.shape[1] if model == "RotatE" else ent.shape[1] // (1 + (model == "ComplEx"))
+    if (ent.shape[1], rel.shape[1]) != widths(model, hidden):
         raise InteropError(f"{prefix}: shapes {ent.shape}, {rel.shape} do not fit {model} with "
                            f"hidden_dim {hidden} (expected widths {widths(model, hidden)})")
     if inv is not None and inv.shape != rel.shape:
@@ -287,6 +337,8 @@ def read_dglke(folder: str | Path, dataset: Optional[str] = None, model: Optiona
         if model == "RotatE" and "gamma" not in cfg:
             raise InteropError(f"{folder}: RotatE needs gamma (no config.json); pass the training gamma")
         gamma = float(cfg.get("gamma") or 0.0)
+    if ent.shape[0] == 0 or rel.shape[0] == 0:
+        raise InteropError(f"{prefix}: empty embedding table (shapes {ent.shape}, {rel.shape})")
     maps = []
     for key, default, count in (("emap_file", "entities.tsv", ent.shape[0]), ("rmap_file", "relations.tsv", rel.shape[0])):
         candidates = [folder / Path(cfg[key]).name] if cfg.get(key) else []
@@ -300,7 +352,10 @@ def _order(theirs: Optional[list[str]], ours: Sequence[str], what: str, count: i
     """Row of the DGL-KE table for each of our ids, matched by name (identity without a map)."""
     if theirs is None:
         if count != len(ours):
-            raise InteropError(f"no {what} id map and {count} rows for {len(ours)} {what}s")
+            plural = "entities" if what == "entity" else what + "s"
+            raise InteropError(f"the DGL-KE {what} table has {count} rows but the dataset has {len(ours)} {plural} "
+                               f"(and the folder has no {what} id map to match names): it was trained on another "
+                               "dataset; pass that dataset's processed folder as --dataset")
         return np.arange(count)
     index = pd.Index(theirs)
     if not index.is_unique:

@@ -7,7 +7,7 @@ student on weights that are a differentiable function of the teacher's.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,9 @@ from torch.func import functional_call
 from .decoders import DECODERS, Decoder
 from .encoders.lookup import LookupEncoder
 from .typing import HEAD, REL, TAIL, ParamDict
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 class LinkPredictor(nn.Module):
@@ -32,8 +35,8 @@ class LinkPredictor(nn.Module):
         """
         if weights is None:
             return self.encoder(graph)
-        own = {n[len("encoder."):]: w for n, w in weights.items() if n.startswith("encoder.")}
-        return functional_call(self.encoder, own, (graph,), strict=False)
+        encoder_weights = {n[len("encoder."):]: w for n, w in weights.items() if n.startswith("encoder.")}
+        return functional_call(self.encoder, encoder_weights, (graph,), strict=False)
 
     def forward(self, queries: Tensor, graph=None) -> Tensor:
         """(b, 2) or (b, 3) (head, relation[, tail]) -> (b, N) scores of every tail."""
@@ -47,9 +50,9 @@ class LinkPredictor(nn.Module):
 
     def prunable_names(self) -> list[str]:
         """Names of the parameters that pruning masks (``encoder.<prunable>``)."""
-        own = getattr(self.encoder, "prunable", ())
+        prunable = getattr(self.encoder, "prunable", ())
         names = [n for n, _ in self.named_parameters()]
-        return [n for n in names if any(n == f"encoder.{p}" or n.startswith(f"encoder.{p}.") for p in own)]
+        return [n for n in names if any(n == f"encoder.{p}" or n.startswith(f"encoder.{p}.") for p in prunable)]
 
 
 def call(model: nn.Module, params: ParamDict, *args, **kwargs):
@@ -87,3 +90,12 @@ def build_model(
     else:
         raise ValueError(f"unknown encoder {encoder!r}")
     return LinkPredictor(enc, dec)
+
+
+def make_model(cfg: "ModelConfig", num_entities: int, num_relations: int,
+               generator: Optional[torch.Generator] = None) -> LinkPredictor:
+    """The model the ``model`` section of a config describes (on CPU)."""
+    rgcn = dict(num_layers=cfg.num_layers, num_bases=cfg.num_bases, decomposition=cfg.decomposition,
+                dropout=cfg.dropout)
+    return build_model(cfg.encoder, cfg.decoder, num_entities, num_relations, cfg.dim, cfg.init_scale,
+                       generator, rgcn_options=rgcn)

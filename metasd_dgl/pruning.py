@@ -8,7 +8,7 @@
   the ``params`` dict (``model.named_parameters()`` order) and row-major
   inside each tensor.  ``round`` is Python's (half to even), applied to the
   float ``(1 - rate) * numel``.
-* ``metasd.prune_structure = "dimension"`` (pass ``coordinates``, from
+* ``prune.structure = "dimension"`` (pass ``coordinates``, from
   ``dimension_coordinates``): whole embedding coordinates are kept or pruned,
   the same ones in every table (ComplEx/RotatE: a complex coordinate's real
   and imaginary columns together).  Importance of a coordinate = the sum of
@@ -35,6 +35,21 @@ from torch import Tensor, nn
 from .typing import MaskDict, ParamDict
 
 SCOPES = ("global", "per-tensor")
+STRUCTURES = ("element", "dimension")
+
+
+def make_masks(model: nn.Module, rate: float, scope: str = "global", structure: str = "element",
+               dim: int = 0) -> MaskDict:
+    """The masks of ``model``'s prunable weights at ``rate``: the one place a mask set is built.
+
+    structure: ``"element"`` (single weights) or ``"dimension"`` (whole embedding coordinates,
+    ``dim`` = ``model.dim``); scope as ``compute_masks``.
+    """
+    if structure not in STRUCTURES:
+        raise ValueError(f"prune structure must be one of {', '.join(STRUCTURES)}, got {structure!r}")
+    prunable = prunable_params(model)
+    coords = dimension_coordinates(prunable, dim) if structure == "dimension" else None
+    return compute_masks(prunable, rate, scope, coords)
 
 
 def prunable_params(model: nn.Module) -> ParamDict:
@@ -96,7 +111,7 @@ def dimension_coordinates(params: ParamDict, dim: int) -> Dict[str, Tensor]:
     for n, p in params.items():
         if p.dim() != 2 or p.shape[1] % dim:
             raise ValueError(f"prune structure 'dimension' needs embedding tables of width k * {dim}; "
-                             f"{n} has shape {tuple(p.shape)} (use the kge encoder or prune_structure=element)")
+                             f"{n} has shape {tuple(p.shape)} (use the kge encoder or prune.structure=element)")
         out[n] = torch.arange(p.shape[1], device=p.device) % dim
     return out
 
@@ -131,7 +146,7 @@ def compute_masks(
     if coordinates is not None:
         if scope != "global":
             raise ValueError("prune structure 'dimension' keeps the same coordinates in every table: "
-                             "use prune_scope=global")
+                             "use prune.scope=global")
         with torch.no_grad():
             return _dimension_masks(params, rate, coordinates)
     with torch.no_grad():

@@ -3,12 +3,12 @@ backend switch; PNG files in ``<run_dir>/plots/``).
 
 * ``training_curves.png``: mean training loss terms per epoch in two panels
   (the total loss and cross-entropies; the distillation terms ``kd_*``/``kl_*``,
-  which are orders of magnitude smaller) and validation MRR of teacher and
-  student per validated epoch;
+  which are orders of magnitude smaller) and validation MRR of each row per
+  validated epoch;
 * ``buckets_<kind>.png``: MRR per long-tail bucket, one file per bucket kind
   in the eval files (relation frequency, degree of the predicted head/tail
-  entity, ...), grouped bars, one bar per compared model (e.g. dense teacher,
-  MetaSD student, prune-only student);
+  entity, ...), grouped bars, one bar per compared model (e.g. a plain run's
+  dense model, a MetaSD teacher and student, prune-only's student);
 * ``teacher_vs_student_<kind>.png``: this run's teacher and student per bucket,
   the gap (student - teacher) written over each pair;
 * ``relation_frequency.png``: train triples per relation, rarest first (the
@@ -16,8 +16,10 @@ backend switch; PNG files in ``<run_dir>/plots/``).
   cumulative share of triples.
 
 Legends sit outside the axes; the value axes leave room for the bar labels.
-A prune-only run's dense weights are not a trained teacher (eval JSON
-``teacher_trained: false``): its teacher is left out of the bucket plots.
+Rows are shown by their names (``console.ROW_NAMES``: "dense", "teacher",
+"student", "dense (untrained)"; the files key them by slot, "teacher" or
+"student").  A prune-only run's dense weights are not a trained teacher (eval
+JSON ``teacher_trained: false``): they are left out of the bucket plots.
 
 The series are read by small helpers (``training_series``,
 ``bucket_series``, ``relation_frequency_series``) so that what is plotted
@@ -41,6 +43,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from .atomic import write_with
+from .console import row_names
 from .errors import DataError
 
 PathLike = Union[str, Path]
@@ -111,8 +115,9 @@ def is_distillation(name: str) -> bool:
     return name.startswith(("kd", "kl_"))
 
 
-def plot_training_curves(metrics_path: PathLike, out_png: PathLike) -> Path:
-    """Loss and cross-entropies, distillation terms (own panel), validation MRR -> ``out_png``."""
+def plot_training_curves(metrics_path: PathLike, out_png: PathLike, method: Optional[str] = None) -> Path:
+    """Loss and cross-entropies, distillation terms (own panel), validation MRR -> ``out_png``;
+    ``method`` (train.method) names the validation rows (``console.row_names``)."""
     series = training_series(metrics_path)
     losses = series["losses"]
     groups = [(title, {n: v for n, v in losses.items() if is_distillation(n) == kd})
@@ -126,8 +131,9 @@ def plot_training_curves(metrics_path: PathLike, out_png: PathLike) -> Path:
         ax.set(xlabel="epoch", ylabel="mean over batches", title=title)
         _legend_below(ax)
     ax_v = axes[-1]
-    for name, values in series["valid_mrr"].items():
-        ax_v.plot(series["valid_epoch"], values, marker="o", label=name)
+    names = row_names(series["valid_mrr"], method)
+    for slot, values in series["valid_mrr"].items():
+        ax_v.plot(series["valid_epoch"], values, marker="o", label=names[slot])
     ax_v.set(xlabel="epoch", ylabel="filtered MRR", title="validation MRR")
     _legend_below(ax_v)
     for ax in axes:
@@ -292,10 +298,20 @@ def plot_relation_frequency(stats_json: PathLike, out_png: PathLike,
 def _save(fig: Figure, out_png: PathLike, bottom: float = 0.14, right: float = 0.9) -> Path:
     """Fixed margins (``tight_layout`` costs seconds per figure on a busy CPU)."""
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.subplots_adjust(left=0.07, right=right, top=0.9, bottom=bottom, wspace=0.3)
-    fig.savefig(out, dpi=100, format="png")
+    # atomic and checked: a full disk is one line naming the PNG; the previous plot is kept
+    write_with(out, lambda fh: fig.savefig(fh, dpi=100, format="png"), "could not write the plot")
     return out
+
+
+def run_method(run_dir: PathLike) -> Optional[str]:
+    """``train.method`` of the run's ``config.yaml`` (None without a readable one)."""
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    method = (cfg.get("train") or {}).get("method") if isinstance(cfg, dict) else None
+    return method if isinstance(method, str) else None
 
 
 def stats_path(run_dir: PathLike) -> Optional[Path]:
@@ -334,8 +350,9 @@ def make_report(run_dir: PathLike, compare: Optional[Mapping[str, EvalRef]] = No
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
     made: list[Path] = []
+    method = run_method(run_dir)
     if (run_dir / "metrics.jsonl").is_file():
-        made.append(plot_training_curves(run_dir / "metrics.jsonl", plots / "training_curves.png"))
+        made.append(plot_training_curves(run_dir / "metrics.jsonl", plots / "training_curves.png", method))
     runs: dict[str, EvalRef] = {}
     own = eval_file(run_dir, split)
     pair = False
@@ -343,9 +360,10 @@ def make_report(run_dir: PathLike, compare: Optional[Mapping[str, EvalRef]] = No
         record = _read_json(own)
         results = record.get("results", {})
         trained = record.get("teacher_trained", True)
+        names = record.get("rows") or row_names(results, method)
         for variant in ("teacher", "student"):
             if variant in results and (variant == "student" or trained):
-                runs[f"{run_dir.name} {variant}"] = (own, variant)
+                runs[f"{run_dir.name} {names.get(variant, variant)}"] = (own, variant)
         pair = trained and "teacher" in results and "student" in results
     for label, ref in (compare or {}).items():
         path, variant = (ref if isinstance(ref, tuple) else (ref, None))

@@ -38,7 +38,7 @@ def tune_malloc(threshold_bytes: int = 1 << 30) -> bool:
     temporary pays ~14k page faults (measured: a 58 MB ``exp`` 130 ms ->
     40 ms).  Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` lets the
     blocks be reused.  Process-wide, idempotent; returns False where glibc is
-    not available (then nothing changes).  Option ``train.tune_malloc``.
+    not available (then nothing changes).  Applied by every training run (``train.loop.train``).
     """
     global _MALLOC_TUNED
     if _MALLOC_TUNED:
@@ -52,3 +52,8 @@ def tune_malloc(threshold_bytes: int = 1 << 30) -> bool:
         return False
     _MALLOC_TUNED = ok
     return ok
+
+
+def cpu_budget_spent(cpu_minutes: float, cpu_seconds: float) -> bool:
+    """Whether training steps that used ``cpu_seconds`` have spent ``train.cpu_minutes`` (0 = no budget)."""
+    return bool(cpu_minutes) and cpu_seconds >= 60 * cpu_minutes

@@ -14,25 +14,37 @@ from typing import Any, Optional
 
 import torch
 
+from metasd_dgl.atomic import atomic_write_json, recover_folder, remove_stale, replaced_folder
+from metasd_dgl.budget import check_memory, check_ranges
 from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.lock import folder_lock
+from metasd_dgl.unseen import apply_unseen, unseen_line, unseen_policy
 from metasd_dgl.config import Config, from_dict
 from metasd_dgl.data.preprocess import load_processed, preprocess
 from metasd_dgl.data.stats import evaluation_buckets
 from metasd_dgl.errors import CheckpointError, UserError
 from metasd_dgl.evaluation import format_table, summarize
-from metasd_dgl.export import export_student, load_student, save_dense
-from metasd_dgl.evaluation import REFERENCE_PRUNE_RATE, encode_tables, rank_split, rank_split_reference, reference_masks
-from metasd_dgl.train.loop import cpu_budget_spent, dataset_fingerprint, make_model, train
+from metasd_dgl.export import check_student_fits, export_student, load_student, save_dense
+from metasd_dgl.evaluation import REFERENCE_PRUNE_RATE, encode_tables, rank_split, rank_split_reference
+from metasd_dgl.data.fingerprint import dataset_fingerprint
+from metasd_dgl.model import make_model
+from metasd_dgl.pruning import make_masks
+from metasd_dgl.runtime import cpu_budget_spent
+from metasd_dgl.student import checkpoint_student
+from metasd_dgl.train.loop import train
 
 
 def processed_dir(cfg: Config) -> Path:
     return Path(cfg.data.processed_dir) if cfg.data.processed_dir else Path(cfg.run_dir) / "data"
 
 
-def stage_preprocess(cfg: Config, force: bool = False) -> Path:
+def stage_preprocess(cfg: Config, force: bool = False, echo=None) -> Path:
+    """Preprocess ``cfg``'s dataset, holding the run folder's lock (a training run in it is not disturbed)."""
     data_dir = cfg.data.data_dir or os.environ.get("METASD_DATA_DIR")
-    return preprocess(cfg.data.dataset, processed_dir(cfg), Path(data_dir) if data_dir else None,
-                      cfg.data.format, force=force)
+    check_ranges(cfg)
+    with folder_lock(cfg.run_dir or ".", what="run folder", on_stale=echo):
+        return preprocess(cfg.data.dataset, processed_dir(cfg), Path(data_dir) if data_dir else None,
+                          cfg.data.format, force=force, echo=echo)
 
 
 def stage_train(cfg: Config, resume: bool = False, progress: bool = True, console=None,
@@ -42,8 +54,22 @@ def stage_train(cfg: Config, resume: bool = False, progress: bool = True, consol
     A folder that already holds a run: finished with the same config -> skipped
     (says so); unfinished with the same config -> resumed when ``command`` is
     "pipeline" (re-running an interrupted pipeline continues it); otherwise a
-    UserError naming the flag of ``command`` that continues it.
+    UserError naming the flag of ``command`` that continues it.  One process
+    trains a folder at a time (``metasd_dgl.lock``: a second gets one line
+    naming the holder's pid); checkpoint temporaries of a killed run are
+    removed; the memory the run needs is checked before anything is allocated
+    (``metasd_dgl.budget``).
     """
+    check_ranges(cfg)
+    with folder_lock(cfg.run_dir, what="run folder", on_stale=echo):
+        remove_stale(Path(cfg.run_dir) / "checkpoints", locked=True)
+        if not resume and not (Path(cfg.run_dir) / "checkpoints" / "last.pt").exists():
+            # records of a run killed before its first checkpoint: this run starts them again
+            (Path(cfg.run_dir) / "metrics.jsonl").unlink(missing_ok=True)
+        return _stage_train(cfg, resume, progress, console, command, echo)
+
+
+def _stage_train(cfg: Config, resume: bool, progress: bool, console, command: str, echo) -> Path:
     data = load_processed(processed_dir(cfg))
     run_dir = Path(cfg.run_dir)
     status = None if resume else run_status(run_dir, cfg)
@@ -60,6 +86,7 @@ def stage_train(cfg: Config, resume: bool = False, progress: bool = True, consol
         else:
             raise UserError(f"{run_dir} already holds a training run; continue it with "
                             f"metasd-dgl train --resume {run_dir}, or choose another --run-dir")
+    check_memory(cfg, data.num_entities, data.num_relations, echo)
     train(cfg, data, run_dir, resume=resume, progress=progress, console=console)
     return run_dir
 
@@ -90,7 +117,10 @@ def run_status(run_dir: Path, cfg: Config) -> Optional[dict[str, Any]]:
 
 
 def load_run(run_dir: Path, checkpoint: str = "best"):
-    """-> (cfg, data, model with weights loaded, masks or None, checkpoint dict)."""
+    """-> (cfg, data, model with weights loaded, the true student's weights or None, checkpoint dict).
+
+    The student (``student.checkpoint_student``) is ``{name: full-width tensor}``, zero where pruned,
+    for ``model.encode(graph, student)``; ``None`` for a plain run."""
     run_dir = Path(run_dir)
     path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / "checkpoints" / f"{checkpoint}.pt"
     if checkpoint == "best" and not path.exists():
@@ -104,13 +134,14 @@ def load_run(run_dir: Path, checkpoint: str = "best"):
     data = load_processed(processed_dir(cfg))
     if ckpt.get("dataset") != dataset_fingerprint(data):
         raise CheckpointError(f"{path}: trained on another dataset than {data.path}")
-    model = make_model(cfg, data, torch.Generator().manual_seed(0))
+    model = make_model(cfg.model, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the configured model ({str(exc).splitlines()[0]})") from None
     ckpt["path"] = str(path)
-    return cfg, data, model, ckpt.get("masks"), ckpt
+    student = checkpoint_student(dict(model.named_parameters()), ckpt.get("masks"), ckpt.get("student_weights"))
+    return cfg, data, model, student, ckpt
 
 
 #: The row of ``protocol="reference"``: the reference code's scoring of its "student".
@@ -128,74 +159,93 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     """
     if protocol not in ("true", "reference"):
         raise UserError(f"protocol must be true or reference, got {protocol!r}")
-    cfg, data, model, masks, ckpt = load_run(run_dir, checkpoint)
-    triples = getattr(data, split)
+    cfg, data, model, student, ckpt = load_run(run_dir, checkpoint)
+    masks = ckpt.get("masks")
+    triples, unseen = apply_unseen(getattr(data, split), data.train, data.num_entities, data.num_relations,
+                                   unseen_policy(cfg), split)
     graph = data.graph if cfg.model.encoder == "rgcn" else None
     buckets = evaluation_buckets(triples, data.train, data.num_entities, data.num_relations, cfg.eval.num_buckets)
     variants: dict[str, Any] = {"teacher": None}
-    if masks:
-        variants["student"] = masks
+    if student:
+        variants["student"] = student
     results: dict[str, Any] = {}
     for name, m in variants.items():
         tables = None
         if name == "student" and compact is not None:
             params, _, _ = load_student(compact)
-            model_c = make_model(cfg, data, torch.Generator().manual_seed(0))
+            check_student_fits(params, model.state_dict(), compact)
+            model_c = make_model(cfg.model, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
             model_c.load_state_dict({**model.state_dict(), **params})
             tables = encode_tables(model_c, graph)
-        ranks = rank_split(model, triples, data.num_relations, data.filter, graph=graph, masks=m,
-                           max_memory_mb=cfg.eval.max_memory_mb, batch_size=cfg.eval.batch_size,
-                           tables=tables, student_weights=ckpt.get("student_weights"))
+        ranks = rank_split(model, triples, data.num_relations, data.filter, graph=graph, weights=m,
+                           max_memory_mb=cfg.eval.max_memory_mb, tables=tables)
         results[name] = summarize(ranks, buckets)
     reference = None
     if protocol == "reference":
-        mc = cfg.metasd
-        reference = {"prune_rate": REFERENCE_PRUNE_RATE, "prune_structure": mc.prune_structure,
-                     "prune_scope": mc.prune_scope, "query": "masked", "candidates": "dense teacher table"}
-        ref_masks = reference_masks(model, REFERENCE_PRUNE_RATE, mc.prune_scope, mc.prune_structure, cfg.model.dim)
+        pc = cfg.prune
+        reference = {"prune_rate": REFERENCE_PRUNE_RATE, "prune_structure": pc.structure,
+                     "prune_scope": pc.scope, "query": "masked", "candidates": "dense teacher table"}
+        ref_masks = make_masks(model, REFERENCE_PRUNE_RATE, pc.scope, pc.structure, cfg.model.dim)
         ranks = rank_split_reference(model, triples, data.num_relations, data.filter, ref_masks, graph=graph,
-                                     max_memory_mb=cfg.eval.max_memory_mb, batch_size=cfg.eval.batch_size)
+                                     max_memory_mb=cfg.eval.max_memory_mb)
         results[REFERENCE_ROW] = summarize(ranks, buckets)
     out_dir = Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     # prune-only trains the masked weights alone: the dense "teacher" is no trained model
     teacher_trained = cfg.train.method != "prune"
+    from metasd_dgl.console import named_rows, row_names
+
+    names = row_names(results, cfg.train.method)  # "results" keyed by slot; "rows": what each is called
     record = {"split": split, "checkpoint": checkpoint, "checkpoint_file": ckpt["path"],
               "epoch": ckpt["state"]["epoch"],
               "student_source": str(compact) if compact is not None and masks else ("masks" if masks else None),
-              "teacher_trained": teacher_trained, "results": results}
+              "teacher_trained": teacher_trained, "rows": names, "results": results}
     if reference is not None:
         record["reference_protocol"] = reference
-    (out_dir / f"{split}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-    shown = results if teacher_trained else {("untrained dense" if k == "teacher" else k): v for k, v in results.items()}
-    echo(format_table(shown))
+    record["unseen"] = unseen
+    atomic_write_json(out_dir / f"{split}.json", record)
+    echo(format_table(named_rows(results, names=names)))
     if not teacher_trained:
-        echo("note: method prune trains only the kept weights; the dense row includes never-trained weights "
-             "and is no teacher")
+        echo(f"note: method prune trains only the kept weights; '{names['teacher']}' includes never-trained "
+             "weights and is no teacher")
     if reference is not None:
         echo(f"note: '{REFERENCE_ROW}' is scored as the reference code did: query rows from the student masked at "
              f"rate {REFERENCE_PRUNE_RATE} ({reference['prune_structure']} masks recomputed from the teacher), "
              "candidates from the dense teacher entity table -- it needs every teacher weight and is no compressed "
              "model; 'student' is the true student (both sides masked, the run's own masks)")
+    echo(unseen_line(split, unseen))
     source = f"student from {compact}" if compact is not None and masks else ""
     echo(f"scored {ckpt['path']} (epoch {record['epoch']}){'; ' + source if source else ''}")
     return record
 
 
 def stage_export(run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
-    """Dense teacher and compact student files side by side, with their sizes."""
-    cfg, data, model, masks, ckpt = load_run(run_dir, checkpoint)
-    out = Path(run_dir) / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    """Dense teacher and compact student files side by side, with their sizes.
+
+    All files are written into a temporary folder renamed over ``export/`` at the end
+    (``atomic.replaced_folder``), under export/'s lock: a kill or a full disk leaves the
+    old set or the new one, never a mix; a killed export's temporaries go at the next.
+    """
+    final = Path(run_dir) / "export"
+    with folder_lock(final, inside=False, what="export folder"):
+        recover_folder(final)
+        with replaced_folder(final) as out:
+            info = _export_into(Path(run_dir), checkpoint, out)
+            info = {k: v.replace(str(out), str(final)) if isinstance(v, str) else v for k, v in info.items()}
+            atomic_write_json(out / "manifest.json", info)
+    return info
+
+
+def _export_into(run_dir: Path, checkpoint: str, out: Path) -> dict[str, Any]:
+    cfg, data, model, student, ckpt = load_run(run_dir, checkpoint)
     params = {n: p.detach() for n, p in model.named_parameters()}
     teacher_path = out / "teacher.safetensors"
     save_dense(params, teacher_path)
     info: dict[str, Any] = {"teacher_file": str(teacher_path), "teacher_bytes": teacher_path.stat().st_size,
                             "teacher_params": sum(p.numel() for p in params.values())}
-    if masks:
+    if student:
         student_path = out / "student.msd"
-        student = {**params, **(ckpt.get("student_weights") or {})}  # a student with its own weights
-        manifest = export_student(student, masks, student_path, {"run_dir": str(run_dir)},
+        manifest = export_student(student, ckpt["masks"], student_path, {"run_dir": str(run_dir)},
                                   dense_file=teacher_path)
         info.update({"student_file": str(student_path), "student_bytes": manifest["bytes"],
                      "student_nonzero": manifest["nonzeros"],

@@ -1,42 +1,44 @@
-"""The student as a strategy: how its weights come from the teacher's, and how its gradients go back.
+"""The student: how its weights come from the teacher's (or its own), and where its gradients go.
 
 The MetaSD student is the teacher's own weights ``W`` under a pruning mask
-``M`` (True = kept, from ``pruning.compute_masks``).  Two strategies give the
-same scores, losses and updates:
+``M`` (True = kept, from ``pruning.make_masks``).  ``make_student`` picks one
+of three strategies from the run's options; all give the student's tables by
+``weights(params)`` and keep a gradient inside the student by ``restrict``:
 
 * ``MaskedStudent`` -- the student's tables are ``W * M`` (any mask, any
   encoder); the gradient of a pruned weight is exactly zero (the chain rule
-  through the product, not a straight-through estimator).
-* ``ColumnStudent`` -- whole-coordinate masks (``prune_structure =
-  "dimension"``): the student's tables are the kept columns of ``W``,
+  through the product).
+* ``ColumnStudent`` -- whole-coordinate masks (``prune.structure =
+  dimension``): the student's tables are the kept columns of ``W``,
   ``(N, k)`` instead of ``(N, w)``.  Pruned coordinates add exactly zero to
   every score function and regulariser, so the scores equal ``W * M``'s with a
   tenth of the product work; gradients land in ``W``'s kept columns.
+* ``OwnStudent`` (``metasd.student = own``) -- a student with weights of its
+  own (``leaves``), initialised from the teacher's kept weights, stepped by an
+  optimiser of its own (``step``); its mask still comes from the teacher.
 
-Both are built once per mask set (the loop recomputes masks once per epoch)
-and are the only place student weights are made: training steps, validation,
-evaluation and export all call ``student.weights(params)``.  Two more
-strategies change what the student learns: ``StraightThroughStudent``
-(prune-only whose pruned weights keep their gradient) and ``OwnStudent`` (a
-student with its own weights, initialised from the teacher's; its mask from
-the teacher's magnitudes or, with ``own_mask``, from its own).
+The loop recomputes the mask once per epoch and calls ``remask``.
+``checkpoint_student`` rebuilds the true student's full-width tensors from a
+checkpoint (or a live student): evaluation, export, the API and the CLI tools
+all read the student through it.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from .optimizers import apply_gradients
 from .typing import MaskDict, ParamDict
+
+OptimizerFactory = Callable[[list], torch.optim.Optimizer]
 
 
 class MaskedStudent:
     """``S = W * M`` on every masked tensor; other weights are shared with the teacher."""
 
-    leaves: ParamDict = {}  # tensors of the student's own (OwnStudent); none: it is the teacher's weights
-    optimizer = None  # the optimiser of ``leaves``
-    own_mask = False  # whether the next mask comes from the student's own magnitudes (OwnStudent)
+    leaves: ParamDict = {}  # the student's own tensors: none, it reads the teacher's
 
     def __init__(self, masks: MaskDict, params: ParamDict) -> None:
         self.bool_masks = masks
@@ -51,18 +53,15 @@ class MaskedStudent:
         """A gradient with respect to the student's ``name`` kept inside the student (zero where pruned)."""
         return grad * self.masks[name] if name in self.masks else grad
 
-    def to_teacher(self, name: str, grad: Tensor) -> Tensor:
-        """A gradient with respect to the student's ``name`` as one with respect to ``W[name]``."""
-        return self.restrict(name, grad)
+    def remask(self, masks: MaskDict, params: ParamDict) -> "MaskedStudent":
+        """The student of a new mask (a view of the teacher: nothing to carry over)."""
+        return type(self)(masks, params)
 
-    def without_kept(self, params: ParamDict) -> ParamDict:
-        """``W * (1 - M) + stop_grad(W * M)``: the teacher whose loss cannot move the student's weights."""
-        return {n: (p - p * self.masks[n] + (p * self.masks[n]).detach()) if n in self.masks else p
-                for n, p in params.items()}
+    def step(self, grads: Sequence[Optional[Tensor]], rows: int, clip: float) -> None:
+        """Step the student's own weights (``leaves``, in order): none here."""
 
-    def drop_kept(self, name: str, grad: Tensor) -> Tensor:
-        """``grad * (1 - M)``: a teacher gradient with the student's weights left out."""
-        return grad - grad * self.masks[name] if name in self.masks else grad
+    def state_dict(self) -> Optional[dict]:
+        return None
 
 
 class ColumnStudent(MaskedStudent):
@@ -79,86 +78,35 @@ class ColumnStudent(MaskedStudent):
     def restrict(self, name: str, grad: Tensor) -> Tensor:
         return grad  # a narrow tensor holds kept columns only
 
-    def to_teacher(self, name: str, grad: Tensor) -> Tensor:
-        if name not in self.columns:
-            return grad
-        width = self.masks[name].shape[1]
-        return grad.new_zeros(grad.shape[0], width).index_copy_(1, self.columns[name], grad)
+
+def _view(masks: MaskDict, params: ParamDict, structure: str) -> MaskedStudent:
+    return (ColumnStudent if structure == "dimension" else MaskedStudent)(masks, params)
 
 
-class StraightThroughStudent(MaskedStudent):
-    """``S = W * M`` in the forward pass, ``dS/dW = 1`` in the backward (straight-through).
+class OwnStudent:
+    """A student with its own weights (``metasd.student = own``).
 
-    Pruned weights keep receiving the student's gradient, so they move and the
-    next epoch's magnitude mask can bring them back: a dynamic-sparse prune-only
-    baseline (``metasd.straight_through``; full width, any mask structure).
+    Its prunable tensors are its own leaves, initialised from the teacher's
+    kept weights when the mask is first computed, stepped by its own optimiser.
+    The mask still comes from the teacher every epoch (``remask``): kept
+    weights keep their values, weights the new mask brings back start again
+    from the teacher's, pruned ones are zeroed; shared (non-prunable) weights,
+    e.g. R-GCN biases, stay the teacher's.  Its tables are the masked or column
+    view of its own tensors, so its scores cost the same as the shared
+    student's.  ``train.grad_clip`` clips its gradients and the teacher's separately.
     """
 
-    def weights(self, params: ParamDict) -> ParamDict:
-        return {n: (p + (p * self.masks[n] - p).detach()) if n in self.masks else p for n, p in params.items()}
-
-    def restrict(self, name: str, grad: Tensor) -> Tensor:
-        return grad
-
-    def to_teacher(self, name: str, grad: Tensor) -> Tensor:
-        return grad
-
-
-class OwnStudent:  # the MaskedStudent interface, with leaves and an optimiser of its own
-    """A student with its own weights (``metasd.student = own``): a third strategy.
-
-    Its prunable tensors are its own leaves (``leaves``, with their own
-    optimiser), initialised from the teacher's kept weights when the mask is
-    first computed; by default the mask still comes from the teacher every
-    epoch (``remask``): kept weights keep their values, weights the new mask
-    brings back start again from the teacher's, pruned ones are zeroed, and
-    shared (non-prunable) weights, e.g. R-GCN biases, stay the teacher's.  The
-    student's tables are built by the masked or column view of its own tensors,
-    so its scores cost the same as the shared student's.  Its losses reach its
-    own leaves (and the shared weights it reads); the teacher learns from its
-    own losses (and, unless ``metasd.one_way_kd``, from the student's
-    predictions).  ``grad_clip`` clips the student's and the teacher's
-    gradients separately.
-
-    ``own_mask`` (``metasd.mask_source = student``): the student is prune-only's
-    masked model with a teacher to learn from.  It owns every weight it reads
-    (the non-prunable ones too), starting from the teacher's whole tensors; a
-    pruned weight keeps its value and gets no gradient (it moves only on an
-    optimiser's momentum, as in prune-only), and the next mask comes from the
-    student's own magnitudes (``magnitudes``), so a weight that regrows comes
-    back with its own value, as in prune-only.
-    """
-
-    def __init__(self, masks: MaskDict, params: ParamDict, structure: str, optimizer_factory,
-                 own_mask: bool = False) -> None:
+    def __init__(self, masks: MaskDict, params: ParamDict, structure: str, optimizer: OptimizerFactory) -> None:
         self.structure = structure
-        self.own_mask = own_mask
         self.view = _view(masks, params, structure)
         self.names = self.view.names
-        owned = [n for n, p in params.items() if p.requires_grad] if own_mask else self.names
-        self.leaves: ParamDict = {n: (params[n].detach().clone() if own_mask
-                                      else params[n].detach() * self.view.masks[n]).requires_grad_(True)
-                                  for n in owned}
-        self.optimizer = optimizer_factory(list(self.leaves.values()))
+        self.leaves: ParamDict = {n: (params[n].detach() * self.view.masks[n]).requires_grad_(True)
+                                  for n in self.names}
+        self.optimizer = optimizer(list(self.leaves.values()))
 
     @property
     def bool_masks(self) -> MaskDict:
         return self.view.bool_masks
-
-    def remask(self, masks: MaskDict, params: ParamDict) -> None:
-        """A new mask: regrown weights start from the teacher's, pruned ones are zeroed (with
-        ``own_mask`` every weight keeps its own value)."""
-        new = _view(masks, params, self.structure)
-        if not self.own_mask:
-            with torch.no_grad():
-                for n in self.names:
-                    w, old, keep = self.leaves[n], self.view.masks[n], new.masks[n]
-                    w.copy_((w * old + params[n].detach() * (1 - old)) * keep)
-        self.view = new
-
-    def magnitudes(self) -> ParamDict:
-        """``{name: tensor}`` of the prunable weights the next mask is computed from, with ``own_mask``."""
-        return {n: self.leaves[n].detach() for n in self.names}
 
     def weights(self, params: ParamDict) -> ParamDict:
         """The student's tables: its own tensors under the mask, the teacher's shared weights."""
@@ -166,6 +114,20 @@ class OwnStudent:  # the MaskedStudent interface, with leaves and an optimiser o
 
     def restrict(self, name: str, grad: Tensor) -> Tensor:
         return self.view.restrict(name, grad)
+
+    def remask(self, masks: MaskDict, params: ParamDict) -> "OwnStudent":
+        """A new mask: regrown weights start from the teacher's, pruned ones are zeroed."""
+        new = _view(masks, params, self.structure)
+        with torch.no_grad():
+            for n in self.names:
+                w, old, keep = self.leaves[n], self.view.masks[n], new.masks[n]
+                w.copy_((w * old + params[n].detach() * (1 - old)) * keep)
+        self.view = new
+        return self
+
+    def step(self, grads: Sequence[Optional[Tensor]], rows: int, clip: float) -> None:
+        """One step of the student's optimiser on the gradients of ``leaves`` (in order)."""
+        apply_gradients(self.optimizer, list(self.leaves.values()), grads, rows, clip)
 
     def state_dict(self) -> dict:
         return {"weights": {n: w.detach().clone() for n, w in self.leaves.items()},
@@ -178,21 +140,27 @@ class OwnStudent:  # the MaskedStudent interface, with leaves and an optimiser o
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def _view(masks: MaskDict, params: ParamDict, structure: str) -> MaskedStudent:
-    return (ColumnStudent if structure == "dimension" else MaskedStudent)(masks, params)
+Student = MaskedStudent  # the interface every strategy implements
 
 
-Student = MaskedStudent  # the interface every strategy implements (OwnStudent adds leaves and an optimiser)
-
-
-def make_student(masks: Optional[MaskDict], params: ParamDict, structure: str = "element",
-                 straight_through: bool = False) -> Optional[Student]:
-    """The student for ``masks`` (``None`` without masks): columns for whole-coordinate masks,
-    straight-through gradients with ``straight_through``."""
-    if not masks:
-        return None
+def make_student(masks: MaskDict, params: ParamDict, structure: str = "element",
+                 own_optimizer: Optional[OptimizerFactory] = None) -> MaskedStudent:
+    """The student of ``masks``: its own weights when ``own_optimizer`` is given
+    (``metasd.student = own``), else a view of ``params``: kept columns for whole-coordinate
+    masks (``structure = "dimension"``), ``W * M`` otherwise."""
     if structure not in ("element", "dimension"):
         raise ValueError(f"prune structure must be element or dimension, got {structure!r}")
-    if straight_through:
-        return StraightThroughStudent(masks, params)
+    if own_optimizer is not None:
+        return OwnStudent(masks, params, structure, own_optimizer)  # type: ignore[return-value]
     return _view(masks, params, structure)
+
+
+@torch.no_grad()
+def checkpoint_student(params: ParamDict, masks: Optional[MaskDict],
+                       own: Optional[ParamDict] = None) -> Optional[ParamDict]:
+    """The true student's full-width tensors, ``{name: W * M}`` (``W``: the student's own tensors
+    where it has them, ``own`` = a checkpoint's ``student_weights``); ``None`` without masks."""
+    if not masks:
+        return None
+    merged = {**params, **(own or {})}
+    return MaskedStudent(masks, merged).weights(merged)

@@ -6,7 +6,8 @@ Study folder (``--study-dir``, default ``<config's run_dir>-tune``)::
     study.json      what the study is of: config and search-space files and their sha256
     data/           the processed dataset, shared by every trial
     trial-0000/     a normal run folder (config.yaml, checkpoints/, metrics.jsonl, train.log), one per trial
-    best.yaml       the best trial's params as a YAML override: ``metasd-dgl pipeline CONFIG best.yaml``
+    best.yaml       the search's whole config (CONFIG, every --config, the command line's options, merged)
+                    with the best trial's params, no run_dir: ``metasd-dgl pipeline STUDY/best.yaml``
     best.json       the best trial: number, params, run folder, validation and test metrics
 
 Selection is on the validation MRR only (the run's selection MRR, the best
@@ -28,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import signal
 import time
 from dataclasses import dataclass
@@ -36,10 +38,10 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from .config import Config, load_config
+from .config import Config, get, load_config
 from .data.registry import sha256_file
 from .errors import UserError
-from .search_space import Param, as_override, default_space_path, load_space
+from .search_space import Param, default_space_path, load_space
 
 STUDY_NAME = "metasd-dgl"
 KILL_ENV = "METASD_TUNE_KILL_AT_TRIAL"
@@ -57,14 +59,18 @@ class TuneResult:
     table: list[dict[str, Any]]  # one row per trial
 
 
-def _identity(configs: list[Path], space: Path) -> dict[str, str]:
-    """The study's config (the files in order, each with its sha256) and search space."""
-    return {"config": ", ".join(str(c.resolve()) for c in configs),
-            "config_sha256": ",".join(sha256_file(c) for c in configs),
-            "space": str(space.resolve()), "space_sha256": sha256_file(space)}
+def _identity(configs: list[Path], space: Path, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The study's config (the files in order, each with its sha256, and the command line's options)
+    and search space."""
+    out: dict[str, Any] = {"config": ", ".join(str(c.resolve()) for c in configs),
+                           "config_sha256": ",".join(sha256_file(c) for c in configs),
+                           "space": str(space.resolve()), "space_sha256": sha256_file(space)}
+    if overrides:
+        out["options"] = {k: str(v) for k, v in overrides.items()}
+    return out
 
 
-def _check_study_dir(study_dir: Path, identity: dict[str, str], resume: bool) -> bool:
+def _check_study_dir(study_dir: Path, identity: dict[str, Any], resume: bool) -> bool:
     """True if a study is there to resume; UserError for a folder of another study or config."""
     marker = study_dir / "study.json"
     if not study_dir.exists() or (study_dir.is_dir() and not any(study_dir.iterdir())):
@@ -78,8 +84,12 @@ def _check_study_dir(study_dir: Path, identity: dict[str, str], resume: bool) ->
     except ValueError:
         raise UserError(f"{marker}: unreadable; choose another --study-dir") from None
     changed = [k for k in ("config_sha256", "space_sha256") if old.get(k) != identity[k]]
+    if old.get("options", {}) != identity.get("options", {}):
+        changed.append("options")
     if changed:
-        what = old.get("config") if "config_sha256" in changed else old.get("space")
+        what = old.get("config") if "config_sha256" in changed or "options" in changed else old.get("space")
+        if "options" in changed:
+            what = f"{what}, options {old.get('options', {})}"
         raise UserError(f"{study_dir}: holds the study of another config ({what} with another content: "
                         f"{', '.join(k.split('_')[0] for k in changed)} differ); choose another --study-dir")
     if not resume:
@@ -87,9 +97,49 @@ def _check_study_dir(study_dir: Path, identity: dict[str, str], resume: bool) ->
     return True
 
 
-def _trial_config(base_files: list[Path], params: dict[str, Any], run_dir: Path, processed: Path) -> Config:
-    overrides = {**params, "run_dir": str(run_dir), "data.processed_dir": str(processed)}
+def _trial_config(base_files: list[Path], params: dict[str, Any], run_dir: Path, processed: Path,
+                  options: Optional[dict[str, Any]] = None) -> Config:
+    overrides = {**(options or {}), **params, "run_dir": str(run_dir), "data.processed_dir": str(processed)}
     return load_config(*base_files, overrides=overrides)
+
+
+def _flat(mapping: dict[str, Any]) -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}, "model.dim": 8}`` -> ``{"train.lr": 0.1, "model.dim": 8}`` (order kept)."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and "." not in str(key):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[str(key)] = value
+    return out
+
+
+def best_config(base_files: list[Path], options: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """What ``best.yaml`` holds: the options the base files set (in order), then the command line's,
+    then the best trial's params, nested by section -- complete on its own, without ``run_dir`` (the
+    search's folders are its own; a run of it defaults to runs/<dataset>-<decoder>-<method>)."""
+    flat: dict[str, Any] = {}
+    for path in base_files:
+        flat.update(_flat(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}))
+    flat.update(options)
+    flat.update(params)
+    flat.pop("run_dir", None)
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        section, _, option = key.partition(".")
+        if option:
+            out.setdefault(section, {})[option] = value
+        else:
+            out[section] = value
+    return out
+
+
+def _typed(cfg: Config, key: str, value: Any) -> Any:
+    """A command-line value as ``cfg`` holds it (``"8"`` -> 8 for model.dim); the text if ``key`` is no option."""
+    try:
+        return get(cfg, key)
+    except AttributeError:  # a moved name: load_config accepted it already
+        return value
 
 
 def _minutes(trial) -> Optional[float]:
@@ -138,7 +188,8 @@ def _recover(study, echo: Callable[[str], None]) -> None:
         echo(f"trial {t.number} was interrupted: marked failed, its params queued again")
 
 
-def _objective(base_files: list[Path], space: list[Param], study_dir: Path, processed: Path):
+def _objective(base_files: list[Path], space: list[Param], study_dir: Path, processed: Path,
+               options: Optional[dict[str, Any]] = None):
     import optuna
 
     from .console import Console
@@ -154,14 +205,14 @@ def _objective(base_files: list[Path], space: list[Param], study_dir: Path, proc
             os.kill(os.getpid(), signal.SIGKILL)
         run_dir = study_dir / f"trial-{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
-        cfg = _trial_config(base_files, params, run_dir, processed)
+        cfg = _trial_config(base_files, params, run_dir, processed, options)
 
         def on_validation(epoch: int, mrr: float) -> None:
             trial.report(mrr, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (valid MRR {mrr:.4f})")
 
-        console = Console("quiet", run_dir / "train.log", stream=io.StringIO())
+        console = Console("quiet", run_dir / "train.log", stream=io.StringIO(), method=cfg.train.method)
         trainer = train(cfg, data, run_dir, progress=False, console=console, on_validation=on_validation)
         return float(trainer.state.best_mrr)
 
@@ -198,15 +249,20 @@ def _evaluate_best(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from .atomic import atomic_write_text  # checked: a full disk is one line naming the file
+
+    atomic_write_text(path, text)
 
 
 def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] = None,
          timeout_min: Optional[float] = None, resume: bool = False, pruner: str = "median",
-         extra_configs: tuple[Path, ...] = (), echo: Callable[[str], None] = print) -> TuneResult:
-    """Run (or continue) a study of ``trials`` finished trials; module docstring for the layout."""
+         extra_configs: tuple[Path, ...] = (), echo: Callable[[str], None] = print,
+         overrides: Optional[dict[str, Any]] = None) -> TuneResult:
+    """Run (or continue) a study of ``trials`` finished trials; module docstring for the layout.
+
+    ``overrides``: the command line's options (``{"data.dataset": ...}``), applied after the files
+    in every trial, part of the study's identity and of ``best.yaml``.
+    """
     import optuna
 
     from .data.preprocess import preprocess
@@ -214,13 +270,14 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
 
     config = Path(config)
     base_files = [config, *map(Path, extra_configs)]
-    base = load_config(*base_files)  # a bad config fails before anything is written
+    overrides = dict(overrides or {})
+    base = load_config(*base_files, overrides=overrides)  # a bad config fails before anything is written
     space_path = Path(space_path) if space_path else default_space_path(config)
     space = load_space(space_path, base)
     if pruner not in PRUNERS:
         raise UserError(f"pruner {pruner!r} is not one of {', '.join(PRUNERS)}")
     study_dir = Path(study_dir)
-    identity = _identity(base_files, space_path)
+    identity = _identity(base_files, space_path, overrides)
     existing = _check_study_dir(study_dir, identity, resume)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data_dir = base.data.data_dir or os.environ.get("METASD_DATA_DIR")
@@ -241,7 +298,7 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
          + (f", {todo} to run" if todo > 0 else ""))
     if todo > 0:
         started = time.monotonic()
-        objective = _objective(base_files, space, study_dir, processed)
+        objective = _objective(base_files, space, study_dir, processed, overrides)
         progress = _progress(trials, echo)
         # A diverged trial (NaN: NumericalError) is marked failed and another runs in its place;
         # any other error (Ctrl-C, a bug) ends the command, the finished trials stay in study.db.
@@ -263,17 +320,25 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
         raise UserError(f"{study_dir}: no trial completed; see the trial folders' train.log") from None
     best_dir = Path(best.user_attrs["run_dir"])
     valid, test = _evaluate_best(best_dir)
-    header = (f"# best trial {best.number} of {study_dir} (valid MRR {best.value:.4f}); "
-              f"apply after the tuned config: metasd-dgl pipeline {config} {study_dir / 'best.yaml'}\n")
-    _write_atomic(study_dir / "best.yaml", header + yaml.safe_dump(as_override(best.params), sort_keys=False))
+    best_yaml = study_dir / "best.yaml"
+    run_it = f"metasd-dgl pipeline {shlex.quote(str(best_yaml))}"
+    sources = ", ".join([*(str(f) for f in base_files), *(f"{k}={v}" for k, v in overrides.items())])
+    header = (f"# best trial {best.number} of {study_dir} (valid MRR {best.value:.4f}): the search's config "
+              f"({sources}) with the trial's values\n# run it: {run_it}\n")
+    typed = {k: _typed(base, k, v) for k, v in overrides.items()}  # --set's strings as the option's type
+    _write_atomic(best_yaml, header + yaml.safe_dump(best_config(base_files, typed, dict(best.params)),
+                                                     sort_keys=False))
+    from .console import named_rows, row_names
+
+    method = best.params.get("train.method", base.train.method)
     record = {"number": best.number, "params": best.params, "valid_mrr": best.value, "run_dir": str(best_dir),
-              "valid": valid, "test": test,
+              "rows": row_names(valid, method), "valid": valid, "test": test,
               "note": "selected on valid MRR; test evaluated for the best trial only, never used to select"}
     _write_atomic(study_dir / "best.json", json.dumps(record, indent=2) + "\n")
     for split, res in (("valid", valid), ("test", test)):
-        for name, m in res.items():
+        for name, m in named_rows(res, method).items():
             o = m["both"]
             echo(f"best trial {best.number} {name} {split}: " + "  ".join(
                 f"{k} {o[k]:.4f}" for k in ("mrr", "hits@1", "hits@3", "hits@10") if k in o))
-    echo(f"best config: {study_dir / 'best.yaml'}")
+    echo(f"best config: {best_yaml}; train it with: {run_it}")
     return TuneResult(study_dir, best.number, dict(best.params), float(best.value), valid, test, rows)

@@ -28,6 +28,11 @@ class Case:
     setup: Callable[[Path], list]  # scratch folder -> argv
     expect: str  # regex the error line must match
     leaves: str = ""  # path (relative to scratch) that must NOT exist afterwards
+    keeps: str = ""  # path (relative to scratch) that must still exist, unchanged, afterwards
+
+
+#: Callables run after each case (file-size limits lifted, lock holders released): run_case drains it.
+_UNDO: list = []
 
 
 def _toy_copy(tmp: Path, edit: Callable[[Path], None] = lambda p: None) -> Path:
@@ -114,17 +119,221 @@ def _pipeline_changed(tmp: Path) -> list:
     return ["pipeline", str(cfg), "--quiet", "--set", "train.epochs=2"]
 
 
+def _file_limit(nbytes: int) -> None:
+    """A real file-size limit on this process (RLIMIT_FSIZE, SIGXFSZ ignored): a larger write fails with
+    EFBIG, as under ``ulimit -f``; lifted by run_case."""
+    import resource
+    import signal
+
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, old[1]))
+
+    def undo() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_sig)
+
+    _UNDO.append(undo)
+
+
+def _quiet_main(argv: list) -> None:
+    from metasd_dgl.cli import main
+
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+        code = main(argv)
+    assert code == 0, (argv, err.getvalue())
+
+
 def _disk_full(tmp: Path) -> list:
-    """ENOSPC on every checkpoint write (patched in; undone by run_case)."""
-    import torch
-    real = torch.save
-
-    def full(obj, f, *a, **k):  # noqa: ARG001
-        raise OSError(28, "No space left on device")
-
-    torch.save = full
-    _disk_full.undo = lambda: setattr(torch, "save", real)
+    """EFBIG on the first checkpoint write: a real 8 KiB file-size limit (the toy's data files are
+    smaller; a checkpoint is ~16 KiB).  torch's writer hides the errno; the message names it."""
+    _file_limit(8192)
     return _train(tmp, "--dim", "2")
+
+
+def _disk_full_resume(tmp: Path) -> list:
+    """A finished epoch, then a resumed run whose checkpoint write hits the limit: last.pt is kept."""
+    _quiet_main(_train(tmp, "--dim", "2"))
+    _file_limit(8192)
+    return ["train", "--quiet", "--resume", str(tmp / "run"), "--set", "train.epochs=2"]
+
+
+def _big_dataset(tmp: Path, lines: int = 2000) -> Path:
+    dst = tmp / "big"
+    dst.mkdir()
+    for split, n in (("train", lines), ("valid", 20), ("test", 20)):
+        rows = [f"e{i % 97}\tr{i % 5}\te{(i * 7 + 3) % 97}" for i in range(n)]
+        (dst / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    return dst
+
+
+def _preprocess_full(tmp: Path) -> list:
+    """graph.bin (~6 KiB for the toy) over a 4 KiB limit: DGL's DGLError hides the errno."""
+    _file_limit(4096)
+    return ["preprocess", str(TOY), "--out", str(tmp / "out")]
+
+
+def _extract_full(tmp: Path) -> list:
+    """An archive whose train.txt (~30 KiB) cannot be extracted under an 8 KiB limit: the archive is fine."""
+    import tarfile
+
+    src = _big_dataset(tmp)
+    archive = tmp / "big.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="big")
+    _file_limit(8192)
+    return ["preprocess", str(archive), "--out", str(tmp / "out")]
+
+
+def _export_full(tmp: Path) -> list:
+    """A good export, then a re-export whose teacher file exceeds the limit: the old set is kept."""
+    _quiet_main(_train(tmp, "--dim", "64", "--method", "prune"))
+    _quiet_main(["export", str(tmp / "run")])
+    _file_limit(2048)
+    return ["export", str(tmp / "run")]
+
+
+def _eval_full(tmp: Path) -> list:
+    _quiet_main(_train(tmp, "--dim", "2"))
+    _file_limit(1024)
+    return ["evaluate", str(tmp / "run"), "--no-plots"]
+
+
+def _report_full(tmp: Path) -> list:
+    import matplotlib.font_manager  # noqa: F401 - its font cache is written before the limit
+
+    _quiet_main(_train(tmp, "--dim", "2"))
+    _file_limit(16384)
+    return ["report", str(tmp / "run")]
+
+
+def _dglke_export_full(tmp: Path) -> list:
+    _quiet_main(_train(tmp, "--dim", "16", "--decoder", "distmult"))
+    _file_limit(256)
+    return ["export-dglke", str(tmp / "run"), "--out", str(tmp / "dglke")]
+
+
+def _hold_lock(folder: Path, inside: bool = True) -> int:
+    """A live process holding ``folder``'s write lock until run_case ends (no timing involved: it says
+    'locked' once it holds it, and waits on its stdin)."""
+    import subprocess
+
+    code = ("import sys\nfrom metasd_dgl.lock import folder_lock\n"
+            "with folder_lock(sys.argv[1], inside=sys.argv[2] == '1'):\n"
+            "    print('locked', flush=True)\n    sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder), "1" if inside else "0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+
+    def release() -> None:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+        proc.stdout.close()
+
+    _UNDO.append(release)
+    return proc.pid
+
+
+def _locked_run(tmp: Path, command: str = "train") -> list:
+    _hold_lock(tmp / "run")
+    if command == "pipeline":
+        cfg = _write(tmp / "c.yaml", f"run_dir: {tmp / 'run'}\ndata:\n  dataset: {TOY}\nmodel:\n  dim: 2\n"
+                                     "train:\n  epochs: 1\n")
+        return ["pipeline", str(cfg), "--quiet"]
+    return _train(tmp, "--dim", "2")
+
+
+def _locked_resume(tmp: Path) -> list:
+    _quiet_main(_train(tmp, "--dim", "2"))
+    _hold_lock(tmp / "run")
+    return ["train", "--quiet", "--resume", str(tmp / "run"), "--set", "train.epochs=2"]
+
+
+def _locked_out(tmp: Path) -> list:
+    _hold_lock(tmp / "out", inside=False)
+    return ["preprocess", str(TOY), "--out", str(tmp / "out")]
+
+
+def _locked_export(tmp: Path) -> list:
+    _quiet_main(_train(tmp, "--dim", "2"))
+    _hold_lock(tmp / "run" / "export", inside=False)
+    return ["export", str(tmp / "run")]
+
+
+def _force_foreign(tmp: Path, manifest: str = "") -> list:
+    """A processed folder with a user's NOTES.md; --force must not delete it."""
+    _quiet_main(["preprocess", str(TOY), "--out", str(tmp / "out")])
+    _write(tmp / "out" / "NOTES.md", "my notes\n")
+    if manifest:
+        _write(tmp / "out" / "manifest.json", manifest)
+    return ["preprocess", str(_big_dataset(tmp, 50)), "--out", str(tmp / "out"), "--force"]
+
+
+def _compact_other(tmp: Path, dim: str = "2", edit=None) -> list:
+    """evaluate --compact with the student file of another dataset (one more entity) or model (dim)."""
+    _quiet_main(["train", "--quiet", "--dataset", str(TOY), "--run-dir", str(tmp / "a"), "--epochs", "1",
+                 "--dim", dim, "--method", "prune"])
+    _quiet_main(["export", str(tmp / "a")])
+    source = _toy_copy(tmp, edit) if edit else TOY
+    _quiet_main(["train", "--quiet", "--dataset", str(source), "--run-dir", str(tmp / "b"), "--epochs", "1",
+                 "--dim", "2", "--method", "prune"])
+    return ["evaluate", str(tmp / "b"), "--no-plots", "--compact", str(tmp / "a" / "export" / "student.msd")]
+
+
+def _compact_teacher(tmp: Path) -> list:
+    _quiet_main(_train(tmp, "--dim", "2", "--method", "prune"))
+    _quiet_main(["export", str(tmp / "run")])
+    return ["evaluate", str(tmp / "run"), "--no-plots", "--compact",
+            str(tmp / "run" / "export" / "teacher.safetensors")]
+
+
+def _compact_truncated(tmp: Path) -> list:
+    _quiet_main(_train(tmp, "--dim", "2", "--method", "prune"))
+    _quiet_main(["export", str(tmp / "run")])
+    student = tmp / "run" / "export" / "student.msd"
+    copy = _write(tmp / "cut.msd", student.read_bytes()[:40])
+    return ["evaluate", str(tmp / "run"), "--no-plots", "--compact", str(copy)]
+
+
+def _dglke(tmp: Path, edit=None, model: str = "DistMult") -> list:
+    """A processed toy folder and a DGL-KE save folder fitting it (no id maps: ids in order), then ``edit``."""
+    import json
+
+    import numpy as np
+
+    _quiet_main(["preprocess", str(TOY), "--out", str(tmp / "data")])
+    counts = json.loads((tmp / "data" / "manifest.json").read_text())["counts"]
+    folder = tmp / "dglke"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(folder / f"toy_{model}_entity.npy", rng.normal(size=(counts["entities"], 4)).astype(np.float32))
+    np.save(folder / f"toy_{model}_relation.npy", rng.normal(size=(counts["relations"], 4)).astype(np.float32))
+    _write(folder / "config.json", json.dumps({"dataset": "toy", "model": model, "emb_size": 4, "gamma": 0.0}))
+    if edit is not None:
+        edit(folder)
+    return ["import-dglke", str(folder), "--dataset", str(tmp / "data")]
+
+
+def _npy(path: Path, array) -> None:
+    import numpy as np
+
+    np.save(path, array)
+
+
+def _truncate(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def _config(folder: Path, text: str) -> None:
+    _write(folder / "config.json", text)
+
+
+def _huge_line(tmp: Path, size: int = 2 << 30) -> list:
+    """train.txt: one line of ``size`` bytes without a newline (a sparse file: no disk used)."""
+    raw = _toy_copy(tmp)
+    with open(raw / "train.txt", "wb") as fh:
+        fh.truncate(size)
+    return ["preprocess", str(raw), "--out", str(tmp / "out")]
 
 
 def _line(path: Path, n: int, text: str) -> None:
@@ -165,11 +374,11 @@ CASES = [
     Case("negative dim", lambda t: _train(t, "--dim", "-4"), r"model.dim=-4 must be >= 1", "run"),
     Case("batch size 0", lambda t: _train(t, "--batch-size", "0"), r"train.batch_size=0 must be >= 1", "run"),
     Case("prune rate 1.5", lambda t: _train(t, "--prune-rate", "1.5"),
-         r"metasd.prune_rate=1.5 must be in \[0, 1\)", "run"),
+         r"prune.rate=1.5 must be in \[0, 1\)", "run"),
     Case("wrong type via --set", lambda t: _train(t, "--set", "train.epochs=many"),
          r"train.epochs: expected an integer, got 'many'", "run"),
     Case("config: unknown key", lambda t: _train(t, "--config", str(_write(t / "c.yaml", "model:\n  dimm: 3\n"))),
-         r"c.yaml: unknown option 'model.dimm'", "run"),
+         r"c.yaml: line 2: unknown option 'model.dimm'", "run"),
     Case("config: wrong type", lambda t: _train(t, "--config", str(_write(t / "c.yaml", "model:\n  dim: [1, 2]\n"))),
          r"model.dim: expected an integer", "run"),
     Case("config: invalid YAML", lambda t: _train(t, "--config", str(_write(t / "c.yaml", "model: [1, 2\n"))),
@@ -198,7 +407,112 @@ CASES = [
     Case("unknown dataset into a used run folder", _taken_data_folder, r"nosuch: not a built-in dataset"),
     Case("pipeline: changed config", _pipeline_changed,
          r"holds a run with another config \(train.epochs: 1 \(run\) vs 2 \(now\)\); pass --resume"),
-    Case("disk full while checkpointing", _disk_full, r"could not write checkpoint \(No space left on device\)"),
+    Case("disk full while checkpointing", _disk_full,
+         r"checkpoints/last.pt: could not write checkpoint: file too large .*errno EFBIG", "run/checkpoints/last.pt"),
+    # ---- disk full (a real file-size limit) at each writing stage: the file and the cause named
+    Case("file-size limit on a resumed run's checkpoint", _disk_full_resume,
+         r"last.pt: could not write checkpoint: file too large .*EFBIG.*the previous file is kept"),
+    Case("file-size limit while writing graph.bin", _preprocess_full,
+         r"out/graph.bin: could not write: file too large .*EFBIG.*; nothing was written to .*out$", "out"),
+    Case("file-size limit while extracting an archive", _extract_full,
+         r"train.txt: could not extract the archive into the scratch folder .*file too large .*EFBIG", "out"),
+    Case("file-size limit while exporting", _export_full,
+         r"export/teacher.safetensors: could not write: file too large .*EFBIG.*; the previous files in .*export are kept",
+         keeps="run/export/teacher.safetensors"),
+    Case("file-size limit while writing eval json", _eval_full,
+         r"eval/test.json: could not write: file too large .*EFBIG", "run/eval/test.json"),
+    Case("file-size limit while writing a plot", _report_full,
+         r"plots/training_curves.png: could not write the plot: file too large .*EFBIG",
+         "run/plots/training_curves.png"),
+    Case("file-size limit while exporting DGL-KE files", _dglke_export_full,
+         r"dglke/.*_entity.npy: could not write: file too large .*EFBIG"),
+    # ---- two writers of one folder: the second is refused at once, naming the holder
+    Case("train into a run folder another process trains", _locked_run,
+         r"run: run folder in use by another metasd-dgl process \(pid \d+, lock file .*\.metasd\.lock\); wait",
+         "run/checkpoints"),
+    Case("pipeline into a run folder another process trains", lambda t: _locked_run(t, "pipeline"),
+         r"run: run folder in use by another metasd-dgl process \(pid \d+", "run/checkpoints"),
+    Case("resume a run another process is training", _locked_resume,
+         r"run: run folder in use by another metasd-dgl process \(pid \d+"),
+    Case("preprocess into a folder another process writes", _locked_out,
+         r"out: processed dataset folder in use by another metasd-dgl process \(pid \d+", "out"),
+    Case("export while another export runs", _locked_export,
+         r"export: export folder in use by another metasd-dgl process \(pid \d+", "run/export"),
+    # ---- --force replaces only what the project wrote
+    Case("--force over a folder with a user's file", _force_foreign,
+         r"out: --force replaces only files metasd-dgl wrote, and this folder also holds NOTES.md; move them",
+         keeps="out/NOTES.md"),
+    Case("--force over a folder with a user's file and a broken manifest",
+         lambda t: _force_foreign(t, "{not json"),
+         r"--force replaces only files metasd-dgl wrote.*NOTES.md", keeps="out/NOTES.md"),
+    Case("preprocess into a non-dataset folder", lambda t: ["preprocess", str(TOY), "--out",
+                                                            str(_write(t / "out" / "x.txt", "x").parent)],
+         r"out: exists and is not a processed dataset folder; choose another folder", keeps="out/x.txt"),
+    Case("preprocess --out is a file", lambda t: ["preprocess", str(TOY), "--out", str(_write(t / "out", "x"))],
+         r"Invalid value for '--out': Directory .*out' is a file", keeps="out"),
+    # ---- files from elsewhere: one line saying what does not match
+    Case("evaluate --compact: another dataset's student", lambda t: _compact_other(
+        t, edit=lambda p: _write(p / "train.txt", (p / "train.txt").read_text() + "zed\tknows\talice\n")),
+         r"student.msd: encoder.entity has shape \(\d+, \d+\), this run's model needs \(\d+, \d+\): "
+         r"it is the student of another dataset or model"),
+    Case("evaluate --compact: another model's student (dim)", lambda t: _compact_other(t, dim="3"),
+         r"student.msd: encoder.\w+ has shape .* this run's model needs"),
+    Case("evaluate --compact: a teacher file", _compact_teacher,
+         r"teacher.safetensors: format 'metasd-dense-v1', expected 'metasd-student-v1'; pass a compact student"),
+    Case("evaluate --compact: truncated student", _compact_truncated, r"cut.msd: not a readable safetensors file"),
+    Case("import-dglke: truncated entity .npy",
+         lambda t: _dglke(t, lambda f: _truncate(f / "toy_DistMult_entity.npy", 140)),
+         r"toy_DistMult_entity.npy: not a readable .npy file, or truncated"),
+    Case("import-dglke: truncated header",
+         lambda t: _dglke(t, lambda f: _truncate(f / "toy_DistMult_relation.npy", 20)),
+         r"toy_DistMult_relation.npy: not a readable .npy file, or truncated"),
+    Case("import-dglke: truncated inverse relations",
+         lambda t: _dglke(t, lambda f: (_npy(f / "toy_DistMult_relation_inverse.npy",
+                                             __import__("numpy").zeros((3, 4), "float32")),
+                                        _truncate(f / "toy_DistMult_relation_inverse.npy", 140))),
+         r"toy_DistMult_relation_inverse.npy: not a readable .npy file, or truncated"),
+    Case("import-dglke: config.json is a list", lambda t: _dglke(t, lambda f: _config(f, "[1, 2]")),
+         r"config.json: expected a JSON object \(DGL-KE's config.json\), got a list"),
+    Case("import-dglke: emb_size is text",
+         lambda t: _dglke(t, lambda f: _config(f, '{"model": "DistMult", "emb_size": "abc"}')),
+         r"config.json: emb_size is 'abc'; expected a positive integer"),
+    Case("import-dglke: gamma is text",
+         lambda t: _dglke(t, lambda f: _config(f, '{"model": "DistMult", "gamma": "high"}')),
+         r"config.json: gamma is 'high'; expected a number"),
+    Case("import-dglke: model is a list",
+         lambda t: _dglke(t, lambda f: _config(f, '{"model": ["DistMult"]}')),
+         r"config.json: model is \['DistMult'\]; expected a model name"),
+    Case("import-dglke: config.json not JSON", lambda t: _dglke(t, lambda f: _config(f, "{model: DistMult")),
+         r"config.json: not JSON"),
+    Case("import-dglke: integer embeddings",
+         lambda t: _dglke(t, lambda f: _npy(f / "toy_DistMult_entity.npy", __import__("numpy").zeros((9, 4), "int64"))),
+         r"toy_DistMult_entity.npy: dtype int64; expected float embeddings"),
+    Case("import-dglke: 1-D embeddings",
+         lambda t: _dglke(t, lambda f: _npy(f / "toy_DistMult_entity.npy", __import__("numpy").zeros(9, "float32"))),
+         r"toy_DistMult_entity.npy: shape \(9,\); expected a 2-D"),
+    Case("import-dglke: NaN embeddings",
+         lambda t: _dglke(t, lambda f: _npy(f / "toy_DistMult_relation.npy",
+                                            __import__("numpy").full((3, 4), float("nan"), "float32"))),
+         r"toy_DistMult_relation.npy: holds NaN or infinite values"),
+    Case("import-dglke: another dataset's entity table",
+         lambda t: _dglke(t, lambda f: _npy(f / "toy_DistMult_entity.npy", __import__("numpy").zeros((500, 4), "float32"))),
+         r"the DGL-KE entity table has 500 rows but the dataset has 11 entities .*trained on another dataset"),
+    Case("import-dglke: width does not fit emb_size",
+         lambda t: _dglke(t, lambda f: _config(f, '{"model": "DistMult", "emb_size": 7}')),
+         r"do not fit DistMult with hidden_dim 7"),
+    # ---- sizes nobody checked: refused before any work, with the estimate and what to change
+    Case("--dim 1000000000", lambda t: _train(t, "--dim", "1000000000"),
+         r"model.dim=1000000000.*training needs about .*(GiB|TiB|PiB).* lower model.dim", "run/checkpoints"),
+    Case("--batch-size 10**12", lambda t: _train(t, "--batch-size", str(10 ** 12)),
+         r"training needs about .*score matrix .* lower train.batch_size", "run/checkpoints"),
+    Case("--seed 2**70", lambda t: _train(t, "--seed", str(2 ** 70)),
+         r"train.seed=1180591620717411303424 must be between 0 and 4294967295", "run"),
+    Case("--seed -1", lambda t: _train(t, "--seed", "-1"), r"train.seed=-1 must be between 0 and", "run"),
+    Case("seed 2**64 via --set", lambda t: _train(t, "--set", f"train.seed={2 ** 64}"),
+         r"train.seed=18446744073709551616 must be between 0 and", "run"),
+    Case("a 2 GB single line", _huge_line, r"train.txt:1: line longer than 1 MiB; not a file of head<TAB>", "out"),
+    Case("a 3 MiB line among good ones", lambda t: _pre(t, lambda p: _line(p / "valid.txt", 2, "x" * (3 << 20))),
+         r"valid.txt:2: line longer than 1 MiB", "out"),
 ]
 
 
@@ -218,6 +532,8 @@ def run_case(case: Case, tmp: Path) -> tuple[int, str, str]:
         undo = getattr(case.setup, "undo", None)
         if undo:
             undo()
+        while _UNDO:
+            _UNDO.pop()()
         os.chdir(old)
 
 

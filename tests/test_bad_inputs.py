@@ -20,9 +20,17 @@ def test_bad_input(case, tmp_path):
     assert len([ln for ln in err.strip().splitlines() if ln.lower().startswith(("error", "usage"))]) <= 2
     if case.leaves:
         assert not (tmp_path / case.leaves).exists(), f"{case.leaves} was left behind"
+    if case.keeps:
+        assert (tmp_path / case.keeps).exists(), f"{case.keeps} was removed"
+    assert not [p for p in tmp_path.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name], "staging folders left"
     assert not list(tmp_path.rglob("*.tmp")), "temporary files left behind"
     assert not (tmp_path / "PWNED").exists()
 
 
 def test_at_least_25_cases():
     assert len(CASES) >= 25
+
+
+def test_at_least_70_cases():
+    """The fault-injection issue added 30+ cases to the original 37."""
+    assert len(CASES) >= 70

@@ -53,29 +53,26 @@ def test_comparisons_pair_students_with_dense_small_and_prune_only(bench):
 def test_preset_overrides_drop_the_budget_options(bench, tmp_path):
     path = tmp_path / "reference.yaml"
     path.write_text("run_dir: x\ndata:\n  dataset: umls\nmodel:\n  dim: 500\n  decoder: complex\n"
-                    "train:\n  method: metasd\n  epochs: 9\n  lr: 0.01\nmetasd:\n  prune_rate: 0.8\n")
+                    "train:\n  method: metasd\n  epochs: 9\n  lr: 0.01\nprune:\n  rate: 0.8\n")
     assert bench.preset_overrides(path) == {"model.decoder": "complex", "train.method": "metasd",
-                                            "train.lr": 0.01, "metasd.prune_rate": 0.8}
+                                            "train.lr": 0.01, "prune.rate": 0.8}
 
 
 def test_unimplemented_options_are_found(bench):
-    assert bench.option_used("train.lr") and bench.option_used("metasd.prune_structure")
+    assert bench.option_used("train.lr") and bench.option_used("prune.structure")
     assert not bench.option_used("metasd.no_such_option_anywhere")
 
 
 def test_quick_run_table_and_json(bench, tmp_path, kg_dir, monkeypatch):
     monkeypatch.setenv("METASD_DATA_DIR", str(kg_dir))
     out = tmp_path / "c.json"
-    argv = ["--quick", "--methods", "dense,dense small,prune-only,kd,warm-up", "--jobs", "1",
+    argv = ["--quick", "--methods", "dense,dense small,prune-only,kd", "--jobs", "1",
             "--root", str(tmp_path / "runs"), "--out", str(out), "--data-dir", str(kg_dir)]
     record = bench.main(argv)
     stored = json.loads(out.read_text())
     assert set(stored) >= {"machine", "budgets", "seeds", "results", "paired", "table", "skipped"}
     res = stored["results"]["umls"]
-    implemented = bench.option_used("metasd.warmup_epochs")
-    assert set(res) == {"dense", "dense small", "prune-only", "kd"} | ({"warm-up"} if implemented else set())
-    if not implemented:
-        assert "metasd.warmup_epochs" in stored["skipped"]["warm-up"]
+    assert set(res) == {"dense", "dense small", "prune-only", "kd"}
     row = res["kd"]["student"]
     assert set(row) >= {"mrr", "mrr_std", "hits@1", "hits@10", "rarest_mrr", "rarest_entity_mrr", "nonzero",
                         "bytes", "per_seed_mrr"}
@@ -87,7 +84,7 @@ def test_quick_run_table_and_json(bench, tmp_path, kg_dir, monkeypatch):
     assert table == record["table"] and "| umls | kd student |" in table and "| kd | prune-only |" in table
     # resumable: a second run trains nothing and gives the same numbers
     files = sorted((tmp_path / "runs").rglob("checkpoints/best.pt"))
-    assert len(files) == 4 + bool(implemented)  # warm-up runs once its option is implemented
+    assert len(files) == 4
     stamps = [f.stat().st_mtime_ns for f in files]
     again = bench.main(argv)
     assert [f.stat().st_mtime_ns for f in files] == stamps

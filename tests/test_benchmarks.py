@@ -33,7 +33,7 @@ def quick_run(tmp_path_factory, kg_dir):
     data_path = h.preprocess("umls", root / "data", kg_dir)
     base = {"data.processed_dir": str(data_path), "model.decoder": "complex", "model.dim": 8,
             "train.epochs": 2, "train.batch_size": 1000, "train.valid_every": 1, "train.patience": 0,
-            "train.keep_checkpoints": 0, "metasd.prune_structure": "dimension"}
+            "train.keep_checkpoints": 0, "prune.structure": "dimension"}
     variants = [h.Variant("dense", {"train.method": "plain"}),
                 h.Variant("prune", {"train.method": "prune"}, ("student",), seeded=True)]
     seen = []
@@ -64,9 +64,9 @@ def test_metrics_equal_the_library_evaluation_of_the_run_folder(quick_run):
     for name, seed, row in (("dense", 0, "teacher"), ("prune", 0, "student"), ("prune", 1, "student")):
         res = results[name] if name == "dense" else results[name]["per_seed"][seed]
         run_dir = root / f"{name}-seed{seed}"
-        _, data, model, masks, ckpt = load_run(run_dir, "best")
+        _, data, model, student, ckpt = load_run(run_dir, "best")
         ranks = rank_split(model, data.test, data.num_relations, data.filter,
-                           masks=masks if row == "student" else None)
+                           weights=student if row == "student" else None)
         ref = metrics(ranks.both())
         for key in ("mrr", "hits@1", "hits@10"):
             assert res[row][key] == pytest.approx(ref[key], abs=1e-12), (name, seed, key)

@@ -27,8 +27,8 @@ def test_files_then_overrides(tmp_path):
     ({"model.dim": "x"}, "model.dim: expected an integer"),
     ({"model.dim": -4}, "model.dim=-4 must be >= 1"),
     ({"train.batch_size": 0}, "train.batch_size=0 must be >= 1"),
-    ({"metasd.prune_rate": 1.0}, "metasd.prune_rate=1.0 must be in [0, 1)"),
-    ({"metasd.prune_rate": -0.1}, "must be in [0, 1)"),
+    ({"prune.rate": 1.0}, "prune.rate=1.0 must be in [0, 1)"),
+    ({"prune.rate": -0.1}, "must be in [0, 1)"),
     ({"model.decoder": "foo"}, "model.decoder='foo' is not one of"),
     ({"metasd.extra_teacher_step": "maybe"}, "expected true/false"),
 ])
@@ -56,7 +56,63 @@ def test_bad_yaml(tmp_path):
 
 
 def test_every_option_has_a_default():
-    assert to_dict(Config())["metasd"]["prune_rate"] == 0.9
+    assert to_dict(Config())["prune"]["rate"] == 0.9
+
+
+def test_an_option_of_an_earlier_version_says_what_replaced_it(tmp_path):
+    """A YAML file or --set naming a moved or retired option: one error naming the option, the file and
+    line, and what to use instead (the CLI prints it as one error line, exit 2)."""
+    from metasd_dgl.cli import main
+    from metasd_dgl.config import MOVED, RETIRED
+
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  epochs: 3\nmetasd:\n  temperature: 2.0\n  prune_rate: 0.8\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(old))}: line 5: metasd.prune_rate is now prune.rate$"):
+        load_config(old)
+    gone = tmp_path / "gone.yaml"
+    gone.write_text("metasd:\n  share_forward: true\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(gone))}: line 2: metasd.share_forward was retired: "):
+        load_config(gone)
+    with pytest.raises(ConfigError, match=r"^override: train.init_from was retired: "):
+        load_config(overrides={"train.init_from": "x.pt"})
+    for key in [*MOVED, *RETIRED]:  # every one of them is named, none is a plain "unknown option"
+        with pytest.raises(ConfigError, match=re.escape(key) + " (is now|was retired)"):
+            load_config(overrides={key: 1})
+    assert main(["train", "--config", str(old), "--dataset", "umls"]) == 2
+
+
+def test_a_section_or_option_set_twice_is_an_error(tmp_path):
+    """YAML keeps the last of two equal keys: a section written twice would drop the first silently."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 5\nmodel:\n  dim: 8\ntrain:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(twice))}: line 5: 'train' is set twice"):
+        load_config(twice)
+    inner = tmp_path / "inner.yaml"
+    inner.write_text("train:\n  epochs: 5\n  lr: 0.1\n  epochs: 50\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(inner))}: line 4: 'epochs' is set twice"):
+        load_config(inner)
+
+
+def test_choices_come_from_the_registries_that_implement_them():
+    from metasd_dgl.config import CHOICES
+    from metasd_dgl.decoders import DECODERS
+    from metasd_dgl.optimizers import OPTIMIZERS
+    from metasd_dgl.pruning import SCOPES, STRUCTURES
+    from metasd_dgl.train.tracker import TRACKERS
+
+    assert CHOICES["model.decoder"] == tuple(DECODERS) and CHOICES["metasd.meta_optimizer"] == tuple(OPTIMIZERS)
+    assert CHOICES["prune.scope"] == SCOPES and CHOICES["prune.structure"] == STRUCTURES
+    assert CHOICES["train.tracker"] == TRACKERS
+
+
+def test_option_counts():
+    """The knobs a user meets: at most 65 options, the pruning and MetaSD sections together at most 20."""
+    import dataclasses
+
+    d = to_dict(Config())
+    count = sum(len(v) if isinstance(v, dict) else 1 for v in d.values())
+    assert count <= 65, count
+    assert len(dataclasses.fields(type(Config().prune))) + len(dataclasses.fields(type(Config().metasd))) <= 20
 
 
 def test_shipped_configs_load():
@@ -78,16 +134,16 @@ def test_shipped_configs_load():
 
 def test_a_bad_value_names_the_file_and_line_that_set_it(tmp_path):
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    first.write_text("train:\n  epochs: 3\n  lr: -1\nmetasd:\n  mask_source: sideways\n")
-    second.write_text("# a comment\nmetasd:\n  student: own\n  mask_source: sideways\n")
+    first.write_text("train:\n  epochs: 3\n  lr: -1\nmetasd:\n  student: sideways\n")
+    second.write_text("# a comment\nmetasd:\n  kd_weight: 2.0\n  student: sideways\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(first))}: line 3: train.lr=-1.0 must be > 0$"):
-        load_config(first, overrides={"metasd.mask_source": "teacher"})
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(second))}: line 4: metasd.mask_source='sideways' is not"):
+        load_config(first, overrides={"metasd.student": "shared"})
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(second))}: line 4: metasd.student='sideways' is not"):
         load_config(first, second, overrides={"train.lr": 0.1})  # the file that set it last is named
-    fixed = load_config(first, overrides={"train.lr": 0.1, "metasd": {"mask_source": "teacher"}})
+    fixed = load_config(first, overrides={"train.lr": 0.1, "metasd": {"student": "shared"}})
     assert fixed.train.lr == 0.1  # a command-line override replaces the file's value, and its error
     with pytest.raises(ConfigError, match=r"^train.lr=-2.0 must be > 0$"):
-        load_config(first, overrides={"train.lr": -2, "metasd.mask_source": "teacher"})
+        load_config(first, overrides={"train.lr": -2, "metasd.student": "shared"})
     bad_type = tmp_path / "c.yaml"
     bad_type.write_text("model:\n\n  dim: wide\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad_type))}: line 3: model.dim: expected an integer"):

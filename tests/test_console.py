@@ -21,7 +21,7 @@ def test_readable_lines_and_train_log(tmp_path, capsys):
     assert "{" not in out  # no JSON on the console
     for text in ("dataset " + TOY + ": 11 entities, 3 relations, train/valid/test 13/3/3",
                  "model kge+complex dim 4, method prune, prune rate 0.9", f"run folder {run}",
-                 "epoch 1/2  loss ", "valid epoch 1: teacher MRR ", "new best -> checkpoints/best.pt",
+                 "epoch 1/2  loss ", "valid epoch 1: dense (untrained) MRR ", "new best -> checkpoints/best.pt",
                  "done: 2 epochs, 8 steps; reached train.epochs=2", "best epoch "):
         assert text in out, text
         assert text in log, text

@@ -25,8 +25,8 @@ def test_batches_per_epoch_caps_each_epoch(tmp_path):
 def test_dimension_masks_train_and_evaluate(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "2", "--dim", "10",
-                 "--method", "metasd", "--batch-size", "4", "--set", "metasd.prune_structure=dimension",
-                 "--set", "metasd.quiz_fraction=0.2", "--set", "metasd.prune_rate=0.8"]) == 0
+                 "--method", "metasd", "--batch-size", "4", "--set", "prune.structure=dimension",
+                 "--set", "metasd.quiz_fraction=0.2", "--set", "prune.rate=0.8"]) == 0
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     masks = state["masks"]
     kept = None
@@ -81,29 +81,6 @@ def test_cpu_budget_stops_mid_epoch_validates_and_resumes(tmp_path, monkeypatch)
     assert state["step"] == 14 and state["cpu_seconds"] == 420.0
 
 
-def _masks_by_epoch(run, epochs):
-    return [load_checkpoint(run / "checkpoints" / f"epoch-{k}.pt")["masks"] for k in range(1, epochs + 1)]
-
-
-def test_mask_epochs_keeps_the_mask_after_the_first_student_epochs(tmp_path):
-    def masks(name, *extra):
-        run = tmp_path / name
-        assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "5", "--dim", "6",
-                     "--method", "metasd", "--batch-size", "4", "--set", "metasd.quiz_fraction=0.2",
-                     "--set", "train.keep_checkpoints=5", "--set", "train.lr=0.5", *extra]) == 0
-        return _masks_by_epoch(run, 5)
-
-    def same(a, b):
-        return all(torch.equal(a[k], b[k]) for k in a)
-
-    every = masks("every")
-    assert not all(same(every[0], m) for m in every[1:])  # recomputed each epoch, the mask moves here
-    kept = masks("kept", "--set", "metasd.mask_epochs=2", "--set", "metasd.warmup_epochs=1")
-    # warm-up epoch 1, student epochs 2-3 recompute it, epochs 4-5 keep the mask of epoch 3
-    assert same(kept[2], kept[3]) and same(kept[3], kept[4])
-    assert not same(kept[1], kept[2]) or not same(kept[0], kept[1])  # it was recomputed before
-
-
 def test_a_run_resumed_after_its_budget_ran_out_mid_epoch_closes_that_epoch(tmp_path, monkeypatch):
     """Killed after the mid-epoch checkpoint of the step that spent the budget: the resume logs, validates
     and checkpoints the cut epoch (it does not stop with the epoch open)."""
@@ -140,22 +117,34 @@ def test_a_run_resumed_after_its_budget_ran_out_mid_epoch_closes_that_epoch(tmp_
 
 
 def test_a_checkpoint_older_than_an_option_counts_it_at_its_default(tmp_path):
-    """A run folder written before ``train.cpu_minutes`` / ``metasd.mask_epochs`` existed is still finished
-    for ``pipeline`` and resumable (the missing options are compared at their defaults)."""
-    from metasd_dgl.config import from_dict
+    """A run folder written before ``train.cpu_minutes`` existed, in the names of that time (the prune
+    options under ``metasd``, options since retired at their old defaults), is still finished for
+    ``pipeline`` and resumable; one that used a retired option is refused by name."""
+    from metasd_dgl.config import from_dict, resume_differences
     from metasd_dgl.stages import run_status
-    from metasd_dgl.train.loop import config_differences
 
     run = tmp_path / "run"
     assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "1", "--dim", "4"]) == 0
     stored = load_checkpoint(run / "checkpoints" / "last.pt")
     cfg = from_dict(stored["config"])
     old = {sec: dict(v) if isinstance(v, dict) else v for sec, v in stored["config"].items()}
-    del old["train"]["cpu_minutes"], old["metasd"]["mask_epochs"]
+    del old["train"]["cpu_minutes"]
+    old["metasd"].update({f"prune_{k}": v for k, v in old.pop("prune").items() if k != "gradual_epochs"},
+                         share_forward=False, mask_epochs=0, meta_grad_path="kd")
+    old["train"]["loss_backend"] = "fused"
     stored["config"] = old
     from metasd_dgl.checkpoint import save_checkpoint
     save_checkpoint(stored, run / "checkpoints" / "last.pt")
     assert run_status(run, cfg) == {**run_status(run, cfg), "finished": True, "differences": []}
-    assert config_differences(old, stored["config"] | {"metasd": {**old["metasd"], "mask_epochs": 0}}) == []
-    assert config_differences(old, {**old, "metasd": {**old["metasd"], "mask_epochs": 2}}) == [
-        "metasd.mask_epochs: 0 (checkpoint) vs 2 (now)"]
+    from metasd_dgl.config import to_dict
+    assert resume_differences(old, to_dict(cfg)) == []
+    assert from_dict(old).prune.rate == cfg.prune.rate  # read through config.upgrade
+    new = from_dict(old)
+    new.prune.rate = 0.5
+    assert resume_differences(old, to_dict(new)) == ["prune.rate: 0.9 (checkpoint) vs 0.5 (now)"]
+    retired = {**old, "metasd": {**old["metasd"], "share_forward": True}}
+    assert resume_differences(retired, to_dict(cfg))[0].startswith("metasd.share_forward=True (retired: ")
+    stored["config"] = retired
+    save_checkpoint(stored, run / "checkpoints" / "last.pt")
+    assert main(["train", "--quiet", "--resume", str(run), "--epochs", "2"]) == 2  # refused, by name
+    assert main(["evaluate", str(run), "--checkpoint", "last", "--no-plots"]) == 0  # but still readable

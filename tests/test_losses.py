@@ -1,4 +1,4 @@
-"""Losses by hand on tiny tensors, and the closed-form gradients of fused.py against autograd."""
+"""Losses by hand on tiny tensors, and the closed-form gradients of closed_form.py against autograd."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from metasd_dgl.train.fused import ce_grad, mutual_grads, virtual_grad
+from metasd_dgl.train.closed_form import ce_grad, mutual_grads, virtual_grad
 from metasd_dgl.train.losses import (
     AUTOGRAD, cross_entropy_1n, dura, kd_loss, log_probs, n3, negative_sampling_loss, regularizer,
 )
@@ -87,7 +87,7 @@ def test_negative_sampling_loss_by_hand():
         negative_sampling_loss(pos, neg, kind="other")
 
 
-# ---------------------------------------------------------------- fused.py
+# ---------------------------------------------------------------- closed_form.py
 def _reference_student_loss(x, z, y, spec: KDSpec):
     T = spec.temperature
     kd = kd_loss(log_probs(x, T), log_probs(z, T), spec.forward_weight, spec.reverse_weight, scale=spec.scale)
@@ -148,8 +148,8 @@ def test_virtual_grad_and_its_hessian_vector_product(spec):
 
 # -------------------------------------------- the two backends, one interface
 @pytest.mark.parametrize("spec", SPECS)
-def test_autograd_backend_equals_fused(spec):
-    """``losses.AUTOGRAD`` and ``fused`` give the same gradients, values and second-order terms."""
+def test_autograd_backend_equals_closed_form(spec):
+    """``losses.AUTOGRAD`` and ``closed_form`` give the same gradients, values and second-order terms."""
     x, z, y, gen = _logits(3, 5, 9)
     g1, l1 = ce_grad(x.detach(), y, 0.1)
     g2, l2 = AUTOGRAD.ce_grad(x.detach(), y, 0.1)

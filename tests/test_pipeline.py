@@ -35,7 +35,8 @@ def test_pipeline_metasd_end_to_end(tmp_path, kg_dir, capsys, monkeypatch):
     # model selection used validation only: best epoch = argmax of the student's validation MRR
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     valid = {r["epoch"]: r["valid"]["student"]["mrr"] for r in records if "valid" in r}
-    cfg_, data, model, masks, ckpt = load_run(run, "best")
+    cfg_, data, model, student, ckpt = load_run(run, "best")
+    masks = ckpt["masks"]
     assert ckpt["state"]["best_epoch"] == max(valid, key=valid.get)
     assert "test" not in json.dumps(records)
 
@@ -44,7 +45,7 @@ def test_pipeline_metasd_end_to_end(tmp_path, kg_dir, capsys, monkeypatch):
     manifest = json.loads((run / "export" / "manifest.json").read_text())
     assert manifest["ratio_to_teacher_file"] < 0.3
     params, loaded_masks, _ = load_student(run / "export" / "student.msd")
-    masked = rank_split(model, data.test, data.num_relations, data.filter, masks=masks)
+    masked = rank_split(model, data.test, data.num_relations, data.filter, weights=student)
     compact_model = load_run(run, "best")[2]
     compact_model.load_state_dict({**compact_model.state_dict(), **params})
     compact = rank_split(compact_model, data.test, data.num_relations, data.filter)

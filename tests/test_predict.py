@@ -125,7 +125,7 @@ def make_run(tmp_path: Path, decoder: str = "distmult", method: str = "prune") -
     from metasd_dgl.data.preprocess import load_processed, preprocess
     from metasd_dgl.model import build_model
     from metasd_dgl.pruning import compute_masks, prunable_params
-    from metasd_dgl.train.loop import dataset_fingerprint
+    from metasd_dgl.data.fingerprint import dataset_fingerprint
 
     toy = Path(__file__).resolve().parents[1] / "datasets" / "toy"
     processed = preprocess(toy, tmp_path / "data")

@@ -178,8 +178,8 @@ def test_dimension_student_is_the_dense_model_of_the_kept_coordinates(decoder):
 def test_dimension_structure_config_checks():
     from metasd_dgl.config import ConfigError, load_config
 
-    load_config(overrides={"metasd.prune_structure": "dimension"})
-    with pytest.raises(ConfigError, match="prune_structure"):
-        load_config(overrides={"metasd.prune_structure": "dimension", "model.encoder": "rgcn"})
-    with pytest.raises(ConfigError, match="prune_structure"):
-        load_config(overrides={"metasd.prune_structure": "dimension", "metasd.prune_scope": "per-tensor"})
+    load_config(overrides={"prune.structure": "dimension"})
+    with pytest.raises(ConfigError, match="prune.structure"):
+        load_config(overrides={"prune.structure": "dimension", "model.encoder": "rgcn"})
+    with pytest.raises(ConfigError, match="prune.structure"):
+        load_config(overrides={"prune.structure": "dimension", "prune.scope": "per-tensor"})

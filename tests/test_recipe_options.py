@@ -15,8 +15,9 @@ from metasd_dgl.model import build_model
 from metasd_dgl.pruning import compute_masks, prunable_params
 from metasd_dgl.student import MaskedStudent
 from metasd_dgl.train.losses import cross_entropy_1n, dura
-from metasd_dgl.train.spec import StepSpec
-from metasd_dgl.train.steps import Stepper
+from metasd_dgl.train.closed_form import CLOSED_FORM
+from metasd_dgl.train.losses import AUTOGRAD
+from step_helpers import Stepper
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = str(REPO / "datasets" / "toy")
@@ -36,9 +37,7 @@ def _queries(n, seed):
 
 def _stepper(model, method, **train):
     cfg = apply_overrides(Config(), {"train": {"method": method, "reg_weight": 0.05, **train}})
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    meta = torch.optim.SGD(model.parameters(), lr=0.05) if method == "metasd" else None
-    return Stepper(model, opt, meta, StepSpec.from_config(cfg))
+    return Stepper(model, cfg, sgd_lr=0.3, meta_lr=0.05)
 
 
 @pytest.mark.parametrize("decoder", ["complex", "distmult"])
@@ -73,19 +72,18 @@ def test_plain_step_with_relation_prediction_matches_autograd():
 
 
 @pytest.mark.parametrize("method,opts", [("prune", {}), ("kd", {}), ("metasd", {}),
-                                         ("metasd", {"metasd.meta_grad_path": "kd", "metasd.share_forward": True})])
+                                         ("metasd", {"metasd.extra_teacher_step": True})])
 def test_relation_prediction_in_every_method_on_both_backends(method, opts):
-    """Teacher, student and virtual step all carry the RP term; fused and autograd backends agree."""
+    """Teacher, student and virtual step all carry the RP term; closed-form and autograd backends agree."""
     model = _model()
     masks = compute_masks(prunable_params(model), 0.5)
     batch, quiz = _queries(7, 2), _queries(4, 3)
     after = []
-    for backend in ("fused", "autograd"):
+    for backend in (CLOSED_FORM, AUTOGRAD):
         m = copy.deepcopy(model)
-        cfg = apply_overrides(Config(), {"train.method": method, "train.rp_weight": 2.0, "train.loss_backend": backend,
+        cfg = apply_overrides(Config(), {"train.method": method, "train.rp_weight": 2.0,
                                          "metasd.virtual_lr": 0.5, **opts})
-        st = Stepper(m, torch.optim.SGD(m.parameters(), lr=0.3),
-                     torch.optim.SGD(m.parameters(), lr=0.05) if method == "metasd" else None, StepSpec.from_config(cfg))
+        st = Stepper(m, cfg, sgd_lr=0.3, meta_lr=0.05, backend=backend)
         out = st.step(batch, MaskedStudent(masks, dict(m.named_parameters())), quiz)
         after.append((dict(m.named_parameters()), out))
     (w0, o0), (w1, o1) = after
@@ -107,7 +105,7 @@ def test_relation_prediction_needs_a_bilinear_decoder():
 def test_embedding_dropout_is_seeded_scaled_and_training_only():
     model = _model()
     batch = _queries(5, 4)
-    st = _stepper(model, "plain", entity_dropout=0.5, relation_dropout=0.25)
+    st = _stepper(model, "plain", entity_dropout=0.5, relation_dropout=0.25).steps
     with pytest.raises(ValueError, match="generator"):
         st.forward(None, batch)
     st.generator = torch.Generator().manual_seed(3)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from metasd_dgl.data.filters import FilterIndex
-from metasd_dgl.evaluation import (encode_tables, metrics, rank_split, rank_split_reference,
-                                   reference_masks)
+from metasd_dgl.evaluation import encode_tables, metrics, rank_split, rank_split_reference
 from metasd_dgl.model import build_model
-from metasd_dgl.pruning import compute_masks, prunable_params
+from metasd_dgl.pruning import compute_masks, make_masks, prunable_params
+from metasd_dgl.student import checkpoint_student
 
 
 def _brute_ranks(model, triples, num_relations, masks, known):
@@ -54,16 +54,17 @@ def test_reference_ranks_equal_brute_force_with_hand_masks():
     ref = rank_split_reference(model, triples, n_rel, filt, masks)
     brute = _brute_ranks(model, triples, n_rel, masks, known)
     assert torch.allclose(ref.both(), brute)
-    true = rank_split(model, triples, n_rel, filt, masks=masks).both()
+    true = rank_split(model, triples, n_rel, filt, weights=checkpoint_student(dict(model.named_parameters()),
+                                                                             masks)).both()
     assert not torch.equal(true, ref.both())  # the true student scores masked candidates
     dense = rank_split(model, triples, n_rel, filt).both()
     assert not torch.equal(dense, ref.both())
 
 
-def test_reference_masks_are_compute_masks_at_rate_0_8():
+def test_make_masks_is_compute_masks_over_the_prunable_weights():
     model = build_model("kge", "complex", 9, 2, 10, init_scale=1.0, generator=torch.Generator().manual_seed(1))
     for structure in ("element", "dimension"):
-        got = reference_masks(model, structure=structure, dim=10)
+        got = make_masks(model, 0.8, structure=structure, dim=10)
         from metasd_dgl.pruning import dimension_coordinates
 
         params = prunable_params(model)
@@ -82,7 +83,7 @@ def test_evaluate_protocol_reference_on_a_trained_run(tmp_path, kg_dir, capsys):
     run = tmp_path / "run"
     assert main(["train", "--dataset", "umls", "--data-dir", str(kg_dir), "--run-dir", str(run), "--quiet",
                  "--decoder", "distmult", "--dim", "16", "--epochs", "3", "--method", "metasd", "--batch-size",
-                 "1000", "--set", "metasd.prune_structure=dimension", "--set", "train.valid_every=3"]) == 0
+                 "1000", "--set", "prune.structure=dimension", "--set", "train.valid_every=3"]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(run), "--protocol", "reference", "--no-plots"]) == 0
     out = capsys.readouterr().out
@@ -92,8 +93,8 @@ def test_evaluate_protocol_reference_on_a_trained_run(tmp_path, kg_dir, capsys):
     assert record["reference_protocol"]["prune_rate"] == 0.8
     assert record["reference_protocol"]["prune_structure"] == "dimension"
     cfg, data, model, masks, _ = load_run(run)
-    ref_masks = reference_masks(model, 0.8, "global", "dimension", 16)
-    ent, rel = encode_tables(model, None, ref_masks)
+    ref_masks = make_masks(model, 0.8, "global", "dimension", 16)
+    ent, rel = encode_tables(model, None, checkpoint_student(dict(model.named_parameters()), ref_masks))
     dense_ent, _ = encode_tables(model)
     fn_ranks = rank_split(model, data.test, data.num_relations, data.filter, tables=(ent, rel),
                           candidates=dense_ent)

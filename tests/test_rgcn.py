@@ -32,7 +32,7 @@ def toy_graph(seed: int = 0, num_nodes: int = N, num_relations: int = R, num_tri
 
 def dense_weight(layer: RelGraphLayer, r: int) -> torch.Tensor:
     """W_r rebuilt explicitly from the decomposition, element by element."""
-    if layer.regularizer == "basis":
+    if layer.decomposition == "basis":
         w = torch.zeros(layer.in_width, layer.out_width, dtype=layer.bases.dtype)
         for b in range(layer.num_bases):
             w = w + layer.coefficients[r, b] * layer.bases[b]
@@ -58,13 +58,13 @@ def brute_force(layer: RelGraphLayer, g: dgl.DGLGraph, h: torch.Tensor) -> torch
     return out
 
 
-@pytest.mark.parametrize("regularizer,strategy,bases", [
+@pytest.mark.parametrize("decomposition,strategy,bases", [
     ("basis", "bases", 2), ("basis", "pairs", 2), ("basis", "auto", 4), ("bdd", "auto", 2), ("bdd", "pairs", 4),
 ])
-def test_layer_matches_brute_force(regularizer, strategy, bases):
+def test_layer_matches_brute_force(decomposition, strategy, bases):
     g, _ = toy_graph()
     gen = torch.Generator().manual_seed(1)
-    layer = RelGraphLayer(8, 8, 2 * R, regularizer, bases, True, strategy, gen).double()
+    layer = RelGraphLayer(8, 8, 2 * R, decomposition, bases, True, strategy, gen).double()
     with torch.no_grad():
         layer.bias.normal_(generator=gen)
     h = torch.randn(N, 8, generator=gen, dtype=torch.float64)
@@ -82,20 +82,20 @@ def test_norm_missing_is_recomputed_and_strategies_agree():
     torch.testing.assert_close(layer(g2, h), ref, rtol=1e-5, atol=1e-6)
 
 
-def make_encoder(regularizer="basis", bases=2, dropout=0.0, seed=0, layers=2, width=8):
-    return RGCNEncoder(N, R, width, width, num_layers=layers, num_bases=bases, regularizer=regularizer,
+def make_encoder(decomposition="basis", bases=2, dropout=0.0, seed=0, layers=2, width=8):
+    return RGCNEncoder(N, R, width, width, num_layers=layers, num_bases=bases, decomposition=decomposition,
                        dropout=dropout, self_loop=True, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("regularizer", ["basis", "bdd"])
-def test_encoder_shapes_prunable_and_gradients(regularizer):
+@pytest.mark.parametrize("decomposition", ["basis", "bdd"])
+def test_encoder_shapes_prunable_and_gradients(decomposition):
     g, _ = toy_graph()
-    enc = make_encoder(regularizer)
+    enc = make_encoder(decomposition)
     ent, rel = enc(g)
     assert ent.shape == (N, 8) and rel.shape == (2 * R, 8)
     names = dict(enc.named_parameters())
     assert set(enc.prunable) <= set(names)
-    expected = {"bases", "coefficients", "self_weight"} if regularizer == "basis" else {"blocks", "self_weight"}
+    expected = {"bases", "coefficients", "self_weight"} if decomposition == "basis" else {"blocks", "self_weight"}
     for i in range(2):
         assert {p.split(".")[-1] for p in enc.prunable if p.startswith(f"layers.{i}.")} == expected
     assert not any(p.endswith("bias") for p in enc.prunable)
@@ -105,36 +105,34 @@ def test_encoder_shapes_prunable_and_gradients(regularizer):
 
 
 @pytest.mark.parametrize("options", [
-    dict(num_layers=3, num_bases=2, regularizer="basis", dropout=0.3, self_loop=True),
-    dict(num_layers=1, num_bases=4, regularizer="bdd", dropout=0.0, self_loop=False),
+    dict(num_layers=3, num_bases=2, decomposition="basis", dropout=0.3),
+    dict(num_layers=1, num_bases=4, decomposition="bdd", dropout=0.0),
 ])
 def test_build_model_wires_rgcn_options(options):
-    """Every model.* R-GCN option set in the config reaches the encoder (through the Trainer's make_model)."""
-    from types import SimpleNamespace
-
+    """Every model.* R-GCN option set in the config reaches the encoder (through model.make_model)."""
     from metasd_dgl.config import Config
-    from metasd_dgl.train.loop import make_model
+    from metasd_dgl.model import make_model
 
     cfg = Config()
     cfg.model.encoder, cfg.model.decoder, cfg.model.dim = "rgcn", "distmult", 8
     for key, value in options.items():
         setattr(cfg.model, key, value)
-    model = make_model(cfg, SimpleNamespace(num_entities=N, num_relations=R), torch.Generator().manual_seed(0))
+    model = make_model(cfg.model, N, R, torch.Generator().manual_seed(0))
     enc = model.encoder
     assert isinstance(enc, RGCNEncoder) and len(enc.layers) == options["num_layers"]
     assert enc.dropout == options["dropout"]
     for layer in enc.layers:
-        assert layer.regularizer == options["regularizer"] and layer.num_bases == options["num_bases"]
-        assert (layer.self_weight is not None) == options["self_loop"]
-        if options["regularizer"] == "basis":
+        assert layer.decomposition == options["decomposition"] and layer.num_bases == options["num_bases"]
+        assert layer.self_weight is not None  # every layer has its self-loop
+        if options["decomposition"] == "basis":
             assert layer.bases.shape == (options["num_bases"], 8, 8) and layer.coefficients.shape == (2 * R, 2)
             assert not hasattr(layer, "blocks")
         else:
             assert layer.blocks.shape == (2 * R, options["num_bases"], 2, 2) and not hasattr(layer, "bases")
-    own = ["bases", "coefficients"] if options["regularizer"] == "basis" else ["blocks"]
-    own += ["self_weight"] if options["self_loop"] else []
+    shared = ["bases", "coefficients"] if options["decomposition"] == "basis" else ["blocks"]
+    shared += ["self_weight"]
     expected = ["encoder.entity", "encoder.relation"] + [
-        f"encoder.layers.{i}.{w}" for i in range(options["num_layers"]) for w in own]
+        f"encoder.layers.{i}.{w}" for i in range(options["num_layers"]) for w in shared]
     assert sorted(model.prunable_names()) == sorted(expected)  # biases stay dense
     g, triples = toy_graph()
     assert model(triples[:5, :2], graph=g).shape == (5, N)
@@ -164,10 +162,10 @@ def random_masks(enc, keep=0.5, seed=7):
     return {n: torch.rand(p.shape, generator=gen) < keep for n, p in enc.named_parameters() if n in enc.prunable}
 
 
-@pytest.mark.parametrize("regularizer", ["basis", "bdd"])
-def test_masked_functional_call_equals_zeroed_module(regularizer):
+@pytest.mark.parametrize("decomposition", ["basis", "bdd"])
+def test_masked_functional_call_equals_zeroed_module(decomposition):
     g, _ = toy_graph(5)
-    enc = make_encoder(regularizer).eval()
+    enc = make_encoder(decomposition).eval()
     masks = random_masks(enc)
     params = dict(enc.named_parameters())
     student = {n: params[n] * m for n, m in masks.items()}
@@ -210,12 +208,12 @@ def count_nodes(root: torch.Tensor, kind: str) -> int:
     return count
 
 
-@pytest.mark.parametrize("regularizer,strategy", [("basis", "bases"), ("basis", "pairs"), ("bdd", "auto")])
-def test_double_backward_meta_step(regularizer, strategy):
+@pytest.mark.parametrize("decomposition,strategy", [("basis", "bases"), ("basis", "pairs"), ("bdd", "auto")])
+def test_double_backward_meta_step(decomposition, strategy):
     """Virtual SGD step with create_graph, then the quiz loss's gradient w.r.t. the weights
     must match a finite difference of the whole two-step function (float64)."""
     g, triples = toy_graph(6)
-    enc = make_encoder(regularizer, seed=2, layers=2, width=4).double().eval()
+    enc = make_encoder(decomposition, seed=2, layers=2, width=4).double().eval()
     for layer in enc.layers:
         layer.strategy = strategy
     names = list(enc.prunable)
@@ -273,9 +271,9 @@ def test_bad_options_are_user_errors():
     from metasd_dgl.errors import UserError
 
     with pytest.raises(UserError, match="num_bases"):
-        RGCNEncoder(N, R, 10, 10, num_bases=3, regularizer="bdd")
-    with pytest.raises(UserError, match="regularizer"):
-        RGCNEncoder(N, R, 8, 8, regularizer="full")
+        RGCNEncoder(N, R, 10, 10, num_bases=3, decomposition="bdd")
+    with pytest.raises(UserError, match="decomposition"):
+        RGCNEncoder(N, R, 8, 8, decomposition="full")
     enc = RGCNEncoder(N, R, 8, 8, num_bases=100)
     assert enc.layers[0].num_bases == 2 * R  # clamped to the number of edge types
     g, _ = toy_graph()
@@ -299,7 +297,7 @@ def test_validation_and_evaluate_rank_on_the_same_graph(tmp_path):
     assert main(["train", "--quiet", "--dataset", str(toy), "--run-dir", str(run), "--epochs", "1",
                  "--dim", "8", "--encoder", "rgcn", "--method", "metasd", "--batch-size", "4",
                  "--set", "train.valid_every=1", "--set", "metasd.quiz_fraction=0.3",
-                 "--set", "metasd.prune_rate=0.5", "--set", "model.num_layers=1"]) == 0
+                 "--set", "prune.rate=0.5", "--set", "model.num_layers=1"]) == 0
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"valid"' in x][-1]["valid"]
     assert main(["evaluate", str(run), "--split", "valid", "--checkpoint", "best", "--no-plots"]) == 0
     evaluated = json.loads((run / "eval" / "valid.json").read_text())["results"]
@@ -362,21 +360,21 @@ def skewed_graph(num_nodes=15, num_relations=5, num_triples=60, seed=1):
     return g
 
 
-@pytest.mark.parametrize("regularizer", ["basis", "bdd"])
-def test_pairs_order_is_one_batched_product_exact_to_second_order(regularizer):
+@pytest.mark.parametrize("decomposition", ["basis", "bdd"])
+def test_pairs_order_is_one_batched_product_exact_to_second_order(decomposition):
     g = skewed_graph()
     pairs = EdgePlan.build(g, 10).pairs()
     assert 1 < len(pairs.groups) < pairs.rel.numel() and pairs.rows > pairs.count  # shared groups, padding
     assert sorted(pairs.rel.tolist()) == sorted(set(g.edata["etype"].tolist()))
     gen = torch.Generator().manual_seed(3)
-    layer = RelGraphLayer(4, 4, 10, regularizer, 2, True, "pairs", gen).double()
+    layer = RelGraphLayer(4, 4, 10, decomposition, 2, True, "pairs", gen).double()
     h = torch.randn(15, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     out = layer(g, h)
     torch.testing.assert_close(out, brute_force(layer, g, h.detach()), rtol=1e-10, atol=1e-10)
     # no product per edge type: one per group (basis: mm for a group of one type, else bmm)
-    singles = sum(n == 1 for n, _ in pairs.groups) if regularizer == "basis" else 0
+    singles = sum(n == 1 for n, _ in pairs.groups) if decomposition == "basis" else 0
     assert count_nodes(out.sum(), "BmmBackward0") == len(pairs.groups) - singles
-    extra = 2 if regularizer == "basis" else 1  # coefficients @ bases (basis), h @ self_weight
+    extra = 2 if decomposition == "basis" else 1  # coefficients @ bases (basis), h @ self_weight
     assert count_nodes(out.sum(), "MmBackward0") == extra + singles
     names, params = zip(*layer.named_parameters())
     fn = lambda x, *w: functional_call(layer, dict(zip(names, w)), (g, x))  # noqa: E731

@@ -17,8 +17,7 @@ from metasd_dgl.config import Config, apply_overrides
 from metasd_dgl.model import build_model
 from metasd_dgl.pruning import compute_masks, prunable_params
 from metasd_dgl.student import MaskedStudent
-from metasd_dgl.train.spec import StepSpec
-from metasd_dgl.train.steps import Stepper
+from step_helpers import Stepper
 
 N, R = 7, 2
 
@@ -54,9 +53,7 @@ def _setup(method: str):
 
 
 def _step(model, cfg, batch, quiz):
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    meta = torch.optim.SGD(model.parameters(), lr=0.1) if cfg.train.method == "metasd" else None
-    st = Stepper(model, opt, meta, StepSpec.from_config(cfg))
+    st = Stepper(model, cfg, sgd_lr=0.5, meta_lr=0.1)
     student = MaskedStudent(compute_masks(prunable_params(model), 0.5), dict(model.named_parameters()))
     return st.step(batch, student, quiz)
 

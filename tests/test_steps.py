@@ -11,13 +11,15 @@ from torch.func import functional_call
 from metasd_dgl.config import Config, apply_overrides
 from metasd_dgl.graph.sampling import dst_norm
 from metasd_dgl.model import build_model, call
+from metasd_dgl.optimizers import OPTIMIZERS
 from metasd_dgl.pruning import compute_masks, dimension_coordinates, prunable_params
 from metasd_dgl.student import ColumnStudent, MaskedStudent, make_student
-from metasd_dgl.train.fused import FUSED
+from metasd_dgl.train.closed_form import CLOSED_FORM
 from metasd_dgl.train.losses import AUTOGRAD, cross_entropy_1n, dura, kd_loss, log_probs, regularizer
-from metasd_dgl.train.meta import meta_gradient
+from metasd_dgl.train.loop import run_step
 from metasd_dgl.train.spec import KDSpec, StepSpec
-from metasd_dgl.train.steps import Stepper, make_optimizers
+from metasd_dgl.train.steps import Steps
+from step_helpers import Stepper
 
 N, R = 6, 2
 
@@ -59,14 +61,8 @@ def config(method: str, train: dict | None = None, **metasd) -> Config:
                                       "metasd": metasd})
 
 
-def stepper(model, method: str, sgd_lr: float = 0.0, meta_lr: float = 1e-2, backend: str = "fused", **mc) -> Stepper:
-    cfg = config(method, {"loss_backend": backend}, **mc)
-    if sgd_lr:
-        opt = torch.optim.SGD(model.parameters(), lr=sgd_lr)
-        meta = torch.optim.SGD(model.parameters(), lr=meta_lr) if method == "metasd" else None
-    else:
-        opt, meta = make_optimizers(model, cfg)
-    return Stepper(model, opt, meta, StepSpec.from_config(cfg))
+def stepper(model, method: str, sgd_lr: float = 0.0, meta_lr: float = 1e-2, backend=CLOSED_FORM, **mc) -> Stepper:
+    return Stepper(model, config(method, **mc), sgd_lr, meta_lr, backend)
 
 
 def masked(model, masks) -> MaskedStudent:
@@ -124,25 +120,30 @@ def _ref_quiz_loss(model, st: Stepper, W, W0, masks, batch, quiz, graph, path):
 
 
 # ------------------------------------------------------------------ tests
-@pytest.mark.parametrize("encoder,decoder,path", [
-    ("kge", "complex", "full"), ("kge", "complex", "kd"), ("kge", "distmult", "full"),
-    ("kge", "transe", "full"), ("rgcn", "distmult", "full"), ("rgcn", "complex", "kd"),
+@pytest.mark.parametrize("encoder,decoder", [
+    ("kge", "complex"), ("kge", "distmult"), ("kge", "transe"), ("rgcn", "distmult"), ("rgcn", "complex"),
 ])
-def test_meta_gradient_matches_finite_differences(encoder, decoder, path):
+def test_meta_gradient_matches_finite_differences(encoder, decoder):
+    """The meta step's gradient, read off a MetaSD step whose real step has lr 0 and whose meta
+    optimiser is SGD at lr 1 (``W0 - W1``), against autograd through the reference construction."""
+    path = "kd"  # the only path: S' depends on W through the teacher's predictions
     model = tiny(encoder, decoder)
     graph = toy_graph() if encoder == "rgcn" else None
-    st = stepper(model, "metasd", virtual_lr=0.5, meta_grad_path=path)
+    W0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    st = stepper(model, "metasd", sgd_lr=1e-300, meta_lr=1.0, virtual_lr=0.5)
+    for group in st.steps.optimizer.param_groups:
+        group["lr"] = 0.0  # the real step moves nothing
     gen = torch.Generator().manual_seed(1)
     batch, quiz = queries(8, gen), queries(5, gen)
     masks = compute_masks(prunable_params(model), 0.5)
-    grads, quiz_loss = meta_gradient(st, st.virtual(st, batch, masked(model, masks), graph), quiz, graph)
-    W0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    quiz_loss = st.step(batch, masked(model, masks), quiz, graph)["meta_quiz_loss"]
+    grads = {n: W0[n] - p.detach() for n, p in model.named_parameters()}
 
     def f(W):
         W = {n: w.clone().requires_grad_(True) for n, w in W.items()}
         return _ref_quiz_loss(model, st, W, W0, masks, batch, quiz, graph, path).item()
 
-    assert quiz_loss.item() == pytest.approx(f(W0), abs=1e-12)
+    assert quiz_loss == pytest.approx(f(W0), abs=1e-12)
     # Exact: autograd through the reference construction, every element.
     W = {n: w.clone().requires_grad_(True) for n, w in W0.items()}
     ref = torch.autograd.grad(_ref_quiz_loss(model, st, W, W0, masks, batch, quiz, graph, path),
@@ -198,14 +199,15 @@ def test_real_steps_match_autograd_reference(method):
 def test_metasd_step_is_meta_update_then_kd_step():
     model = tiny()
     twin = copy.deepcopy(model)
-    st = stepper(model, "metasd", sgd_lr=0.3, meta_lr=0.05, meta_grad_path="full")
+    st = stepper(model, "metasd", sgd_lr=0.3, meta_lr=0.05)
     gen = torch.Generator().manual_seed(3)
     batch, quiz = queries(9, gen), queries(4, gen)
     masks = compute_masks(prunable_params(model), 0.6)
     out = st.step(batch, masked(model, masks), quiz)
     assert {"meta_quiz_loss", "meta_grad_norm", "kd_student", "ce_teacher"} <= set(out)
     W = dict(twin.named_parameters())
-    q = _ref_quiz_loss(twin, st, W, None, masks, batch, quiz, None, "full")
+    W0 = {n: w.detach().clone() for n, w in W.items()}
+    q = _ref_quiz_loss(twin, st, W, W0, masks, batch, quiz, None, "kd")
     q.backward()
     with torch.no_grad():
         for p in twin.parameters():
@@ -218,30 +220,6 @@ def test_metasd_step_is_meta_update_then_kd_step():
             p -= 0.3 * p.grad
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=1e-12)
-
-
-@pytest.mark.parametrize("path", ["full", "kd"])
-def test_share_forward_takes_real_step_at_pre_meta_weights(path):
-    model = tiny(encoder="rgcn", decoder="distmult") if path == "kd" else tiny()
-    graph = toy_graph() if path == "kd" else None
-    twin = copy.deepcopy(model)
-    st = stepper(model, "metasd", sgd_lr=0.3, meta_lr=0.05, share_forward=True, meta_grad_path=path)
-    gen = torch.Generator().manual_seed(3)
-    batch, quiz = queries(9, gen), queries(4, gen)
-    masks = compute_masks(prunable_params(model), 0.6)
-    out = st.step(batch, masked(model, masks), quiz, graph)
-    W = dict(twin.named_parameters())
-    W0 = {n: w.detach().clone() for n, w in W.items()}
-    meta = torch.autograd.grad(_ref_quiz_loss(twin, st, W, W0, masks, batch, quiz, graph, path), list(W.values()),
-                               allow_unused=True)
-    student, teacher = _ref_losses(twin, st, W, masks, batch, graph)
-    real = torch.autograd.grad(student + teacher, list(W.values()), allow_unused=True)
-    with torch.no_grad():
-        for p, gm, gr in zip(W.values(), meta, real):
-            p -= 0.05 * (0 if gm is None else gm) + 0.3 * (0 if gr is None else gr)
-    assert out["loss"] == pytest.approx((student + teacher).item(), abs=1e-12)
-    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
-        assert torch.allclose(a, b, atol=1e-12), n
 
 
 def _run_metasd(seed: int) -> dict:
@@ -290,36 +268,18 @@ def test_negative_sampling_step(method, decoder):
     gen = torch.Generator().manual_seed(0)
     model = build_model("kge", decoder, 20, 3, 8, init_scale=0.1, generator=gen)
     cfg = config(method, {"regime": "negative-sampling", "num_negatives": 4, "margin": 2.0})
-    opt, _ = make_optimizers(model, cfg)
-    st = Stepper(model, opt, None, StepSpec.from_config(cfg))
-    student = masked(model, compute_masks(prunable_params(model), 0.5))
+    st = Steps(model, OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr), StepSpec.from_config(cfg))
+    student = masked(model, compute_masks(prunable_params(model), 0.5)) if method == "prune" else None
     pos, neg = queries(30, gen, 20, 3), torch.randint(0, 20, (30, 4), generator=gen)
-    first = st.step_negative(pos, neg, student)["ns_loss"]
+    first = run_step(method, st, pos, student, negatives=neg)["ns_loss"]
     for _ in range(30):
-        last = st.step_negative(pos, neg, student)
+        last = run_step(method, st, pos, student, negatives=neg)
     assert last["ns_loss"] < first
     assert set(last) == {"loss", "ns_loss", "reg", "grad_norm"}
 
 
-def test_bad_configurations():
-    model = tiny()
-    with pytest.raises(ValueError):
-        Stepper(model, torch.optim.SGD(model.parameters(), lr=0.1), None, StepSpec.from_config(config("metasd")))
-    st = stepper(model, "prune")
-    with pytest.raises(ValueError):
-        st.step(queries(3, torch.Generator()), None)
-    st = stepper(model, "metasd")
-    student = masked(model, compute_masks(prunable_params(model), 0.5))
-    with pytest.raises(ValueError):
-        st.step(queries(3, torch.Generator()), student, None)
-    assert "meta_quiz_loss" not in st.step(queries(3, torch.Generator()), student, None, do_meta=False)
-
-
 @pytest.mark.parametrize("decoder", ["complex", "distmult", "rotate", "transe"])
-@pytest.mark.parametrize("method,opts", [
-    ("prune", {}), ("kd", {}), ("metasd", {}), ("metasd", {"meta_grad_path": "kd"}),
-    ("metasd", {"meta_grad_path": "kd", "share_forward": True}),
-])
+@pytest.mark.parametrize("method,opts", [("prune", {}), ("kd", {}), ("metasd", {}), ("kd", {"extra_teacher_step": True})])
 def test_narrow_student_equals_masked_student(decoder, method, opts):
     """Whole-coordinate masks: the student on the kept columns takes exactly the masked student's step."""
     gen = torch.Generator().manual_seed(5)
@@ -343,58 +303,24 @@ def test_narrow_student_equals_masked_student(decoder, method, opts):
         assert o1[k] == pytest.approx(o0[k], rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.parametrize("method,opts", [("kd", {}), ("metasd", {"share_forward": True, "meta_grad_path": "full"})])
-def test_student_owns_kept_weights(method, opts):
-    """student_owns_kept: the teacher's real-step loss reaches only the weights the student does not keep."""
-    model = tiny()
-    twin = copy.deepcopy(model)
-    st = stepper(model, method, sgd_lr=0.3, meta_lr=0.05, student_owns_kept=True, **opts)
-    gen = torch.Generator().manual_seed(4)
-    batch, quiz = queries(9, gen), queries(4, gen)
-    masks = compute_masks(prunable_params(model), 0.6)
-    out = st.step(batch, masked(model, masks), quiz)
-    W = dict(twin.named_parameters())
-    W0 = {n: w.detach().clone() for n, w in W.items()}
-    student, teacher = _ref_losses(twin, st, W, masks, batch, None)
-    gs = torch.autograd.grad(student, list(W.values()), retain_graph=True, allow_unused=True)
-    gt = torch.autograd.grad(teacher, list(W.values()), allow_unused=True)
-    gm = [None] * len(W)
-    if method == "metasd":
-        gm = torch.autograd.grad(_ref_quiz_loss(twin, st, W, W0, masks, batch, quiz, None, "full"),
-                                 list(W.values()), allow_unused=True)
-    with torch.no_grad():
-        for (n, p), a, b, m in zip(W.items(), gs, gt, gm):
-            keep = masks[n].to(p.dtype) if n in masks else torch.zeros_like(p)
-            real = (0 if a is None else a) + (0 if b is None else b * (1 - keep))
-            p -= 0.3 * real + (0 if m is None else 0.05 * m)
-    assert out["loss"] == pytest.approx((student + teacher).item(), abs=1e-12)
-    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
-        assert torch.allclose(a, b, atol=1e-12), n
-    default = tiny()  # the same start; the default step moves the kept weights differently
-    stepper(default, method, sgd_lr=0.3, meta_lr=0.05, **opts).step(batch, masked(default, masks), quiz)
-    ent = "encoder.entity"
-    assert not torch.allclose(dict(default.named_parameters())[ent][masks[ent]],
-                              dict(model.named_parameters())[ent][masks[ent]], atol=1e-6)
-
-
 @pytest.mark.parametrize("encoder,decoder", [("kge", "complex"), ("rgcn", "distmult")])
 @pytest.mark.parametrize("method,opts", [
-    ("plain", {}), ("prune", {}), ("kd", {}), ("kd", {"student_owns_kept": True, "extra_teacher_step": True}),
-    ("metasd", {}), ("metasd", {"meta_grad_path": "kd"}), ("metasd", {"share_forward": True}),
-    ("metasd", {"share_forward": True, "meta_grad_path": "kd", "student_owns_kept": True}),
+    ("plain", {}), ("prune", {}), ("kd", {}), ("kd", {"extra_teacher_step": True, "one_way_kd": True}),
+    ("metasd", {}), ("metasd", {"extra_teacher_step": True, "real_kd_weighting": "self"}),
 ])
 def test_every_method_gives_the_same_step_on_both_loss_backends(encoder, decoder, method, opts):
-    """fused (closed form) and autograd (losses.py) backends: the same losses and the same updated weights."""
+    """closed-form (the steps') and autograd (losses.py, the reference) backends: the same losses and
+    the same updated weights."""
     model = tiny(encoder, decoder)
     graph = toy_graph() if encoder == "rgcn" else None
     gen = torch.Generator().manual_seed(6)
     batch, quiz = queries(7, gen), queries(4, gen)
     masks = compute_masks(prunable_params(model), 0.5)
     after = []
-    for backend in ("fused", "autograd"):
+    for backend in (CLOSED_FORM, AUTOGRAD):
         m = copy.deepcopy(model)
         st = stepper(m, method, sgd_lr=0.2, meta_lr=0.05, backend=backend, virtual_lr=0.5, **opts)
-        assert st.losses is (AUTOGRAD if backend == "autograd" else FUSED)
+        assert st.losses is backend
         outs = [st.step(batch, masked(m, masks), quiz, graph) for _ in range(2)]
         after.append(({n: p.detach().clone() for n, p in m.named_parameters()}, outs[-1]))
     (w0, o0), (w1, o1) = after
@@ -450,14 +376,18 @@ def test_students_are_built_in_one_place():
     ent = cols.weights(params)["encoder.entity"]
     keep = masks["encoder.entity"][0]
     assert torch.equal(ent, params["encoder.entity"][:, keep])  # (N, 2k): the kept real, then imaginary columns
-    g = torch.ones_like(ent)
-    assert torch.equal(cols.to_teacher("encoder.entity", g), keep.expand(N, -1).to(g.dtype))
-    assert make_student(None, params) is None
+    assert torch.equal(cols.restrict("encoder.entity", torch.ones_like(ent)), torch.ones_like(ent))
 
 
-def test_default_meta_gradient_is_the_reference_path():
-    """The meta gradient flows through the teacher's predictions only by default (the reference's, MetaDistil's)."""
-    from metasd_dgl.train.meta import virtual_student, virtual_student_reference
-    assert Config().metasd.meta_grad_path == "kd"
-    assert stepper(tiny(), "metasd").virtual is virtual_student_reference
-    assert stepper(tiny(), "metasd", meta_grad_path="full").virtual is virtual_student
+def test_a_step_without_the_meta_step_is_the_kd_step():
+    """``do_meta=False`` (``metasd.meta_every``): the MetaSD step is the kd step, weight for weight."""
+    model = tiny()
+    twin = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(9)
+    batch, quiz = queries(6, gen), queries(4, gen)
+    masks = compute_masks(prunable_params(model), 0.5)
+    out = stepper(model, "metasd", sgd_lr=0.3).step(batch, masked(model, masks), quiz, do_meta=False)
+    ref = stepper(twin, "kd", sgd_lr=0.3).step(batch, masked(twin, masks))
+    assert "meta_quiz_loss" not in out and out == ref
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)

@@ -1,5 +1,5 @@
-"""Student-study options: one-way and swapped real-step KD, straight-through prune-only, the gradual
-schedule, teacher warm-up, post-hoc fine-tuning from another run's weights."""
+"""The student's options: one-way and swapped real-step KD, the gradual prune schedule, the own-weights
+student (its step, its remask, its resume), and option combinations that do not exist."""
 from __future__ import annotations
 
 import copy
@@ -14,10 +14,9 @@ from metasd_dgl.cli import main
 from metasd_dgl.config import Config, ConfigError, apply_overrides, load_config
 from metasd_dgl.model import build_model
 from metasd_dgl.pruning import compute_masks, keep_count, prunable_params, scheduled_rate
-from metasd_dgl.student import MaskedStudent, StraightThroughStudent, make_student
+from metasd_dgl.student import MaskedStudent
 from metasd_dgl.train.losses import cross_entropy_1n, dura, kd_loss, log_probs
-from metasd_dgl.train.spec import StepSpec
-from metasd_dgl.train.steps import Stepper
+from step_helpers import Stepper
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = str(REPO / "datasets" / "toy")
@@ -37,7 +36,7 @@ def _queries(n, seed):
 
 def _stepper(model, overrides):
     cfg = apply_overrides(Config(), {"train.reg_weight": 0.05, **overrides})
-    return Stepper(model, torch.optim.SGD(model.parameters(), lr=0.3), None, StepSpec.from_config(cfg))
+    return Stepper(model, cfg, sgd_lr=0.3)
 
 
 def _kd(learner, source, fw, rw):
@@ -78,30 +77,6 @@ def test_real_step_kd_variants_match_autograd(one_way, weighting):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_straight_through_gradients_reach_pruned_weights():
-    model = _model()
-    params = dict(model.named_parameters())
-    masks = compute_masks(prunable_params(model), 0.7)
-    st_student = make_student(masks, params, "element", straight_through=True)
-    assert type(st_student) is StraightThroughStudent
-    weights = st_student.weights(params)
-    for n in masks:  # forward: exactly the masked weights
-        assert torch.equal(weights[n], params[n] * masks[n])
-    loss = sum((w ** 2).sum() for w in weights.values())
-    grads = torch.autograd.grad(loss, list(params.values()))
-    for (n, p), g in zip(params.items(), grads):  # backward: identity, so d/dW = 2 * (W * M) everywhere
-        torch.testing.assert_close(g, 2 * (p * masks[n]).detach())
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    st = _stepper(model, {"train.method": "prune", "metasd.straight_through": True})
-    st.step(_queries(12, 2), st_student)
-    for n, p in model.named_parameters():  # pruned weights moved (they do get gradient)
-        assert not torch.equal(p[~masks[n]], before[n][~masks[n]])
-    default = _model()
-    _stepper(default, {"train.method": "prune"}).step(_queries(12, 2), MaskedStudent(masks, dict(default.named_parameters())))
-    for n, p in default.named_parameters():  # the default prune-only student does not move them
-        assert torch.equal(p[~masks[n]], before[n][~masks[n]])
-
-
 def test_cubic_schedule_by_hand():
     assert [scheduled_rate(0.9, e, 4) for e in range(6)] == pytest.approx(
         [0.0, 0.9 * (1 - 0.75 ** 3), 0.9 * (1 - 0.5 ** 3), 0.9 * (1 - 0.25 ** 3), 0.9, 0.9])
@@ -116,7 +91,7 @@ def _train(run, *extra):
 
 
 def test_gradual_pruning_kept_counts_per_epoch(tmp_path):
-    rows = _train(tmp_path / "run", "--epochs", "5", "--method", "prune", "--set", "metasd.gradual_epochs=4")
+    rows = _train(tmp_path / "run", "--epochs", "5", "--method", "prune", "--set", "prune.gradual_epochs=4")
     numel = 11 * 8 + 6 * 8  # toy: 11 entities, 3 relations (6 with inverses), ComplEx dim 4 -> width 8
     expected = [keep_count(numel, scheduled_rate(0.9, e, 4)) / numel for e in range(5)]
     got = [r["density"] for r in rows if "density" in r]
@@ -128,19 +103,9 @@ def test_gradual_pruning_kept_counts_per_epoch(tmp_path):
     assert kept == keep_count(numel, 0.9)
 
 
-def test_warmup_epochs_train_the_teacher_alone(tmp_path):
-    rows = _train(tmp_path / "run", "--epochs", "3", "--method", "kd", "--set", "metasd.warmup_epochs=2")
-    epochs = [r for r in rows if "seconds" in r]
-    assert ["ce_student" in r for r in epochs] == [False, False, True]
-    assert all("density" in r for r in epochs)  # masks exist from the start (the student is validated)
-    # an untrained student (a warm-up validation) is never the best checkpoint
-    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
-    assert best["state"]["best_epoch"] == 3 and best["state"]["bad_validations"] == 0
-
-
 def test_resume_may_not_change_the_student_strategy(tmp_path):
     from metasd_dgl.errors import CheckpointError  # noqa: F401  (the CLI reports it as one error line)
-    own = ["--method", "metasd", "--set", "metasd.quiz_fraction=0.2", "--set", "metasd.prune_rate=0.5"]
+    own = ["--method", "metasd", "--set", "metasd.quiz_fraction=0.2", "--set", "prune.rate=0.5"]
     _train(tmp_path / "run", "--epochs", "1", *own, "--set", "metasd.student=own")
     args = ["train", "--quiet", "--dataset", TOY, "--run-dir", str(tmp_path / "run"), "--dim", "4",
             "--batch-size", "4", "--epochs", "2", *own, "--set", "metasd.student=shared", "--resume",
@@ -148,39 +113,22 @@ def test_resume_may_not_change_the_student_strategy(tmp_path):
     assert main(args) == 2  # metasd.student: 'own' (checkpoint) vs 'shared' (now)
 
 
-def test_init_from_starts_from_the_other_runs_weights(tmp_path):
-    _train(tmp_path / "dense", "--epochs", "2")
-    best = tmp_path / "dense" / "checkpoints" / "best.pt"
-    cfg = load_config(overrides={"data.dataset": TOY, "model.dim": 4, "train.method": "prune",
-                                 "train.init_from": str(best)})
-    from metasd_dgl.data.preprocess import load_processed, preprocess
-    from metasd_dgl.train.loop import Trainer
-    data = load_processed(preprocess(TOY, tmp_path / "data"))
-    trainer = Trainer(cfg, data, tmp_path / "ft", progress=False)
-    for n, w in load_checkpoint(best)["model"].items():
-        assert torch.equal(trainer.model.state_dict()[n], w), n
-    bad = load_config(overrides={"data.dataset": TOY, "model.dim": 6, "train.init_from": str(best)})
-    with pytest.raises(Exception, match="model options differ"):
-        Trainer(bad, data, tmp_path / "ft2", progress=False)
-
-
 def test_option_combinations_that_do_not_exist_are_config_errors():
-    for over in ({"metasd.straight_through": True, "train.method": "kd"},
-                 {"metasd.student": "own", "train.method": "prune"},
-                 {"metasd.student": "own", "train.method": "metasd", "metasd.share_forward": True},
-                 {"metasd.real_kd_weighting": "self", "train.method": "metasd", "metasd.share_forward": True},
-                 {"metasd.warmup_epochs": 2, "train.regime": "negative-sampling"},
-                 {"metasd.warmup_epochs": 30, "metasd.gradual_epochs": 20, "train.epochs": 50},
+    for over in ({"metasd.student": "own", "train.method": "prune"},
+                 {"train.method": "kd", "train.regime": "negative-sampling"},
+                 {"prune.gradual_epochs": 50, "train.method": "prune", "train.epochs": 50},
+                 {"prune.structure": "dimension", "prune.scope": "per-tensor", "train.method": "prune"},
                  {"metasd.student": "own", "train.method": "kd", "train.lr_scheduler": "plateau"},
                  # options the method would silently ignore
-                 {"metasd.warmup_epochs": 2, "train.method": "plain"},
-                 {"metasd.mask_epochs": 2, "train.method": "plain"},
-                 {"metasd.mask_epochs": 2, "metasd.gradual_epochs": 3, "train.method": "prune"},
+                 {"prune.gradual_epochs": 2, "train.method": "plain"},
                  {"metasd.one_way_kd": True, "train.method": "prune"},
-                 {"metasd.student_lr": 0.1, "train.method": "metasd"},
-                 {"metasd.mask_source": "student", "train.method": "metasd"}):
+                 {"metasd.student_lr": 0.1, "train.method": "metasd"}):
         with pytest.raises(ConfigError):
             load_config(overrides=over)
+    for retired in ({"metasd.straight_through": True}, {"metasd.share_forward": True},
+                    {"metasd.warmup_epochs": 2}, {"metasd.mask_source": "student"}, {"train.init_from": "x.pt"}):
+        with pytest.raises(ConfigError, match="retired"):
+            load_config(overrides=retired)
 
 
 # ------------------------------------------------------------------ a student with its own weights
@@ -243,24 +191,12 @@ def test_own_student_remask_keeps_regrows_and_prunes():
         assert torch.equal(w[m0[n] & m1[n]], p[m0[n] & m1[n]] + 10.0)  # kept: its own values
         assert torch.equal(w[~m0[n] & m1[n]], p[~m0[n] & m1[n]])  # regrown: from the teacher
         assert torch.all(w[~m1[n]] == 0)  # pruned: zero
-    # own_mask (metasd.mask_source=student): whole tensors from the teacher, and a new mask moves no value
-    student = OwnStudent(m0, params, "element", _adagrad, own_mask=True)
-    assert all(torch.equal(w, params[n].detach()) for n, w in student.leaves.items())
-    with torch.no_grad():
-        for w in student.leaves.values():
-            w.add_(10.0)
-    student.remask(m1, params)
-    for n, w in student.leaves.items():
-        assert torch.equal(w, params[n].detach() + 10.0)
-        assert torch.equal(student.weights(params)[n], w * m1[n])  # the student: its tensors under the new mask
-        assert torch.equal(student.magnitudes()[n], w.detach())
+    assert all(torch.equal(student.weights(params)[n], w * m1[n]) for n, w in student.leaves.items())
 
 
-@pytest.mark.parametrize("source", ["teacher", "student"])
-def test_own_student_runs_evaluates_and_resumes_exactly(tmp_path, source):
-    own = ["--method", "metasd", "--set", "metasd.student=own", "--set", "metasd.prune_structure=dimension",
-           "--set", "metasd.quiz_fraction=0.2", "--set", "metasd.prune_rate=0.5", "--set", "metasd.one_way_kd=true",
-           "--set", f"metasd.mask_source={source}"]
+def test_own_student_runs_evaluates_and_resumes_exactly(tmp_path):
+    own = ["--method", "metasd", "--set", "metasd.student=own", "--set", "prune.structure=dimension",
+           "--set", "metasd.quiz_fraction=0.2", "--set", "prune.rate=0.5", "--set", "metasd.one_way_kd=true"]
     rows = _train(tmp_path / "whole", "--epochs", "3", *own)
     _train(tmp_path / "part", "--epochs", "2", *own)
     _train(tmp_path / "part", "--epochs", "3", *own, "--resume", str(tmp_path / "part"))
@@ -276,30 +212,3 @@ def test_own_student_runs_evaluates_and_resumes_exactly(tmp_path, source):
     assert again == pytest.approx(logged, abs=1e-12)
 
 
-RGCN = ["--encoder", "rgcn", "--decoder", "distmult", "--num-bases", "2", "--set", "model.num_layers=1",
-        "--set", "metasd.prune_scope=per-tensor"]
-
-
-@pytest.mark.parametrize("model", [[], ["--set", "metasd.prune_structure=dimension"], RGCN],
-                         ids=["element", "dimension", "rgcn"])
-def test_own_student_with_its_own_mask_and_no_kd_is_prune_only_exactly(tmp_path, model):
-    """metasd.mask_source=student: the own student owns every weight it reads (R-GCN biases too), its
-    mask comes from its own magnitudes and its pruned weights keep their values, so without distillation
-    it is prune-only's masked model, weight for weight (the masks move between epochs: regrown weights
-    come back with their own values, as in prune-only)."""
-    own = ["--method", "kd", "--set", "metasd.student=own", "--set", "metasd.mask_source=student",
-           "--set", "metasd.kd_weight=0", "--set", "metasd.one_way_kd=true", *model]
-    a = _train(tmp_path / "prune", "--epochs", "4", "--method", "prune", *model)
-    b = _train(tmp_path / "own", "--epochs", "4", *own)
-    _train(tmp_path / "own1", "--epochs", "1", *own)
-    A, B, B1 = (load_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in ("prune", "own", "own1"))
-    weights = {n: w for n, w in A["model"].items() if w.is_floating_point()}  # (not the dropout RNG buffer)
-    assert set(B["student_weights"]) == set(weights)  # it owns every weight
-    for n, w in weights.items():
-        torch.testing.assert_close(B["student_weights"][n], w, rtol=0, atol=1e-6, msg=n)
-    for n, m in A["masks"].items():
-        assert torch.equal(m, B["masks"][n]), n
-    if "metasd.prune_structure=dimension" not in model:  # (one kept coordinate of 4 stays put on the toy)
-        assert sum(int((m != B1["masks"][n]).sum()) for n, m in B["masks"].items()) > 0  # the mask moved
-    assert [r["valid"]["student"]["mrr"] for r in a if "valid" in r] == \
-        pytest.approx([r["valid"]["student"]["mrr"] for r in b if "valid" in r], abs=1e-9)

@@ -25,19 +25,30 @@ Policies (recorded in the manifest):
   copy kept, order kept); triples shared *between* splits are counted and kept;
 * unseen entities: valid/test triples with an entity absent from train are
   kept and ranked like any other (the common protocol), and counted;
+* unseen relations: valid/test triples whose relation never occurs in train
+  are counted too (``unseen_relations``); what evaluation does with unseen
+  triples is ``metasd_dgl.unseen``'s policy, stated on the console and in
+  ``eval/<split>.json``;
 * graph: ``graph.bin`` is written when DGL can be imported; without DGL
   (e.g. a torch newer than DGL's wheels) it is skipped and the manifest's
   ``graph`` says so.  Only the R-GCN encoder and negative sampling need the
   graph; ``KGData.graph`` builds it from ``train.npy`` (with DGL, at that
   moment) for a folder written without it, so such a folder works later with
   DGL too, and nothing in the folder changes.
+
+Writers: one process at a time writes a processed folder (the sibling lock
+``.OUT.lock``, ``metasd_dgl.lock``; a second one gets one ``error:`` line
+naming the holder's pid).  Temporaries of a killed run (``.OUT.tmp-*``,
+``.OUT.old-*``, the system temp folder's ``metasd-read-PID-*``) are removed
+by the next run.  A failed write (full disk, file-size limit, read-only
+folder) is one line naming the file and the cause; the old folder is kept.
+``--force`` replaces only a folder whose files are all listed in its manifest
+(the files this project wrote); anything else there makes it refuse.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -49,12 +60,14 @@ import torch
 
 from metasd_dgl.data import registry
 from metasd_dgl import __version__
+from metasd_dgl.atomic import diagnose, recover_folder, staging_folder, publish_folder, write_error
 from metasd_dgl.data import stats as kgstats
 from metasd_dgl.data.filters import FilterIndex
 from metasd_dgl.data.triples import SPLITS, RawKG, named_ids, read_source, source_identity, triple_keys
 from metasd_dgl.errors import DataError
 from metasd_dgl.graph.build import build_graph, load_graph, save_graph
 from metasd_dgl.graph.dgl_import import dgl_available, require_dgl
+from metasd_dgl.lock import folder_lock
 
 MANIFEST_VERSION = 1
 _CHECKED = ("entities.tsv", "relations.tsv", "train.npy", "valid.npy", "test.npy", "stats.json")
@@ -130,8 +143,37 @@ def _check_published(raw: RawKG, raw_counts: Dict[str, int], n_ent: int, n_rel: 
     return True
 
 
-def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_buckets: int) -> None:
-    """Write every output file of the processed folder into ``tmp``."""
+def _put(tmp: Path, name: str, writer, final: Optional[Path], kept: bool) -> None:
+    """``writer(tmp / name)``; a failed write is a WriteError naming ``final / name`` and its cause."""
+    try:
+        writer(tmp / name)
+    except Exception as exc:
+        cause = diagnose(tmp / name, exc)
+        if cause is None:
+            raise
+        note = f"the previous {final} is kept" if kept else f"nothing was written to {final}" if final else ""
+        raise write_error((final or tmp) / name, cause, note=note) from None
+
+
+def _save_graph_checked(graph, path: Path) -> None:
+    """``save_graph`` read back: DGL's writer reports some failed writes (a file-size limit) by
+    silently truncating the file, so a file that does not load whole is a failed write."""
+    save_graph(graph, path)
+    try:
+        back = load_graph(path)
+        whole = back.num_nodes() == graph.num_nodes() and back.num_edges() == graph.num_edges()
+    except DataError:
+        whole = False
+    if not whole:
+        raise DataError(f"{path}: DGL's save_graphs wrote an incomplete file")
+
+
+def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_buckets: int,
+           final: Optional[Path] = None, kept: bool = False) -> None:
+    """Write every output file of the processed folder into ``tmp`` (``final``: where it goes, for messages)."""
+    def put(name: str, writer) -> None:
+        _put(tmp, name, writer, final, kept)
+
     entities, relations, ids = encode(raw)
     n_ent, n_rel = len(entities), len(relations)
     raw_counts = {s: len(ids[s]) for s in SPLITS}
@@ -143,24 +185,29 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
     in_train = np.zeros(n_ent, dtype=bool)
     in_train[ids["train"][:, [0, 2]].ravel()] = True
     unseen = {s: int((~in_train[ids[s][:, 0]] | ~in_train[ids[s][:, 2]]).sum()) for s in ("valid", "test")}
+    rel_in_train = np.zeros(n_rel, dtype=bool)
+    rel_in_train[ids["train"][:, 1]] = True
+    unseen_rel = {s: int((~rel_in_train[ids[s][:, 1]]).sum()) for s in ("valid", "test")}
 
-    _write_names(tmp / "entities.tsv", entities)
-    _write_names(tmp / "relations.tsv", relations)
+    put("entities.tsv", lambda p: _write_names(p, entities))
+    put("relations.tsv", lambda p: _write_names(p, relations))
     for split in SPLITS:
-        np.save(tmp / f"{split}.npy", np.ascontiguousarray(ids[split], dtype=np.int64))
+        put(f"{split}.npy", lambda p, a=ids[split]: np.save(p, np.ascontiguousarray(a, dtype=np.int64)))
     negatives = {s: named_ids(n, entities, relations) for s, n in raw.negatives.items()}
     for split, neg in negatives.items():
-        np.save(tmp / f"{split}_negatives.npy", np.ascontiguousarray(neg, dtype=np.int64))
+        put(f"{split}_negatives.npy", lambda p, a=neg: np.save(p, np.ascontiguousarray(a, dtype=np.int64)))
     train = torch.from_numpy(ids["train"])
     graph_note = "graph.bin"
     if dgl_available():
-        save_graph(build_graph(train, n_ent, n_rel), tmp / "graph.bin")
+        graph = build_graph(train, n_ent, n_rel)
+        put("graph.bin", lambda p: _save_graph_checked(graph, p))
     else:
         graph_note = "not written (DGL not importable at preprocess time); built from train.npy when needed"
     everything = torch.from_numpy(np.concatenate([ids[s] for s in SPLITS]))
-    FilterIndex.from_triples(everything, n_ent, n_rel).save(tmp / "filter.npz")
-    (tmp / "stats.json").write_text(
-        json.dumps(kgstats.summarize(train, n_ent, n_rel, num_buckets)), encoding="utf-8")
+    index = FilterIndex.from_triples(everything, n_ent, n_rel)
+    put("filter.npz", index.save)
+    summary = json.dumps(kgstats.summarize(train, n_ent, n_rel, num_buckets))
+    put("stats.json", lambda p: p.write_text(summary, encoding="utf-8"))
 
     manifest = {
         "manifest_version": MANIFEST_VERSION,
@@ -182,12 +229,17 @@ def _build(raw: RawKG, tmp: Path, identity: Dict[str, Any], spec: str, num_bucke
                             "entities_not_in_train": int(n_ent - in_train.sum()),
                             "valid_triples": unseen["valid"], "test_triples": unseen["test"],
                             "total_triples": unseen["valid"] + unseen["test"]},
+        "unseen_relations": {"policy": "kept (ranked like any other triple)",
+                             "relations_not_in_train": int(n_rel - rel_in_train.sum()),
+                             "valid_triples": unseen_rel["valid"], "test_triples": unseen_rel["test"],
+                             "total_triples": unseen_rel["valid"] + unseen_rel["test"]},
         "filter": "filter.npz",
         "graph": graph_note,
         "negatives": {s: len(n) for s, n in negatives.items()},
         "files": {p.name: _sha(p) for p in sorted(tmp.iterdir()) if p.is_file()},
     }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(manifest, indent=2) + "\n"
+    put("manifest.json", lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def _read_manifest(path: Path) -> Optional[Dict[str, Any]]:
@@ -209,48 +261,65 @@ def _is_current(manifest: Optional[Dict[str, Any]], identity: Dict[str, Any], ou
     return all((out / name).is_file() for name in manifest.get("files", {}))
 
 
+#: Names this project writes into a processed folder (a folder whose manifest is unreadable is
+#: replaced by --force only if it holds nothing else).
+_OWN = frozenset(_CHECKED + ("graph.bin", "filter.npz", "manifest.json", "valid_negatives.npy",
+                             "test_negatives.npy"))
+
+
+def _foreign(out: Path, manifest: Optional[Dict[str, Any]]) -> List[str]:
+    """Entries of ``out`` that this project did not write (not in its manifest's ``files``)."""
+    listed = set((manifest or {}).get("files") or {}) if isinstance((manifest or {}).get("files"), dict) else set()
+    own = (listed | {"manifest.json"}) if listed else set(_OWN)
+    return sorted(p.name for p in out.iterdir() if p.name not in own)
+
+
 def preprocess(source: Union[str, Path], out_dir: Union[str, Path], data_dir: Optional[Path] = None,
-               fmt: str = "auto", force: bool = False, num_buckets: int = 3) -> Path:
+               fmt: str = "auto", force: bool = False, num_buckets: int = 3,
+               echo=None) -> Path:
     """Process ``source`` into ``out_dir`` (layout and policies in the module docstring).
 
     If ``out_dir`` already holds a complete processed folder of the same source
     (same built-in name, or same path with the same input sha256), nothing is
     done unless ``force``.  A processed folder of another source is replaced
-    only with ``force``; an existing non-empty folder without a manifest is
-    never touched (DataError).  Returns ``out_dir``.
+    only with ``force``, and only when it holds nothing but the files its
+    manifest lists; an existing non-empty folder without a manifest is never
+    touched (DataError).  One writer at a time (``FolderLockedError`` for a
+    second); temporaries of killed runs are removed first.  ``echo`` hears
+    about a stale lock taken over.  Returns ``out_dir``.
     """
     out = Path(out_dir)
     identity = source_identity(source, fmt)
-    if out.exists():
-        if not out.is_dir():
-            raise DataError(f"{out}: exists and is not a folder")
-        manifest = _read_manifest(out)
-        if (out / "manifest.json").exists():
-            if not force and _is_current(manifest, identity, out):
-                return out
-            if not force:
-                read_source(source, data_dir, fmt)  # a bad source says so, not that the folder is taken
-                was = (manifest or {}).get("source", {}).get("description", "unreadable manifest")
-                raise DataError(f"{out}: holds another processed dataset ({was}); "
-                                "pass --force to replace it or choose another folder")
-        elif any(out.iterdir()):
-            raise DataError(f"{out}: exists and is not a processed dataset folder; choose another folder")
-    raw = read_source(source, data_dir, fmt)  # all input errors surface before anything is written
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        _build(raw, tmp, identity, str(source), num_buckets)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    with folder_lock(out, inside=False, what="processed dataset folder", on_stale=echo):
+        recover_folder(out)  # a killed run's .OUT.tmp-* / .OUT.old-* (the old folder put back if needed)
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            manifest = _read_manifest(out)
+            if (out / "manifest.json").exists():
+                if not force and _is_current(manifest, identity, out):
+                    return out
+                if not force:
+                    read_source(source, data_dir, fmt)  # a bad source says so, not that the folder is taken
+                    was = (manifest or {}).get("source", {}).get("description", "unreadable manifest")
+                    raise DataError(f"{out}: holds another processed dataset ({was}); "
+                                    "pass --force to replace it or choose another folder")
+                foreign = _foreign(out, manifest)
+                if foreign:
+                    shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                    raise DataError(f"{out}: --force replaces only files metasd-dgl wrote, and this folder also "
+                                    f"holds {shown}; move them elsewhere or choose another folder")
+            elif any(out.iterdir()):
+                raise DataError(f"{out}: exists and is not a processed dataset folder; choose another folder")
+        raw = read_source(source, data_dir, fmt)  # all input errors surface before anything is written
+        kept = out.exists()
+        tmp = staging_folder(out)
+        try:
+            _build(raw, tmp, identity, str(source), num_buckets, out, kept)
+            publish_folder(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 

@@ -15,7 +15,7 @@ Rule (``top_entities_subset``):
 
 ``write_subset`` writes ``train.txt``, ``valid.txt``, ``test.txt`` (TSV,
 ``head<TAB>relation<TAB>tail``) and ``subset.json`` (rule, source, counts);
-``--dataset DIR`` reads the folder like any TSV dataset.
+``--dataset DIR`` (``metasd-dgl train``, ``pipeline``, ``tune``) reads the folder like any TSV dataset.
 """
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import tarfile
 import tempfile
@@ -52,6 +53,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from metasd_dgl.atomic import remove_stale, write_error
 from metasd_dgl.data import registry
 from metasd_dgl.errors import DataError
 from metasd_dgl.typing import HEAD, REL, TAIL
@@ -94,22 +96,42 @@ class RawKG:
         return {"train": self.train, "valid": self.valid, "test": self.test}
 
 
-def _read_rows(path: Path, ncols: int, what: str) -> Tuple[List[Tuple[str, ...]], List[int]]:
-    """Parse a tab-separated file into rows of ``ncols`` non-empty fields and their line numbers."""
+#: Longest line accepted (bytes): a triple line is short; a longer one means the file is no triples
+#: file (e.g. a 2 GB single line), which is refused after reading this much, not loaded whole.
+MAX_LINE_BYTES = 1 << 20
+
+
+def _text_lines(path: Path) -> Iterator[Tuple[int, str]]:
+    """(line number, UTF-8 text without the newline) of each line, streamed; DataError for a
+    missing file, a line that is not UTF-8, or one longer than ``MAX_LINE_BYTES``."""
     try:
-        data = path.read_bytes()
+        fh = open(path, "rb")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise DataError(f"{path}: file not found") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    with fh:
+        number = 0
+        while True:
+            raw = fh.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{path}:{number}: line longer than {MAX_LINE_BYTES >> 20} MiB; not a file of "
+                                "head<TAB>relation<TAB>tail lines (is it the right file, or compressed?)")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{number}: not UTF-8 text") from None
+            if number == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            yield number, text.rstrip("\n")
+
+
+def _read_rows(path: Path, ncols: int, what: str) -> Tuple[List[Tuple[str, ...]], List[int]]:
+    """Parse a tab-separated file into rows of ``ncols`` non-empty fields and their line numbers."""
     rows: List[Tuple[str, ...]] = []
     lines: List[int] = []
-    for number, line in enumerate(text.split("\n"), start=1):
+    for number, line in _text_lines(path):
         line = line.rstrip("\r")
         if not line.strip():
             continue
@@ -307,6 +329,34 @@ def read_folder(folder: Path, fmt: str, work: Path) -> RawKG:
                  layout, _input_hashes(folder), None, entities, relations, negatives)
 
 
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+    """Copy one member to ``target``; a failed *write* (full disk, file-size limit) names the
+    scratch file and the cause -- the archive is not to blame."""
+    src = tar.extractfile(member)
+    if src is None:
+        raise tarfile.ExtractError(f"member {member.name!r} has no data")
+    doing = "could not extract the archive into the scratch folder (TMPDIR chooses where it goes)"
+    with src:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            out = open(target, "wb")
+        except OSError as exc:
+            raise write_error(target, exc, doing) from None
+        with out:
+            while True:
+                block = src.read(1 << 20)  # a read error is the archive's (caught by the caller)
+                if not block:
+                    break
+                try:
+                    out.write(block)
+                except OSError as exc:
+                    raise write_error(target, exc, doing) from None
+            try:
+                out.flush()
+            except OSError as exc:
+                raise write_error(target, exc, doing) from None
+
+
 def extract_archive(archive: Path, dest: Path) -> Path:
     """Extract regular files of a tar archive into ``dest``; return the folder holding train.
 
@@ -322,9 +372,7 @@ def extract_archive(archive: Path, dest: Path) -> Path:
                     raise DataError(f"{archive}: member {member.name!r} is a link or device")
                 if member.isfile():
                     target = dest.joinpath(*parts)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(member) as src, open(target, "wb") as out:  # type: ignore[union-attr]
-                        shutil.copyfileobj(src, out)
+                    _extract_member(tar, member, target)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(f"{archive}: not a readable tar archive ({exc})") from None
     homes = sorted({p.parent for s in _SUFFIXES for p in dest.rglob("train" + s) if p.is_file()})
@@ -343,9 +391,16 @@ def _looks_like_path(source: str) -> bool:
 
 @contextlib.contextmanager
 def _scratch(workdir: Optional[Path]) -> Iterator[Path]:
+    """A scratch folder ``metasd-read-PID-XXXX``, removed on every exit path; those of killed
+    processes (pid no longer running) are removed first."""
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="metasd-read-", dir=workdir))
+    remove_stale(workdir if workdir is not None else tempfile.gettempdir(), "metasd-read-*")
+    try:
+        path = Path(tempfile.mkdtemp(prefix=f"metasd-read-{os.getpid()}-", dir=workdir))
+    except OSError as exc:
+        raise write_error(workdir if workdir is not None else tempfile.gettempdir(), exc,
+                          "could not create a scratch folder") from None
     try:
         yield path
     finally:

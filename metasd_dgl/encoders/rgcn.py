@@ -240,23 +240,23 @@ class RelGraphLayer(nn.Module):
         in_width: int,
         out_width: int,
         num_etypes: int,
-        regularizer: str = "basis",
+        decomposition: str = "basis",
         num_bases: int = 4,
         self_loop: bool = True,
         strategy: str = "auto",
         generator: Optional[torch.Generator] = None,
     ) -> None:
         super().__init__()
-        if regularizer not in ("basis", "bdd"):
-            raise UserError(f"model.regularizer={regularizer!r} is not one of basis, bdd")
+        if decomposition not in ("basis", "bdd"):
+            raise UserError(f"model.decomposition={decomposition!r} is not one of basis, bdd")
         if num_bases < 1:
             raise UserError(f"model.num_bases={num_bases} must be >= 1")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
         self.in_width, self.out_width, self.num_etypes = in_width, out_width, num_etypes
-        self.regularizer, self.strategy = regularizer, strategy
+        self.decomposition, self.strategy = decomposition, strategy
         gain = math.sqrt(2.0)  # ReLU gain, as DGL's RelGraphConv
-        if regularizer == "basis":
+        if decomposition == "basis":
             self.num_bases = min(num_bases, num_etypes)  # more bases than types adds nothing
             bound = gain * math.sqrt(6.0 / (in_width + out_width))
             self.bases = nn.Parameter(_uniform((self.num_bases, in_width, out_width), bound, generator))
@@ -268,7 +268,7 @@ class RelGraphLayer(nn.Module):
             if in_width % num_bases or out_width % num_bases:
                 raise UserError(
                     f"model.num_bases={num_bases} must divide the layer widths "
-                    f"({in_width} -> {out_width}) for the bdd regularizer"
+                    f"({in_width} -> {out_width}) for the bdd decomposition"
                 )
             self.num_bases = num_bases
             s_in, s_out = in_width // num_bases, out_width // num_bases
@@ -283,17 +283,17 @@ class RelGraphLayer(nn.Module):
 
     def weight_names(self) -> tuple[str, ...]:
         """Names of the prunable weights of this layer (biases are not pruned)."""
-        own = ("bases", "coefficients") if self.regularizer == "basis" else ("blocks",)
-        return own + (("self_weight",) if self.self_weight is not None else ())
+        shared = ("bases", "coefficients") if self.decomposition == "basis" else ("blocks",)
+        return shared + (("self_weight",) if self.self_weight is not None else ())
 
     def relation_weight(self, etype: int) -> Tensor:
         """Dense ``W_r`` (d_in, d_out) for one edge type (reference/export helper)."""
-        if self.regularizer == "basis":
+        if self.decomposition == "basis":
             return torch.einsum("b,bio->io", self.coefficients[etype], self.bases)
         return torch.block_diag(*self.blocks[etype].unbind(0))
 
     def choose(self, plan: EdgePlan) -> str:
-        if self.regularizer == "bdd":
+        if self.decomposition == "bdd":
             return "pairs"
         if self.strategy != "auto":
             return self.strategy
@@ -330,7 +330,7 @@ class RelGraphLayer(nn.Module):
         chunks = padded.split([n * m for n, m in pairs.groups])
         types = [n for n, _ in pairs.groups]
         outs: list[Tensor] = []
-        if self.regularizer == "basis":
+        if self.decomposition == "basis":
             weights = (self.coefficients[pairs.rel] @ self.bases.reshape(self.num_bases, -1)).reshape(
                 -1, self.in_width, self.out_width
             )  # (T', d_in, d_out), in layout order
@@ -376,7 +376,7 @@ class RGCNEncoder(nn.Module):
         relation_width: int,
         num_layers: int = 2,
         num_bases: int = 4,
-        regularizer: str = "basis",
+        decomposition: str = "basis",
         dropout: float = 0.2,
         self_loop: bool = True,
         generator: Optional[torch.Generator] = None,
@@ -394,7 +394,7 @@ class RGCNEncoder(nn.Module):
         bound = math.sqrt(2.0) * math.sqrt(6.0 / (2 * num_relations + relation_width))
         self.relation = nn.Parameter(_uniform((2 * num_relations, relation_width), bound, generator))
         self.layers = nn.ModuleList(
-            RelGraphLayer(entity_width, entity_width, 2 * num_relations, regularizer, num_bases,
+            RelGraphLayer(entity_width, entity_width, 2 * num_relations, decomposition, num_bases,
                           self_loop, strategy, generator)
             for _ in range(num_layers)
         )

@@ -35,23 +35,23 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import Config, ConfigError, resume_differences, save_config, to_dict
 from ..console import Console, epoch_line, valid_line
-from ..config import Config, ConfigError, save_config, to_dict, with_defaults
-from ..device import resolve_device
-from ..errors import CheckpointError, UserError
-from ..device import to_device
+from ..data.fingerprint import dataset_fingerprint
+from ..device import resolve_device, to_device
 from ..distributed import init_from_env, rank_device
+from ..errors import CheckpointError, UserError
 from ..evaluation import metrics, rank_split
-from ..model import LinkPredictor, build_model
-from ..pruning import compute_masks, dimension_coordinates, prunable_params, scheduled_rate, sparsity_report
-from ..runtime import configure_threads, tune_malloc
-from ..student import OwnStudent, make_student
+from ..model import make_model
+from ..optimizers import OPTIMIZERS
+from ..pruning import make_masks, scheduled_rate, sparsity_report
+from ..runtime import configure_threads, cpu_budget_spent, tune_malloc
+from ..student import checkpoint_student, make_student
 from .examples import BatchInputs, Examples
+from .metasd import metasd_step
 from .spec import StepSpec
-from .steps import OPTIMIZERS, Stepper, make_optimizers
+from .steps import Steps, kd_step, negative_step, plain_step, prune_step
 from .tracker import make_tracker
-
-STUDENT_METHODS = ("prune", "kd", "metasd")
 
 
 class TrainingInterrupted(UserError):
@@ -80,43 +80,19 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
-def make_model(cfg: Config, data, generator: torch.Generator) -> LinkPredictor:
-    m = cfg.model
-    rgcn = dict(num_layers=m.num_layers, num_bases=m.num_bases, regularizer=m.regularizer,
-                dropout=m.dropout, self_loop=m.self_loop)
-    return build_model(m.encoder, m.decoder, data.num_entities, data.num_relations, m.dim,
-                       m.init_scale, generator, rgcn_options=rgcn)
-
-
-def dataset_fingerprint(data) -> str:
-    files = data.manifest.get("files", {})
-    return f"{files.get('entities.tsv', '?')}:{files.get('relations.tsv', '?')}"
-
-
-#: Options a resumed run may not change (they change shapes or the meaning of the state).
-FIXED_ON_RESUME = ("model", "train.method", "train.regime", "train.optimizer", "train.seed",
-                   "train.batch_size", "metasd.prune_rate", "metasd.prune_scope",
-                   "metasd.prune_structure",
-                   "metasd.meta_optimizer", "metasd.quiz_fraction", "train.lr_scheduler",
-                   "metasd.student", "metasd.straight_through", "metasd.warmup_epochs", "metasd.gradual_epochs",
-                   "metasd.mask_epochs", "metasd.mask_source")
-
-
-def config_differences(old: dict, new: dict) -> list[str]:
-    """``["model.dim: 8 (checkpoint) vs 16 (now)", ...]`` over FIXED_ON_RESUME (an option the
-    checkpoint predates counts with its default)."""
-    out, old = [], with_defaults(old)
-    for key in FIXED_ON_RESUME:
-        section, _, name = key.partition(".")
-        a, b = old.get(section, {}), new.get(section, {})
-        pairs = [(name, a.get(name), b.get(name))] if name else [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))]
-        out += [f"{section}.{k}: {x!r} (checkpoint) vs {y!r} (now)" for k, x, y in pairs if x != y]
-    return out
-
-
-def cpu_budget_spent(cpu_minutes: float, cpu_seconds: float) -> bool:
-    """Whether training steps that used ``cpu_seconds`` have spent ``train.cpu_minutes`` (0 = no budget)."""
-    return bool(cpu_minutes) and cpu_seconds >= 60 * cpu_minutes
+def run_step(method: str, s: Steps, batch: torch.Tensor, student=None, graph=None, negatives=None, quiz=None,
+             meta_optimizer=None, do_meta: bool = True) -> dict[str, float]:
+    """One batch of ``method`` (plain | prune | kd | metasd): the step function it names, with what
+    that function reads (the benchmarks call it too); returns the losses as floats."""
+    if negatives is not None:  # the negative-sampling regime (plain, or prune with a student)
+        return negative_step(s, batch, negatives, student, graph)
+    if method == "plain":
+        return plain_step(s, batch, graph)
+    if method == "prune":
+        return prune_step(s, batch, student, graph)
+    if method == "kd":
+        return kd_step(s, batch, student, graph)
+    return metasd_step(s, meta_optimizer, batch, student, quiz, graph, do_meta)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -132,33 +108,35 @@ class Trainer:
         self.on_validation = on_validation  # (epoch, selection MRR) after each validation (e.g. a tuner's pruner)
         self.console = console or Console("normal" if progress else "quiet", self.run_dir / "train.log")
         self.progress = progress and self.console.bars
-        tc, mc = cfg.train, cfg.metasd
+        tc = cfg.train
         self.device = resolve_device(rank_device(tc.device, os.environ))  # cuda -> cuda:LOCAL_RANK
         self.dist = init_from_env(self.device)  # rank 0 of 1 unless launched by torchrun
         if tc.cpu_minutes and self.dist.world > 1:  # each rank would spend its own budget: ranks would part
             raise ConfigError("train.cpu_minutes is a single-process budget; not supported under torchrun "
                               f"(WORLD_SIZE={self.dist.world})")
         init_gen = torch.Generator().manual_seed(tc.seed)
-        self.model = make_model(cfg, data, init_gen).to(self.device)
-        if tc.init_from:  # start from another run's weights (post-hoc prune + fine-tune)
-            self._init_from(Path(tc.init_from))
+        self.model = make_model(cfg.model, data.num_entities, data.num_relations, init_gen).to(self.device)
         self.rgcn = cfg.model.encoder == "rgcn"
         needs_graph = self.rgcn or tc.regime == "negative-sampling"
         self.graph = to_device(data.graph, self.device) if needs_graph else None
-        self.optimizer, self.meta_optimizer = make_optimizers(self.model, cfg)
-        self.stepper = Stepper(self.model, self.optimizer, self.meta_optimizer, StepSpec.from_config(cfg))
+        # The main optimiser and, for metasd, the meta optimiser, both over all weights.
+        weights = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = OPTIMIZERS[tc.optimizer](weights, lr=tc.lr)
+        self.meta_optimizer = (OPTIMIZERS[cfg.metasd.meta_optimizer](weights, lr=cfg.metasd.meta_lr)
+                               if tc.method == "metasd" else None)
+        self.steps = Steps(self.model, self.optimizer, StepSpec.from_config(cfg))
         # LibKGE's scheduler: the main optimiser's lr drops when the selection MRR stops improving.
         self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max", factor=tc.lr_factor, patience=tc.lr_patience)
             if tc.lr_scheduler == "plateau" else None)
         # The training queries; for MetaSD a seeded random slice of train is the quiz, held out.
         self.examples = Examples.split(data.train, data.num_relations,
-                                       mc.quiz_fraction if tc.method == "metasd" else None, init_gen)
+                                       cfg.metasd.quiz_fraction if tc.method == "metasd" else None, init_gen)
         self.batch_inputs = BatchInputs(self.examples, self.graph, data.train, self.device, self.rgcn,
                                         tc.regime == "negative-sampling", tc.edge_dropout, tc.num_negatives,
                                         tc.sample_edges)
         self.masks: Optional[dict] = None
-        self.student = None  # the student of ``masks`` (student.make_student), rebuilt with them
+        self.student = None  # the student of ``masks`` (student.make_student), remasked with them
         self.state = TrainState()
         self._stop_signal: Optional[int] = None
         self.resumed_from: Optional[Path] = None  # set by ``train(resume=True)``
@@ -167,6 +145,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        own = self.student.state_dict() if self.student else None  # a student with weights of its own
         return {
             "config": to_dict(self.cfg),
             "dataset": dataset_fingerprint(self.data),
@@ -175,10 +154,8 @@ class Trainer:
             "meta_optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "masks": self.masks,
-            # a student with its own weights: its tensors (evaluate/export read them) and optimiser state
-            "student_weights": self.student.state_dict()["weights"] if self.student and self.student.leaves else None,
-            "student_optimizer": (self.student.optimizer.state_dict()
-                                  if self.student and self.student.leaves else None),
+            "student_weights": own["weights"] if own else None,  # evaluate/export read them
+            "student_optimizer": own["optimizer"] if own else None,
             "state": {k: v for k, v in vars(self.state).items()},
             "rng": {"epoch_generator": self._gen.get_state() if getattr(self, "_gen", None) else None,
                     "torch": torch.get_rng_state()},
@@ -189,7 +166,7 @@ class Trainer:
         if ckpt.get("dataset") != here:
             raise CheckpointError(f"checkpoint was trained on another dataset (id-map hashes "
                                   f"{ckpt.get('dataset')} vs {here} of {self.data.path})")
-        diffs = config_differences(ckpt.get("config", {}), to_dict(self.cfg))
+        diffs = resume_differences(ckpt.get("config", {}), to_dict(self.cfg))
         if diffs:
             raise CheckpointError("checkpoint has an incompatible config: " + "; ".join(diffs))
         self.model.load_state_dict(ckpt["model"])
@@ -211,15 +188,6 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in self.state.history)
-
-    def _init_from(self, path: Path) -> None:
-        """The model weights of checkpoint ``path`` (same dataset and model options); nothing else."""
-        ckpt = load_checkpoint(path, self.device)
-        if ckpt.get("dataset") != dataset_fingerprint(self.data):
-            raise CheckpointError(f"train.init_from={path}: that checkpoint was trained on another dataset")
-        if ckpt.get("config", {}).get("model") != to_dict(self.cfg)["model"]:
-            raise CheckpointError(f"train.init_from={path}: its model options differ from this run's")
-        self.model.load_state_dict(ckpt["model"])
 
     def checkpoint(self, name: str) -> Path:
         path = self.run_dir / "checkpoints" / name
@@ -274,26 +242,18 @@ class Trainer:
         return self.state
 
     def _run_epoch(self) -> None:
-        tc, mc, st = self.cfg.train, self.cfg.metasd, self.state
-        student_epoch = st.epoch - mc.warmup_epochs  # < 0 during the teacher's warm-up
-        remask = not mc.mask_epochs or student_epoch < mc.mask_epochs or self.masks is None
-        if self.cfg.train.method in STUDENT_METHODS and st.batch_in_epoch == 0 and remask:
-            # Masks are recomputed from the teacher's current magnitudes every epoch (or the first mask_epochs),
-            # or from the own student's (metasd.mask_source=student) once it exists.
-            own_mask = self.student is not None and self.student.own_mask and st.epoch > mc.warmup_epochs
-            prunable = self.student.magnitudes() if own_mask else prunable_params(self.model)
-            coords = (dimension_coordinates(prunable, self.cfg.model.dim)
-                      if mc.prune_structure == "dimension" else None)
-            # the schedule starts when the student does, after the teacher's warm-up epochs
-            rate = scheduled_rate(mc.prune_rate, max(0, student_epoch), mc.gradual_epochs)
-            self._set_masks(compute_masks(prunable, rate, mc.prune_scope, coords))
+        tc, pc, st = self.cfg.train, self.cfg.prune, self.state
+        if tc.method != "plain" and st.batch_in_epoch == 0:
+            # The masks, from the teacher's current magnitudes, every epoch (pruned weights may come back).
+            rate = scheduled_rate(pc.rate, st.epoch, pc.gradual_epochs)
+            self._set_masks(make_masks(self.model, rate, pc.scope, pc.structure, self.cfg.model.dim))
         gen = _epoch_generator(tc.seed, st.epoch)
         perm = torch.randperm(len(self.examples), generator=gen)
         if st.batch_in_epoch and getattr(self, "_resume_gen_state", None) is not None:
             gen.set_state(self._resume_gen_state)
         self._resume_gen_state = None
         self._gen = gen
-        self.stepper.generator = gen  # embedding dropout draws from the epoch's stream (resumable)
+        self.steps.generator = gen  # embedding dropout draws from the epoch's stream (resumable)
         batches = perm.split(tc.batch_size)
         if tc.batches_per_epoch:  # a CPU budget: a random part of the epoch
             batches = batches[: tc.batches_per_epoch]
@@ -307,14 +267,8 @@ class Trainer:
             cpu0 = time.process_time()
             idx = batches[i][self.dist.rank::self.dist.world]  # this process's share
             batch, graph, negatives = self.batch_inputs(idx, gen)
-            quiz = self.examples.quiz_batch(mc.quiz_batch_size, gen)
-            quiz = quiz.to(self.device) if quiz is not None else None
-            if st.epoch < mc.warmup_epochs:  # the teacher trains alone first
-                out = self.stepper.teacher_step(batch, graph)
-            elif negatives is not None:
-                out = self.stepper.step_negative(batch, negatives, self.student, graph)
-            else:
-                out = self.stepper.step(batch, self.student, quiz, graph, do_meta=(st.step % mc.meta_every == 0))
+            quiz = self.examples.quiz_batch(self.cfg.metasd.quiz_batch_size, gen)
+            out = self._step(batch, graph, negatives, quiz.to(self.device) if quiz is not None else None)
             self._check_finite(out)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -348,16 +302,22 @@ class Trainer:
             if self.dist.is_main:
                 (self.run_dir / "checkpoints" / f"epoch-{old}.pt").unlink(missing_ok=True)
 
+    def _step(self, batch, graph, negatives, quiz) -> dict[str, float]:
+        """One batch of the run's method; returns its losses."""
+        do_meta = self.state.step % self.cfg.metasd.meta_every == 0
+        return run_step(self.cfg.train.method, self.steps, batch, self.student, graph, negatives=negatives,
+                        quiz=quiz, meta_optimizer=self.meta_optimizer, do_meta=do_meta)
+
     def _set_masks(self, masks: Optional[dict]) -> None:
+        """The student of ``masks``: built at the first, remasked after (an own student keeps its weights)."""
         self.masks = masks
-        mc, params = self.cfg.metasd, self.stepper.params
-        if mc.student != "own" or not masks:
-            self.student = make_student(masks, params, mc.prune_structure, mc.straight_through)
-        elif self.student is None or self.state.epoch <= mc.warmup_epochs:  # not trained yet: copy the teacher
-            self.student = OwnStudent(masks, params, mc.prune_structure, self._student_optimizer,
-                                      own_mask=mc.mask_source == "student")
+        if not masks:
+            self.student = None
+        elif self.student is None:
+            own = self._student_optimizer if self.cfg.metasd.student == "own" else None
+            self.student = make_student(masks, self.steps.params, self.cfg.prune.structure, own)
         else:
-            self.student.remask(masks, params)
+            self.student = self.student.remask(masks, self.steps.params)
 
     def _student_optimizer(self, leaves: list) -> torch.optim.Optimizer:
         """The own student's optimiser: the main optimiser's kind, at ``metasd.student_lr`` (0 = train.lr)."""
@@ -384,11 +344,9 @@ class Trainer:
         result = self.validate()
         key = "student" if "student" in result else "teacher"
         mrr = result[key]["mrr"]
-        # During the teacher's warm-up the student has not trained, and while metasd.gradual_epochs
-        # still raises the prune rate it is denser than the target: such a validation is no candidate
-        # for best.pt, counts for neither patience nor the LR schedule.
-        mc = self.cfg.metasd
-        final = st.epoch > mc.warmup_epochs + mc.gradual_epochs if self.masks is not None else True
+        # While prune.gradual_epochs still raises the prune rate the student is denser than the target:
+        # such a validation is no candidate for best.pt, counts for neither patience nor the LR schedule.
+        final = st.epoch > self.cfg.prune.gradual_epochs if self.masks is not None else True
         new_best = final and mrr > st.best_mrr
         if self.scheduler is not None and final:
             self.scheduler.step(mrr)
@@ -405,16 +363,14 @@ class Trainer:
             self.on_validation(st.epoch, mrr)
 
     def validate(self) -> dict[str, dict[str, float]]:
-        ev = self.cfg.eval
-        out = {}
         variants = {"teacher": None}
         if self.masks:
-            variants["student"] = self.masks
-        for name, masks in variants.items():
+            variants["student"] = checkpoint_student(self.steps.params, self.masks, self.student.leaves)
+        out = {}
+        for name, weights in variants.items():
             ranks = rank_split(self.model, self.data.valid, self.data.num_relations, self.data.filter,
                                graph=self.graph if self.rgcn else None,  # the whole training graph
-                               masks=masks, max_memory_mb=ev.max_memory_mb, batch_size=ev.batch_size,
-                               student_weights=self.student.leaves if self.student else None)
+                               weights=weights, max_memory_mb=self.cfg.eval.max_memory_mb)
             out[name] = metrics(torch.cat([ranks.tail, ranks.head]))
         return out
 
@@ -437,7 +393,7 @@ class Trainer:
     def _header(self) -> str:
         cfg, d = self.cfg, self.data
         method = cfg.train.method
-        prune = f", prune rate {cfg.metasd.prune_rate} ({cfg.metasd.prune_structure})" if method in STUDENT_METHODS else ""
+        prune = f", prune rate {cfg.prune.rate} ({cfg.prune.structure})" if method != "plain" else ""
         return (f"dataset {cfg.data.dataset}: {d.num_entities} entities, {d.num_relations} relations, "
                 f"train/valid/test {len(d.train)}/{len(d.valid)}/{len(d.test)}\n"
                 f"model {cfg.model.encoder}+{cfg.model.decoder} dim {cfg.model.dim}, method {method}{prune}, "
@@ -452,9 +408,8 @@ class Trainer:
             return
         st, ck = self.state, self.run_dir / "checkpoints"
         key = "student" if self.masks else "teacher"
-        mc = self.cfg.metasd
-        unready = (f"no best checkpoint: no validation after the warm-up / gradual pruning "
-                   f"(metasd.warmup_epochs + gradual_epochs = {mc.warmup_epochs + mc.gradual_epochs} epochs)")
+        unready = (f"no best checkpoint: no validation after the gradual pruning "
+                   f"(prune.gradual_epochs = {self.cfg.prune.gradual_epochs} epochs)")
         best = (f"best epoch {st.best_epoch} (valid {key} MRR {st.best_mrr:.4f}) -> {ck / 'best.pt'}"
                 if st.best_epoch > 0 else unready if st.validated_epoch and self.masks
                 else "no validation yet, no best checkpoint")
@@ -497,12 +452,11 @@ def train(cfg: Config, data, run_dir: str | Path, resume: bool = False, progress
 
     ``console``: where the readable lines go (default: stdout and ``RUN_DIR/train.log``,
     quiet when not ``progress``).  The trainer's entry: it applies the run's
-    process-wide settings (``train.num_threads``, ``train.tune_malloc``) before
-    building anything.
+    process-wide settings (``train.num_threads``; large temporaries kept mapped,
+    ``runtime.tune_malloc``) before building anything.
     """
     configure_threads(cfg.train.num_threads)
-    if cfg.train.tune_malloc:
-        tune_malloc()
+    tune_malloc()
     trainer = Trainer(cfg, data, Path(run_dir), progress, console, on_validation)
     if resume:
         path = Path(run_dir) / "checkpoints" / "last.pt"

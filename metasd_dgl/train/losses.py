@@ -2,9 +2,9 @@
 
 These are the *reference* definitions (readable, autograd-friendly, used by
 the tests and by the negative-sampling regime).  ``AUTOGRAD`` is the loss
-backend built on them (option ``train.loss_backend = autograd``); the default
-backend, ``fused.FUSED``, computes the very same gradients in closed form with
-one softmax per score matrix.  The tests run every method on both.
+backend built on them, the tests' oracle; the training steps use
+``closed_form.CLOSED_FORM``, the very same gradients in closed form with one
+softmax per score matrix.  The tests run every method on both.
 
 Conventions
 -----------

@@ -13,7 +13,7 @@ from ..config import Config
 
 @dataclass(frozen=True)
 class KDSpec:
-    """Constants of the distillation term (``losses.kd_loss``, ``fused.mutual_grads``)."""
+    """Constants of the distillation term (``losses.kd_loss``, ``closed_form.mutual_grads``)."""
 
     temperature: float
     forward_weight: float  # KL(source || learner)
@@ -30,9 +30,8 @@ class KDSpec:
 
 @dataclass(frozen=True)
 class StepSpec:
-    """What one batch does: the method, its losses and the meta step's constants."""
+    """What one batch does: its losses, the distillation and the meta step's constants."""
 
-    method: str  # plain | prune | kd | metasd
     regularizer: str  # dura | n3 | none (distance decoders always use none)
     reg_weight: float
     label_smoothing: float
@@ -40,15 +39,11 @@ class StepSpec:
     entity_dropout: float
     relation_dropout: float
     grad_clip: float  # 0 = off
-    loss_backend: str  # fused | autograd
     kd: KDSpec  # the virtual step's distillation (the student learning from the teacher)
     kd_real: KDSpec  # the real step's, for each learner (metasd.real_kd_weighting)
     one_way_kd: bool  # real step: the teacher does not learn from the student
     virtual_lr: float
-    meta_grad_path: str  # full | kd (the reference code's)
-    share_forward: bool
     extra_teacher_step: bool
-    student_owns_kept: bool
     margin: float  # negative-sampling regime, distance decoders
 
     @classmethod
@@ -57,14 +52,13 @@ class StepSpec:
         kd = KDSpec(temperature=mc.temperature, forward_weight=mc.kd_forward_weight,
                     reverse_weight=mc.kd_reverse_weight, kd_weight=mc.kd_weight,
                     t2_scale=mc.kd_t2_scale, label_smoothing=tc.label_smoothing)
-        return cls(method=tc.method, regularizer=tc.regularizer, reg_weight=tc.reg_weight,
+        return cls(regularizer=tc.regularizer, reg_weight=tc.reg_weight,
                    label_smoothing=tc.label_smoothing, rp_weight=tc.rp_weight, entity_dropout=tc.entity_dropout,
-                   relation_dropout=tc.relation_dropout, grad_clip=tc.grad_clip, loss_backend=tc.loss_backend,
+                   relation_dropout=tc.relation_dropout, grad_clip=tc.grad_clip,
                    kd=kd, kd_real=kd if mc.real_kd_weighting == "source" else replace(
                        kd, forward_weight=mc.kd_reverse_weight, reverse_weight=mc.kd_forward_weight),
-                   one_way_kd=mc.one_way_kd, virtual_lr=mc.virtual_lr, meta_grad_path=mc.meta_grad_path,
-                   share_forward=mc.share_forward, extra_teacher_step=mc.extra_teacher_step,
-                   student_owns_kept=mc.student_owns_kept, margin=tc.margin)
+                   one_way_kd=mc.one_way_kd, virtual_lr=mc.virtual_lr,
+                   extra_teacher_step=mc.extra_teacher_step, margin=tc.margin)
 
 
 class LossBackend(NamedTuple):
@@ -73,7 +67,7 @@ class LossBackend(NamedTuple):
     ``ce_grad(x, targets, smoothing) -> (dCE/dx, CE)``;
     ``mutual_grads(x, z, targets, kd) -> (dL_student/dx, dL_teacher/dz, values)``;
     ``virtual_grad(x, z, targets, kd) -> G = dL_student/dx``, differentiable in ``x`` and ``z``.
-    ``fused.FUSED`` writes them in closed form; ``losses.AUTOGRAD`` takes them from
+    ``closed_form.CLOSED_FORM`` writes them in closed form; ``losses.AUTOGRAD`` takes them from
     the reference losses by autograd.  The tests run every method on both.
     """
 

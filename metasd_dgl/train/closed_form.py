@@ -220,6 +220,6 @@ def virtual_grad(x: Tensor, z: Tensor, targets: Tensor, spec: KDSpec) -> Tensor:
     return _VirtualGrad.apply(x, z, targets, spec)
 
 
-FUSED = LossBackend(ce_grad=ce_grad, mutual_grads=mutual_grads, virtual_grad=virtual_grad)
+CLOSED_FORM = LossBackend(ce_grad=ce_grad, mutual_grads=mutual_grads, virtual_grad=virtual_grad)
 
-__all__ = ("FUSED", "ce_grad", "mutual_grads", "virtual_grad")
+__all__ = ("CLOSED_FORM", "ce_grad", "mutual_grads", "virtual_grad")

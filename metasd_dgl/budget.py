@@ -1,0 +1,153 @@
+"""Up-front checks of what a run asks for: integer ranges and memory, before anything is allocated.
+
+``check_ranges(cfg)`` refuses integers that would fail deep inside torch
+(a seed beyond 64 bits) with one line naming the option and its range.
+``check_memory(cfg, num_entities, num_relations)`` estimates, from the
+config alone, the bytes of the model's parameters, their gradients and
+optimiser state, and the largest score matrix of a training step, and
+compares the total with the device's free memory (``MemAvailable`` for the
+CPU, ``torch.cuda.mem_get_info`` for a GPU).  A run that cannot fit gets one
+line with the estimate and what to change, instead of a failure inside the
+allocator after minutes of work.
+
+The estimate is deliberately simple (float32 weights; Adam keeps two
+moments, Adagrad one; a student method keeps about three more copies of the
+prunable weights: masks, the student and the meta step's virtual student);
+it is a lower bound of what the run will hold, so only runs that surely
+cannot fit are refused.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .config import ConfigError
+
+#: train.seed is a 32-bit seed (torch's generators take 64 bits, but each epoch's generator is
+#: seeded with seed * 1_000_003 + epoch + 1, and Optuna's sampler takes 32 bits).
+SEED_MAX = 2 ** 32 - 1
+FLOAT_BYTES = 4
+_OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "adagrad": 1, "sgd": 0}
+_STUDENT_METHODS = ("prune", "kd", "metasd")
+
+
+class ResourceError(ConfigError):
+    """The run needs more memory than the device has, estimated from the config."""
+
+
+def _get(cfg, section: str, name: str, default):
+    return getattr(getattr(cfg, section, None), name, default)
+
+
+def check_ranges(cfg) -> None:
+    """ConfigError (one line naming the option) for integers outside the range the run can use."""
+    seed = _get(cfg, "train", "seed", 0)
+    if isinstance(seed, int) and not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"train.seed={seed} must be between 0 and {SEED_MAX} (2**32 - 1)", "train.seed")
+
+
+def human(nbytes: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(nbytes) < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} PiB"  # pragma: no cover
+
+
+@dataclass
+class Estimate:
+    parameters: int  # number of weights
+    weights: int  # bytes of the weights
+    training_state: int  # gradients, optimiser state, student copies
+    scores: int  # the largest score matrix of a step (and its gradient)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.training_state + self.scores
+
+    def line(self) -> str:
+        return (f"about {human(self.total)} ({self.parameters:,} weights: {human(self.weights)}, "
+                f"gradients and optimiser state {human(self.training_state)}, "
+                f"score matrix {human(self.scores)})")
+
+
+def estimate(cfg, num_entities: int, num_relations: int) -> Estimate:
+    """Bytes a training run of ``cfg`` on N entities and R relations holds at least."""
+    from .decoders import DECODERS
+
+    dim = int(_get(cfg, "model", "dim", 1))
+    decoder = DECODERS[_get(cfg, "model", "decoder", "complex")]()
+    we, wr = decoder.entity_width(dim), decoder.relation_width(dim)
+    n, two_r = int(num_entities), 2 * int(num_relations)
+    params = n * we + two_r * wr
+    if _get(cfg, "model", "encoder", "kge") == "rgcn":
+        layers = int(_get(cfg, "model", "num_layers", 2))
+        bases = int(_get(cfg, "model", "num_bases", 4))
+        params += layers * (bases * we * we + two_r * bases + we * we + we)
+    weights = params * FLOAT_BYTES
+    method = _get(cfg, "train", "method", "plain")
+    states = _OPTIMIZER_STATES.get(str(_get(cfg, "train", "optimizer", "adagrad")).lower(), 2)
+    copies = 1 + states + (3 if method in _STUDENT_METHODS else 0)  # gradients, moments, student copies
+    batch = int(_get(cfg, "train", "batch_size", 1000))
+    if _get(cfg, "train", "regime", "1-n") == "negative-sampling":
+        columns = int(_get(cfg, "train", "num_negatives", 32)) + 1
+    else:
+        columns = n
+    # scores and their gradient, for the teacher and, with a student, the student
+    matrices = 2 * (2 if method in _STUDENT_METHODS else 1)
+    scores = batch * columns * FLOAT_BYTES * matrices
+    return Estimate(params, weights, weights * copies, scores)
+
+
+def available_bytes(device: str) -> Optional[tuple[int, str]]:
+    """(free bytes, description) of ``device`` ('cpu', 'cuda', 'cuda:N'), or None when unknown."""
+    text = str(device).strip().lower()
+    if text.startswith("cuda"):
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                return None
+            index = int(text.split(":", 1)[1]) if ":" in text else torch.cuda.current_device()
+            free, _total = torch.cuda.mem_get_info(index)
+            return int(free), f"cuda:{index} has {human(free)} free"
+        except Exception:  # noqa: BLE001 - no usable GPU: the device check says so elsewhere
+            return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+                    return free, f"this machine has {human(free)} of memory available"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return int(free), f"this machine has {human(free)} of memory available"
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cfg, num_entities: int, num_relations: int, echo: Optional[Callable[[str], None]] = None,
+                 free: Optional[tuple[int, str]] = None) -> Estimate:
+    """ResourceError when the estimate exceeds the device's free memory; ``echo`` hears a note
+    when it takes more than half of it.  ``free`` overrides the measured (bytes, description)."""
+    est = estimate(cfg, num_entities, num_relations)
+    device = _get(cfg, "train", "device", "cpu")
+    free = free if free is not None else available_bytes(device)
+    if free is None:
+        return est
+    have, where = free
+    if est.total > have:
+        dim, batch = _get(cfg, "model", "dim", None), _get(cfg, "train", "batch_size", None)
+        if est.scores > est.weights + est.training_state:
+            todo = f"lower train.batch_size (now {batch}; the score matrix is batch x {num_entities} entities)"
+        else:
+            todo = f"lower model.dim (now {dim})"
+        raise ResourceError(f"model.dim={dim}, train.batch_size={batch} on {num_entities} entities: training needs "
+                            f"{est.line()}, but {where}; {todo}, or use a device with more memory", "model.dim")
+    if echo is not None and est.total > have // 2:
+        echo(f"note: this run needs {est.line()}; {where}")
+    return est
