@@ -1,7 +1,5 @@
 """Up-front checks of what a run asks for: integer ranges and memory, before anything is allocated.
 
-``check_ranges(cfg)`` refuses integers that would fail deep inside torch
-(a seed beyond 64 bits) with one line naming the option and its range.
 ``check_memory(cfg, num_entities, num_relations)`` estimates, from the
 config alone, the bytes of the model's parameters, their gradients and
 optimiser state, and the largest score matrix of a training step, and
@@ -24,9 +22,6 @@ from typing import Callable, Optional
 
 from .config import ConfigError
 
-#: train.seed is a 32-bit seed (torch's generators take 64 bits, but each epoch's generator is
-#: seeded with seed * 1_000_003 + epoch + 1, and Optuna's sampler takes 32 bits).
-SEED_MAX = 2 ** 32 - 1
 FLOAT_BYTES = 4
 _OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "adagrad": 1, "sgd": 0}
 _STUDENT_METHODS = ("prune", "kd", "metasd")
@@ -38,13 +33,6 @@ class ResourceError(ConfigError):
 
 def _get(cfg, section: str, name: str, default):
     return getattr(getattr(cfg, section, None), name, default)
-
-
-def check_ranges(cfg) -> None:
-    """ConfigError (one line naming the option) for integers outside the range the run can use."""
-    seed = _get(cfg, "train", "seed", 0)
-    if isinstance(seed, int) and not 0 <= seed <= SEED_MAX:
-        raise ConfigError(f"train.seed={seed} must be between 0 and {SEED_MAX} (2**32 - 1)", "train.seed")
 
 
 def human(nbytes: float) -> str:

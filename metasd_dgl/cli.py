@@ -86,15 +86,13 @@ def output_options(fn):
     return fn
 
 
-def make_console(run_dir: str, quiet: bool, as_json: bool, method: Optional[str] = None):
-    """The console of a training command: readable, quiet or JSON; logged to RUN_DIR/train.log;
-    ``method`` (train.method) names the rows (``console.ROW_NAMES``)."""
+def make_console(run_dir: str, quiet: bool, as_json: bool):
+    """The console of a training command: readable, quiet or JSON; logged to RUN_DIR/train.log."""
     from .console import Console
 
     if quiet and as_json:
         raise click.UsageError("--quiet and --json exclude each other")
-    return Console("json" if as_json else "quiet" if quiet else "normal", Path(run_dir) / "train.log",
-                   method=method)
+    return Console("json" if as_json else "quiet" if quiet else "normal", Path(run_dir) / "train.log")
 
 
 def train_options(fn):
@@ -158,7 +156,7 @@ def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, forc
         cfg.run_dir = resume
     else:
         cfg = resolve(configs, sets, **options)
-    console = make_console(cfg.run_dir, quiet, as_json, cfg.train.method)
+    console = make_console(cfg.run_dir, quiet, as_json)
     if not resume:
         # Under torchrun, rank 0 preprocesses while the others wait.
         info = init_from_env(resolve_device(cfg.train.device))
@@ -238,7 +236,7 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
 
     files = config_files or (str(default_config_path()),)
     cfg = resolve(files, sets, **options)
-    console = make_console(cfg.run_dir, quiet, as_json, cfg.train.method)
+    console = make_console(cfg.run_dir, quiet, as_json)
     run_dir = Path(cfg.run_dir)
     console.line(f"[1/4] preprocess {cfg.data.dataset}")
     stage_preprocess(cfg, force=force)

@@ -23,6 +23,7 @@ from .errors import UserError
 from .optimizers import OPTIMIZERS
 from .pruning import SCOPES, STRUCTURES
 from .train.tracker import TRACKERS
+from .unseen import POLICIES as UNSEEN_POLICIES
 
 
 class ConfigError(UserError):
@@ -124,6 +125,7 @@ class MetaSDConfig:
 class EvalConfig:
     max_memory_mb: int = 512  # cap on the (chunk x entities) score matrix, which sets the chunk of queries
     num_buckets: int = 3  # long-tail buckets by relation frequency / entity degree
+    unseen: str = "rank"  # valid/test triples with an entity or relation absent from train: rank | drop
 
 
 @dataclass
@@ -153,6 +155,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "metasd.student": ("shared", "own"),
     "metasd.real_kd_weighting": ("source", "self"),
     "data.format": ("auto", "tsv", "raw_udd_hrt", "udd_hrt"),
+    "eval.unseen": UNSEEN_POLICIES,
 }
 
 #: Options of earlier versions: the old name -> what to use instead.  A YAML file or ``--set`` naming one
@@ -237,6 +240,8 @@ RANGES = [
         "model.dropout", "train.edge_dropout", "train.label_smoothing", "train.entity_dropout",
         "train.relation_dropout", "prune.rate")),
     ("must be in (0, 1)", lambda v: 0 < v < 1, ("train.lr_factor", "metasd.quiz_fraction")),
+    # each epoch's generator is seeded with seed * 1_000_003 + epoch + 1; Optuna's sampler takes 32 bits
+    ("must be between 0 and 4294967295 (2**32 - 1)", lambda v: 0 <= v < 2 ** 32, ("train.seed",)),
 ]
 
 
@@ -505,4 +510,7 @@ def default_run_dir(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    """``config.yaml``, written atomically (a full disk is named, the previous file kept)."""
+    from .atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -84,25 +84,13 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     return f"epoch {record['epoch']}/{epochs}  {losses}{kept}{lr}  {record.get('seconds', 0):.2f} s/epoch"
 
 
-class ValidLine(str):
-    """``valid_line``'s text; a ``Console`` that knows the run's method names its rows again."""
-
-    args: tuple
-
-    def __new__(cls, text: str, args: tuple) -> "ValidLine":
-        line = super().__new__(cls, text)
-        line.args = args
-        return line
-
-
 def valid_line(epoch: int, result: dict[str, dict[str, float]], best_mrr: float, best_epoch: int,
                new_best: bool, method: Optional[str] = None) -> str:
     """``valid epoch 10: teacher MRR 0.7123  student MRR 0.6543  best 0.6543 (epoch 10)  new best -> ...``;
     the rows by their names (``row_names``)."""
     parts = "  ".join(f"{name} MRR {m['mrr']:.4f}" for name, m in named_rows(result, method).items())
     tail = "  new best -> checkpoints/best.pt" if new_best else ""
-    return ValidLine(f"valid epoch {epoch}: {parts}  best {best_mrr:.4f} (epoch {best_epoch}){tail}",
-                     (epoch, result, best_mrr, best_epoch, new_best))
+    return f"valid epoch {epoch}: {parts}  best {best_mrr:.4f} (epoch {best_epoch}){tail}"
 
 
 def _is_terminal(stream) -> bool:
@@ -116,12 +104,10 @@ class Console:
     """Prints per ``mode`` and appends every readable line to ``log_path`` (when set)."""
 
     def __init__(self, mode: str = "normal", log_path: Optional[Path] = None,
-                 stream: Optional[TextIO] = None, method: Optional[str] = None) -> None:
+                 stream: Optional[TextIO] = None) -> None:
         if mode not in MODES:
             raise ValueError(f"console mode {mode!r} is not one of {', '.join(MODES)}")
         self.mode, self.log_path = mode, Path(log_path) if log_path else None
-        self.method = method  # train.method: names the rows of validation lines and the summary
-        self._slots: Optional[list[str]] = None  # the rows of the last validation record
         self._stream = stream
         self._pending: list[str] = []
 
@@ -161,10 +147,6 @@ class Console:
 
     def record(self, record: dict[str, Any], readable: Optional[str]) -> None:
         """A metrics record: its readable form (normal) or the JSON line (json)."""
-        if isinstance(record.get("valid"), dict):
-            self._slots = list(record["valid"])
-        if isinstance(readable, ValidLine) and self.method is not None:
-            readable = valid_line(*readable.args, method=self.method)
         if readable is not None:
             self._log(readable)
         if self.mode == "json":
@@ -174,9 +156,6 @@ class Console:
 
     def summary(self, lines: list[str], record: dict[str, Any]) -> None:
         """The end of a run: shown in normal and quiet mode, a JSON object in json mode."""
-        names = row_names(self._slots or ["teacher", "student"], self.method)
-        for slot, name in names.items():  # "best epoch 3 (valid teacher MRR ...)": the row's name
-            lines = [text.replace(f"(valid {slot} MRR ", f"(valid {name} MRR ") for text in lines]
         for text in lines:
             self._log(text)
         if self.mode == "json":

@@ -15,10 +15,10 @@ from typing import Any, Optional
 import torch
 
 from metasd_dgl.atomic import atomic_write_json, recover_folder, remove_stale, replaced_folder
-from metasd_dgl.budget import check_memory, check_ranges
+from metasd_dgl.budget import check_memory
 from metasd_dgl.checkpoint import load_checkpoint
 from metasd_dgl.lock import folder_lock
-from metasd_dgl.unseen import apply_unseen, unseen_line, unseen_policy
+from metasd_dgl.unseen import apply_unseen, unseen_line
 from metasd_dgl.config import Config, from_dict
 from metasd_dgl.data.preprocess import load_processed, preprocess
 from metasd_dgl.data.stats import evaluation_buckets
@@ -41,7 +41,6 @@ def processed_dir(cfg: Config) -> Path:
 def stage_preprocess(cfg: Config, force: bool = False, echo=None) -> Path:
     """Preprocess ``cfg``'s dataset, holding the run folder's lock (a training run in it is not disturbed)."""
     data_dir = cfg.data.data_dir or os.environ.get("METASD_DATA_DIR")
-    check_ranges(cfg)
     with folder_lock(cfg.run_dir or ".", what="run folder", on_stale=echo):
         return preprocess(cfg.data.dataset, processed_dir(cfg), Path(data_dir) if data_dir else None,
                           cfg.data.format, force=force, echo=echo)
@@ -60,7 +59,6 @@ def stage_train(cfg: Config, resume: bool = False, progress: bool = True, consol
     removed; the memory the run needs is checked before anything is allocated
     (``metasd_dgl.budget``).
     """
-    check_ranges(cfg)
     with folder_lock(cfg.run_dir, what="run folder", on_stale=echo):
         remove_stale(Path(cfg.run_dir) / "checkpoints", locked=True)
         if not resume and not (Path(cfg.run_dir) / "checkpoints" / "last.pt").exists():
@@ -162,7 +160,7 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     cfg, data, model, student, ckpt = load_run(run_dir, checkpoint)
     masks = ckpt.get("masks")
     triples, unseen = apply_unseen(getattr(data, split), data.train, data.num_entities, data.num_relations,
-                                   unseen_policy(cfg), split)
+                                   cfg.eval.unseen, split)
     graph = data.graph if cfg.model.encoder == "rgcn" else None
     buckets = evaluation_buckets(triples, data.train, data.num_entities, data.num_relations, cfg.eval.num_buckets)
     variants: dict[str, Any] = {"teacher": None}

@@ -212,7 +212,7 @@ def _objective(base_files: list[Path], space: list[Param], study_dir: Path, proc
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (valid MRR {mrr:.4f})")
 
-        console = Console("quiet", run_dir / "train.log", stream=io.StringIO(), method=cfg.train.method)
+        console = Console("quiet", run_dir / "train.log", stream=io.StringIO())
         trainer = train(cfg, data, run_dir, progress=False, console=console, on_validation=on_validation)
         return float(trainer.state.best_mrr)
 

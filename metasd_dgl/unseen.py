@@ -21,14 +21,6 @@ from .errors import UserError
 POLICIES = ("rank", "drop")
 
 
-def unseen_policy(cfg) -> str:
-    """``cfg.eval.unseen`` (``rank`` when the config has no such option); UserError if unknown."""
-    policy = str(getattr(getattr(cfg, "eval", None), "unseen", "rank"))
-    if policy not in POLICIES:
-        raise UserError(f"eval.unseen={policy!r} is not one of {', '.join(POLICIES)}")
-    return policy
-
-
 def unseen_mask(triples: torch.Tensor, train: torch.Tensor, num_entities: int,
                 num_relations: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """(n, 3) triples -> ((n,) bool: an entity absent from train, (n,) bool: a relation absent from train)."""

@@ -34,9 +34,10 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_write_text, write_error
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import Config, ConfigError, resume_differences, save_config, to_dict
-from ..console import Console, epoch_line, valid_line
+from ..console import Console, epoch_line, row_names, valid_line
 from ..data.fingerprint import dataset_fingerprint
 from ..device import resolve_device, to_device
 from ..distributed import init_from_env, rank_device
@@ -186,8 +187,7 @@ class Trainer:
         # after the checkpoint (by the run that was killed) do not repeat.
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "metrics.jsonl", "w", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in self.state.history)
+            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.state.history))
 
     def checkpoint(self, name: str) -> Path:
         path = self.run_dir / "checkpoints" / name
@@ -355,7 +355,7 @@ class Trainer:
         elif final:
             st.bad_validations += 1
         self._log({"epoch": st.epoch, "valid": result},
-                  valid_line(st.epoch, result, st.best_mrr, st.best_epoch, new_best))
+                  valid_line(st.epoch, result, st.best_mrr, st.best_epoch, new_best, self.cfg.train.method))
         if new_best:
             self.checkpoint("best.pt")
         self.checkpoint("last.pt")
@@ -380,8 +380,12 @@ class Trainer:
         self.state.history.append(record)
         if not self.dist.is_main:
             return
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as exc:  # a full disk or a file-size limit: named, with the file
+            raise write_error(path, exc, note="the checkpoints hold the run; resume it once there is room") from None
         if self.tracker is not None:
             self.tracker.log(record)
         self.console.record(record, readable)
@@ -410,7 +414,8 @@ class Trainer:
         key = "student" if self.masks else "teacher"
         unready = (f"no best checkpoint: no validation after the gradual pruning "
                    f"(prune.gradual_epochs = {self.cfg.prune.gradual_epochs} epochs)")
-        best = (f"best epoch {st.best_epoch} (valid {key} MRR {st.best_mrr:.4f}) -> {ck / 'best.pt'}"
+        row = row_names([key], self.cfg.train.method)[key]
+        best = (f"best epoch {st.best_epoch} (valid {row} MRR {st.best_mrr:.4f}) -> {ck / 'best.pt'}"
                 if st.best_epoch > 0 else unready if st.validated_epoch and self.masks
                 else "no validation yet, no best checkpoint")
         lines = [f"done: {st.epoch} epochs, {st.step} steps; {self.stop_reason}", best,
