@@ -19,7 +19,9 @@ each reports in brackets):
     own student KD per dataset   the recipe: the same with the KD chosen on each dataset's own validation
                          (OWN_KD_VALID; the FB15k-237 subset, not tuned, takes Kinship's) [teacher, student]
     dense small / prune-only at the recipe's lr   the controls: the baselines at the recipe's student lr
-    prune-only element   prune, element masks, global magnitude (the paper's masks)
+    prune-only element   prune, element masks, global magnitude (the paper's masks); pruned weights keep
+                         their gradients, so the mask can change (gradual magnitude pruning)
+    metasd element       metasd, element masks (the paper's masks, the project's MetaSD step)
     prune-only element per-tensor   prune, element masks, a 10 % budget per table
     gradual element      metasd, element masks, gradual_epochs = epochs // 2 [student]
     rgcn dense / rgcn prune-only / rgcn metasd / rgcn own student   R-GCN + DistMult, element masks on embeddings and
@@ -161,6 +163,7 @@ METHODS = [
     Method("prune-only at the recipe's lr", lambda b: {"train.method": "prune", **DIM,
                                                        "train.lr": recipe_kd(b)["metasd.student_lr"]}),
     Method("prune-only element", _const({"train.method": "prune", **ELEMENT})),
+    Method("metasd element", _const({"train.method": "metasd", **ELEMENT})),
     Method("prune-only element per-tensor", _const({"train.method": "prune", **ELEMENT,
                                                     "prune.scope": "per-tensor"})),
     Method("gradual element", lambda b: {"train.method": "metasd", **ELEMENT,

@@ -70,7 +70,8 @@ class Runner:
         self.steps = Steps(self.model, OPTIMIZERS[cfg.train.optimizer](weights, lr=cfg.train.lr),
                            StepSpec.from_config(cfg))
         self.student = None if method == "plain" else make_student(
-            make_masks(self.model, 0.9, "global", args.structure, args.dim), self.steps.params, args.structure)
+            make_masks(self.model, 0.9, "global", args.structure, args.dim), self.steps.params, args.structure,
+            regrow=method == "prune")
         self.batches = [random_queries(args.batch, args.entities, args.relations, gen) for _ in range(4)]
         self.quiz = [random_queries(args.quiz, args.entities, args.relations, gen) for _ in range(4)]
         self.i = 0

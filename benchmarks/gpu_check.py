@@ -28,7 +28,7 @@ repository root (``PYTHONPATH=.``):
 Writes ``--out`` (JSON) and prints both tables next to the paper's figures
 (MetaSD student 0.391 MRR at 10 % of the weights, ComplEx-RP teacher 0.388).
 ``--tiny`` is the CPU rehearsal (rank 8, batches 64/128, a budget of seconds;
-``tests/test_gpu_check.py``).
+``tests/benchmarks/test_gpu_check.py``).
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
     meta = OPTIMIZERS[cfg.metasd.meta_optimizer](weights, lr=cfg.metasd.meta_lr)
     ctx = Steps(model, opt, StepSpec.from_config(cfg))
     student = None if method == "plain" else make_student(make_masks(model, 0.9, "global", structure, dim),
-                                                          ctx.params, structure)
+                                                          ctx.params, structure, regrow=method == "prune")
     queries = reciprocal_queries(data.train, data.num_relations)
     times = []
     for k in range(steps + 1):

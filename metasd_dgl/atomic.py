@@ -221,6 +221,21 @@ def atomic_write_json(path: str | Path, record: Any, indent: Optional[int] = 2) 
 _PID_IN_NAME = re.compile(r"\.(\d+)\.[^./]*\.tmp$|-(\d+)-[^./]*$")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0; a process of another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def _pid_of(name: str) -> Optional[int]:
     match = _PID_IN_NAME.search(name)
     if not match:
@@ -235,7 +250,6 @@ def remove_stale(folder: str | Path, pattern: str = ".*.tmp", locked: bool = Fal
     when ``locked`` (the caller holds the folder's lock, so no live writer
     can own it).  Returns what was removed.
     """
-    from .lock import pid_alive
 
     removed = []
     folder = Path(folder)

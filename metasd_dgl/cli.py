@@ -178,13 +178,16 @@ def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, forc
 @click.option("--protocol", type=click.Choice(["true", "reference"]), default="true", show_default=True,
               help="reference: also score the student as the reference code did (query side masked at rate 0.8, "
                    "candidate entity table dense), next to the true student and the teacher.")
+@click.option("--from-file", "from_file", type=click.Path(dir_okay=False, exists=True),
+              help="Score the teacher or student row from a quantised file (export --quantize: "
+                   "export/teacher.int8.msq, ...), dequantised, instead of the checkpoint.")
 def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
-             triple_classification: bool, plots: bool, protocol: str) -> None:
+             triple_classification: bool, plots: bool, protocol: str, from_file: Optional[str]) -> None:
     """Exact filtered ranking of teacher and true student, overall and per bucket."""
     from metasd_dgl.stages import stage_evaluate
 
     stage_evaluate(Path(run_dir), split, checkpoint, Path(compact) if compact else None, echo=click.echo,
-                   protocol=protocol)
+                   protocol=protocol, from_file=Path(from_file) if from_file else None)
     click.echo(f"metrics: {Path(run_dir) / 'eval' / (split + '.json')}")
     if triple_classification:
         from .cli_tools import classification_lines, classify_run
@@ -201,11 +204,14 @@ def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--checkpoint", default="best", show_default=True)
-def export(run_dir: str, checkpoint: str) -> None:
-    """Write the dense teacher and the compact pruned student; print their sizes."""
+@click.option("--quantize", multiple=True, type=click.Choice(["fp32", "fp16", "int8", "int4"]),
+              help="Also write export/teacher.<Q>.msq and export/student.<Q>.msq (per-row symmetric int8/int4, "
+                   "or fp16/fp32; the student as kept columns or kept values); repeatable.")
+def export(run_dir: str, checkpoint: str, quantize: tuple[str, ...]) -> None:
+    """Write the dense teacher and the compact pruned student (and quantised files); print their sizes."""
     from metasd_dgl.stages import stage_export
 
-    info = stage_export(Path(run_dir), checkpoint)
+    info = stage_export(Path(run_dir), checkpoint, quantize)
     for k, v in info.items():
         click.echo(f"{k}: {v}")
 

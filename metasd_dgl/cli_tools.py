@@ -57,8 +57,12 @@ def _tables(run_dir: Path, checkpoint: str, student: bool):
 @click.option("--unfiltered", is_flag=True, help="Keep answers already known in train/valid/test.")
 @click.option("--student", is_flag=True, help="Use the pruned student (masked weights) instead of the teacher.")
 @click.option("--checkpoint", default="best", show_default=True, help="best, last, or a checkpoint path.")
+@click.option("--from-file", "from_file", type=click.Path(dir_okay=False, exists=True),
+              help="Answer from a quantised file (export --quantize: export/student.int8.msq, ...) of this run's "
+                   "dataset instead of the checkpoint.")
 def predict_command(run_dir: str, head: Optional[str], relation: Optional[str], tail: Optional[str],
-                    queries: Optional[str], k: int, unfiltered: bool, student: bool, checkpoint: str) -> None:
+                    queries: Optional[str], k: int, unfiltered: bool, student: bool, checkpoint: str,
+                    from_file: Optional[str] = None) -> None:
     """Top-k entities by name for (HEAD, RELATION, ?) or (?, RELATION, TAIL)."""
     from .predict import QueryError, parse_query, predict, read_queries
 
@@ -70,11 +74,22 @@ def predict_command(run_dir: str, head: Optional[str], relation: Optional[str], 
         if not relation:
             raise QueryError("--relation is required (or give --queries FILE)")
         asked = [parse_query(head, relation, tail)]
-    _, data, model, _, _, tables = _tables(Path(run_dir), checkpoint, student)
+    if from_file:
+        from .quantize import file_tables
+        from .stages import load_run
+
+        if student:
+            raise UserError("--student and --from-file exclude each other (the file says what it holds)")
+        data = load_run(Path(run_dir), checkpoint)[1]
+        model, tables, meta = file_tables(from_file, data)
+        tag = f"{meta.get('role')} {meta.get('scheme')} from {from_file}"
+    else:
+        _, data, model, _, _, tables = _tables(Path(run_dir), checkpoint, student)
+        tag = "student" if student else "teacher"
     results = predict(tables, model.decoder, data, asked, k=k, filtered=not unfiltered)
     for i, p in enumerate(results):
         lines = p.lines()
-        lines[0] = f"[{'student' if student else 'teacher'}] " + lines[0]
+        lines[0] = f"[{tag}] " + lines[0]
         if i:
             click.echo("")
         click.echo("\n".join(lines))
@@ -325,5 +340,26 @@ def subset_command(source: str, k: int, out: str, data_dir: Optional[str]) -> No
     click.echo(f"use it with --dataset {folder} (train, pipeline, tune), e.g. metasd-dgl pipeline --dataset {folder}")
 
 
+@click.command("compress")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--compare", multiple=True, metavar="LABEL=RUN_DIR[@teacher|@student]",
+              help="Another run of the same dataset: its student (or teacher) in fp32 and int8; repeatable.")
+@click.option("--tolerance", type=float, default=0.01, show_default=True,
+              help="Recommend the smallest variant whose validation MRR is within this (absolute) of the fp32 "
+                   "teacher's.")
+@click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True,
+              help="The split of the table's accuracy columns and of the Pareto plot (validation always chooses).")
+@click.option("--checkpoint", default="best", show_default=True)
+def compress_command(run_dir: str, compare: tuple[str, ...], tolerance: float, split: str, checkpoint: str) -> None:
+    """Size and accuracy of every stored variant (teacher fp32/fp16/int8/int4, student fp32/int8/int4),
+    each scored from its file; RUN_DIR/compress/report.json, report.png, and a recommendation."""
+    from .compress import compress_report, parse_compare
+
+    if not tolerance >= 0:
+        raise UserError(f"--tolerance {tolerance}: must be >= 0 (an absolute MRR difference, e.g. 0.01)")
+    compress_report(Path(run_dir), [parse_compare(c) for c in compare], tolerance, split, checkpoint,
+                    echo=click.echo)
+
+
 COMMANDS = [predict_command, report_command, export_dglke_command, import_dglke_command, classify_command,
-            subset_command]
+            subset_command, compress_command]

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
+from .atomic import pid_alive, write_error
 from .errors import UserError
 
 try:  # POSIX; elsewhere the lock is a no-op
@@ -49,21 +50,6 @@ def lock_path(folder: str | Path, inside: bool = True) -> Path:
     the sibling ``parent/.name.lock``."""
     folder = Path(folder)
     return folder / LOCK_NAME if inside else folder.parent / f".{folder.name}.lock"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (signal 0; a process of another user counts as alive)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def _read_pid(fd: int) -> Optional[int]:
@@ -117,7 +103,6 @@ def folder_lock(folder: str | Path, inside: bool = True, what: str = "folder",
 
 def _acquire(folder: Path, path: Path, what: str, on_stale: Optional[Callable[[str], None]]) -> Tuple[int, bool]:
     """-> (fd holding the lock, whether the lock's folder was created here)."""
-    from .atomic import write_error
 
     created = not path.parent.exists()
     for _ in range(5):  # retried only when the file was unlinked between open and flock

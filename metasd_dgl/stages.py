@@ -147,13 +147,17 @@ REFERENCE_ROW = "reference student"
 
 
 def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
-                   compact: Optional[Path] = None, echo=print, protocol: str = "true") -> dict[str, Any]:
+                   compact: Optional[Path] = None, echo=print, protocol: str = "true",
+                   from_file: Optional[Path] = None) -> dict[str, Any]:
     """Teacher and true student, overall and per long-tail bucket; writes eval/<split>.json.
 
     ``protocol="reference"`` adds the row ``REFERENCE_ROW``: the reference code's
     score (query side masked, candidate entity table dense) at its prune rate
     0.8, masks recomputed from the checkpoint's teacher weights with the run's
     prune structure and scope (``evaluation.rank_split_reference``).
+
+    ``from_file``: a quantised ``.msq`` file (``metasd_dgl.quantize``); the row of its role
+    (teacher or student) is scored from the file's dequantised weights.
     """
     if protocol not in ("true", "reference"):
         raise UserError(f"protocol must be true or reference, got {protocol!r}")
@@ -166,10 +170,23 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     variants: dict[str, Any] = {"teacher": None}
     if student:
         variants["student"] = student
+    file_role, file_tables = None, None
+    if from_file is not None:
+        from metasd_dgl.quantize import file_tables as quantized_tables
+
+        _, file_tables, file_meta = quantized_tables(from_file, data)
+        file_role = file_meta.get("role")
+        if file_role not in variants:
+            raise UserError(f"{from_file}: holds a {file_role}, which {run_dir} does not have "
+                            f"(train.method={cfg.train.method})")
+        if file_role == "student" and compact is not None:
+            raise UserError("--compact and --from-file both give the student; pass one of them")
     results: dict[str, Any] = {}
     for name, m in variants.items():
         tables = None
-        if name == "student" and compact is not None:
+        if name == file_role:
+            tables = file_tables
+        elif name == "student" and compact is not None:
             params, _, _ = load_student(compact)
             check_student_fits(params, model.state_dict(), compact)
             model_c = make_model(cfg.model, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
@@ -200,6 +217,8 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
               "teacher_trained": teacher_trained, "rows": names, "results": results}
     if reference is not None:
         record["reference_protocol"] = reference
+    if file_role is not None:
+        record[f"{file_role}_source"] = str(from_file)
     record["unseen"] = unseen
     atomic_write_json(out_dir / f"{split}.json", record)
     echo(format_table(named_rows(results, names=names)))
@@ -213,12 +232,16 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
              "model; 'student' is the true student (both sides masked, the run's own masks)")
     echo(unseen_line(split, unseen))
     source = f"student from {compact}" if compact is not None and masks else ""
+    if file_role is not None:
+        source = f"{names.get(file_role, file_role)} from {from_file}" + (f"; {source}" if source else "")
     echo(f"scored {ckpt['path']} (epoch {record['epoch']}){'; ' + source if source else ''}")
     return record
 
 
-def stage_export(run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
-    """Dense teacher and compact student files side by side, with their sizes.
+def stage_export(run_dir: Path, checkpoint: str = "best", quantize: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Dense teacher and compact student files side by side, with their sizes; with ``quantize``
+    (schemes of ``metasd_dgl.quantize``: fp32, fp16, int8, int4) also ``teacher.<scheme>.msq`` and
+    ``student.<scheme>.msq``.
 
     All files are written into a temporary folder renamed over ``export/`` at the end
     (``atomic.replaced_folder``), under export/'s lock: a kill or a full disk leaves the
@@ -228,13 +251,13 @@ def stage_export(run_dir: Path, checkpoint: str = "best") -> dict[str, Any]:
     with folder_lock(final, inside=False, what="export folder"):
         recover_folder(final)
         with replaced_folder(final) as out:
-            info = _export_into(Path(run_dir), checkpoint, out)
+            info = _export_into(Path(run_dir), checkpoint, out, quantize)
             info = {k: v.replace(str(out), str(final)) if isinstance(v, str) else v for k, v in info.items()}
             atomic_write_json(out / "manifest.json", info)
     return info
 
 
-def _export_into(run_dir: Path, checkpoint: str, out: Path) -> dict[str, Any]:
+def _export_into(run_dir: Path, checkpoint: str, out: Path, quantize: tuple[str, ...] = ()) -> dict[str, Any]:
     cfg, data, model, student, ckpt = load_run(run_dir, checkpoint)
     params = {n: p.detach() for n, p in model.named_parameters()}
     teacher_path = out / "teacher.safetensors"
@@ -248,5 +271,12 @@ def _export_into(run_dir: Path, checkpoint: str, out: Path) -> dict[str, Any]:
         info.update({"student_file": str(student_path), "student_bytes": manifest["bytes"],
                      "student_nonzero": manifest["nonzeros"],
                      "ratio_to_teacher_file": manifest["ratio_to_dense_file"]})
+    if quantize:
+        from metasd_dgl.quantize import export_run_files
+
+        quantized = export_run_files(cfg, data, model, student, ckpt, out, tuple(dict.fromkeys(quantize)))
+        for key in [k for k in quantized if k.endswith("_bytes")]:
+            quantized[key[:-len("bytes")] + "ratio_to_teacher_file"] = quantized[key] / info["teacher_bytes"]
+        info.update(quantized)
     (out / "manifest.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info

@@ -13,6 +13,14 @@ of three strategies from the run's options; all give the student's tables by
   ``(N, k)`` instead of ``(N, w)``.  Pruned coordinates add exactly zero to
   every score function and regulariser, so the scores equal ``W * M``'s with a
   tenth of the product work; gradients land in ``W``'s kept columns.
+* ``RegrowingStudent`` (method ``prune``, element masks) -- ``W * M`` in the
+  forward pass, and every weight of ``W`` gets the gradient of its masked
+  value (straight-through): pruned weights keep training, so the next
+  magnitude mask can bring them back.  With the prune schedule this is
+  gradual magnitude pruning of one dense model (Zhu and Gupta 2017), the
+  field's standard baseline.  (Whole-coordinate masks need no such view: a
+  pruned coordinate's gradient is exactly zero in every score and
+  regulariser, so ``ColumnStudent`` already takes the same step.)
 * ``OwnStudent`` (``metasd.student = own``) -- a student with weights of its
   own (``leaves``), initialised from the teacher's kept weights, stepped by an
   optimiser of its own (``step``); its mask still comes from the teacher.
@@ -77,6 +85,16 @@ class ColumnStudent(MaskedStudent):
 
     def restrict(self, name: str, grad: Tensor) -> Tensor:
         return grad  # a narrow tensor holds kept columns only
+
+
+class RegrowingStudent(MaskedStudent):
+    """``S = W * M`` forward, ``dS/dW = 1`` backward: pruned weights train on, the mask can move."""
+
+    def weights(self, params: ParamDict) -> ParamDict:
+        return {n: (p + (p * self.masks[n] - p).detach() if n in self.masks else p) for n, p in params.items()}
+
+    def restrict(self, name: str, grad: Tensor) -> Tensor:
+        return grad
 
 
 def _view(masks: MaskDict, params: ParamDict, structure: str) -> MaskedStudent:
@@ -144,14 +162,17 @@ Student = MaskedStudent  # the interface every strategy implements
 
 
 def make_student(masks: MaskDict, params: ParamDict, structure: str = "element",
-                 own_optimizer: Optional[OptimizerFactory] = None) -> MaskedStudent:
+                 own_optimizer: Optional[OptimizerFactory] = None, regrow: bool = False) -> MaskedStudent:
     """The student of ``masks``: its own weights when ``own_optimizer`` is given
     (``metasd.student = own``), else a view of ``params``: kept columns for whole-coordinate
-    masks (``structure = "dimension"``), ``W * M`` otherwise."""
+    masks (``structure = "dimension"``), ``W * M`` otherwise, whose pruned weights keep their
+    gradients with ``regrow`` (method ``prune``: gradual magnitude pruning)."""
     if structure not in ("element", "dimension"):
         raise ValueError(f"prune structure must be element or dimension, got {structure!r}")
     if own_optimizer is not None:
         return OwnStudent(masks, params, structure, own_optimizer)  # type: ignore[return-value]
+    if regrow and structure == "element":
+        return RegrowingStudent(masks, params)
     return _view(masks, params, structure)
 
 

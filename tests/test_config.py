@@ -1,8 +1,14 @@
+"""Options (config.py): defaults, files and overrides, bad values named by file and line, options of
+earlier versions, option combinations that do not exist, and the shipped configs."""
 import re
 
 import pytest
+import yaml
 
-from metasd_dgl.config import Config, ConfigError, load_config, save_config, to_dict
+from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.cli import main
+from metasd_dgl.config import Config, ConfigError, apply_overrides, load_config, save_config, to_dict, validate
+from run_helpers import REPO, TOY
 
 
 def test_defaults_roundtrip(tmp_path):
@@ -148,3 +154,76 @@ def test_a_bad_value_names_the_file_and_line_that_set_it(tmp_path):
     bad_type.write_text("model:\n\n  dim: wide\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(bad_type))}: line 3: model.dim: expected an integer"):
         load_config(bad_type)
+
+
+# ------------------------------------------------------------------ option combinations
+
+def test_relation_prediction_needs_a_bilinear_decoder():
+    cfg = apply_overrides(Config(), {"train.rp_weight": 1.0, "model.decoder": "transe"})
+    with pytest.raises(ConfigError, match="train.rp_weight"):
+        validate(cfg)
+
+
+def test_option_combinations_that_do_not_exist_are_config_errors():
+    for over in ({"metasd.student": "own", "train.method": "prune"},
+                 {"train.method": "kd", "train.regime": "negative-sampling"},
+                 {"prune.gradual_epochs": 50, "train.method": "prune", "train.epochs": 50},
+                 {"prune.structure": "dimension", "prune.scope": "per-tensor", "train.method": "prune"},
+                 {"metasd.student": "own", "train.method": "kd", "train.lr_scheduler": "plateau"},
+                 # options the method would silently ignore
+                 {"prune.gradual_epochs": 2, "train.method": "plain"},
+                 {"metasd.one_way_kd": True, "train.method": "prune"},
+                 {"metasd.student_lr": 0.1, "train.method": "metasd"}):
+        with pytest.raises(ConfigError):
+            load_config(overrides=over)
+    for retired in ({"metasd.straight_through": True}, {"metasd.share_forward": True},
+                    {"metasd.warmup_epochs": 2}, {"metasd.mask_source": "student"}, {"train.init_from": "x.pt"}):
+        with pytest.raises(ConfigError, match="retired"):
+            load_config(overrides=retired)
+
+
+# ------------------------------------------------------------------ checkpoints of earlier versions
+
+def test_a_checkpoint_older_than_an_option_counts_it_at_its_default(tmp_path):
+    """A run folder written before ``train.cpu_minutes`` existed, in the names of that time (the prune
+    options under ``metasd``, options since retired at their old defaults), is still finished for
+    ``pipeline`` and resumable; one that used a retired option is refused by name."""
+    from metasd_dgl.config import from_dict, resume_differences
+    from metasd_dgl.stages import run_status
+
+    run = tmp_path / "run"
+    assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "1", "--dim", "4"]) == 0
+    stored = load_checkpoint(run / "checkpoints" / "last.pt")
+    cfg = from_dict(stored["config"])
+    old = {sec: dict(v) if isinstance(v, dict) else v for sec, v in stored["config"].items()}
+    del old["train"]["cpu_minutes"]
+    old["metasd"].update({f"prune_{k}": v for k, v in old.pop("prune").items() if k != "gradual_epochs"},
+                         share_forward=False, mask_epochs=0, meta_grad_path="kd")
+    old["train"]["loss_backend"] = "fused"
+    stored["config"] = old
+    from metasd_dgl.checkpoint import save_checkpoint
+    save_checkpoint(stored, run / "checkpoints" / "last.pt")
+    assert run_status(run, cfg) == {**run_status(run, cfg), "finished": True, "differences": []}
+    from metasd_dgl.config import to_dict
+    assert resume_differences(old, to_dict(cfg)) == []
+    assert from_dict(old).prune.rate == cfg.prune.rate  # read through config.upgrade
+    new = from_dict(old)
+    new.prune.rate = 0.5
+    assert resume_differences(old, to_dict(new)) == ["prune.rate: 0.9 (checkpoint) vs 0.5 (now)"]
+    retired = {**old, "metasd": {**old["metasd"], "share_forward": True}}
+    assert resume_differences(retired, to_dict(cfg))[0].startswith("metasd.share_forward=True (retired: ")
+    stored["config"] = retired
+    save_checkpoint(stored, run / "checkpoints" / "last.pt")
+    assert main(["train", "--quiet", "--resume", str(run), "--epochs", "2"]) == 2  # refused, by name
+    assert main(["evaluate", str(run), "--checkpoint", "last", "--no-plots"]) == 0  # but still readable
+
+
+# ------------------------------------------------------------------ run folders
+
+def test_shipped_configs_name_no_run_folder():
+    for path in sorted(REPO.glob("pipelines/**/*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        assert "run_dir" not in data, path
+    # composed with another dataset, the run lands in that dataset's folder
+    cfg = load_config(REPO / "pipelines/configs/umls_metasd.yaml", overrides={"data.dataset": "kinship"})
+    assert cfg.run_dir == "runs/kinship-complex-metasd"

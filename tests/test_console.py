@@ -1,12 +1,17 @@
 """What training shows: readable lines (header, epoch, validation, summary), the same
 lines in RUN_DIR/train.log, JSON lines only with --json, and the summary alone with
---quiet; the default run folder per dataset; the lines' formatting."""
+--quiet; the default run folder per dataset; the lines' formatting; the rows' one name
+everywhere (console, eval JSON, plots)."""
 import json
+import re
 from pathlib import Path
 
+import pytest
+
 from metasd_dgl.cli import main
-from metasd_dgl.config import dataset_label, default_run_dir, load_config
-from metasd_dgl.console import epoch_line, sig, valid_line
+from metasd_dgl.config import CHOICES, dataset_label, default_run_dir, load_config
+from metasd_dgl.console import ROW_NAMES, epoch_line, row_names, sig, valid_line
+from run_helpers import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = str(REPO / "datasets" / "toy")
@@ -83,3 +88,43 @@ def test_line_formats():
     assert line == "epoch 2/5  loss 3.25  ce_student 2  kd_student 0.001  reg 0.5  kept 0.1  1.23 s/epoch"
     assert valid_line(4, {"teacher": {"mrr": 0.5}, "student": {"mrr": 0.25}}, 0.25, 4, True) == \
         "valid epoch 4: teacher MRR 0.5000  student MRR 0.2500  best 0.2500 (epoch 4)  new best -> checkpoints/best.pt"
+
+
+# ------------------------------------------------------------------ rows
+
+def test_row_names():
+    assert row_names(["teacher"], "plain") == {"teacher": "dense"}
+    assert row_names(["teacher", "student"], "metasd") == {"teacher": "teacher", "student": "student"}
+    assert row_names(["teacher", "student"], "kd") == {"teacher": "teacher", "student": "student"}
+    assert row_names(["teacher", "student"], "prune") == {"teacher": "dense (untrained)", "student": "student"}
+    assert row_names(["teacher"]) == {"teacher": "dense"}  # a lone dense row: a plain run
+    assert row_names(["teacher", "student", "reference student"], "metasd")["reference student"] == \
+        "reference student"
+    assert set(ROW_NAMES) == set(CHOICES["train.method"])  # every method's rows are named
+    # the validation line names its rows by the run's method
+    result = {"teacher": {"mrr": 0.1}, "student": {"mrr": 0.2}}
+    assert valid_line(1, result, 0.2, 1, True, "prune").startswith(
+        "valid epoch 1: dense (untrained) MRR 0.1000  student MRR 0.2000")
+    assert valid_line(1, {"teacher": {"mrr": 0.3}}, 0.3, 1, True, "plain").startswith("valid epoch 1: dense MRR 0.3000")
+
+
+@pytest.mark.parametrize("method,rows", [("plain", ["dense"]), ("prune", ["dense (untrained)", "student"]),
+                                         ("metasd", ["teacher", "student"])])
+def test_rows_have_one_name_everywhere(tmp_path, monkeypatch, capsys, method, rows):
+    from metasd_dgl import report
+
+    labels = []
+    real = report.bucket_comparison
+    monkeypatch.setattr(report, "bucket_comparison",
+                        lambda runs, *a, **k: labels.append(list(runs)) or real(runs, *a, **k))
+    run = tmp_path / "run"
+    assert main(["pipeline", "--dataset", TOY, "--run-dir", str(run), *TINY, "--set", f"train.method={method}"]) == 0
+    out = capsys.readouterr().out
+    valid = next(line for line in out.splitlines() if line.startswith("valid epoch 1: "))
+    assert re.findall(r"(?:^valid epoch 1: |  )([a-z() ]+?) MRR [0-9.]+", valid) == rows  # the validation line
+    assert re.findall(r"^(\S.*?)\s+both\s+[0-9.]+", out, flags=re.M) == rows  # the evaluation table
+    assert f"(valid {rows[-1]} MRR " in out  # the summary names the selection row
+    record = json.loads((run / "eval" / "test.json").read_text())
+    assert list(record["rows"].values()) == rows and list(record["results"]) == list(record["rows"])
+    shown = [label.split(" ", 1)[1] for label in labels[0]]  # "<run> <row>" in the bucket plots
+    assert shown == [r for r in rows if r != "dense (untrained)"]

@@ -1,5 +1,5 @@
 """Per-decoder tests inherited from one case: hand-computed scores, and the
-all-entities path agreeing with the broadcasting ``score``."""
+all-entities path agreeing with the broadcasting ``score``; relation scores by brute force."""
 import math
 
 import pytest
@@ -7,6 +7,7 @@ import torch
 
 from metasd_dgl.decoders import ComplEx, DistMult, RotatE, TransE
 from metasd_dgl.model import build_model
+from step_helpers import R, small_model as _model
 
 
 class DecoderCase:
@@ -90,3 +91,14 @@ def test_model_forward_is_score_all(decoder):
     scores = model(q)
     torch.testing.assert_close(scores[torch.arange(2), q[:, 2]], model.score_triples(q), atol=1e-5, rtol=1e-5)
     assert model.encoder.relation.shape[0] == 4  # 2R rows: reciprocal relations
+
+
+@pytest.mark.parametrize("decoder", ["complex", "distmult"])
+def test_relation_scores_by_brute_force(decoder):
+    """score_relations(h, t, R)[i, j] = score(h_i, R_j, t_i) for every relation row."""
+    model = _model(decoder)
+    ent, rel = model.encode(None)
+    h, t = ent[[0, 3, 5]], ent[[1, 1, 4]]
+    got = model.decoder.score_relations(h, t, rel)
+    want = torch.stack([model.decoder.score(h, rel[j].expand_as(h), t) for j in range(2 * R)], 1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

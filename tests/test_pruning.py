@@ -1,13 +1,17 @@
-"""Pruning masks: exact counts, deterministic ties, the student ignores pruned weights."""
+"""Pruning masks: exact counts, deterministic ties, the student ignores pruned weights, whole-coordinate
+masks, the one mask builder, and the gradual (cubic) prune schedule."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.cli import main
 from metasd_dgl.model import build_model, call
-from metasd_dgl.pruning import (compute_masks, dimension_coordinates, keep_count, prunable_params,
-                                 sparsity_report)
+from metasd_dgl.pruning import (compute_masks, dimension_coordinates, keep_count, make_masks, prunable_params,
+                                 scheduled_rate, sparsity_report)
 from metasd_dgl.student import MaskedStudent
+from run_helpers import TOY, train_toy as _train
 
 
 def apply_masks(params: dict, masks: dict) -> dict:
@@ -183,3 +187,58 @@ def test_dimension_structure_config_checks():
         load_config(overrides={"prune.structure": "dimension", "model.encoder": "rgcn"})
     with pytest.raises(ConfigError, match="prune.structure"):
         load_config(overrides={"prune.structure": "dimension", "prune.scope": "per-tensor"})
+
+
+def test_dimension_masks_train_and_evaluate(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "2", "--dim", "10",
+                 "--method", "metasd", "--batch-size", "4", "--set", "prune.structure=dimension",
+                 "--set", "metasd.quiz_fraction=0.2", "--set", "prune.rate=0.8"]) == 0
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    masks = state["masks"]
+    kept = None
+    for name, m in masks.items():
+        cols = m.all(0)
+        assert torch.equal(m, cols.expand_as(m))  # whole columns
+        coords = set((torch.nonzero(cols).flatten() % 10).tolist())
+        assert len(coords) == 2  # round(0.2 * 10) coordinates, real and imaginary parts together
+        kept = coords if kept is None else kept
+        assert coords == kept  # the same coordinates in every table
+    assert main(["evaluate", str(run), "--no-plots"]) == 0  # teacher and true student
+
+
+# ------------------------------------------------------------------ one mask builder
+
+def test_make_masks_is_compute_masks_over_the_prunable_weights():
+    model = build_model("kge", "complex", 9, 2, 10, init_scale=1.0, generator=torch.Generator().manual_seed(1))
+    for structure in ("element", "dimension"):
+        got = make_masks(model, 0.8, structure=structure, dim=10)
+        from metasd_dgl.pruning import dimension_coordinates
+
+        params = prunable_params(model)
+        coords = dimension_coordinates(params, 10) if structure == "dimension" else None
+        want = compute_masks(params, 0.8, "global", coords)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+        kept = sum(int(m.sum()) for m in got.values()) / sum(m.numel() for m in got.values())
+        assert kept == pytest.approx(0.2, abs=0.05)
+
+
+# ------------------------------------------------------------------ gradual pruning
+
+def test_cubic_schedule_by_hand():
+    assert [scheduled_rate(0.9, e, 4) for e in range(6)] == pytest.approx(
+        [0.0, 0.9 * (1 - 0.75 ** 3), 0.9 * (1 - 0.5 ** 3), 0.9 * (1 - 0.25 ** 3), 0.9, 0.9])
+    assert scheduled_rate(0.9, 0, 0) == 0.9
+
+
+def test_gradual_pruning_kept_counts_per_epoch(tmp_path):
+    rows = _train(tmp_path / "run", "--epochs", "5", "--method", "prune", "--set", "prune.gradual_epochs=4")
+    numel = 11 * 8 + 6 * 8  # toy: 11 entities, 3 relations (6 with inverses), ComplEx dim 4 -> width 8
+    expected = [keep_count(numel, scheduled_rate(0.9, e, 4)) / numel for e in range(5)]
+    got = [r["density"] for r in rows if "density" in r]
+    assert got == pytest.approx(expected) and got[0] == 1.0 and got[-1] == pytest.approx(0.1, abs=0.01)
+    # best.pt is chosen only among students at the final rate (a denser one would flatter the student)
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["state"]["epoch"] == 5 and best["state"]["best_epoch"] == 5
+    kept = sum(int(m.sum()) for m in best["masks"].values())
+    assert kept == keep_count(numel, 0.9)

@@ -1,171 +1,29 @@
-"""Training steps: against autograd references, finite differences, determinism, toy convergence."""
+"""Training steps: against autograd references, finite differences, determinism, toy convergence; relation
+prediction, embedding dropout, the real step's KD variants and gradient clipping."""
 from __future__ import annotations
 
 import copy
 
-import dgl
 import pytest
 import torch
-from torch.func import functional_call
 
 from metasd_dgl.config import Config, apply_overrides
-from metasd_dgl.graph.sampling import dst_norm
-from metasd_dgl.model import build_model, call
+from metasd_dgl.model import build_model
 from metasd_dgl.optimizers import OPTIMIZERS
-from metasd_dgl.pruning import compute_masks, dimension_coordinates, prunable_params
-from metasd_dgl.student import ColumnStudent, MaskedStudent, make_student
+from metasd_dgl.pruning import compute_masks, prunable_params
+from metasd_dgl.student import MaskedStudent
 from metasd_dgl.train.closed_form import CLOSED_FORM
-from metasd_dgl.train.losses import AUTOGRAD, cross_entropy_1n, dura, kd_loss, log_probs, regularizer
+from metasd_dgl.train.losses import AUTOGRAD, cross_entropy_1n, dura, kd_loss
 from metasd_dgl.train.loop import run_step
 from metasd_dgl.train.spec import KDSpec, StepSpec
-from metasd_dgl.train.steps import Steps
-from step_helpers import Stepper
-
-N, R = 6, 2
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: OpenMP synchronisation costs more than it saves (and more under load)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def queries(n: int, gen: torch.Generator, num_entities: int = N, num_relations: int = R) -> torch.Tensor:
-    return torch.stack([torch.randint(0, num_entities, (n,), generator=gen),
-                        torch.randint(0, 2 * num_relations, (n,), generator=gen),
-                        torch.randint(0, num_entities, (n,), generator=gen)], 1)
-
-
-def toy_graph(seed: int = 0) -> dgl.DGLGraph:
-    gen = torch.Generator().manual_seed(seed)
-    h, r, t = queries(10, gen).unbind(1)
-    r = r % R
-    g = dgl.graph((torch.cat([h, t]), torch.cat([t, h])), num_nodes=N)
-    g.edata["etype"] = torch.cat([r, r + R])
-    g.edata["norm"] = dst_norm(g)
-    return g
-
-
-def tiny(encoder: str = "kge", decoder: str = "complex", seed: int = 0, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    opts = dict(num_layers=1, num_bases=2, dropout=0.0)
-    model = build_model(encoder, decoder, N, R, 2, init_scale=0.5, generator=gen, rgcn_options=opts)
-    return model.to(dtype)
-
-
-def config(method: str, train: dict | None = None, **metasd) -> Config:
-    return apply_overrides(Config(), {"train": {"method": method, "reg_weight": 0.05, **(train or {})},
-                                      "metasd": metasd})
-
-
-def stepper(model, method: str, sgd_lr: float = 0.0, meta_lr: float = 1e-2, backend=CLOSED_FORM, **mc) -> Stepper:
-    return Stepper(model, config(method, **mc), sgd_lr, meta_lr, backend)
-
-
-def masked(model, masks) -> MaskedStudent:
-    return MaskedStudent(masks, dict(model.named_parameters()))
-
-
-def apply_masks(weights, masks):
-    """The reference student weights, written out: ``W * M`` on the masked names."""
-    return {n: (w * masks[n] if n in masks else w) for n, w in weights.items()}
-
-
-# ------------------------------------------------------------- references
-def _scores_rows(model, weights, q, graph):
-    own = {n[len("encoder."):]: w for n, w in weights.items() if n.startswith("encoder.")}
-    ent, rel = functional_call(model.encoder, own, (graph,))
-    scores = call(model, weights, q[:, :2], graph=graph)
-    return scores, (ent[q[:, 0]], rel[q[:, 1]], ent[q[:, 2]])
-
-
-def _ref_losses(model, st: Stepper, W, masks, batch, graph, detach_other=True):
-    """Reference (autograd, losses.py) student and teacher losses of the real step."""
-    spec, y = st.spec.kd, batch[:, 2]
-    S, rs = _scores_rows(model, apply_masks(W, masks), batch, graph)
-    T, rt = _scores_rows(model, W, batch, graph)
-    reg = lambda rows: regularizer(st.reg_kind, *rows, 0.05, model.decoder.name)  # noqa: E731
-    kd = lambda a, b: kd_loss(log_probs(a, spec.temperature), log_probs(b, spec.temperature),  # noqa: E731
-                              spec.forward_weight, spec.reverse_weight, spec.scale)
-    other = (lambda x: x.detach()) if detach_other else (lambda x: x)
-    student = cross_entropy_1n(S, y) + reg(rs) + kd(S, other(T))
-    teacher = cross_entropy_1n(T, y) + reg(rt) + kd(T, other(S))
-    return student, teacher
-
-
-def _ref_quiz_loss(model, st: Stepper, W, W0, masks, batch, quiz, graph, path):
-    """CE(S' on quiz) with S' built by autograd (create_graph) from losses.py."""
-    names = [n for n in model.prunable_names() if n in masks]
-    if path == "full":
-        student = apply_masks(W, masks)
-    else:
-        student = {n: w.detach() for n, w in apply_masks(W0, masks).items()}
-        for n in names:
-            student[n].requires_grad_(True)
-    S, rs = _scores_rows(model, student, batch, graph)
-    T, _ = _scores_rows(model, W, batch, graph)
-    spec = st.spec.kd
-    loss = cross_entropy_1n(S, batch[:, 2]) + regularizer(st.reg_kind, *rs, 0.05, model.decoder.name) + kd_loss(
-        log_probs(S, spec.temperature), log_probs(T, spec.temperature),
-        spec.forward_weight, spec.reverse_weight, spec.scale)
-    grads = torch.autograd.grad(loss, [student[n] for n in names], create_graph=True)
-    virtual = dict(student)
-    for n, g in zip(names, grads):
-        virtual[n] = student[n] - st.spec.virtual_lr * g * masks[n]
-    Q, _ = _scores_rows(model, virtual, quiz, graph)
-    return cross_entropy_1n(Q, quiz[:, 2])
+from metasd_dgl.train.steps import Steps, plain_step
+from run_helpers import REPO
+from step_helpers import (Stepper, apply_masks, config, kd_at_t3 as _kd, masked, one_thread,  # noqa: F401
+                          overrides_stepper, queries, ref_losses as _ref_losses, scores_rows as _scores_rows,
+                          seeded_queries as _queries, small_model as _model, stepper, tiny, toy_graph)
 
 
 # ------------------------------------------------------------------ tests
-@pytest.mark.parametrize("encoder,decoder", [
-    ("kge", "complex"), ("kge", "distmult"), ("kge", "transe"), ("rgcn", "distmult"), ("rgcn", "complex"),
-])
-def test_meta_gradient_matches_finite_differences(encoder, decoder):
-    """The meta step's gradient, read off a MetaSD step whose real step has lr 0 and whose meta
-    optimiser is SGD at lr 1 (``W0 - W1``), against autograd through the reference construction."""
-    path = "kd"  # the only path: S' depends on W through the teacher's predictions
-    model = tiny(encoder, decoder)
-    graph = toy_graph() if encoder == "rgcn" else None
-    W0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-    st = stepper(model, "metasd", sgd_lr=1e-300, meta_lr=1.0, virtual_lr=0.5)
-    for group in st.steps.optimizer.param_groups:
-        group["lr"] = 0.0  # the real step moves nothing
-    gen = torch.Generator().manual_seed(1)
-    batch, quiz = queries(8, gen), queries(5, gen)
-    masks = compute_masks(prunable_params(model), 0.5)
-    quiz_loss = st.step(batch, masked(model, masks), quiz, graph)["meta_quiz_loss"]
-    grads = {n: W0[n] - p.detach() for n, p in model.named_parameters()}
-
-    def f(W):
-        W = {n: w.clone().requires_grad_(True) for n, w in W.items()}
-        return _ref_quiz_loss(model, st, W, W0, masks, batch, quiz, graph, path).item()
-
-    assert quiz_loss == pytest.approx(f(W0), abs=1e-12)
-    # Exact: autograd through the reference construction, every element.
-    W = {n: w.clone().requires_grad_(True) for n, w in W0.items()}
-    ref = torch.autograd.grad(_ref_quiz_loss(model, st, W, W0, masks, batch, quiz, graph, path),
-                              list(W.values()), allow_unused=True)
-    for (name, w), r in zip(W0.items(), ref):
-        got = grads[name] if grads[name] is not None else torch.zeros_like(w)
-        assert torch.allclose(got, torch.zeros_like(w) if r is None else r, atol=1e-11, rtol=1e-9), name
-    # Finite differences on a few elements of every tensor (checks the reference itself).
-    eps, checked, pick = 1e-6, 0, torch.Generator().manual_seed(5)
-    for name, w in W0.items():
-        got = (grads[name] if grads[name] is not None else torch.zeros_like(w)).flatten()
-        for i in torch.randperm(w.numel(), generator=pick)[:3].tolist():
-            bump = torch.zeros(w.numel(), dtype=w.dtype)
-            bump[i] = eps
-            plus, minus = dict(W0), dict(W0)
-            plus[name], minus[name] = w + bump.view_as(w), w - bump.view_as(w)
-            fd = (f(plus) - f(minus)) / (2 * eps)
-            assert got[i].item() == pytest.approx(fd, abs=1e-7, rel=1e-5), (name, i)
-            checked += abs(fd) > 1e-6
-    assert checked > 0
-    assert grads["encoder.entity"].abs().sum() > 0 and grads["encoder.relation"].abs().sum() > 0
-
 
 @pytest.mark.parametrize("method", ["plain", "prune", "kd"])
 def test_real_steps_match_autograd_reference(method):
@@ -194,48 +52,6 @@ def test_real_steps_match_autograd_reference(method):
     assert out["loss"] == pytest.approx(loss.item(), abs=1e-12)
     for (n, a), b in zip(model.named_parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=1e-12), n
-
-
-def test_metasd_step_is_meta_update_then_kd_step():
-    model = tiny()
-    twin = copy.deepcopy(model)
-    st = stepper(model, "metasd", sgd_lr=0.3, meta_lr=0.05)
-    gen = torch.Generator().manual_seed(3)
-    batch, quiz = queries(9, gen), queries(4, gen)
-    masks = compute_masks(prunable_params(model), 0.6)
-    out = st.step(batch, masked(model, masks), quiz)
-    assert {"meta_quiz_loss", "meta_grad_norm", "kd_student", "ce_teacher"} <= set(out)
-    W = dict(twin.named_parameters())
-    W0 = {n: w.detach().clone() for n, w in W.items()}
-    q = _ref_quiz_loss(twin, st, W, W0, masks, batch, quiz, None, "kd")
-    q.backward()
-    with torch.no_grad():
-        for p in twin.parameters():
-            p -= 0.05 * p.grad
-            p.grad = None
-    student, teacher = _ref_losses(twin, st, W, masks, batch, None)
-    (student + teacher).backward()
-    with torch.no_grad():
-        for p in twin.parameters():
-            p -= 0.3 * p.grad
-    for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.allclose(a, b, atol=1e-12)
-
-
-def _run_metasd(seed: int) -> dict:
-    model = tiny(seed=0, dtype=torch.float32)
-    st = stepper(model, "metasd", extra_teacher_step=True)
-    gen = torch.Generator().manual_seed(seed)
-    for i in range(3):
-        masks = compute_masks(prunable_params(model), 0.9)
-        st.step(queries(16, gen), masked(model, masks), queries(8, gen), do_meta=(i != 1))
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def test_metasd_step_is_deterministic():
-    a, b, c = _run_metasd(7), _run_metasd(7), _run_metasd(8)
-    assert all(torch.equal(a[n], b[n]) for n in a)
-    assert not all(torch.equal(a[n], c[n]) for n in a)
 
 
 @pytest.mark.parametrize("method", ["plain", "prune", "kd", "metasd"])
@@ -276,31 +92,6 @@ def test_negative_sampling_step(method, decoder):
         last = run_step(method, st, pos, student, negatives=neg)
     assert last["ns_loss"] < first
     assert set(last) == {"loss", "ns_loss", "reg", "grad_norm"}
-
-
-@pytest.mark.parametrize("decoder", ["complex", "distmult", "rotate", "transe"])
-@pytest.mark.parametrize("method,opts", [("prune", {}), ("kd", {}), ("metasd", {}), ("kd", {"extra_teacher_step": True})])
-def test_narrow_student_equals_masked_student(decoder, method, opts):
-    """Whole-coordinate masks: the student on the kept columns takes exactly the masked student's step."""
-    gen = torch.Generator().manual_seed(5)
-    model = build_model("kge", decoder, N, R, 6, init_scale=0.5, generator=gen).to(torch.float64)
-    prunable = prunable_params(model)
-    masks = compute_masks(prunable, 0.5, "global", dimension_coordinates(prunable, 6))
-    batch, quiz = queries(5, gen), queries(4, gen)
-    after = []
-    for strategy in (MaskedStudent, ColumnStudent):
-        m = copy.deepcopy(model)
-        st = stepper(m, method, sgd_lr=0.1, **opts)
-        student = strategy(masks, dict(m.named_parameters()))
-        for _ in range(2):
-            out = st.step(batch, student, quiz)
-        after.append(({n: p.detach().clone() for n, p in m.named_parameters()}, out))
-    (w0, o0), (w1, o1) = after
-    for n in w0:
-        torch.testing.assert_close(w1[n], w0[n], rtol=1e-10, atol=1e-12)
-    assert set(o0) == set(o1)
-    for k in o0:
-        assert o1[k] == pytest.approx(o0[k], rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.parametrize("encoder,decoder", [("kge", "complex"), ("rgcn", "distmult")])
@@ -359,35 +150,158 @@ def test_empty_batch_step_is_finite_and_moves_nothing(method):
             assert torch.equal(p, before[n]), n
 
 
-def test_students_are_built_in_one_place():
-    """make_student: masked ``W * M`` for element masks, kept columns for whole-coordinate masks."""
-    gen = torch.Generator().manual_seed(8)
-    model = build_model("kge", "complex", N, R, 4, init_scale=0.5, generator=gen).to(torch.float64)
-    params = dict(model.named_parameters())
-    prunable = prunable_params(model)
-    element = make_student(compute_masks(prunable, 0.5), params, "element")
-    assert type(element) is MaskedStudent
-    for n, w in element.weights(params).items():
-        expected = params[n] * element.bool_masks[n] if n in element.bool_masks else params[n]
-        assert torch.equal(w, expected)
-    masks = compute_masks(prunable, 0.5, "global", dimension_coordinates(prunable, 4))
-    cols = make_student(masks, params, "dimension")
-    assert type(cols) is ColumnStudent
-    ent = cols.weights(params)["encoder.entity"]
-    keep = masks["encoder.entity"][0]
-    assert torch.equal(ent, params["encoder.entity"][:, keep])  # (N, 2k): the kept real, then imaginary columns
-    assert torch.equal(cols.restrict("encoder.entity", torch.ones_like(ent)), torch.ones_like(ent))
+# ------------------------------------------------------------------ relation prediction, embedding dropout
+
+def _stepper(model, method, **train):
+    cfg = apply_overrides(Config(), {"train": {"method": method, "reg_weight": 0.05, **train}})
+    return Stepper(model, cfg, sgd_lr=0.3, meta_lr=0.05)
 
 
-def test_a_step_without_the_meta_step_is_the_kd_step():
-    """``do_meta=False`` (``metasd.meta_every``): the MetaSD step is the kd step, weight for weight."""
-    model = tiny()
+def test_plain_step_with_relation_prediction_matches_autograd():
+    """loss = CE(tails) + DURA + w * CE(relations | h, t); the closed-form step equals autograd's."""
+    model, twin = _model(), None
     twin = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(9)
-    batch, quiz = queries(6, gen), queries(4, gen)
-    masks = compute_masks(prunable_params(model), 0.5)
-    out = stepper(model, "metasd", sgd_lr=0.3).step(batch, masked(model, masks), quiz, do_meta=False)
-    ref = stepper(twin, "kd", sgd_lr=0.3).step(batch, masked(twin, masks))
-    assert "meta_quiz_loss" not in out and out == ref
+    batch = _queries(7, 1)
+    out = _stepper(model, "plain", rp_weight=4.0).step(batch)
+    ent, rel = twin.encode(None)
+    h, r, t = ent[batch[:, 0]], rel[batch[:, 1]], ent[batch[:, 2]]
+    ce = cross_entropy_1n(twin.decoder.score_all(h, r, ent), batch[:, 2])
+    rp = 4.0 * cross_entropy_1n(twin.decoder.score_relations(h, t, rel), batch[:, 1])
+    loss = ce + dura(h, r, t, 0.05, "complex") + rp
+    loss.backward()
+    with torch.no_grad():
+        for p in twin.parameters():
+            p -= 0.3 * p.grad
+    assert out["rp"] == pytest.approx(rp.item(), abs=1e-12) and out["loss"] == pytest.approx(loss.item(), abs=1e-12)
     for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method,opts", [("prune", {}), ("kd", {}), ("metasd", {}),
+                                         ("metasd", {"metasd.extra_teacher_step": True})])
+def test_relation_prediction_in_every_method_on_both_backends(method, opts):
+    """Teacher, student and virtual step all carry the RP term; closed-form and autograd backends agree."""
+    model = _model()
+    masks = compute_masks(prunable_params(model), 0.5)
+    batch, quiz = _queries(7, 2), _queries(4, 3)
+    after = []
+    for backend in (CLOSED_FORM, AUTOGRAD):
+        m = copy.deepcopy(model)
+        cfg = apply_overrides(Config(), {"train.method": method, "train.rp_weight": 2.0,
+                                         "metasd.virtual_lr": 0.5, **opts})
+        st = Stepper(m, cfg, sgd_lr=0.3, meta_lr=0.05, backend=backend)
+        out = st.step(batch, MaskedStudent(masks, dict(m.named_parameters())), quiz)
+        after.append((dict(m.named_parameters()), out))
+    (w0, o0), (w1, o1) = after
+    assert o0["rp"] > 0 and o1["rp"] == pytest.approx(o0["rp"], rel=1e-10)
+    for n in w0:
+        torch.testing.assert_close(w1[n], w0[n], rtol=1e-10, atol=1e-12)
+    no_rp = copy.deepcopy(model)  # and the term does change the step
+    _stepper(no_rp, method, **({"rp_weight": 0.0})).step(batch, MaskedStudent(masks, dict(no_rp.named_parameters())),
+                                                        quiz)
+    assert not torch.allclose(dict(no_rp.named_parameters())["encoder.relation"], w0["encoder.relation"])
+
+
+def test_embedding_dropout_is_seeded_scaled_and_training_only():
+    model = _model()
+    batch = _queries(5, 4)
+    st = _stepper(model, "plain", entity_dropout=0.5, relation_dropout=0.25).steps
+    with pytest.raises(ValueError, match="generator"):
+        st.forward(None, batch)
+    st.generator = torch.Generator().manual_seed(3)
+    a = st.forward(None, batch).scores
+    st.generator = torch.Generator().manual_seed(3)
+    b = st.forward(None, batch).scores
+    assert torch.equal(a, b)  # the masks come from the generator
+    plain = st.forward(None, batch, train=False).scores  # no dropout outside training steps
+    ent, rel = model.encode(None)
+    torch.testing.assert_close(plain, model.decoder.score_all(ent[batch[:, 0]], rel[batch[:, 1]], ent))
+    assert not torch.allclose(a, plain)
+    x = torch.ones(200, 50, dtype=torch.float64)
+    st.generator = torch.Generator().manual_seed(0)
+    dropped = st._dropout(x, 0.5)
+    assert set(dropped.unique().tolist()) == {0.0, 2.0}  # inverted dropout: kept entries scaled by 1/(1-p)
+    assert abs(dropped.mean().item() - 1.0) < 0.03
+
+
+# ------------------------------------------------------------------ the real step's KD variants
+
+@pytest.mark.parametrize("one_way,weighting", [(True, "source"), (False, "self"), (True, "self")])
+def test_real_step_kd_variants_match_autograd(one_way, weighting):
+    """one_way_kd: the teacher's loss is CE + reg only; real_kd_weighting=self: each learner
+    3 KL(self || other) + KL(other || self) (the reference code's real step)."""
+    model = _model()
+    twin = copy.deepcopy(model)
+    masks = compute_masks(prunable_params(model), 0.5)
+    batch = _queries(8, 1)
+    st = overrides_stepper(model, {"train.method": "kd", "metasd.one_way_kd": one_way,
+                                   "metasd.real_kd_weighting": weighting})
+    out = st.step(batch, MaskedStudent(masks, dict(model.named_parameters())))
+    fw, rw = (3.0, 1.0) if weighting == "source" else (1.0, 3.0)  # weights of KL(source||learner), KL(learner||source)
+    W = dict(twin.named_parameters())
+    S_w = {n: w * masks[n] if n in masks else w for n, w in W.items()}
+
+    def fwd(weights):
+        ent, rel = weights["encoder.entity"], weights["encoder.relation"]
+        h, r, t = ent[batch[:, 0]], rel[batch[:, 1]], ent[batch[:, 2]]
+        return twin.decoder.score_all(h, r, ent), (h, r, t)
+
+    S, rs = fwd(S_w)
+    T, rt = fwd(W)
+    y = batch[:, 2]
+    student = cross_entropy_1n(S, y) + dura(*rs, 0.05) + _kd(S, T.detach(), fw, rw)
+    teacher = cross_entropy_1n(T, y) + dura(*rt, 0.05) + (0 if one_way else _kd(T, S.detach(), fw, rw))
+    (student + teacher).backward()
+    with torch.no_grad():
+        for p in twin.parameters():
+            p -= 0.3 * p.grad
+    assert out["loss"] == pytest.approx((student + teacher).item(), abs=1e-12)
+    assert (out["kd_teacher"] == 0.0) == one_way
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ gradient clipping
+
+def _one_sgd_step(tmp_path, grad_clip: float, lr: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights before, after) one Trainer step whose optimiser step is plain SGD ``w -= lr * grad``
+    (on the gradient as the Stepper left it: clipped when ``train.grad_clip`` > 0)."""
+    from metasd_dgl.config import Config
+    from metasd_dgl.data.preprocess import load_processed, preprocess
+    from metasd_dgl.train.loop import Trainer
+
+    data = load_processed(preprocess(REPO / "datasets" / "toy", tmp_path / f"data{grad_clip}"))
+    cfg = Config()
+    cfg.model.dim, cfg.model.init_scale, cfg.train.grad_clip, cfg.train.seed = 4, 1.0, grad_clip, 7
+    trainer = Trainer(cfg, data, tmp_path / f"run{grad_clip}", progress=False)
+    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+
+    def sgd_step(closure=None):  # noqa: ARG001
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p -= lr * p.grad
+
+    trainer.optimizer.step = sgd_step
+    flat = lambda: torch.cat([p.detach().reshape(-1) for p in params])  # noqa: E731
+    before = flat().clone()
+    plain_step(trainer.steps, trainer.examples.queries[:8].to(trainer.device))
+    return before, flat()
+
+
+def test_grad_clip_bounds_the_update(tmp_path):
+    """One SGD step with clip c moves the weights by exactly lr * c * g / |g| when |g| > c
+    (so by lr * c in norm), and by lr * g when |g| <= c."""
+    lr = 0.5
+    before, free = _one_sgd_step(tmp_path, 0.0, lr)
+    g = (before - free) / lr  # the unclipped gradient
+    norm = float(torch.linalg.vector_norm(g))
+    assert norm > 0.1
+    c = norm / 4
+    before_c, clipped = _one_sgd_step(tmp_path, c, lr)
+    assert torch.equal(before_c, before)  # same initialisation
+    step = before - clipped
+    assert float(torch.linalg.vector_norm(step)) == pytest.approx(lr * c, rel=1e-5)
+    torch.testing.assert_close(step, lr * c * g / norm, rtol=1e-4, atol=1e-7)
+    _, loose = _one_sgd_step(tmp_path, 4 * norm, lr)  # clip above |g|: no effect
+    torch.testing.assert_close(loose, free, rtol=1e-6, atol=1e-7)

@@ -315,7 +315,8 @@ class Trainer:
             self.student = None
         elif self.student is None:
             own = self._student_optimizer if self.cfg.metasd.student == "own" else None
-            self.student = make_student(masks, self.steps.params, self.cfg.prune.structure, own)
+            self.student = make_student(masks, self.steps.params, self.cfg.prune.structure, own,
+                                        regrow=self.cfg.train.method == "prune")
         else:
             self.student = self.student.remask(masks, self.steps.params)
 

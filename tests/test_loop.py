@@ -1,13 +1,14 @@
-"""Training-loop options end to end on the toy graph: the batch cap and whole-coordinate masks."""
+"""The training loop (train/loop.py) end to end on the toy graph: the batch cap, the CPU budget (a mid-epoch
+stop that validates, a resume that continues the budget or closes the cut epoch), the plateau LR scheduler and
+its exact resume, the student strategy fixed on resume, and a NaN/Inf loss stopping the run with a clear
+message and the last good checkpoint kept."""
 import json
 
 import torch
 
 from metasd_dgl.checkpoint import load_checkpoint
 from metasd_dgl.cli import main
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-TOY = str(REPO / "datasets" / "toy")
+from run_helpers import REPO, TOY, train_toy as _train
 
 
 def _epochs(run):
@@ -22,23 +23,7 @@ def test_batches_per_epoch_caps_each_epoch(tmp_path):
     assert [r["step"] for r in _epochs(run)] == [3, 6]
 
 
-def test_dimension_masks_train_and_evaluate(tmp_path):
-    run = tmp_path / "run"
-    assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "2", "--dim", "10",
-                 "--method", "metasd", "--batch-size", "4", "--set", "prune.structure=dimension",
-                 "--set", "metasd.quiz_fraction=0.2", "--set", "prune.rate=0.8"]) == 0
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
-    masks = state["masks"]
-    kept = None
-    for name, m in masks.items():
-        cols = m.all(0)
-        assert torch.equal(m, cols.expand_as(m))  # whole columns
-        coords = set((torch.nonzero(cols).flatten() % 10).tolist())
-        assert len(coords) == 2  # round(0.2 * 10) coordinates, real and imaginary parts together
-        kept = coords if kept is None else kept
-        assert coords == kept  # the same coordinates in every table
-    assert main(["evaluate", str(run), "--no-plots"]) == 0  # teacher and true student
-
+# ------------------------------------------------------------------ the CPU budget
 
 class _FakeCPU:
     """``time.process_time`` of the loop module: every training step costs ``per_step`` CPU seconds."""
@@ -116,35 +101,53 @@ def test_a_run_resumed_after_its_budget_ran_out_mid_epoch_closes_that_epoch(tmp_
     assert run_status(run, cfg)["finished"]  # a spent budget is a finished run
 
 
-def test_a_checkpoint_older_than_an_option_counts_it_at_its_default(tmp_path):
-    """A run folder written before ``train.cpu_minutes`` existed, in the names of that time (the prune
-    options under ``metasd``, options since retired at their old defaults), is still finished for
-    ``pipeline`` and resumable; one that used a retired option is refused by name."""
-    from metasd_dgl.config import from_dict, resume_differences
-    from metasd_dgl.stages import run_status
+# ------------------------------------------------------------------ the plateau LR scheduler
 
+def test_plateau_scheduler_drops_lr_and_resumes_exactly(tmp_path):
+    plateau = ["--lr", "0.5", "--set", "train.lr_scheduler=plateau", "--set", "train.lr_patience=0",
+               "--set", "train.lr_factor=0.5"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    _train(whole, "--epochs", "6", *plateau)
+    _train(part, "--epochs", "3", *plateau)
+    _train(part, "--epochs", "6", *plateau, "--resume", str(part))
+    a, b = load_checkpoint(whole / "checkpoints" / "last.pt"), load_checkpoint(part / "checkpoints" / "last.pt")
+    for n, w in a["model"].items():
+        assert torch.equal(w, b["model"][n]), n
+    assert a["scheduler"] == b["scheduler"]
+    # Patience 0: every validation without a (relative 1e-4) gain halves the lr; replay the rule.
+    rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    lr, best = 0.5, -1.0
+    for mrr in [r["valid"]["teacher"]["mrr"] for r in rows if "valid" in r]:
+        if mrr > best * (1 + 1e-4):
+            best = mrr
+        else:
+            lr *= 0.5
+    assert lr < 0.5, "the run should have hit a plateau"
+    assert a["scheduler"]["_last_lr"] == [lr] and a["optimizer"]["param_groups"][0]["lr"] == lr
+    logged = [r["lr"] for r in rows if "lr" in r]
+    assert logged[0] == 0.5 and logged == sorted(logged, reverse=True)
+
+
+# ------------------------------------------------------------------ resume
+
+def test_resume_may_not_change_the_student_strategy(tmp_path):
+    from metasd_dgl.errors import CheckpointError  # noqa: F401  (the CLI reports it as one error line)
+    own = ["--method", "metasd", "--set", "metasd.quiz_fraction=0.2", "--set", "prune.rate=0.5"]
+    _train(tmp_path / "run", "--epochs", "1", *own, "--set", "metasd.student=own")
+    args = ["train", "--quiet", "--dataset", TOY, "--run-dir", str(tmp_path / "run"), "--dim", "4",
+            "--batch-size", "4", "--epochs", "2", *own, "--set", "metasd.student=shared", "--resume",
+            str(tmp_path / "run")]
+    assert main(args) == 2  # metasd.student: 'own' (checkpoint) vs 'shared' (now)
+
+
+# ------------------------------------------------------------------ numerics
+
+def test_exploding_run_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "1", "--dim", "4"]) == 0
-    stored = load_checkpoint(run / "checkpoints" / "last.pt")
-    cfg = from_dict(stored["config"])
-    old = {sec: dict(v) if isinstance(v, dict) else v for sec, v in stored["config"].items()}
-    del old["train"]["cpu_minutes"]
-    old["metasd"].update({f"prune_{k}": v for k, v in old.pop("prune").items() if k != "gradual_epochs"},
-                         share_forward=False, mask_epochs=0, meta_grad_path="kd")
-    old["train"]["loss_backend"] = "fused"
-    stored["config"] = old
-    from metasd_dgl.checkpoint import save_checkpoint
-    save_checkpoint(stored, run / "checkpoints" / "last.pt")
-    assert run_status(run, cfg) == {**run_status(run, cfg), "finished": True, "differences": []}
-    from metasd_dgl.config import to_dict
-    assert resume_differences(old, to_dict(cfg)) == []
-    assert from_dict(old).prune.rate == cfg.prune.rate  # read through config.upgrade
-    new = from_dict(old)
-    new.prune.rate = 0.5
-    assert resume_differences(old, to_dict(new)) == ["prune.rate: 0.9 (checkpoint) vs 0.5 (now)"]
-    retired = {**old, "metasd": {**old["metasd"], "share_forward": True}}
-    assert resume_differences(retired, to_dict(cfg))[0].startswith("metasd.share_forward=True (retired: ")
-    stored["config"] = retired
-    save_checkpoint(stored, run / "checkpoints" / "last.pt")
-    assert main(["train", "--quiet", "--resume", str(run), "--epochs", "2"]) == 2  # refused, by name
-    assert main(["evaluate", str(run), "--checkpoint", "last", "--no-plots"]) == 0  # but still readable
+    code = main(["train", "--quiet", "--dataset", str(REPO / "datasets" / "toy"), "--run-dir", str(run),
+                 "--epochs", "5", "--lr", "1e30", "--dim", "4", "--set", "model.init_scale=10"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "non-finite" in err and "last good checkpoint" in err and "Traceback" not in err
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in state["model"].values())

@@ -3,12 +3,11 @@ import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from run_helpers import REPO
 ROW_KEYS = {"mrr", "hits@1", "hits@10", "rarest_bucket", "rarest_mrr", "rarest_entity_mrr", "buckets", "nonzero",
             "bytes"}
 RESULT_KEYS = {"dim", "epochs", "best_epoch", "seconds_per_epoch", "train_wall_s", "valid_mrr", "export", "seeds",

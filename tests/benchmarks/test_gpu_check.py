@@ -8,11 +8,10 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from metasd_dgl.config import apply_overrides, Config, load_config, to_dict
 
-REPO = Path(__file__).resolve().parents[1]
+from run_helpers import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check  # noqa: E402
 

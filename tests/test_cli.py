@@ -1,4 +1,5 @@
-"""Every hint the project prints works as printed.
+"""The command line (cli.py, cli_tools.py): every hint the project prints works as printed, and what the
+commands tell the user.
 
 * Texts: every ``--option`` that a message, docstring, README, docs page or shipped config names exists:
   on the command the text names (``metasd-dgl CMD ... --opt``), else (a bare ``--opt`` in a message)
@@ -6,8 +7,10 @@
 * Hints: each is provoked, the command line it prints is run as printed (tiny sizes appended) and does
   what it says: subset -> pipeline on the folder; tune -> pipeline best.yaml; train/pipeline/tune
   resume; errors' "pass --X" / "drop --X" / "use --X" / "rerun with --debug".
-* train, pipeline and tune share the data options; shipped configs name no run folder; the rows have
-  one name everywhere (console, eval JSON, plots).
+* train, pipeline and tune share the data options.
+* What evaluate and import-dglke tell the user: the triple-classification table, which checkpoint /
+  compact file was scored, the no-run message, the prune-only dense row, and import-dglke's choice of
+  scoring for our own exports.
 """
 import json
 import re
@@ -21,13 +24,9 @@ import torch
 import yaml
 
 from metasd_dgl.cli import _overrides, cli, main
-from metasd_dgl.config import CHOICES, load_config, to_dict
-from metasd_dgl.console import ROW_NAMES, row_names, valid_line
+from metasd_dgl.config import load_config, to_dict
+from run_helpers import REPO, TINY, TOY, interrupt_after_first_epoch as _interrupt_after_first_epoch
 
-REPO = Path(__file__).resolve().parents[1]
-TOY = str(REPO / "datasets" / "toy")
-TINY = ["--set", "train.epochs=1", "--set", "model.dim=4", "--set", "train.batch_size=8",
-        "--set", "train.valid_every=1"]
 #: Options of other programs that the project's messages mention.
 FOREIGN = {"--nproc_per_node", "--nnodes", "--node_rank", "--master_addr", "--master_port", "--logdir",
            "--rdzv_backend", "--rdzv_endpoint", "--rdzv_id", "--standalone", "--index-url", "--find-links"}
@@ -185,19 +184,6 @@ def test_tune_best_yaml_runs_as_printed(tmp_path, monkeypatch, capsys):
     assert parse(fresh)["study_dir"] == str(tmp_path / "fresh")  # "choose another --study-dir"
 
 
-def _interrupt_after_first_epoch(monkeypatch):
-    from metasd_dgl.train import loop
-
-    real = loop.Trainer._run_epoch
-
-    def run_epoch(self):
-        real(self)
-        if self.state.epoch == 1:
-            self._stop_signal = signal.SIGTERM  # what the SIGTERM handler sets
-
-    monkeypatch.setattr(loop.Trainer, "_run_epoch", run_epoch)
-
-
 def test_train_resume_hints_run_as_printed(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     args = ["train", "--dataset", TOY, "--run-dir", str(run), "--dim", "4", "--batch-size", "8", "--quiet"]
@@ -276,52 +262,52 @@ def test_error_hints_run_as_printed(tmp_path, monkeypatch, capsys):
         main(again + ["--debug"])
 
 
-# ------------------------------------------------------------------ run folders
+# ------------------------------------------------------------------ what evaluate and import-dglke say
 
-def test_shipped_configs_name_no_run_folder():
-    for path in sorted(REPO.glob("pipelines/**/*.yaml")):
-        data = yaml.safe_load(path.read_text()) or {}
-        assert "run_dir" not in data, path
-    # composed with another dataset, the run lands in that dataset's folder
-    cfg = load_config(REPO / "pipelines/configs/umls_metasd.yaml", overrides={"data.dataset": "kinship"})
-    assert cfg.run_dir == "runs/kinship-complex-metasd"
+def _train(run, method="prune"):
+    assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "1", "--dim", "4",
+                 "--batch-size", "8", "--method", method]) == 0
 
 
-# ------------------------------------------------------------------ rows
-
-def test_row_names():
-    assert row_names(["teacher"], "plain") == {"teacher": "dense"}
-    assert row_names(["teacher", "student"], "metasd") == {"teacher": "teacher", "student": "student"}
-    assert row_names(["teacher", "student"], "kd") == {"teacher": "teacher", "student": "student"}
-    assert row_names(["teacher", "student"], "prune") == {"teacher": "dense (untrained)", "student": "student"}
-    assert row_names(["teacher"]) == {"teacher": "dense"}  # a lone dense row: a plain run
-    assert row_names(["teacher", "student", "reference student"], "metasd")["reference student"] == \
-        "reference student"
-    assert set(ROW_NAMES) == set(CHOICES["train.method"])  # every method's rows are named
-    # the validation line names its rows by the run's method
-    result = {"teacher": {"mrr": 0.1}, "student": {"mrr": 0.2}}
-    assert valid_line(1, result, 0.2, 1, True, "prune").startswith(
-        "valid epoch 1: dense (untrained) MRR 0.1000  student MRR 0.2000")
-    assert valid_line(1, {"teacher": {"mrr": 0.3}}, 0.3, 1, True, "plain").startswith("valid epoch 1: dense MRR 0.3000")
-
-
-@pytest.mark.parametrize("method,rows", [("plain", ["dense"]), ("prune", ["dense (untrained)", "student"]),
-                                         ("metasd", ["teacher", "student"])])
-def test_rows_have_one_name_everywhere(tmp_path, monkeypatch, capsys, method, rows):
-    from metasd_dgl import report
-
-    labels = []
-    real = report.bucket_comparison
-    monkeypatch.setattr(report, "bucket_comparison",
-                        lambda runs, *a, **k: labels.append(list(runs)) or real(runs, *a, **k))
+def test_evaluate_says_what_it_scored(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["pipeline", "--dataset", TOY, "--run-dir", str(run), *TINY, "--set", f"train.method={method}"]) == 0
+    _train(run)
+    assert main(["export", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--no-plots", "--triple-classification"]) == 0
     out = capsys.readouterr().out
-    valid = next(line for line in out.splitlines() if line.startswith("valid epoch 1: "))
-    assert re.findall(r"(?:^valid epoch 1: |  )([a-z() ]+?) MRR [0-9.]+", valid) == rows  # the validation line
-    assert re.findall(r"^(\S.*?)\s+both\s+[0-9.]+", out, flags=re.M) == rows  # the evaluation table
-    assert f"(valid {rows[-1]} MRR " in out  # the summary names the selection row
     record = json.loads((run / "eval" / "test.json").read_text())
-    assert list(record["rows"].values()) == rows and list(record["results"]) == list(record["rows"])
-    shown = [label.split(" ", 1)[1] for label in labels[0]]  # "<run> <row>" in the bucket plots
-    assert shown == [r for r in rows if r != "dense (untrained)"]
+    assert record["checkpoint_file"] == str(run / "checkpoints" / "best.pt")
+    assert record["student_source"] == "masks" and record["teacher_trained"] is False
+    assert "dense (untrained)" in out and "no teacher" in out  # the prune-only dense row is labelled
+    assert record["rows"] == {"teacher": "dense (untrained)", "student": "student"}
+    tc = json.loads((run / "eval" / "triple_classification.json").read_text())["results"]
+    assert f"student  test  roc_auc {tc['student']['overall']['test']['roc_auc']:.4f}" in out
+
+    compact = run / "export" / "student.msd"
+    assert main(["evaluate", str(run), "--no-plots", "--compact", str(compact)]) == 0
+    assert json.loads((run / "eval" / "test.json").read_text())["student_source"] == str(compact)
+    assert f"student from {compact}" in capsys.readouterr().out
+
+
+def test_no_run_names_the_checkpoints_looked_for(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "empty/checkpoints/best.pt: checkpoint not found (nor last.pt)" in err
+
+
+def test_import_dglke_picks_native_scoring_for_our_exports(tmp_path, capsys):
+    run = tmp_path / "run"
+    _train(run, "plain")
+    assert main(["export-dglke", str(run), "--out", str(tmp_path / "kge")]) == 0
+    capsys.readouterr()
+    args = ["import-dglke", str(tmp_path / "kge"), "--dataset", str(run / "data")]
+    assert main(args) == 0
+    auto = capsys.readouterr().out
+    assert "scoring native (auto: metasd-dgl export" in auto
+    assert main(args + ["--scoring", "native"]) == 0
+    native = capsys.readouterr().out
+    assert auto.splitlines()[2:] == native.splitlines()[1:]  # the same numbers
+    assert main(args + ["--scoring", "dglke"]) == 0
+    assert "note: this is a metasd-dgl export" in capsys.readouterr().out

@@ -5,11 +5,10 @@ import importlib
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from run_helpers import REPO
 
 
 @pytest.fixture(scope="module")

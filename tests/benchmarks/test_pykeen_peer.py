@@ -3,13 +3,13 @@ spends it, counted on a fake clock (each batch costs 10 CPU seconds), so the tes
 import importlib.util
 import sys
 import time as real_time
-from pathlib import Path
 
 import pytest
 import torch
 
+from run_helpers import REPO
+
 pytest.importorskip("pykeen")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _peer():

@@ -2,9 +2,8 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from run_helpers import REPO
 
 
 def test_quick_quality_table(tmp_path, kg_dir):
