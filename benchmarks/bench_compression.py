@@ -97,8 +97,7 @@ OWN_KD = {"metasd.one_way_kd": True, "metasd.kd_t2_scale": True, "metasd.tempera
 OWN_KD_TUNED = {"metasd.temperature": 1.0, "metasd.kd_weight": 8.2, "metasd.student_lr": 0.144}
 #: The recipe: the own student's KD chosen on each dataset's own validation (student MRR), at that dataset's
 #: budget, by ``metasd-dgl tune`` (the commands: pipelines/search/*_own_student.base.yaml); the FB15k-237
-#: subset was not tuned (a trial there costs ~16 CPU minutes) and takes Kinship's.  ``rgcn``: the R-GCN own
-#: student whose mask comes from its own magnitudes (pipelines/search/umls_rgcn_own_student.base.yaml).
+#: subset was not tuned (a trial there costs ~16 CPU minutes) and takes Kinship's.
 OWN_KD_VALID = {
     "umls": {"metasd.temperature": 2.0, "metasd.kd_weight": 20.6, "metasd.student_lr": 0.371},  # valid 0.9100
     "kinship": dict(OWN_KD_TUNED),  # valid 0.8219
@@ -275,7 +274,7 @@ def base_overrides(data_path: Path, budget: dict, threads: int, encoder: str) ->
     if encoder == "rgcn":
         b = budget["rgcn"]
         return {"data.processed_dir": str(data_path), "model.encoder": "rgcn", "model.decoder": "distmult",
-                "model.dim": b["dim"], "model.num_layers": 2, "model.num_bases": 8, "model.regularizer": "basis",
+                "model.dim": b["dim"], "model.num_layers": 2, "model.num_bases": 8, "model.decomposition": "basis",
                 "train.epochs": b["epochs"], "train.batch_size": b["batch"], "train.lr": b["lr"],
                 "train.regularizer": "none", "train.edge_dropout": 0.5, "train.valid_every": b["valid_every"],
                 "train.patience": 0, "train.keep_checkpoints": 0, "train.num_threads": threads,

@@ -150,7 +150,7 @@ def worker_ours(processed: str, run_dir: str, dim: int, sample_edges: int, batch
     cfg = load_config(overrides={
         "run_dir": run_dir, "data.processed_dir": processed,
         "model.encoder": "rgcn", "model.decoder": "distmult", "model.dim": dim,
-        "model.num_layers": 2, "model.num_bases": 16, "model.regularizer": "basis",
+        "model.num_layers": 2, "model.num_bases": 16, "model.decomposition": "basis",
         "train.method": "plain", "train.regime": "negative-sampling", "train.num_negatives": 1,
         "train.batch_size": 1000, "train.sample_edges": sample_edges, "train.batches_per_epoch": batches,
         "train.epochs": epochs, "train.valid_every": epochs, "train.keep_checkpoints": 0,

@@ -1,4 +1,4 @@
-"""Up-front checks of what a run asks for: integer ranges and memory, before anything is allocated.
+"""Up-front check of what a run asks for: memory, before anything is allocated (ranges: ``config.RANGES``).
 
 ``check_memory(cfg, num_entities, num_relations)`` estimates, from the
 config alone, the bytes of the model's parameters, their gradients and
@@ -73,7 +73,10 @@ def estimate(cfg, num_entities: int, num_relations: int) -> Estimate:
     if _get(cfg, "model", "encoder", "kge") == "rgcn":
         layers = int(_get(cfg, "model", "num_layers", 2))
         bases = int(_get(cfg, "model", "num_bases", 4))
-        params += layers * (bases * we * we + two_r * bases + we * we + we)
+        if _get(cfg, "model", "decomposition", "basis") == "bdd":  # per relation: bases blocks of (w/B)^2
+            params += layers * (two_r * bases * (we // max(bases, 1)) ** 2 + we * we + we)
+        else:  # bases (B, w, w), coefficients (2R, B), the self-loop and the bias
+            params += layers * (bases * we * we + two_r * bases + we * we + we)
     weights = params * FLOAT_BYTES
     method = _get(cfg, "train", "method", "plain")
     states = _OPTIMIZER_STATES.get(str(_get(cfg, "train", "optimizer", "adagrad")).lower(), 2)

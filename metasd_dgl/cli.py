@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
-from .config import CHOICES, Config, load_config
 from .errors import UserError
 from .runtime import configure_environment
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def _overrides(options: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]:
@@ -27,8 +29,23 @@ def _overrides(options: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]
     return out
 
 
+class _OptionChoice(click.Choice):
+    """``click.Choice`` of a config option's ``config.CHOICES``, read when first needed: the config
+    module loads torch (its choices come from the registries), which must wait for ``main``'s
+    ``runtime.configure_environment``."""
+
+    def __init__(self, key: str) -> None:  # noqa: D107 (no super().__init__: ``choices`` is a property)
+        self.key, self.case_sensitive = key, False
+
+    @property
+    def choices(self):  # type: ignore[override]
+        from .config import CHOICES
+
+        return CHOICES[self.key]
+
+
 def _choice(key: str) -> click.Choice:
-    return click.Choice(CHOICES[key], case_sensitive=False)
+    return _OptionChoice(key)
 
 
 #: How every command that trains (train, pipeline, tune) chooses its dataset: the same options, mapped
@@ -101,7 +118,9 @@ def train_options(fn):
     return data_options(fn)
 
 
-def resolve(configs: tuple[str, ...], sets: tuple[str, ...], **options: Any) -> Config:
+def resolve(configs: tuple[str, ...], sets: tuple[str, ...], **options: Any) -> "Config":
+    from .config import load_config
+
     return load_config(*configs, overrides=_overrides(options, sets))
 
 
@@ -148,6 +167,7 @@ def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, forc
     """Train a model (dense or MetaSD) into a run folder (default runs/<dataset>-<decoder>-<method>)."""
     from metasd_dgl.stages import stage_preprocess, stage_train
 
+    from .config import load_config
     from .device import resolve_device
     from .distributed import barrier, init_from_env
 
@@ -297,6 +317,7 @@ def tune(config: str, trials: int, timeout_min: Optional[float], study_dir: Opti
          pruner: str, extra: tuple[str, ...], sets: tuple[str, ...], resume: bool, **options) -> None:
     """Search hyper-parameters with Optuna (TPE, median pruning) on validation MRR; writes best.yaml,
     the search's whole config with the best trial's values (metasd-dgl pipeline STUDY/best.yaml)."""
+    from .config import load_config
     from .tune import tune as run_tune
 
     overrides = _overrides(options, sets)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -167,11 +168,13 @@ MOVED = {
     "metasd.gradual_epochs": "prune.gradual_epochs",
     "model.regularizer": "model.decomposition",
 }
-#: Retired options: the old name -> (its only value now, why it went).
+#: Retired options: the old name -> (its only value now, why it went).  A run that set one otherwise
+#: can be evaluated, not continued (``retired_settings``), unless training never read it (``NO_EFFECT``).
 RETIRED: dict[str, tuple[Any, str]] = {
     "metasd.share_forward": (False, "the real step always takes its gradients after the meta step (exact MetaSD)"),
     "metasd.student_owns_kept": (False, "a study arm; use metasd.student=own for a student with weights of its own"),
-    "metasd.straight_through": (False, "a study arm of prune-only; its result stays in the README"),
+    "metasd.straight_through": (True, "method prune always lets pruned weights keep their gradients (so the mask "
+                                      "can change: gradual magnitude pruning)"),
     "metasd.mask_epochs": (0, "the mask is recomputed every epoch"),
     "metasd.mask_source": ("teacher", "the own student's mask comes from the teacher's magnitudes"),
     "metasd.meta_grad_path": ("kd", "the meta gradient always flows through the teacher's predictions "
@@ -185,6 +188,8 @@ RETIRED: dict[str, tuple[Any, str]] = {
     "eval.batch_size": (0, "the chunk of queries comes from eval.max_memory_mb"),
     "eval.splits": (("valid", "test"), "evaluate takes --split"),
 }
+#: Retired options that training never read (process settings, evaluation chunks): any value resumes.
+NO_EFFECT = ("train.tune_malloc", "train.loss_backend", "eval.batch_size", "eval.splits")
 
 
 def retired_hint(key: str) -> Optional[str]:
@@ -217,12 +222,23 @@ def upgrade(stored: dict[str, Any]) -> dict[str, Any]:
 def retired_settings(stored: dict[str, Any]) -> list[str]:
     """``["metasd.share_forward=True (retired: ...)", ...]``: what a stored config set to a value this
     version no longer has (a run trained so can be evaluated, not continued)."""
+    def old(key: str, default: Any) -> Any:
+        sec, _, name = key.partition(".")
+        return stored.get(sec, {}).get(name, default) if isinstance(stored.get(sec), dict) else default
+
     out = []
-    for old, (value, why) in RETIRED.items():
-        sec, _, name = old.partition(".")
-        got = stored.get(sec, {}).get(name, value) if isinstance(stored.get(sec), dict) else value
+    for key, (value, why) in RETIRED.items():
+        if key in NO_EFFECT or key == "metasd.straight_through":
+            continue
+        got = old(key, value)
         if (list(got) if isinstance(got, (list, tuple)) else got) != (list(value) if isinstance(value, tuple) else value):
-            out.append(f"{old}={got!r} (retired: {why})")
+            out.append(f"{key}={got!r} (retired: {why})")
+    # prune-only with element masks froze its pruned weights until it let them regrow (the options of
+    # that time sat under metasd): such a run cannot be continued by today's method prune
+    if (old("train.method", "plain") == "prune" and "prune_rate" in (stored.get("metasd") or {})
+            and old("metasd.prune_structure", "element") == "element" and not old("metasd.straight_through", False)):
+        out.append(f"train.method='prune' with frozen pruned weights (retired: "
+                   f"{RETIRED['metasd.straight_through'][1]})")
     return out
 
 
@@ -234,8 +250,10 @@ RANGES = [
     ("must be >= 0", lambda v: v >= 0, (
         "train.reg_weight", "train.rp_weight", "train.lr_patience", "train.patience", "train.grad_clip",
         "train.num_threads", "train.sample_edges", "train.batches_per_epoch", "train.cpu_minutes",
-        "prune.gradual_epochs", "metasd.student_lr")),
-    ("must be > 0", lambda v: v > 0, ("model.init_scale", "train.lr", "metasd.temperature")),
+        "train.margin", "train.checkpoint_every", "train.keep_checkpoints", "prune.gradual_epochs",
+        "metasd.kd_weight", "metasd.kd_forward_weight", "metasd.kd_reverse_weight", "metasd.virtual_lr",
+        "metasd.student_lr")),
+    ("must be > 0", lambda v: v > 0, ("model.init_scale", "train.lr", "metasd.temperature", "metasd.meta_lr")),
     ("must be in [0, 1)", lambda v: 0 <= v < 1, (
         "model.dropout", "train.edge_dropout", "train.label_smoothing", "train.entity_dropout",
         "train.relation_dropout", "prune.rate")),
@@ -251,7 +269,11 @@ def validate(cfg: Config) -> Config:
         value = get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}", key)
-    ranges = [(key, test(get(cfg, key)), why) for why, test, keys in RANGES for key in keys]
+    finite = [(f"{sec.name}.{f.name}", math.isfinite(getattr(getattr(cfg, sec.name), f.name)), "must be finite")
+              for sec in dataclasses.fields(cfg) if sec.name in _sections()
+              for f in dataclasses.fields(getattr(cfg, sec.name))
+              if isinstance(getattr(getattr(cfg, sec.name), f.name), float)]
+    ranges = finite + [(key, test(get(cfg, key)), why) for why, test, keys in RANGES for key in keys]
     m, t, p, d = cfg.model, cfg.train, cfg.prune, cfg.metasd
     # The options that combine: each rule says which choice needs which.
     distills = t.method in ("kd", "metasd")
@@ -391,18 +413,15 @@ def load_config(*paths: str | Path, overrides: Optional[dict[str, Any]] = None) 
             raise ConfigError(f"{path}: config file not found") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a UTF-8 text file") from None
-        try:
-            data = _safe_load_unique(text) or {}
-        except _DuplicateKey as exc:
-            raise ConfigError(f"{path}: line {exc.line}: {exc.key!r} is set twice "
-                              f"(the first would be silently dropped)") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}:{where} invalid YAML") from None
+        data = load_yaml(text, str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of options")
         lines = option_lines(text)
+        keys = _flat_keys(data)
+        twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+        if twice is not None:  # "metasd.kd_weight: 1" and "metasd: {kd_weight: 2}" in one file
+            raise ConfigError(f"{path}: line {lines.get(twice, '?')}: {twice} is set twice "
+                              f"(the first would be silently dropped)")
         origins.update({key: f"{path}: line {line}" for key, line in lines.items()})
         with _located(origins, str(path)):
             apply_overrides(cfg, data, str(path))
@@ -461,13 +480,27 @@ class _DuplicateKey(yaml.YAMLError):
         self.key, self.line = key, line
 
 
-def _safe_load_unique(text: str) -> Any:
-    """``yaml.safe_load`` that refuses a key set twice in one mapping (YAML would keep the last)."""
+def load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` that refuses a key set twice in one mapping (YAML would keep the last):
+    a ConfigError naming ``source`` and the line, for that and for YAML that does not parse."""
+    try:
+        return _safe_load_unique(text)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{source}: line {exc.line}: {exc.key!r} is set twice "
+                          f"(the first would be silently dropped)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where}: invalid YAML") from None
 
+
+def _safe_load_unique(text: str) -> Any:
     class UniqueKeyLoader(yaml.SafeLoader):
         def construct_mapping(self, node, deep=False):
             seen: set = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor": merged keys may be overridden
+                    continue
                 key = self.construct_object(key_node, deep=deep)
                 if key in seen:
                     raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
@@ -504,9 +537,25 @@ def dataset_label(dataset: str) -> str:
 
 
 def default_run_dir(cfg: Config) -> str:
-    """``runs/<dataset>-<decoder>-<method>`` (``-rgcn`` added for the R-GCN encoder)."""
+    """``runs/<dataset>-<decoder>-<method>`` (``-rgcn`` added for the R-GCN encoder), or the first of
+    its siblings ``-2``, ``-3``, ... that is free or holds a run of this very config: re-running a
+    command finds its run, and composing other configs never lands in another experiment's folder."""
     encoder = "-rgcn" if cfg.model.encoder == "rgcn" else ""
-    return f"runs/{dataset_label(cfg.data.dataset)}{encoder}-{cfg.model.decoder}-{cfg.train.method}"
+    base = f"runs/{dataset_label(cfg.data.dataset)}{encoder}-{cfg.model.decoder}-{cfg.train.method}"
+    mine = {k: v for k, v in to_dict(cfg).items() if k != "run_dir"}
+    for k in range(1, 1000):
+        path = base if k == 1 else f"{base}-{k}"
+        stored = Path(path) / "config.yaml"
+        if not stored.is_file():
+            return path
+        try:
+            theirs = with_defaults(yaml.safe_load(stored.read_text(encoding="utf-8")) or {})
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, TypeError):
+            continue  # not a run of this config
+        theirs.pop("run_dir", None)
+        if theirs == mine:
+            return path
+    return base
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

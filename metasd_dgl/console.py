@@ -23,10 +23,10 @@ MODES = ("normal", "json", "quiet")
 #: slot -- "teacher": the dense weights, "student": the masked model -- and every line, table and plot
 #: shows the slot's name here: a plain run's only model is "dense"; kd and metasd have a "teacher" and
 #: a "student" (the true student: both sides masked); prune-only's model is its "student" (the masked
-#: weights, trained alone) and its dense weights, never trained where pruned, are "dense (untrained)".
+#: weights, trained alone) and the same weights without the mask are "dense (unmasked)", no teacher.
 ROW_NAMES = {
     "plain": {"teacher": "dense"},
-    "prune": {"teacher": "dense (untrained)", "student": "student"},
+    "prune": {"teacher": "dense (unmasked)", "student": "student"},
     "kd": {"teacher": "teacher", "student": "student"},
     "metasd": {"teacher": "teacher", "student": "student"},
 }

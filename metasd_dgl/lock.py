@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
-from .atomic import pid_alive, write_error
+from .atomic import write_error
 from .errors import UserError
 
 try:  # POSIX; elsewhere the lock is a no-op

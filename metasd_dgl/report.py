@@ -17,7 +17,7 @@ backend switch; PNG files in ``<run_dir>/plots/``).
 
 Legends sit outside the axes; the value axes leave room for the bar labels.
 Rows are shown by their names (``console.ROW_NAMES``: "dense", "teacher",
-"student", "dense (untrained)"; the files key them by slot, "teacher" or
+"student", "dense (unmasked)"; the files key them by slot, "teacher" or
 "student").  A prune-only run's dense weights are not a trained teacher (eval
 JSON ``teacher_trained: false``): they are left out of the bucket plots.
 

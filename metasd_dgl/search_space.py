@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .config import Config, ConfigError, _coerce, _sections, apply_overrides, validate
+from .config import Config, ConfigError, _coerce, _sections, apply_overrides, load_yaml, validate
 
 _RANGE_KEYS = {"low", "high", "log", "step"}
 
@@ -143,11 +143,7 @@ def _param(name: str, spec: Any, base: Config, where: str) -> Param:
 
 def parse_space(text: str, base: Config, source: str = "search space") -> list[Param]:
     """Parse a search space (format in the module docstring) against the base config."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{source}:{mark.line + 1 if mark else ''}: invalid YAML") from None
+    data = load_yaml(text, source)
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{source}: expected a mapping of section.option to a range or choices")
     lines = _lines(text)

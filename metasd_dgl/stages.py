@@ -136,7 +136,12 @@ def load_run(run_dir: Path, checkpoint: str = "best"):
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the configured model ({str(exc).splitlines()[0]})") from None
+        from metasd_dgl.config import retired_settings
+
+        retired = "; ".join(retired_settings(ckpt.get("config") or {}))
+        why = f"; it was trained with {retired}" if retired else ""
+        raise CheckpointError(f"{path}: weights do not fit the configured model "
+                              f"({str(exc).splitlines()[0]}){why}") from None
     ckpt["path"] = str(path)
     student = checkpoint_student(dict(model.named_parameters()), ckpt.get("masks"), ckpt.get("student_weights"))
     return cfg, data, model, student, ckpt
@@ -223,8 +228,8 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     atomic_write_json(out_dir / f"{split}.json", record)
     echo(format_table(named_rows(results, names=names)))
     if not teacher_trained:
-        echo(f"note: method prune trains only the kept weights; '{names['teacher']}' includes never-trained "
-             "weights and is no teacher")
+        echo(f"note: method prune trains the masked model; '{names['teacher']}' is its weights without the mask "
+             "(pruned weights train only through the masked model, or not at all) and is no teacher")
     if reference is not None:
         echo(f"note: '{REFERENCE_ROW}' is scored as the reference code did: query rows from the student masked at "
              f"rate {REFERENCE_PRUNE_RATE} ({reference['prune_structure']} masks recomputed from the teacher), "

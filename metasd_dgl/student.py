@@ -2,7 +2,7 @@
 
 The MetaSD student is the teacher's own weights ``W`` under a pruning mask
 ``M`` (True = kept, from ``pruning.make_masks``).  ``make_student`` picks one
-of three strategies from the run's options; all give the student's tables by
+of four strategies from the run's options; all give the student's tables by
 ``weights(params)`` and keep a gradient inside the student by ``restrict``:
 
 * ``MaskedStudent`` -- the student's tables are ``W * M`` (any mask, any

@@ -382,7 +382,7 @@ CASES = [
     Case("config: wrong type", lambda t: _train(t, "--config", str(_write(t / "c.yaml", "model:\n  dim: [1, 2]\n"))),
          r"model.dim: expected an integer", "run"),
     Case("config: invalid YAML", lambda t: _train(t, "--config", str(_write(t / "c.yaml", "model: [1, 2\n"))),
-         r"c.yaml: line \d+ invalid YAML", "run"),
+         r"c.yaml: line \d+: invalid YAML", "run"),
     Case("config: not UTF-8", lambda t: _train(t, "--config", str(_write(t / "c.yaml", b"\xff\xfe"))),
          r"c.yaml: not a UTF-8 text file", "run"),
     Case("config: missing file", lambda t: _train(t, "--config", str(t / "none.yaml")),

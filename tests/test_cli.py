@@ -279,8 +279,8 @@ def test_evaluate_says_what_it_scored(tmp_path, capsys):
     record = json.loads((run / "eval" / "test.json").read_text())
     assert record["checkpoint_file"] == str(run / "checkpoints" / "best.pt")
     assert record["student_source"] == "masks" and record["teacher_trained"] is False
-    assert "dense (untrained)" in out and "no teacher" in out  # the prune-only dense row is labelled
-    assert record["rows"] == {"teacher": "dense (untrained)", "student": "student"}
+    assert "dense (unmasked)" in out and "no teacher" in out  # the prune-only dense row is labelled
+    assert record["rows"] == {"teacher": "dense (unmasked)", "student": "student"}
     tc = json.loads((run / "eval" / "triple_classification.json").read_text())["results"]
     assert f"student  test  roc_auc {tc['student']['overall']['test']['roc_auc']:.4f}" in out
 
@@ -311,3 +311,17 @@ def test_import_dglke_picks_native_scoring_for_our_exports(tmp_path, capsys):
     assert auto.splitlines()[2:] == native.splitlines()[1:]  # the same numbers
     assert main(args + ["--scoring", "dglke"]) == 0
     assert "note: this is a metasd-dgl export" in capsys.readouterr().out
+
+
+def test_importing_the_cli_loads_no_torch_before_the_environment_is_set():
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads: ``main`` sets it first
+    (``runtime.configure_environment``), so importing the CLI must not load torch; its choices
+    (from the registries, through config) are read when a command runs or prints its help."""
+    import subprocess
+    import sys
+
+    code = ("import sys, metasd_dgl.cli as c; assert 'torch' not in sys.modules, 'torch loaded'; "
+            "assert c.main(['train', '--help']) == 0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[kge|rgcn]" in out.stdout and "[complex|distmult|rotate|transe]" in out.stdout

@@ -1,6 +1,7 @@
 """Options (config.py): defaults, files and overrides, bad values named by file and line, options of
 earlier versions, option combinations that do not exist, and the shipped configs."""
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -227,3 +228,23 @@ def test_shipped_configs_name_no_run_folder():
     # composed with another dataset, the run lands in that dataset's folder
     cfg = load_config(REPO / "pipelines/configs/umls_metasd.yaml", overrides={"data.dataset": "kinship"})
     assert cfg.run_dir == "runs/kinship-complex-metasd"
+
+
+def test_the_default_run_folder_is_found_again_and_never_another_experiments(tmp_path, monkeypatch):
+    """runs/<dataset>-<decoder>-<method>, or the first sibling -2, -3, ... that is free or holds a run of
+    this very config: the same command finds its run again, another config gets a folder of its own."""
+    from metasd_dgl.config import save_config
+
+    monkeypatch.chdir(tmp_path)
+    first = load_config(overrides={"train.method": "metasd"})
+    assert first.run_dir == "runs/umls-complex-metasd"
+    Path(first.run_dir).mkdir(parents=True)
+    save_config(first, Path(first.run_dir) / "config.yaml")
+    assert load_config(overrides={"train.method": "metasd"}).run_dir == "runs/umls-complex-metasd"  # found again
+    other = load_config(overrides={"train.method": "metasd", "train.epochs": 7})
+    assert other.run_dir == "runs/umls-complex-metasd-2"  # another experiment: its own folder
+    Path(other.run_dir).mkdir(parents=True)
+    save_config(other, Path(other.run_dir) / "config.yaml")
+    assert load_config(overrides={"train.method": "metasd", "train.epochs": 7}).run_dir == other.run_dir
+    assert load_config(overrides={"train.method": "metasd", "train.epochs": 8}).run_dir == "runs/umls-complex-metasd-3"
+    assert load_config(overrides={"run_dir": "mine"}).run_dir == "mine"  # a folder given is a folder taken

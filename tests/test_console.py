@@ -26,7 +26,7 @@ def test_readable_lines_and_train_log(tmp_path, capsys):
     assert "{" not in out  # no JSON on the console
     for text in ("dataset " + TOY + ": 11 entities, 3 relations, train/valid/test 13/3/3",
                  "model kge+complex dim 4, method prune, prune rate 0.9", f"run folder {run}",
-                 "epoch 1/2  loss ", "valid epoch 1: dense (untrained) MRR ", "new best -> checkpoints/best.pt",
+                 "epoch 1/2  loss ", "valid epoch 1: dense (unmasked) MRR ", "new best -> checkpoints/best.pt",
                  "done: 2 epochs, 8 steps; reached train.epochs=2", "best epoch "):
         assert text in out, text
         assert text in log, text
@@ -96,7 +96,7 @@ def test_row_names():
     assert row_names(["teacher"], "plain") == {"teacher": "dense"}
     assert row_names(["teacher", "student"], "metasd") == {"teacher": "teacher", "student": "student"}
     assert row_names(["teacher", "student"], "kd") == {"teacher": "teacher", "student": "student"}
-    assert row_names(["teacher", "student"], "prune") == {"teacher": "dense (untrained)", "student": "student"}
+    assert row_names(["teacher", "student"], "prune") == {"teacher": "dense (unmasked)", "student": "student"}
     assert row_names(["teacher"]) == {"teacher": "dense"}  # a lone dense row: a plain run
     assert row_names(["teacher", "student", "reference student"], "metasd")["reference student"] == \
         "reference student"
@@ -104,11 +104,11 @@ def test_row_names():
     # the validation line names its rows by the run's method
     result = {"teacher": {"mrr": 0.1}, "student": {"mrr": 0.2}}
     assert valid_line(1, result, 0.2, 1, True, "prune").startswith(
-        "valid epoch 1: dense (untrained) MRR 0.1000  student MRR 0.2000")
+        "valid epoch 1: dense (unmasked) MRR 0.1000  student MRR 0.2000")
     assert valid_line(1, {"teacher": {"mrr": 0.3}}, 0.3, 1, True, "plain").startswith("valid epoch 1: dense MRR 0.3000")
 
 
-@pytest.mark.parametrize("method,rows", [("plain", ["dense"]), ("prune", ["dense (untrained)", "student"]),
+@pytest.mark.parametrize("method,rows", [("plain", ["dense"]), ("prune", ["dense (unmasked)", "student"]),
                                          ("metasd", ["teacher", "student"])])
 def test_rows_have_one_name_everywhere(tmp_path, monkeypatch, capsys, method, rows):
     from metasd_dgl import report
@@ -127,4 +127,4 @@ def test_rows_have_one_name_everywhere(tmp_path, monkeypatch, capsys, method, ro
     record = json.loads((run / "eval" / "test.json").read_text())
     assert list(record["rows"].values()) == rows and list(record["results"]) == list(record["rows"])
     shown = [label.split(" ", 1)[1] for label in labels[0]]  # "<run> <row>" in the bucket plots
-    assert shown == [r for r in rows if r != "dense (untrained)"]
+    assert shown == [r for r in rows if r != "dense (unmasked)"]

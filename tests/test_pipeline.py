@@ -118,7 +118,7 @@ def test_interrupted_pipeline_resumes_on_rerun(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     best = got["state"]["best_mrr"]
     assert f"already trained (epoch 2, valid MRR {best:.4f}): skipping training" in out
-    assert "pass --reevaluate" in out and "dense (untrained)" in out  # the stored table, rows named as evaluate does
+    assert "pass --reevaluate" in out and "dense (unmasked)" in out  # the stored table, rows named as evaluate does
     assert (last.stat().st_mtime_ns, ev.stat().st_mtime_ns) == before
     assert main(["pipeline", str(cfg), "--reevaluate", "--quiet"]) == 0
     assert last.stat().st_mtime_ns == before[0] and ev.stat().st_mtime_ns != before[1]

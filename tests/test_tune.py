@@ -73,7 +73,7 @@ BAD = [
     ("train.lr: 0.1\n", r"s.yaml:1: train.lr: expected \{low, high"),
     ("lr: {low: 0.1, high: 0.2}\n", r"s.yaml:1: unknown option 'lr'"),
     ("[1, 2]\n", r"s.yaml: expected a mapping"),
-    ("train.lr: {low: 0.1\n", r"s.yaml:\d+: invalid YAML"),
+    ("train.lr: {low: 0.1\n", r"s.yaml: line \d+: invalid YAML"),
 ]
 
 

@@ -48,6 +48,7 @@ from ..optimizers import OPTIMIZERS
 from ..pruning import make_masks, scheduled_rate, sparsity_report
 from ..runtime import configure_threads, cpu_budget_spent, tune_malloc
 from ..student import checkpoint_student, make_student
+from ..unseen import apply_unseen
 from .examples import BatchInputs, Examples
 from .metasd import metasd_step
 from .spec import StepSpec
@@ -136,6 +137,9 @@ class Trainer:
         self.batch_inputs = BatchInputs(self.examples, self.graph, data.train, self.device, self.rgcn,
                                         tc.regime == "negative-sampling", tc.edge_dropout, tc.num_negatives,
                                         tc.sample_edges)
+        # validation ranks what evaluation ranks (eval.unseen: triples unseen in training kept or dropped)
+        self.valid, _ = apply_unseen(data.valid, data.train, data.num_entities, data.num_relations,
+                                     cfg.eval.unseen, "valid")
         self.masks: Optional[dict] = None
         self.student = None  # the student of ``masks`` (student.make_student), remasked with them
         self.state = TrainState()
@@ -369,7 +373,7 @@ class Trainer:
             variants["student"] = checkpoint_student(self.steps.params, self.masks, self.student.leaves)
         out = {}
         for name, weights in variants.items():
-            ranks = rank_split(self.model, self.data.valid, self.data.num_relations, self.data.filter,
+            ranks = rank_split(self.model, self.valid, self.data.num_relations, self.data.filter,
                                graph=self.graph if self.rgcn else None,  # the whole training graph
                                weights=weights, max_memory_mb=self.cfg.eval.max_memory_mb)
             out[name] = metrics(torch.cat([ranks.tail, ranks.head]))
