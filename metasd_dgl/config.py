@@ -22,6 +22,7 @@ import yaml
 from .decoders import DECODERS
 from .errors import UserError
 from .optimizers import OPTIMIZERS
+from .precision import PRECISIONS
 from .pruning import SCOPES, STRUCTURES
 from .train.tracker import TRACKERS
 from .unseen import POLICIES as UNSEEN_POLICIES
@@ -80,6 +81,7 @@ class TrainConfig:
     cpu_minutes: float = 0.0  # stop once training steps used this much process CPU time, all threads (0 = off)
     sample_edges: int = 0  # rgcn + negative-sampling: message edges sampled per batch (0 = all)
     grad_clip: float = 0.0  # 0 = off
+    precision: str = "fp32"  # fp32 | tf32 (CUDA) | bf16: the score products of training steps (precision.py)
     seed: int = 0
     device: str = "cpu"
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
@@ -150,6 +152,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_scheduler": ("none", "plateau"),
     "train.regularizer": ("dura", "n3", "none"),
     "train.tracker": TRACKERS,
+    "train.precision": PRECISIONS,
     "prune.scope": SCOPES,
     "prune.structure": STRUCTURES,
     "metasd.meta_optimizer": tuple(OPTIMIZERS),

@@ -305,3 +305,38 @@ def test_grad_clip_bounds_the_update(tmp_path):
     torch.testing.assert_close(step, lr * c * g / norm, rtol=1e-4, atol=1e-7)
     _, loose = _one_sgd_step(tmp_path, 4 * norm, lr)  # clip above |g|: no effect
     torch.testing.assert_close(loose, free, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["plain", "kd", "metasd"])
+def test_bf16_score_products_keep_weights_losses_and_state_in_float32(method):
+    """train.precision=bf16: the score products run in bfloat16 (autocast), the score matrices the losses
+    see, the weights and the optimiser's state stay float32; one step lands near the float32 step (the
+    difference is bfloat16's 8 mantissa bits, not a different method)."""
+    gen = torch.Generator().manual_seed(3)
+    model = build_model("kge", "complex", 30, 3, 8, init_scale=0.3, generator=gen)
+    twin = copy.deepcopy(model)
+    batch, quiz = queries(16, gen, 30, 3), queries(8, gen, 30, 3)
+    masks = compute_masks(prunable_params(model), 0.5)
+    outs = []
+    for m, precision in ((model, "bf16"), (twin, "fp32")):
+        cfg = apply_overrides(Config(), {"train.method": method, "train.precision": precision,
+                                         "train.rp_weight": 1.0})
+        st = Stepper(m, cfg, sgd_lr=0.5, meta_lr=0.05)
+        st.steps.generator = torch.Generator().manual_seed(0)
+        f = st.steps.forward(None, batch)
+        assert f.scores.dtype == torch.float32 and f.rel_scores.dtype == torch.float32
+        outs.append(st.step(batch, masked(m, masks), quiz))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert outs[0]["loss"] == pytest.approx(outs[1]["loss"], rel=2e-2)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert not torch.equal(a, b)  # bf16 products do differ ...
+        torch.testing.assert_close(a, b, rtol=0, atol=3e-2)  # ... by rounding only
+
+
+def test_a_precision_the_device_cannot_do_is_one_error_line(tmp_path):
+    from metasd_dgl.cli import main
+
+    args = ["train", "--quiet", "--dataset", str(REPO / "datasets" / "toy"), "--run-dir", str(tmp_path / "r"),
+            "--dim", "4", "--epochs", "1", "--set", "train.precision=tf32"]
+    assert main(args) == 2  # tf32 is a CUDA matmul mode
+    assert not (tmp_path / "r" / "checkpoints").exists()

@@ -45,6 +45,7 @@ from ..errors import CheckpointError, UserError
 from ..evaluation import metrics, rank_split
 from ..model import make_model
 from ..optimizers import OPTIMIZERS
+from ..precision import check_precision
 from ..pruning import make_masks, scheduled_rate, sparsity_report
 from ..runtime import configure_threads, cpu_budget_spent, tune_malloc
 from ..student import checkpoint_student, make_student
@@ -116,6 +117,7 @@ class Trainer:
         if tc.cpu_minutes and self.dist.world > 1:  # each rank would spend its own budget: ranks would part
             raise ConfigError("train.cpu_minutes is a single-process budget; not supported under torchrun "
                               f"(WORLD_SIZE={self.dist.world})")
+        check_precision(tc.precision, self.device)
         init_gen = torch.Generator().manual_seed(tc.seed)
         self.model = make_model(cfg.model, data.num_entities, data.num_relations, init_gen).to(self.device)
         self.rgcn = cfg.model.encoder == "rgcn"

@@ -39,6 +39,7 @@ class StepSpec:
     entity_dropout: float
     relation_dropout: float
     grad_clip: float  # 0 = off
+    precision: str  # fp32 | tf32 | bf16: the score products (precision.score_products)
     kd: KDSpec  # the virtual step's distillation (the student learning from the teacher)
     kd_real: KDSpec  # the real step's, for each learner (metasd.real_kd_weighting)
     one_way_kd: bool  # real step: the teacher does not learn from the student
@@ -54,7 +55,7 @@ class StepSpec:
                     t2_scale=mc.kd_t2_scale, label_smoothing=tc.label_smoothing)
         return cls(regularizer=tc.regularizer, reg_weight=tc.reg_weight,
                    label_smoothing=tc.label_smoothing, rp_weight=tc.rp_weight, entity_dropout=tc.entity_dropout,
-                   relation_dropout=tc.relation_dropout, grad_clip=tc.grad_clip,
+                   relation_dropout=tc.relation_dropout, grad_clip=tc.grad_clip, precision=tc.precision,
                    kd=kd, kd_real=kd if mc.real_kd_weighting == "source" else replace(
                        kd, forward_weight=mc.kd_reverse_weight, reverse_weight=mc.kd_forward_weight),
                    one_way_kd=mc.one_way_kd, virtual_lr=mc.virtual_lr,

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..optimizers import apply_gradients
+from ..precision import score_products
 from ..student import Student
 from ..typing import HEAD, REL, TAIL, ParamDict
 from .closed_form import CLOSED_FORM
@@ -73,8 +74,12 @@ class Steps:
         if train:
             ent, rel = self._dropout(ent, self.spec.entity_dropout), self._dropout(rel, self.spec.relation_dropout)
         h, r, t = ent[queries[:, HEAD]], rel[queries[:, REL]], ent[queries[:, TAIL]]
-        rel_scores = self.decoder.score_relations(h, t, rel) if self.spec.rp_weight else None
-        return Forward(self.decoder.score_all(h, r, ent), (h, r, t), rel_scores)
+        with score_products(self.spec.precision, ent.device):  # fp32: as written; bf16: autocast
+            scores = self.decoder.score_all(h, r, ent)
+            rel_scores = self.decoder.score_relations(h, t, rel) if self.spec.rp_weight else None
+        if self.spec.precision == "bf16":  # the losses and their gradients on float32 score matrices
+            scores, rel_scores = scores.float(), None if rel_scores is None else rel_scores.float()
+        return Forward(scores, (h, r, t), rel_scores)
 
     def _dropout(self, x: Tensor, rate: float) -> Tensor:
         """Inverted dropout of the rows' entries.  The mask is drawn on ``x``'s device from a seed that
