@@ -2,7 +2,8 @@
 
 * ``fp32`` -- float32 throughout (the default, and the only exact one on a GPU with TF32 off);
 * ``tf32`` -- float32 tensors, matrix products on CUDA's TF32 tensor cores (10 mantissa bits in the
-  products, float32 accumulation); a CUDA mode only;
+  products, float32 accumulation), for the whole training run's steps, forward and backward
+  (``training``); validation inside the run is exact (``exact``); a CUDA mode only;
 * ``bf16`` -- the score products (``decoder.score_all``, relation prediction) and their backward in
   bfloat16 under ``torch.autocast``, their outputs returned as float32.
 
@@ -33,16 +34,30 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 @contextlib.contextmanager
 def score_products(precision: str, device: torch.device) -> Iterator[None]:
-    """The context a step's score products run in (``fp32``: none at all)."""
+    """The context a step's score products run in: bf16's autocast (its backward follows it); none
+    for fp32 and tf32 (tf32 is set for the whole run, backward included: ``training``)."""
     if precision == "bf16":
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             yield
-    elif precision == "tf32":
-        before = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = before
     else:
         yield
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def training(precision: str):
+    """The context of a whole training run: TF32 matrix products for ``tf32``, nothing otherwise."""
+    return _tf32(True) if precision == "tf32" else contextlib.nullcontext()
+
+
+def exact():
+    """Float32 matrix products inside a run (validation ranks exactly whatever the precision)."""
+    return _tf32(False)

@@ -45,7 +45,7 @@ from ..errors import CheckpointError, UserError
 from ..evaluation import metrics, rank_split
 from ..model import make_model
 from ..optimizers import OPTIMIZERS
-from ..precision import check_precision
+from ..precision import check_precision, exact, training
 from ..pruning import make_masks, scheduled_rate, sparsity_report
 from ..runtime import configure_threads, cpu_budget_spent, tune_malloc
 from ..student import checkpoint_student, make_student
@@ -369,6 +369,7 @@ class Trainer:
         if self.on_validation is not None:
             self.on_validation(st.epoch, mrr)
 
+    @exact()
     def validate(self) -> dict[str, dict[str, float]]:
         variants = {"teacher": None}
         if self.masks:
@@ -474,5 +475,6 @@ def train(cfg: Config, data, run_dir: str | Path, resume: bool = False, progress
         path = Path(run_dir) / "checkpoints" / "last.pt"
         trainer.load_state_dict(load_checkpoint(path, trainer.device))
         trainer.resumed_from = path
-    trainer.run()
+    with training(cfg.train.precision):  # tf32: every step's products, forward and backward
+        trainer.run()
     return trainer

@@ -37,7 +37,7 @@ def metasd_step(s: Steps, meta_optimizer: torch.optim.Optimizer, batch: Tensor, 
     if do_meta:
         # (1) the virtual student, a differentiable function of W through the teacher's scores
         start = {n: w.detach().requires_grad_(n in student.names) for n, w in student.weights(s.params).items()}
-        fs, ft = s.forward(start, batch, graph), s.forward(None, batch, graph)
+        fs, ft = s.forward(start, batch, graph), s.forward(None, batch, graph, relations=False)  # (KD reads T's tails)
         g = s.losses.virtual_grad(fs.scores.detach(), ft.scores, batch[:, TAIL], s.spec.kd)  # dL_S / d scores
         terms = s.model_losses(fs, batch)  # regulariser, relation prediction
         pairs = [(fs.scores, g)] + [(v, torch.ones_like(v)) for v in terms.values() if v.requires_grad]
@@ -49,7 +49,7 @@ def metasd_step(s: Steps, meta_optimizer: torch.optim.Optimizer, batch: Tensor, 
             if grad is not None:
                 virtual[n] = start[n] - s.spec.virtual_lr * student.restrict(n, grad)
         # (2) the meta step: the virtual student's loss on the quiz, back to W
-        q = s.forward(virtual, quiz, graph, train=False).scores
+        q = s.forward(virtual, quiz, graph, train=False, relations=False).scores
         gq, quiz_loss = s.losses.ce_grad(q.detach(), quiz[:, TAIL])
         meta = [None if m is None else m.detach() for m in s.backprop([(q, gq)])]
         out["meta_quiz_loss"] = quiz_loss

@@ -63,12 +63,14 @@ class Steps:
         self.reg_kind = spec.regularizer if self.decoder.kind == "bilinear" else "none"
         self.generator: Optional[torch.Generator] = None
 
-    def forward(self, weights: Optional[ParamDict], queries: Tensor, graph=None, train: bool = True) -> Forward:
+    def forward(self, weights: Optional[ParamDict], queries: Tensor, graph=None, train: bool = True,
+                relations: bool = True) -> Forward:
         """One model on ``queries (b, 3)``: scores of every tail, the batch rows, relation scores.
 
         weights: ``{name: tensor}`` overriding the module's (``None``: the teacher's own).
         train: apply embedding dropout (``train.entity_dropout`` / ``relation_dropout``);
         the quiz loss of the meta step is scored without it, like an evaluation.
+        relations: score every relation too (with ``train.rp_weight``); False where no loss reads them.
         """
         ent, rel = self.model.encode(graph, weights)
         if train:
@@ -76,7 +78,7 @@ class Steps:
         h, r, t = ent[queries[:, HEAD]], rel[queries[:, REL]], ent[queries[:, TAIL]]
         with score_products(self.spec.precision, ent.device):  # fp32: as written; bf16: autocast
             scores = self.decoder.score_all(h, r, ent)
-            rel_scores = self.decoder.score_relations(h, t, rel) if self.spec.rp_weight else None
+            rel_scores = self.decoder.score_relations(h, t, rel) if self.spec.rp_weight and relations else None
         if self.spec.precision == "bf16":  # the losses and their gradients on float32 score matrices
             scores, rel_scores = scores.float(), None if rel_scores is None else rel_scores.float()
         return Forward(scores, (h, r, t), rel_scores)
