@@ -31,8 +31,6 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from .atomic import atomic_write_bytes, atomic_write_json
@@ -52,6 +50,8 @@ def dense_size_bytes(params: ParamDict) -> int:
 def _atomic_save(tensors: Dict[str, Tensor], path: Path, metadata: Dict[str, str]) -> None:
     """Serialise in memory, then write atomically from Python (a full disk is a WriteError naming
     ``path``; safetensors' own writer would raise an opaque SafetensorError)."""
+    from safetensors.torch import save as save_bytes  # (imported where used: the torch-only path has none)
+
     atomic_write_bytes(path, save_bytes(tensors, metadata=metadata))
 
 
@@ -249,6 +249,10 @@ def _open(path: str | Path, expected: str):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise CheckpointError(f"{path}: reading it needs the safetensors package (pip install safetensors)") from None
     try:
         handle = safe_open(str(path), framework="pt")
         header = json.loads(handle.metadata().get("metasd", "{}"))

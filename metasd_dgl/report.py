@@ -68,15 +68,18 @@ def training_series(metrics_path: PathLike) -> dict[str, Any]:
     train: dict[int, dict[str, float]] = {}
     valid: dict[int, dict[str, Any]] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
+    lines = text.splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except ValueError:
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # the line a running trainer is writing: read next time
             raise DataError(f"{path}:{number}: not a JSON line") from None
         if not isinstance(rec, dict) or "epoch" not in rec:
             continue

@@ -26,6 +26,7 @@ SIGKILL itself at the start of trial K (tests of resuming, no timing).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -254,6 +255,33 @@ def _write_atomic(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
+def open_study(db: Path, seed: int, pruner: str = "median"):
+    """The Optuna study stored in SQLite file ``db`` (created, or loaded to continue)."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{Path(db).resolve()}")
+    return optuna.create_study(
+        storage=storage, study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruner == "median"
+        else optuna.pruners.NopPruner())
+
+
+@contextlib.contextmanager
+def database_errors(db: Path):
+    """SQLite's refusals to write the study (a full disk, a file-size limit, a read-only folder) as one
+    UserError naming the file; the trials already stored stay."""
+    try:
+        yield
+    except Exception as exc:  # sqlalchemy.exc.OperationalError / sqlite3.OperationalError
+        text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if type(exc).__name__ != "OperationalError" or not any(
+                word in text.lower() for word in ("full", "readonly", "read-only", "i/o", "unable to open")):
+            raise
+        raise UserError(f"{db}: could not write the study database: {text}; free space (or raise the file-size "
+                        f"limit) and run the same command again: finished trials are kept") from None
+
+
 def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] = None,
          timeout_min: Optional[float] = None, resume: bool = False, pruner: str = "median",
          extra_configs: tuple[Path, ...] = (), echo: Callable[[str], None] = print,
@@ -285,12 +313,8 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
     preprocess(base.data.dataset, processed, Path(data_dir) if data_dir else None, base.data.format)
     if not existing:
         _write_atomic(study_dir / "study.json", json.dumps(identity, indent=2) + "\n")
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / 'study.db').resolve()}")
-    study = optuna.create_study(
-        storage=storage, study_name=STUDY_NAME, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=base.train.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if pruner == "median"
-        else optuna.pruners.NopPruner())
+    with database_errors(study_dir / "study.db"):
+        study = open_study(study_dir / "study.db", base.train.seed, pruner)
     if existing:
         _recover(study, echo)
     todo = trials - _finished(study)
@@ -309,8 +333,9 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
             if left is not None and left <= 0:
                 echo(f"timeout ({timeout_min} min) reached with {_finished(study)} of {trials} trials finished")
                 break
-            study.optimize(objective, n_trials=trials - _finished(study), timeout=left,
-                           callbacks=[progress], catch=(NumericalError,))
+            with database_errors(study_dir / "study.db"):
+                study.optimize(objective, n_trials=trials - _finished(study), timeout=left,
+                               callbacks=[progress], catch=(NumericalError,))
     rows = table_rows(study)
     for line in format_table(rows):
         echo(line)

@@ -377,3 +377,24 @@ def test_memory_estimate_refuses_before_allocating():
         check_memory(cfg, 135, 46, free=(1 << 30, "gpu has 1.0 GiB"))
     small = load_config(overrides={"model.dim": "8", "data.dataset": "umls"})
     assert check_memory(small, 135, 46, free=(1 << 30, "plenty")).total < 1 << 30
+
+
+def test_disk_full_in_the_tune_database_is_one_line(tmp_path):
+    """Optuna's SQLite storage under a file-size limit: one line naming study.db and what to do."""
+    db = tmp_path / "study.db"
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+        "from metasd_dgl.errors import UserError\n"
+        "from metasd_dgl.tune import database_errors, open_study\n"
+        f"db = {str(db)!r}\n"
+        "try:\n"
+        "    with database_errors(db):\n"
+        "        open_study(db, 0)\n"
+        "except UserError as exc:\n"
+        "    print('error:', exc); sys.exit(2)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"{db}: could not write the study database" in out.stdout and "full" in out.stdout

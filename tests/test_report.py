@@ -130,3 +130,18 @@ def test_prune_teacher_left_out_and_no_pyplot(tmp_path):
     probe = "import sys, metasd_dgl.report; print('matplotlib.pyplot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # the object API: no pyplot, no backend switch
+
+
+def test_a_half_written_last_line_is_read_next_time(tmp_path):
+    """A reader never blocks a running trainer: the line being appended (no newline yet) is skipped;
+    a broken line before it is still an error."""
+    from metasd_dgl.errors import DataError
+    from metasd_dgl.report import training_series
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.5}\n{"epoch": 3, "lo', encoding="utf-8")
+    series = training_series(path)
+    assert series["epoch"] == [1, 2] and series["losses"]["loss"] == [2.0, 1.5]
+    path.write_text('{"epoch": 1, "lo\n{"epoch": 2, "loss": 1.5}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="metrics.jsonl:1: not a JSON line"):
+        training_series(path)
