@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from metasd_dgl.config import Config, apply_overrides  # noqa: E402
 from metasd_dgl.model import build_model  # noqa: E402
-from metasd_dgl.optimizers import OPTIMIZERS  # noqa: E402
+from metasd_dgl.optimizers import make_optimizers  # noqa: E402
 from metasd_dgl.pruning import make_masks  # noqa: E402
 from metasd_dgl.runtime import configure_threads, tune_malloc  # noqa: E402
 from metasd_dgl.student import make_student  # noqa: E402
@@ -65,10 +65,8 @@ class Runner:
         cfg = apply_overrides(Config(), {
             "train": {"method": method, "batch_size": args.batch}, "prune": {"structure": args.structure},
             "metasd": {"meta_every": meta_every, "quiz_batch_size": args.quiz}})
-        weights = list(self.model.parameters())
-        self.meta = OPTIMIZERS[cfg.metasd.meta_optimizer](weights, lr=cfg.metasd.meta_lr)
-        self.steps = Steps(self.model, OPTIMIZERS[cfg.train.optimizer](weights, lr=cfg.train.lr),
-                           StepSpec.from_config(cfg))
+        opt, self.meta = make_optimizers(self.model.parameters(), cfg.train, cfg.metasd)
+        self.steps = Steps(self.model, opt, StepSpec.from_config(cfg))
         self.student = None if method == "plain" else make_student(
             make_masks(self.model, 0.9, "global", args.structure, args.dim), self.steps.params, args.structure,
             regrow=method == "prune")

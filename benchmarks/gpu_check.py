@@ -404,7 +404,7 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
     from metasd_dgl.config import Config, apply_overrides
     from metasd_dgl.data.triples import reciprocal_queries
     from metasd_dgl.model import build_model
-    from metasd_dgl.optimizers import OPTIMIZERS
+    from metasd_dgl.optimizers import make_optimizers
     from metasd_dgl.pruning import make_masks
     from metasd_dgl.student import make_student
     from metasd_dgl.train.loop import run_step
@@ -420,9 +420,7 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
         "train": {"method": method, "batch_size": batch, "regularizer": "dura", "rp_weight": 4.0,
                   **precision_override(precision)},
         "metasd": {"quiz_batch_size": QUIZ}, "prune": {"structure": structure}})
-    weights = list(model.parameters())
-    opt = OPTIMIZERS[cfg.train.optimizer](weights, lr=cfg.train.lr)
-    meta = OPTIMIZERS[cfg.metasd.meta_optimizer](weights, lr=cfg.metasd.meta_lr)
+    opt, meta = make_optimizers(model.parameters(), cfg.train, cfg.metasd)
     ctx = Steps(model, opt, StepSpec.from_config(cfg))
     student = None if method == "plain" else make_student(make_masks(model, 0.9, "global", structure, dim),
                                                           ctx.params, structure, regrow=method == "prune")

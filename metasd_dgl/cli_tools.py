@@ -32,18 +32,18 @@ DGLKE_MODELS = ("ComplEx", "DistMult", "TransE", "TransE_l2", "TransE_l1", "Rota
 
 
 def _tables(run_dir: Path, checkpoint: str, student: bool):
-    """-> (cfg, data, model, masks, ckpt, tables) of the teacher or the true student."""
+    """-> (cfg, data, model, the true student's weights or None, ckpt, tables of the teacher or of
+    that student)."""
     from metasd_dgl.stages import load_run
 
     from .evaluation import encode_tables
 
     cfg, data, model, weights, ckpt = load_run(run_dir, checkpoint)
-    masks = ckpt.get("masks")
-    if student and not masks:
+    if student and not weights:
         raise UserError(f"{run_dir}: this run has no student (train.method={cfg.train.method}); "
                         "drop --student")
     graph = data.graph if cfg.model.encoder == "rgcn" else None
-    return cfg, data, model, masks, ckpt, encode_tables(model, graph, weights if student else None)
+    return cfg, data, model, weights, ckpt, encode_tables(model, graph, weights if student else None)
 
 
 @click.command("predict")
@@ -249,15 +249,13 @@ def classify_run(run_dir: Path, checkpoint: str = "best", num_negatives: int = 1
 
     from .classification import classify_given, triple_classification
     from .evaluation import encode_tables
-    from .student import checkpoint_student
 
-    cfg, data, model, masks, ckpt, teacher = _tables(Path(run_dir), checkpoint, False)
+    cfg, data, model, student, ckpt, teacher = _tables(Path(run_dir), checkpoint, False)
     given, source = _given_negatives(data, negatives_valid, negatives_test)  # errors before anything is written
     graph = data.graph if cfg.model.encoder == "rgcn" else None
     variants = {"teacher": teacher}
-    if masks:
-        variants["student"] = encode_tables(model, graph, checkpoint_student(
-            dict(model.named_parameters()), masks, ckpt.get("student_weights")))
+    if student:
+        variants["student"] = encode_tables(model, graph, student)
     if given is not None:
         results = {name: classify_given(tables, model.decoder, data, given, source)
                    for name, tables in variants.items()}
@@ -355,8 +353,6 @@ def compress_command(run_dir: str, compare: tuple[str, ...], tolerance: float, s
     each scored from its file; RUN_DIR/compress/report.json, report.png, and a recommendation."""
     from .compress import compress_report, parse_compare
 
-    if not tolerance >= 0:
-        raise UserError(f"--tolerance {tolerance}: must be >= 0 (an absolute MRR difference, e.g. 0.01)")
     compress_report(Path(run_dir), [parse_compare(c) for c in compare], tolerance, split, checkpoint,
                     echo=click.echo)
 

@@ -248,7 +248,6 @@ def rank_split(
     graph=None,
     weights: Optional[dict[str, Tensor]] = None,
     max_memory_mb: int = 512,
-    batch_size: int = 0,
     tables: Optional[tuple[Tensor, Tensor]] = None,
     candidates: Optional[Tensor] = None,
 ) -> Ranks:
@@ -259,8 +258,8 @@ def rank_split(
     entity table instead of their own (``reference_protocol``).
     """
     ent, rel = tables if tables is not None else encode_tables(model, graph, weights)
-    bs = batch_size or chunk_size(ent.shape[0], max_memory_mb)
-    if not batch_size and ent.device.type == "cpu":
+    bs = chunk_size(ent.shape[0], max_memory_mb)
+    if ent.device.type == "cpu":
         bs = min(bs, DEFAULT_BATCH_SIZE)  # on CPU, chunks of 256-512 queries measured fastest
     fn = model_score_fn(ent, rel, model.decoder, candidates)
     return evaluate_ranking(fn, triples.to(ent.device), num_relations, filter_index, bs)
@@ -279,7 +278,6 @@ def rank_split_reference(
     masks: MaskDict,
     graph=None,
     max_memory_mb: int = 512,
-    batch_size: int = 0,
 ) -> Ranks:
     """The reference code's "student" score: the query side masked, the candidates dense.
 
@@ -292,7 +290,7 @@ def rank_split_reference(
     teacher_entity, _ = encode_tables(model, graph)
     student = checkpoint_student(dict(model.named_parameters()), masks)
     return rank_split(model, triples, num_relations, filter_index, tables=encode_tables(model, graph, student),
-                      max_memory_mb=max_memory_mb, batch_size=batch_size, candidates=teacher_entity)
+                      max_memory_mb=max_memory_mb, candidates=teacher_entity)
 
 
 def metrics(ranks: Tensor) -> dict[str, Optional[float]]:

@@ -1,14 +1,27 @@
 """Optimiser names -> torch optimisers (``train.optimizer``, ``metasd.meta_optimizer``, the own student's)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .distributed import average_gradients
 
+if TYPE_CHECKING:
+    from .config import MetaSDConfig, TrainConfig
+
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+
+
+def make_optimizers(params: Sequence[Tensor], train: "TrainConfig",
+                    metasd: "MetaSDConfig") -> Tuple[torch.optim.Optimizer, Optional[torch.optim.Optimizer]]:
+    """The main optimiser (``train.optimizer`` at ``train.lr``) over ``params`` and, for method metasd,
+    the meta optimiser (``metasd.meta_optimizer`` at ``metasd.meta_lr``) over the same weights."""
+    params = list(params)
+    main = OPTIMIZERS[train.optimizer](params, lr=train.lr)
+    meta = OPTIMIZERS[metasd.meta_optimizer](params, lr=metasd.meta_lr) if train.method == "metasd" else None
+    return main, meta
 
 
 def apply_gradients(opt: torch.optim.Optimizer, params: Sequence[Tensor], grads: Sequence[Optional[Tensor]],

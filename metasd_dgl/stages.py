@@ -7,7 +7,6 @@ thin wrappers over these functions.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -211,7 +210,7 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
         results[REFERENCE_ROW] = summarize(ranks, buckets)
     out_dir = Path(run_dir) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
-    # prune-only trains the masked weights alone: the dense "teacher" is no trained model
+    # prune-only trains the masked model: its weights without the mask are no teacher
     teacher_trained = cfg.train.method != "prune"
     from metasd_dgl.console import named_rows, row_names
 
@@ -283,5 +282,4 @@ def _export_into(run_dir: Path, checkpoint: str, out: Path, quantize: tuple[str,
         for key in [k for k in quantized if k.endswith("_bytes")]:
             quantized[key[:-len("bytes")] + "ratio_to_teacher_file"] = quantized[key] / info["teacher_bytes"]
         info.update(quantized)
-    (out / "manifest.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    return info
+    return info  # stage_export writes manifest.json once, with the final paths

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .optimizers import apply_gradients
+from .pruning import STRUCTURES
 from .typing import MaskDict, ParamDict
 
 OptimizerFactory = Callable[[list], torch.optim.Optimizer]
@@ -167,8 +168,8 @@ def make_student(masks: MaskDict, params: ParamDict, structure: str = "element",
     (``metasd.student = own``), else a view of ``params``: kept columns for whole-coordinate
     masks (``structure = "dimension"``), ``W * M`` otherwise, whose pruned weights keep their
     gradients with ``regrow`` (method ``prune``: gradual magnitude pruning)."""
-    if structure not in ("element", "dimension"):
-        raise ValueError(f"prune structure must be element or dimension, got {structure!r}")
+    if structure not in STRUCTURES:
+        raise ValueError(f"prune structure must be one of {', '.join(STRUCTURES)}, got {structure!r}")
     if own_optimizer is not None:
         return OwnStudent(masks, params, structure, own_optimizer)  # type: ignore[return-value]
     if regrow and structure == "element":

@@ -39,6 +39,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from .atomic import atomic_write_text  # checked: a full disk is one line naming the file
 from .config import Config, get, load_config
 from .data.registry import sha256_file
 from .errors import UserError
@@ -249,12 +250,6 @@ def _evaluate_best(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return valid, test
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    from .atomic import atomic_write_text  # checked: a full disk is one line naming the file
-
-    atomic_write_text(path, text)
-
-
 def open_study(db: Path, seed: int, pruner: str = "median"):
     """The Optuna study stored in SQLite file ``db`` (created, or loaded to continue)."""
     import optuna
@@ -312,7 +307,7 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
     processed = study_dir / "data"
     preprocess(base.data.dataset, processed, Path(data_dir) if data_dir else None, base.data.format)
     if not existing:
-        _write_atomic(study_dir / "study.json", json.dumps(identity, indent=2) + "\n")
+        atomic_write_text(study_dir / "study.json", json.dumps(identity, indent=2) + "\n")
     with database_errors(study_dir / "study.db"):
         study = open_study(study_dir / "study.db", base.train.seed, pruner)
     if existing:
@@ -351,15 +346,15 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
     header = (f"# best trial {best.number} of {study_dir} (valid MRR {best.value:.4f}): the search's config "
               f"({sources}) with the trial's values\n# run it: {run_it}\n")
     typed = {k: _typed(base, k, v) for k, v in overrides.items()}  # --set's strings as the option's type
-    _write_atomic(best_yaml, header + yaml.safe_dump(best_config(base_files, typed, dict(best.params)),
-                                                     sort_keys=False))
+    atomic_write_text(best_yaml, header + yaml.safe_dump(best_config(base_files, typed, dict(best.params)),
+                                                         sort_keys=False))
     from .console import named_rows, row_names
 
     method = best.params.get("train.method", base.train.method)
     record = {"number": best.number, "params": best.params, "valid_mrr": best.value, "run_dir": str(best_dir),
               "rows": row_names(valid, method), "valid": valid, "test": test,
               "note": "selected on valid MRR; test evaluated for the best trial only, never used to select"}
-    _write_atomic(study_dir / "best.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(study_dir / "best.json", json.dumps(record, indent=2) + "\n")
     for split, res in (("valid", valid), ("test", test)):
         for name, m in named_rows(res, method).items():
             o = m["both"]

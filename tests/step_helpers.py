@@ -10,7 +10,7 @@ from torch.func import functional_call
 from metasd_dgl.config import Config, apply_overrides
 from metasd_dgl.graph.sampling import dst_norm
 from metasd_dgl.model import build_model, call
-from metasd_dgl.optimizers import OPTIMIZERS
+from metasd_dgl.optimizers import make_optimizers
 from metasd_dgl.student import MaskedStudent
 from metasd_dgl.train.closed_form import CLOSED_FORM
 from metasd_dgl.train.losses import cross_entropy_1n, kd_loss, log_probs, regularizer
@@ -31,8 +31,7 @@ class Stepper:
         if sgd_lr:
             opt, self.meta = torch.optim.SGD(weights, lr=sgd_lr), torch.optim.SGD(weights, lr=meta_lr)
         else:
-            opt = OPTIMIZERS[cfg.train.optimizer](weights, lr=cfg.train.lr)
-            self.meta = OPTIMIZERS[cfg.metasd.meta_optimizer](weights, lr=cfg.metasd.meta_lr)
+            opt, self.meta = make_optimizers(weights, cfg.train, cfg.metasd)
         self.steps, self.method = Steps(model, opt, StepSpec.from_config(cfg), backend), cfg.train.method
         self.spec, self.reg_kind, self.losses = self.steps.spec, self.steps.reg_kind, self.steps.losses
 

@@ -73,13 +73,9 @@ def test_an_option_of_an_earlier_version_says_what_replaced_it(tmp_path):
     from metasd_dgl.config import MOVED, RETIRED
 
     old = tmp_path / "old.yaml"
-    old.write_text("train:\n  epochs: 3\nmetasd:\n  temperature: 2.0\n  prune_rate: 0.8\n")
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(old))}: line 5: metasd.prune_rate is now prune.rate$"):
-        load_config(old)
-    gone = tmp_path / "gone.yaml"
-    gone.write_text("metasd:\n  share_forward: true\n")
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(gone))}: line 2: metasd.share_forward was retired: "):
-        load_config(gone)
+    _refused(old, "train:\n  epochs: 3\nmetasd:\n  temperature: 2.0\n  prune_rate: 0.8\n",
+             r"line 5: metasd.prune_rate is now prune.rate$")
+    _refused(tmp_path / "gone.yaml", "metasd:\n  share_forward: true\n", r"line 2: metasd.share_forward was retired: ")
     with pytest.raises(ConfigError, match=r"^override: train.init_from was retired: "):
         load_config(overrides={"train.init_from": "x.pt"})
     for key in [*MOVED, *RETIRED]:  # every one of them is named, none is a plain "unknown option"
@@ -90,14 +86,16 @@ def test_an_option_of_an_earlier_version_says_what_replaced_it(tmp_path):
 
 def test_a_section_or_option_set_twice_is_an_error(tmp_path):
     """YAML keeps the last of two equal keys: a section written twice would drop the first silently."""
-    twice = tmp_path / "twice.yaml"
-    twice.write_text("train:\n  epochs: 5\nmodel:\n  dim: 8\ntrain:\n  lr: 0.1\n")
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(twice))}: line 5: 'train' is set twice"):
-        load_config(twice)
-    inner = tmp_path / "inner.yaml"
-    inner.write_text("train:\n  epochs: 5\n  lr: 0.1\n  epochs: 50\n")
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(inner))}: line 4: 'epochs' is set twice"):
-        load_config(inner)
+    _refused(tmp_path / "twice.yaml", "train:\n  epochs: 5\nmodel:\n  dim: 8\ntrain:\n  lr: 0.1\n",
+             r"line 5: 'train' is set twice")
+    _refused(tmp_path / "inner.yaml", "train:\n  epochs: 5\n  lr: 0.1\n  epochs: 50\n", r"line 4: 'epochs' is set twice")
+
+
+def _refused(path, text: str, message: str) -> None:
+    """A config file holding ``text`` is refused with ``<path>: <message>`` (a regular expression)."""
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {message}"):
+        load_config(path)
 
 
 def test_choices_come_from_the_registries_that_implement_them():

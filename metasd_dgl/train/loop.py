@@ -44,7 +44,7 @@ from ..distributed import init_from_env, rank_device
 from ..errors import CheckpointError, UserError
 from ..evaluation import metrics, rank_split
 from ..model import make_model
-from ..optimizers import OPTIMIZERS
+from ..optimizers import OPTIMIZERS, make_optimizers
 from ..precision import check_precision, exact, training
 from ..pruning import make_masks, scheduled_rate, sparsity_report
 from ..runtime import configure_threads, cpu_budget_spent, tune_malloc
@@ -123,11 +123,8 @@ class Trainer:
         self.rgcn = cfg.model.encoder == "rgcn"
         needs_graph = self.rgcn or tc.regime == "negative-sampling"
         self.graph = to_device(data.graph, self.device) if needs_graph else None
-        # The main optimiser and, for metasd, the meta optimiser, both over all weights.
-        weights = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = OPTIMIZERS[tc.optimizer](weights, lr=tc.lr)
-        self.meta_optimizer = (OPTIMIZERS[cfg.metasd.meta_optimizer](weights, lr=cfg.metasd.meta_lr)
-                               if tc.method == "metasd" else None)
+        self.optimizer, self.meta_optimizer = make_optimizers(
+            [p for p in self.model.parameters() if p.requires_grad], tc, cfg.metasd)
         self.steps = Steps(self.model, self.optimizer, StepSpec.from_config(cfg))
         # LibKGE's scheduler: the main optimiser's lr drops when the selection MRR stops improving.
         self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
