@@ -45,7 +45,7 @@ def slug(method: str) -> str:
 
 def one_seed(root: Path, dataset: str, seed: int, tolerance: float) -> dict[str, Any]:
     """The compress report of one seed's dense run, with the study's students compared."""
-    from metasd_dgl.compress import compress_report
+    from metasd_dgl.tools.compress import compress_report
 
     run = root / dataset / f"dense-seed{seed}"
     compare = [(label, root / dataset / f"{slug(method)}-seed{seed}", role)

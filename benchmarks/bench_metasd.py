@@ -4,7 +4,7 @@ Per dataset, every variant trains from the same seed with the same budget
 (dim, epochs, batch, lr, regulariser), selects its checkpoint on the
 validation split only, and is evaluated on test (filtered, both sides,
 realistic ranks).  Student masks are whole-coordinate masks
-(``prune.structure=dimension``, see ``metasd_dgl/pruning.py``) unless
+(``prune.structure=dimension``, see ``metasd_dgl/model/pruning.py``) unless
 the row says "element masks" (the paper's element-wise global magnitude):
 
     dense (plain)          dense ComplEx at dim D, method plain              -> teacher row

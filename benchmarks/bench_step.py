@@ -31,11 +31,11 @@ os.environ.setdefault("DGLBACKEND", "pytorch")
 import torch  # noqa: E402
 
 from metasd_dgl.config import Config, apply_overrides  # noqa: E402
-from metasd_dgl.model import build_model  # noqa: E402
-from metasd_dgl.optimizers import make_optimizers  # noqa: E402
-from metasd_dgl.pruning import make_masks  # noqa: E402
-from metasd_dgl.runtime import configure_threads, tune_malloc  # noqa: E402
-from metasd_dgl.student import make_student  # noqa: E402
+from metasd_dgl.model.predictor import build_model  # noqa: E402
+from metasd_dgl.train.optimizers import make_optimizers  # noqa: E402
+from metasd_dgl.model.pruning import make_masks  # noqa: E402
+from metasd_dgl.runtime.process import configure_threads, tune_malloc  # noqa: E402
+from metasd_dgl.model.student import make_student  # noqa: E402
 from metasd_dgl.train.loop import run_step  # noqa: E402
 from metasd_dgl.train.spec import StepSpec  # noqa: E402
 from metasd_dgl.train.steps import Steps  # noqa: E402

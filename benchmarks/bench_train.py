@@ -140,7 +140,7 @@ def run_pykeen(job: dict) -> dict:
 
     _threads(job)
     if job.get("pykeen_tuned_malloc"):  # the process-wide glibc setting our training runs apply (train() applies it)
-        from metasd_dgl.runtime import tune_malloc
+        from metasd_dgl.runtime.process import tune_malloc
 
         tune_malloc()
     data = torch.load(job["triples_file"])  # written by the parent from metasd_dgl.data.preprocess.load_processed
@@ -321,7 +321,7 @@ def main() -> None:
     ap.add_argument("--eval-batch", type=int, default=256, help="PyKEEN evaluator batch size")
     ap.add_argument("--pykeen-tuned-malloc", action="store_true",
                     help="apply to the PyKEEN runs the glibc malloc setting our trainer applies to itself "
-                         "(metasd_dgl.runtime.tune_malloc: reuse freed (b, N) blocks instead of mmap/munmap)")
+                         "(metasd_dgl.runtime.process.tune_malloc: reuse freed (b, N) blocks instead of mmap/munmap)")
     ap.add_argument("--work-dir", help="processed data and run folders (default: a temporary folder, removed)")
     ap.add_argument("--out", help="JSON path (default: benchmarks/results/train_vs_pykeen.json; "
                     "--quick: train_vs_pykeen_quick.json)")

@@ -194,7 +194,7 @@ def student_width(structure: str, dim: int, prune_rate: float = 0.9) -> int:
     """Columns of the student's tables: the kept coordinates' real and imaginary columns with
     whole-coordinate masks (``ColumnStudent``: ``2 * round((1 - rate) * dim)``, w/10 at rate
     0.9), the full width ``2 * dim`` with element masks (``W * M``)."""
-    from metasd_dgl.pruning import keep_count
+    from metasd_dgl.model.pruning import keep_count
 
     return 2 * max(1, keep_count(dim, prune_rate)) if structure == "dimension" else 2 * dim
 
@@ -403,10 +403,10 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
 
     from metasd_dgl.config import Config, apply_overrides
     from metasd_dgl.data.triples import reciprocal_queries
-    from metasd_dgl.model import build_model
-    from metasd_dgl.optimizers import make_optimizers
-    from metasd_dgl.pruning import make_masks
-    from metasd_dgl.student import make_student
+    from metasd_dgl.model.predictor import build_model
+    from metasd_dgl.train.optimizers import make_optimizers
+    from metasd_dgl.model.pruning import make_masks
+    from metasd_dgl.model.student import make_student
     from metasd_dgl.train.loop import run_step
     from metasd_dgl.train.spec import StepSpec
     from metasd_dgl.train.steps import Steps
@@ -526,10 +526,10 @@ def evaluate_checkpoint(cfg, data, path: Path, device) -> dict:
     """Test metrics (filtered, both sides) of the teacher and the true student of ``path``."""
     import torch
 
-    from metasd_dgl.checkpoint import load_checkpoint
-    from metasd_dgl.evaluation import metrics, rank_split
-    from metasd_dgl.model import make_model
-    from metasd_dgl.student import checkpoint_student
+    from metasd_dgl.store.checkpoint import load_checkpoint
+    from metasd_dgl.evaluate.ranking import metrics, rank_split
+    from metasd_dgl.model.predictor import make_model
+    from metasd_dgl.model.student import checkpoint_student
 
     ckpt = load_checkpoint(path, device)
     model = make_model(cfg.model, data.num_entities, data.num_relations, torch.Generator().manual_seed(0)).to(device)
@@ -649,7 +649,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    from metasd_dgl.device import resolve_device
+    from metasd_dgl.runtime.device import resolve_device
 
     args.device = resolve_device(name)  # torch only: no graph, DGL not asked
     precision_requested = args.precision

@@ -8,7 +8,7 @@ student when the run has masks), exports it, and returns one result per variant
 (``train_and_test``'s keys).  ``variant_rows`` turns results into table rows.
 
 Every library entry point the benchmarks use is imported here, in one place (bench_train.py's PyKEEN
-process alone imports ``metasd_dgl.runtime.tune_malloc`` directly: it must not load the rest).
+process alone imports ``metasd_dgl.runtime.process.tune_malloc`` directly: it must not load the rest).
 A benchmark that drives ``Trainer`` itself applies the process-wide settings a
 training run gets from ``train()`` (``runtime.tune_malloc``) first.
 """
@@ -21,15 +21,15 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 # --- library entry points
 from metasd_dgl.stages import stage_evaluate, stage_export  # noqa: F401
-from metasd_dgl.runtime import tune_malloc  # noqa: F401
+from metasd_dgl.runtime.process import tune_malloc  # noqa: F401
 from metasd_dgl.config import Config, load_config  # noqa: F401
 from metasd_dgl.data.filters import FilterIndex  # noqa: F401
 from metasd_dgl.data.preprocess import KGData, load_processed, preprocess  # noqa: F401
-from metasd_dgl.decoders import DistMult  # noqa: F401
-from metasd_dgl.evaluation import DEFAULT_BATCH_SIZE, chunk_size, evaluate_ranking, metrics, model_score_fn  # noqa: F401
-from metasd_dgl.evaluation import rank_split  # noqa: F401
-from metasd_dgl.model import build_model  # noqa: F401
-from metasd_dgl.model import make_model  # noqa: F401
+from metasd_dgl.model.decoders import DistMult  # noqa: F401
+from metasd_dgl.evaluate.ranking import DEFAULT_BATCH_SIZE, chunk_size, evaluate_ranking, metrics, model_score_fn  # noqa: F401
+from metasd_dgl.evaluate.ranking import rank_split  # noqa: F401
+from metasd_dgl.model.predictor import build_model  # noqa: F401
+from metasd_dgl.model.predictor import make_model  # noqa: F401
 from metasd_dgl.train.loop import Trainer, train  # noqa: F401
 
 ROWS = ("teacher", "student")

@@ -30,7 +30,7 @@ Rows (``ROWS``; the model each reports in brackets):
     prune-only element  prune, element masks (not in the default rows)                            [student]
     dense 2000 int8, metasd dimension int8, own student int8
                         the stored file of the source row's selected checkpoint, quantised
-                        (``metasd_dgl.quantize.export_run_files``: int8, per-row scales), ranked from the
+                        (``metasd_dgl.store.quantize.export_run_files``: int8, per-row scales), ranked from the
                         file; bytes of the int8 and the fp32 file.  Computed right after the source run
                         (in its process), or later from a source run folder that is here.
 
@@ -276,7 +276,7 @@ def run_task(task: dict) -> None:
 def _device(name: str):
     import torch
 
-    from metasd_dgl.device import resolve_device
+    from metasd_dgl.runtime.device import resolve_device
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -404,10 +404,10 @@ def _load(path: Path, data, device, processed_dir: Optional[str] = None) -> _Loa
     """A checkpoint's config, model (weights loaded, on ``device``) and true student (``None`` without masks)."""
     import torch
 
-    from metasd_dgl.checkpoint import load_checkpoint
+    from metasd_dgl.store.checkpoint import load_checkpoint
     from metasd_dgl.config import from_dict
-    from metasd_dgl.model import make_model
-    from metasd_dgl.student import checkpoint_student
+    from metasd_dgl.model.predictor import make_model
+    from metasd_dgl.model.student import checkpoint_student
 
     ckpt = load_checkpoint(path, device)
     cfg = from_dict(ckpt["config"], f"{path} config")
@@ -420,7 +420,7 @@ def _load(path: Path, data, device, processed_dir: Optional[str] = None) -> _Loa
 
 
 def _split(cfg, data, split: str):
-    from metasd_dgl.unseen import apply_unseen
+    from metasd_dgl.evaluate.unseen import apply_unseen
 
     triples, _ = apply_unseen(getattr(data, split), data.train, data.num_entities, data.num_relations,
                               cfg.eval.unseen, split)
@@ -428,7 +428,7 @@ def _split(cfg, data, split: str):
 
 
 def _rank(cfg, data, model, split: str, weights=None, tables=None) -> dict:
-    from metasd_dgl.evaluation import metrics, rank_split
+    from metasd_dgl.evaluate.ranking import metrics, rank_split
 
     ranks = rank_split(model, _split(cfg, data, split), data.num_relations, data.filter, weights=weights,
                        tables=tables, max_memory_mb=cfg.eval.max_memory_mb)
@@ -488,7 +488,7 @@ def _quantised_task(task: dict) -> None:
     import torch
 
     from metasd_dgl.data.preprocess import load_processed
-    from metasd_dgl.quantize import export_run_files, file_name, file_tables
+    from metasd_dgl.store.quantize import export_run_files, file_name, file_tables
 
     t0 = time.time()
     device = _device(task["device"])

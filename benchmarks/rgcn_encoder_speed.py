@@ -35,7 +35,7 @@ from pathlib import Path
 import dgl
 import torch
 
-from metasd_dgl.encoders.rgcn import EdgePlan, RGCNEncoder
+from metasd_dgl.model.rgcn import EdgePlan, RGCNEncoder
 from metasd_dgl.graph.sampling import dst_norm, edge_sampled_subgraph, full_graph_dropout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def metasd_step(args) -> None:
             cpu_per_step.append((time.process_time() - c0) / args.steps)
         losses = [r.get("loss") for r in trainer.state.history]
         layer = trainer.model.encoder.layers[0]
-        from metasd_dgl.encoders.rgcn import EdgePlan
+        from metasd_dgl.model.rgcn import EdgePlan
 
         order = layer.choose(EdgePlan.build(trainer.graph, 2 * data.num_relations))
     print(json.dumps({

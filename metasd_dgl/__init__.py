@@ -12,7 +12,7 @@ _API = ("pipeline", "load_run", "PipelineResult", "LoadedRun")
 
 def __getattr__(name: str):
     if name in _API:
-        from . import api
+        from metasd_dgl import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'metasd_dgl' has no attribute {name!r}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .config import ConfigError
+from metasd_dgl.config import ConfigError
 
 PathLike = Union[str, Path]
 
@@ -78,8 +78,8 @@ def pipeline(dataset: Optional[str] = None, method: Optional[str] = None,
 
     from metasd_dgl.stages import run_status, stage_evaluate, stage_export, stage_preprocess, stage_train
 
-    from .config import load_config
-    from .console import Console
+    from metasd_dgl.config import load_config
+    from metasd_dgl.console import Console
 
     files: list[PathLike] = []
     overrides: dict[str, Any] = {}
@@ -110,7 +110,7 @@ def pipeline(dataset: Optional[str] = None, method: Optional[str] = None,
         test = stage_evaluate(out, "test", echo=console.result if not quiet else (lambda _: None))["results"]
     made: list[Path] = []
     if plots:
-        from .report import make_report
+        from metasd_dgl.tools.plots import make_report
 
         made = make_report(out, split="test")
     return PipelineResult(run_dir=out, test=test, exports=exports, plots=made, config=cfg)

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
-from .errors import UserError
-from .runtime import configure_environment
+from metasd_dgl.errors import UserError
+from metasd_dgl.runtime.process import configure_environment
 
 if TYPE_CHECKING:
-    from .config import Config
+    from metasd_dgl.config import Config
 
 
 def _overrides(options: dict[str, Any], sets: tuple[str, ...]) -> dict[str, Any]:
@@ -39,7 +39,7 @@ class _OptionChoice(click.Choice):
 
     @property
     def choices(self):  # type: ignore[override]
-        from .config import CHOICES
+        from metasd_dgl.config import CHOICES
 
         return CHOICES[self.key]
 
@@ -105,7 +105,7 @@ def output_options(fn):
 
 def make_console(run_dir: str, quiet: bool, as_json: bool):
     """The console of a training command: readable, quiet or JSON; logged to RUN_DIR/train.log."""
-    from .console import Console
+    from metasd_dgl.console import Console
 
     if quiet and as_json:
         raise click.UsageError("--quiet and --json exclude each other")
@@ -119,7 +119,7 @@ def train_options(fn):
 
 
 def resolve(configs: tuple[str, ...], sets: tuple[str, ...], **options: Any) -> "Config":
-    from .config import load_config
+    from metasd_dgl.config import load_config
 
     return load_config(*configs, overrides=_overrides(options, sets))
 
@@ -143,8 +143,8 @@ def preprocess(source: str, out: str, data_dir: Optional[str], fmt: str, force: 
     """Raw triples (built-in name, folder, .tar.gz, DGL-KE layout) -> processed folder."""
     import os
 
-    from .data.preprocess import load_processed
-    from .data.preprocess import preprocess as run
+    from metasd_dgl.data.preprocess import load_processed
+    from metasd_dgl.data.preprocess import preprocess as run
 
     data_dir = data_dir or os.environ.get("METASD_DATA_DIR")
     path = run(source, Path(out), Path(data_dir) if data_dir else None, fmt, force=force)
@@ -154,7 +154,7 @@ def preprocess(source: str, out: str, data_dir: Optional[str], fmt: str, force: 
                f"train/valid/test {len(kg.train)}/{len(kg.valid)}/{len(kg.test)}")
     if m.get("duplicates"):
         click.echo(f"duplicates: {m['duplicates']}")
-    from .unseen import manifest_line
+    from metasd_dgl.evaluate.unseen import manifest_line
 
     click.echo(manifest_line(m))
 
@@ -167,9 +167,9 @@ def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, forc
     """Train a model (dense or MetaSD) into a run folder (default runs/<dataset>-<decoder>-<method>)."""
     from metasd_dgl.stages import stage_preprocess, stage_train
 
-    from .config import load_config
-    from .device import resolve_device
-    from .distributed import barrier, init_from_env
+    from metasd_dgl.config import load_config
+    from metasd_dgl.runtime.device import resolve_device
+    from metasd_dgl.runtime.distributed import barrier, init_from_env
 
     if resume:
         cfg = load_config(Path(resume) / "config.yaml", *configs, overrides=_overrides(options, sets))
@@ -210,12 +210,12 @@ def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
                    protocol=protocol, from_file=Path(from_file) if from_file else None)
     click.echo(f"metrics: {Path(run_dir) / 'eval' / (split + '.json')}")
     if triple_classification:
-        from .cli_tools import classification_lines, classify_run
+        from metasd_dgl.tools.commands import classification_lines, classify_run
 
         for line in classification_lines(classify_run(Path(run_dir), checkpoint, 1, 0)):
             click.echo(line)
     if plots:
-        from .report import make_report
+        from metasd_dgl.tools.plots import make_report
 
         for png in make_report(Path(run_dir), split=split):
             click.echo(f"plot: {png}")
@@ -274,8 +274,8 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
     if status is not None and status["finished"] and not reevaluate and stored.is_file():
         import json
 
-        from .console import named_rows
-        from .evaluation import format_table
+        from metasd_dgl.console import named_rows
+        from metasd_dgl.evaluate.ranking import format_table
 
         record = json.loads(stored.read_text(encoding="utf-8"))
         console.result(format_table(named_rows(record["results"], cfg.train.method, record.get("rows"))))
@@ -288,7 +288,7 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
     console.line("[4/4] evaluate (test)")
     stage_evaluate(run_dir, "test", echo=console.result)
     console.result(f"metrics: {stored}")
-    from .report import make_report
+    from metasd_dgl.tools.plots import make_report
 
     for png in make_report(run_dir, split="test"):
         console.line(f"plot: {png}")
@@ -317,8 +317,8 @@ def tune(config: str, trials: int, timeout_min: Optional[float], study_dir: Opti
          pruner: str, extra: tuple[str, ...], sets: tuple[str, ...], resume: bool, **options) -> None:
     """Search hyper-parameters with Optuna (TPE, median pruning) on validation MRR; writes best.yaml,
     the search's whole config with the best trial's values (metasd-dgl pipeline STUDY/best.yaml)."""
-    from .config import load_config
-    from .tune import tune as run_tune
+    from metasd_dgl.config import load_config
+    from metasd_dgl.tools.tune import tune as run_tune
 
     overrides = _overrides(options, sets)
     base = load_config(config, *extra, overrides=overrides)
@@ -328,7 +328,7 @@ def tune(config: str, trials: int, timeout_min: Optional[float], study_dir: Opti
 
 
 def _register_tools() -> None:
-    from .cli_tools import COMMANDS
+    from metasd_dgl.tools.commands import COMMANDS
 
     for command in COMMANDS:
         cli.add_command(command)

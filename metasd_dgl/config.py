@@ -19,13 +19,13 @@ from typing import Any, Optional
 
 import yaml
 
-from .decoders import DECODERS
-from .errors import UserError
-from .optimizers import OPTIMIZERS
-from .precision import PRECISIONS
-from .pruning import SCOPES, STRUCTURES
-from .train.tracker import TRACKERS
-from .unseen import POLICIES as UNSEEN_POLICIES
+from metasd_dgl.model.decoders import DECODERS
+from metasd_dgl.errors import UserError
+from metasd_dgl.train.optimizers import OPTIMIZERS
+from metasd_dgl.runtime.precision import PRECISIONS
+from metasd_dgl.model.pruning import SCOPES, STRUCTURES
+from metasd_dgl.train.tracker import TRACKERS
+from metasd_dgl.evaluate.unseen import POLICIES as UNSEEN_POLICIES
 
 
 class ConfigError(UserError):
@@ -563,6 +563,6 @@ def default_run_dir(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """``config.yaml``, written atomically (a full disk is named, the previous file kept)."""
-    from .atomic import atomic_write_text
+    from metasd_dgl.store.atomic import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -13,23 +13,23 @@ from typing import Any, Optional
 
 import torch
 
-from metasd_dgl.atomic import atomic_write_json, recover_folder, remove_stale, replaced_folder
-from metasd_dgl.budget import check_memory
-from metasd_dgl.checkpoint import load_checkpoint
-from metasd_dgl.lock import folder_lock
-from metasd_dgl.unseen import apply_unseen, unseen_line
+from metasd_dgl.store.atomic import atomic_write_json, recover_folder, remove_stale, replaced_folder
+from metasd_dgl.runtime.memory import check_memory
+from metasd_dgl.store.checkpoint import load_checkpoint
+from metasd_dgl.store.lock import folder_lock
+from metasd_dgl.evaluate.unseen import apply_unseen, unseen_line
 from metasd_dgl.config import Config, from_dict
 from metasd_dgl.data.preprocess import load_processed, preprocess
 from metasd_dgl.data.stats import evaluation_buckets
 from metasd_dgl.errors import CheckpointError, UserError
-from metasd_dgl.evaluation import format_table, summarize
-from metasd_dgl.export import check_student_fits, export_student, load_student, save_dense
-from metasd_dgl.evaluation import REFERENCE_PRUNE_RATE, encode_tables, rank_split, rank_split_reference
+from metasd_dgl.evaluate.ranking import format_table, summarize
+from metasd_dgl.store.export import check_student_fits, export_student, load_student, save_dense
+from metasd_dgl.evaluate.ranking import REFERENCE_PRUNE_RATE, encode_tables, rank_split, rank_split_reference
 from metasd_dgl.data.fingerprint import dataset_fingerprint
-from metasd_dgl.model import make_model
-from metasd_dgl.pruning import make_masks
-from metasd_dgl.runtime import cpu_budget_spent
-from metasd_dgl.student import checkpoint_student
+from metasd_dgl.model.predictor import make_model
+from metasd_dgl.model.pruning import make_masks
+from metasd_dgl.runtime.process import cpu_budget_spent
+from metasd_dgl.model.student import checkpoint_student
 from metasd_dgl.train.loop import train
 
 
@@ -53,10 +53,10 @@ def stage_train(cfg: Config, resume: bool = False, progress: bool = True, consol
     (says so); unfinished with the same config -> resumed when ``command`` is
     "pipeline" (re-running an interrupted pipeline continues it); otherwise a
     UserError naming the flag of ``command`` that continues it.  One process
-    trains a folder at a time (``metasd_dgl.lock``: a second gets one line
+    trains a folder at a time (``metasd_dgl.store.lock``: a second gets one line
     naming the holder's pid); checkpoint temporaries of a killed run are
     removed; the memory the run needs is checked before anything is allocated
-    (``metasd_dgl.budget``).
+    (``metasd_dgl.runtime.memory``).
     """
     with folder_lock(cfg.run_dir, what="run folder", on_stale=echo):
         remove_stale(Path(cfg.run_dir) / "checkpoints", locked=True)
@@ -160,7 +160,7 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     0.8, masks recomputed from the checkpoint's teacher weights with the run's
     prune structure and scope (``evaluation.rank_split_reference``).
 
-    ``from_file``: a quantised ``.msq`` file (``metasd_dgl.quantize``); the row of its role
+    ``from_file``: a quantised ``.msq`` file (``metasd_dgl.store.quantize``); the row of its role
     (teacher or student) is scored from the file's dequantised weights.
     """
     if protocol not in ("true", "reference"):
@@ -176,7 +176,7 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
         variants["student"] = student
     file_role, file_tables = None, None
     if from_file is not None:
-        from metasd_dgl.quantize import file_tables as quantized_tables
+        from metasd_dgl.store.quantize import file_tables as quantized_tables
 
         _, file_tables, file_meta = quantized_tables(from_file, data)
         file_role = file_meta.get("role")
@@ -244,7 +244,7 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
 
 def stage_export(run_dir: Path, checkpoint: str = "best", quantize: tuple[str, ...] = ()) -> dict[str, Any]:
     """Dense teacher and compact student files side by side, with their sizes; with ``quantize``
-    (schemes of ``metasd_dgl.quantize``: fp32, fp16, int8, int4) also ``teacher.<scheme>.msq`` and
+    (schemes of ``metasd_dgl.store.quantize``: fp32, fp16, int8, int4) also ``teacher.<scheme>.msq`` and
     ``student.<scheme>.msq``.
 
     All files are written into a temporary folder renamed over ``export/`` at the end
@@ -276,7 +276,7 @@ def _export_into(run_dir: Path, checkpoint: str, out: Path, quantize: tuple[str,
                      "student_nonzero": manifest["nonzeros"],
                      "ratio_to_teacher_file": manifest["ratio_to_dense_file"]})
     if quantize:
-        from metasd_dgl.quantize import export_run_files
+        from metasd_dgl.store.quantize import export_run_files
 
         quantized = export_run_files(cfg, data, model, student, ckpt, out, tuple(dict.fromkeys(quantize)))
         for key in [k for k in quantized if k.endswith("_bytes")]:

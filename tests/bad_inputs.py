@@ -80,7 +80,7 @@ def _run_with_ckpt(tmp: Path, content: bytes | None = None, evil: bool = False) 
 
 def _other_dataset_resume(tmp: Path) -> list:
     from metasd_dgl.cli import main
-    from metasd_dgl.checkpoint import load_checkpoint, save_checkpoint
+    from metasd_dgl.store.checkpoint import load_checkpoint, save_checkpoint
 
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
         assert main(_train(tmp, "--dim", "2")) == 0
@@ -218,7 +218,7 @@ def _hold_lock(folder: Path, inside: bool = True) -> int:
     'locked' once it holds it, and waits on its stdin)."""
     import subprocess
 
-    code = ("import sys\nfrom metasd_dgl.lock import folder_lock\n"
+    code = ("import sys\nfrom metasd_dgl.store.lock import folder_lock\n"
             "with folder_lock(sys.argv[1], inside=sys.argv[2] == '1'):\n"
             "    print('locked', flush=True)\n    sys.stdin.read()\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder), "1" if inside else "0"],

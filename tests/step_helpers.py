@@ -9,9 +9,9 @@ from torch.func import functional_call
 
 from metasd_dgl.config import Config, apply_overrides
 from metasd_dgl.graph.sampling import dst_norm
-from metasd_dgl.model import build_model, call
-from metasd_dgl.optimizers import make_optimizers
-from metasd_dgl.student import MaskedStudent
+from metasd_dgl.model.predictor import build_model, call
+from metasd_dgl.train.optimizers import make_optimizers
+from metasd_dgl.model.student import MaskedStudent
 from metasd_dgl.train.closed_form import CLOSED_FORM
 from metasd_dgl.train.losses import cross_entropy_1n, kd_loss, log_probs, regularizer
 from metasd_dgl.train.loop import run_step

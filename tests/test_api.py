@@ -13,7 +13,7 @@ import torch
 import metasd_dgl
 from metasd_dgl.config import ConfigError
 from metasd_dgl.errors import DataError, UserError
-from metasd_dgl.evaluation import rank_split
+from metasd_dgl.evaluate.ranking import rank_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_readme_example_runs(tmp_path, monkeypatch, kg_dir, capsys):
     assert scope["scores"].shape == (5,) and scope["tails"].shape == (5, run.data.num_entities)
 
     # the student of load_run ranks exactly like the masked evaluation
-    from metasd_dgl.student import checkpoint_student
+    from metasd_dgl.model.student import checkpoint_student
     weights = checkpoint_student(dict(run.teacher.named_parameters()), run.masks, run.checkpoint.get("student_weights"))
     masked = rank_split(run.teacher, run.data.test, run.data.num_relations, run.data.filter, weights=weights)
     plain = rank_split(run.student, run.data.test, run.data.num_relations, run.data.filter)

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from metasd_dgl.checkpoint import load_checkpoint, save_checkpoint
+from metasd_dgl.store.checkpoint import load_checkpoint, save_checkpoint
 from metasd_dgl.errors import CheckpointError
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from metasd_dgl.classification import best_thresholds, corrupt, triple_classification
+from metasd_dgl.tools.classification import best_thresholds, corrupt, triple_classification
 from metasd_dgl.data.triples import triple_keys
-from metasd_dgl.decoders import Decoder
+from metasd_dgl.model.decoders import Decoder
 
 N, R = 12, 2
 
@@ -94,7 +94,7 @@ def test_perfect_scores_give_auc_and_accuracy_one():
 def test_classify_command(tmp_path):
     from test_predict import make_run
 
-    from metasd_dgl.cli_tools import classify_command
+    from metasd_dgl.tools.commands import classify_command
 
     run = make_run(tmp_path)
     res = CliRunner().invoke(classify_command, [str(run), "--num-negatives", "2", "--seed", "3"])
@@ -164,7 +164,7 @@ def tiny_given():
 
 
 def test_classify_given_by_hand():
-    from metasd_dgl.classification import classify_given, f1_score
+    from metasd_dgl.tools.classification import classify_given, f1_score
 
     data, decoder, negatives = tiny_given()
     ent = torch.arange(4, dtype=torch.float32)[:, None]

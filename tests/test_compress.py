@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from metasd_dgl.cli import main
-from metasd_dgl.compress import pareto_front, recommend
+from metasd_dgl.tools.compress import pareto_front, recommend
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "train.epochs=2", "--set", "model.dim=16", "--set", "train.batch_size=8",

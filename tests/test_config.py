@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.store.checkpoint import load_checkpoint
 from metasd_dgl.cli import main
 from metasd_dgl.config import Config, ConfigError, apply_overrides, load_config, save_config, to_dict, validate
 from run_helpers import REPO, TOY
@@ -100,9 +100,9 @@ def _refused(path, text: str, message: str) -> None:
 
 def test_choices_come_from_the_registries_that_implement_them():
     from metasd_dgl.config import CHOICES
-    from metasd_dgl.decoders import DECODERS
-    from metasd_dgl.optimizers import OPTIMIZERS
-    from metasd_dgl.pruning import SCOPES, STRUCTURES
+    from metasd_dgl.model.decoders import DECODERS
+    from metasd_dgl.train.optimizers import OPTIMIZERS
+    from metasd_dgl.model.pruning import SCOPES, STRUCTURES
     from metasd_dgl.train.tracker import TRACKERS
 
     assert CHOICES["model.decoder"] == tuple(DECODERS) and CHOICES["metasd.meta_optimizer"] == tuple(OPTIMIZERS)
@@ -123,7 +123,7 @@ def test_option_counts():
 def test_shipped_configs_load():
     from pathlib import Path
 
-    from metasd_dgl.search_space import load_space
+    from metasd_dgl.tools.search_space import load_space
 
     folder = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
     configs = sorted(p for p in folder.glob("*.yaml") if not p.name.endswith(".tune.yaml"))
@@ -200,7 +200,7 @@ def test_a_checkpoint_older_than_an_option_counts_it_at_its_default(tmp_path):
                          share_forward=False, mask_epochs=0, meta_grad_path="kd")
     old["train"]["loss_backend"] = "fused"
     stored["config"] = old
-    from metasd_dgl.checkpoint import save_checkpoint
+    from metasd_dgl.store.checkpoint import save_checkpoint
     save_checkpoint(stored, run / "checkpoints" / "last.pt")
     assert run_status(run, cfg) == {**run_status(run, cfg), "finished": True, "differences": []}
     from metasd_dgl.config import to_dict

@@ -111,8 +111,7 @@ def test_row_names():
 @pytest.mark.parametrize("method,rows", [("plain", ["dense"]), ("prune", ["dense (unmasked)", "student"]),
                                          ("metasd", ["teacher", "student"])])
 def test_rows_have_one_name_everywhere(tmp_path, monkeypatch, capsys, method, rows):
-    from metasd_dgl import report
-
+    from metasd_dgl.tools import plots as report
     labels = []
     real = report.bucket_comparison
     monkeypatch.setattr(report, "bucket_comparison",

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from metasd_dgl.decoders import ComplEx, DistMult, RotatE, TransE
-from metasd_dgl.model import build_model
+from metasd_dgl.model.decoders import ComplEx, DistMult, RotatE, TransE
+from metasd_dgl.model.predictor import build_model
 from step_helpers import R, small_model as _model
 
 

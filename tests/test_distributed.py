@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from metasd_dgl import distributed
-from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.runtime import distributed
+from metasd_dgl.store.checkpoint import load_checkpoint
 from metasd_dgl.config import Config, apply_overrides
-from metasd_dgl.model import build_model
-from metasd_dgl.pruning import compute_masks, prunable_params
-from metasd_dgl.student import MaskedStudent
+from metasd_dgl.model.predictor import build_model
+from metasd_dgl.model.pruning import compute_masks, prunable_params
+from metasd_dgl.model.student import MaskedStudent
 from step_helpers import Stepper
 
 ARGS = ["train", "--quiet", "--dataset", "nations", "--dim", "8", "--epochs", "3", "--batch-size", "200",
@@ -63,7 +63,7 @@ def test_two_process_gloo_matches_single_process(tmp_path, kg_dir):
 def test_rank_device_gives_each_torchrun_rank_its_own_gpu():
     import pytest
 
-    from metasd_dgl.distributed import rank_device
+    from metasd_dgl.runtime.distributed import rank_device
     from metasd_dgl.errors import DeviceError
 
     torchrun = lambda rank: {"WORLD_SIZE": "4", "LOCAL_RANK": str(rank), "RANK": str(rank + 4)}  # noqa: E731
@@ -81,7 +81,7 @@ def test_trainer_asks_for_the_rank_device(tmp_path, monkeypatch):
     import metasd_dgl.train.loop as loop
     from metasd_dgl.config import Config
     from metasd_dgl.data.preprocess import load_processed, preprocess
-    from metasd_dgl.distributed import DistInfo
+    from metasd_dgl.runtime.distributed import DistInfo
 
     data = load_processed(preprocess(Path(__file__).resolve().parents[1] / "datasets" / "toy", tmp_path / "d"))
     asked = []

@@ -13,14 +13,14 @@ from metasd_dgl.cli import main
 from metasd_dgl.data import filters
 from metasd_dgl.data.filters import FilterIndex
 from metasd_dgl.data.triples import reciprocal_queries
-from metasd_dgl.decoders import DistMult
-from metasd_dgl.evaluation import (
+from metasd_dgl.model.decoders import DistMult
+from metasd_dgl.evaluate.ranking import (
     BYTES_PER_CELL, Ranks, chunk_size, encode_tables, evaluate_ranking, format_table, metrics, model_score_fn,
     rank_queries, rank_split, rank_split_reference, summarize,
 )
-from metasd_dgl.model import build_model
-from metasd_dgl.pruning import make_masks, prunable_params
-from metasd_dgl.student import checkpoint_student
+from metasd_dgl.model.predictor import build_model
+from metasd_dgl.model.pruning import make_masks, prunable_params
+from metasd_dgl.model.student import checkpoint_student
 from run_helpers import train_toy as _train
 
 N, R = 30, 4

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from metasd_dgl.errors import CheckpointError
-from metasd_dgl.export import dense_size_bytes, export_student, load_dense, load_student, save_dense
-from metasd_dgl.model import build_model, call
-from metasd_dgl.pruning import compute_masks, prunable_params
-from metasd_dgl.student import MaskedStudent
+from metasd_dgl.store.export import dense_size_bytes, export_student, load_dense, load_student, save_dense
+from metasd_dgl.model.predictor import build_model, call
+from metasd_dgl.model.pruning import compute_masks, prunable_params
+from metasd_dgl.model.student import MaskedStudent
 
 
 def apply_masks(params: dict, masks: dict) -> dict:

@@ -104,7 +104,7 @@ def big_dataset(folder: Path, lines: int = 2000) -> Path:
 class Holder:
     """A live process holding a folder's write lock until ``release`` (it prints 'locked' once it holds it)."""
 
-    CODE = ("import sys\nfrom metasd_dgl.lock import folder_lock\n"
+    CODE = ("import sys\nfrom metasd_dgl.store.lock import folder_lock\n"
             "with folder_lock(sys.argv[1], inside=sys.argv[2] == '1'):\n"
             "    print('locked', flush=True)\n    sys.stdin.read()\n")
 
@@ -130,7 +130,7 @@ def test_disk_full_checkpoint_keeps_previous_and_recovers(tmp_path):
                      "file too large", "EFBIG", "the previous file is kept")
     assert "internal error" not in line and "inline_container" not in line
     assert hashes(run / "checkpoints") == before  # the previous good checkpoints, byte for byte
-    from metasd_dgl.checkpoint import load_checkpoint
+    from metasd_dgl.store.checkpoint import load_checkpoint
 
     assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["epoch"] == 1
     assert litter(tmp_path) == []
@@ -224,7 +224,7 @@ def test_readers_never_block_on_a_training_run(tmp_path):
 
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     run = tmp_path / "run"
-    code = ("import os, signal, sys\nfrom metasd_dgl.lock import folder_lock\n"
+    code = ("import os, signal, sys\nfrom metasd_dgl.store.lock import folder_lock\n"
             "with folder_lock(sys.argv[1]):\n    os.kill(os.getpid(), signal.SIGKILL)\n")
     dead = subprocess.Popen([sys.executable, "-c", code, str(run)])
     assert dead.wait(timeout=120) == -signal.SIGKILL
@@ -355,7 +355,7 @@ def test_unseen_triples_are_stated(tmp_path):
 
 
 def test_unseen_drop_policy():
-    from metasd_dgl.unseen import apply_unseen, unseen_line
+    from metasd_dgl.evaluate.unseen import apply_unseen, unseen_line
 
     train = torch.tensor([[0, 0, 1], [1, 0, 2]])
     test = torch.tensor([[0, 0, 2], [3, 0, 1], [0, 1, 1]])
@@ -367,7 +367,7 @@ def test_unseen_drop_policy():
 
 
 def test_memory_estimate_refuses_before_allocating():
-    from metasd_dgl.budget import ResourceError, check_memory, estimate
+    from metasd_dgl.runtime.memory import ResourceError, check_memory, estimate
     from metasd_dgl.config import load_config
 
     cfg = load_config(overrides={"model.dim": "1000000000", "data.dataset": "umls"})
@@ -387,7 +387,7 @@ def test_disk_full_in_the_tune_database_is_one_line(tmp_path):
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
         "from metasd_dgl.errors import UserError\n"
-        "from metasd_dgl.tune import database_errors, open_study\n"
+        "from metasd_dgl.tools.tune import database_errors, open_study\n"
         f"db = {str(db)!r}\n"
         "try:\n"
         "    with database_errors(db):\n"

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from metasd_dgl.interop import (
+from metasd_dgl.tools.dglke import (
     InteropError, export_dglke, import_dglke, inverse_relations, read_dglke, widths,
 )
-from metasd_dgl.model import build_model
+from metasd_dgl.model.predictor import build_model
 
 dglke_models = pytest.importorskip("dglke.models.general_models")
 
@@ -126,8 +126,8 @@ def test_inverse_relations_rules():
 
 
 def test_command_model_choices_match_interop():
-    from metasd_dgl.cli_tools import DGLKE_MODELS
-    from metasd_dgl.interop import NATIVE
+    from metasd_dgl.tools.commands import DGLKE_MODELS
+    from metasd_dgl.tools.dglke import NATIVE
 
     assert set(DGLKE_MODELS) == set(NATIVE)
 
@@ -153,10 +153,10 @@ def test_export_and_import_commands(tmp_path):
     from click.testing import CliRunner
     from test_predict import make_run
 
-    from metasd_dgl.cli_tools import export_dglke_command, import_dglke_command
+    from metasd_dgl.tools.commands import export_dglke_command, import_dglke_command
     from metasd_dgl.errors import UserError
-    from metasd_dgl.evaluation import metrics
-    from metasd_dgl.evaluation import rank_split
+    from metasd_dgl.evaluate.ranking import metrics
+    from metasd_dgl.evaluate.ranking import rank_split
     from metasd_dgl.stages import load_run
 
     run = make_run(tmp_path, decoder="complex")

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.store.checkpoint import load_checkpoint
 from metasd_dgl.cli import main
 from run_helpers import REPO, TOY, train_toy as _train
 

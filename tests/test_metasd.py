@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from metasd_dgl.pruning import compute_masks, prunable_params
+from metasd_dgl.model.pruning import compute_masks, prunable_params
 from step_helpers import (masked, one_thread, queries, ref_losses as _ref_losses,  # noqa: F401
                           ref_quiz_loss as _ref_quiz_loss, stepper, tiny, toy_graph)
 

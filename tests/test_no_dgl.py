@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from metasd_dgl.data.preprocess import load_processed
-from metasd_dgl.export import load_student
+from metasd_dgl.store.export import load_student
 from metasd_dgl.graph.build import load_graph
 
 REPO = Path(__file__).resolve().parents[1]

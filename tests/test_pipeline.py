@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.store.checkpoint import load_checkpoint
 from metasd_dgl.cli import main
-from metasd_dgl.export import load_student
-from metasd_dgl.evaluation import rank_split
+from metasd_dgl.store.export import load_student
+from metasd_dgl.evaluate.ranking import rank_split
 from metasd_dgl.stages import load_run
 from run_helpers import TOY, interrupt_after_first_epoch as _interrupt_after_first_epoch
 

@@ -6,9 +6,9 @@ import torch
 from click.testing import CliRunner
 
 from metasd_dgl.data.filters import FilterIndex
-from metasd_dgl.decoders import DistMult
+from metasd_dgl.model.decoders import DistMult
 from metasd_dgl.errors import DataError, UserError
-from metasd_dgl.predict import (
+from metasd_dgl.tools.predict import (
     QueryError, UnknownNameError, known_answers, predict, predict_ids, read_queries,
 )
 
@@ -56,7 +56,7 @@ def test_head_query_uses_the_inverse_row_and_inverse_filter():
 
 
 def test_query_chunks_give_the_same_answers(monkeypatch):
-    import metasd_dgl.predict as mod
+    import metasd_dgl.tools.predict as mod
 
     asked = [("a", "likes", None), (None, "likes", "a"), ("c", "knows", None), (None, "knows", "b")]
     whole = predict(tables(), DistMult(), FakeData(), asked, k=4)
@@ -120,11 +120,11 @@ def test_query_file(tmp_path):
 # ---------------------------------------------------------------- command line
 def make_run(tmp_path: Path, decoder: str = "distmult", method: str = "prune") -> Path:
     """A tiny run folder on datasets/toy: config.yaml + checkpoints/best.pt (Trainer.state_dict layout)."""
-    from metasd_dgl.checkpoint import save_checkpoint
+    from metasd_dgl.store.checkpoint import save_checkpoint
     from metasd_dgl.config import Config, save_config, to_dict
     from metasd_dgl.data.preprocess import load_processed, preprocess
-    from metasd_dgl.model import build_model
-    from metasd_dgl.pruning import compute_masks, prunable_params
+    from metasd_dgl.model.predictor import build_model
+    from metasd_dgl.model.pruning import compute_masks, prunable_params
     from metasd_dgl.data.fingerprint import dataset_fingerprint
 
     toy = Path(__file__).resolve().parents[1] / "datasets" / "toy"
@@ -144,7 +144,7 @@ def make_run(tmp_path: Path, decoder: str = "distmult", method: str = "prune") -
 
 
 def test_predict_command(tmp_path):
-    from metasd_dgl.cli_tools import predict_command
+    from metasd_dgl.tools.commands import predict_command
 
     run = make_run(tmp_path)
     runner = CliRunner()
@@ -166,7 +166,7 @@ def test_predict_command(tmp_path):
 def test_tampered_filter_stops_with_one_line_error(tmp_path, capsys):
     """A filter.npz whose sha256 differs from the manifest is an error, never a silent rebuild."""
     from metasd_dgl.cli import main
-    from metasd_dgl.cli_tools import predict_command
+    from metasd_dgl.tools.commands import predict_command
     from metasd_dgl.data.preprocess import load_processed
 
     run = make_run(tmp_path)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.store.checkpoint import load_checkpoint
 from metasd_dgl.cli import main
-from metasd_dgl.model import build_model, call
-from metasd_dgl.pruning import (compute_masks, dimension_coordinates, keep_count, make_masks, prunable_params,
+from metasd_dgl.model.predictor import build_model, call
+from metasd_dgl.model.pruning import (compute_masks, dimension_coordinates, keep_count, make_masks, prunable_params,
                                  scheduled_rate, sparsity_report)
-from metasd_dgl.student import MaskedStudent
+from metasd_dgl.model.student import MaskedStudent
 from run_helpers import TOY, train_toy as _train
 
 
@@ -213,7 +213,7 @@ def test_make_masks_is_compute_masks_over_the_prunable_weights():
     model = build_model("kge", "complex", 9, 2, 10, init_scale=1.0, generator=torch.Generator().manual_seed(1))
     for structure in ("element", "dimension"):
         got = make_masks(model, 0.8, structure=structure, dim=10)
-        from metasd_dgl.pruning import dimension_coordinates
+        from metasd_dgl.model.pruning import dimension_coordinates
 
         params = prunable_params(model)
         coords = dimension_coordinates(params, 10) if structure == "dimension" else None

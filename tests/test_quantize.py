@@ -1,4 +1,4 @@
-"""Quantised model files (metasd_dgl/quantize.py): the per-row arithmetic against hand-computed values,
+"""Quantised model files (metasd_dgl/store/quantize.py): the per-row arithmetic against hand-computed values,
 int4 packing, file sizes equal to the format's formula, ranking from the file equal to ranking the
 dequantised tables, and every malformed file refused with one error naming it."""
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 from metasd_dgl.data.fingerprint import dataset_fingerprint
 from metasd_dgl.data.preprocess import load_processed, preprocess
 from metasd_dgl.errors import CheckpointError, UserError
-from metasd_dgl.evaluation import encode_tables, metrics, rank_split
-from metasd_dgl.model import build_model
-from metasd_dgl.quantize import (DIGEST_BYTES, HEAD_BYTES, MAGIC, dequantize_rows, encode_file, file_size,
+from metasd_dgl.evaluate.ranking import encode_tables, metrics, rank_split
+from metasd_dgl.model.predictor import build_model
+from metasd_dgl.store.quantize import (DIGEST_BYTES, HEAD_BYTES, MAGIC, dequantize_rows, encode_file, file_size,
                                  file_tables, pack_int4, quantize_rows, read_header, read_quantized,
                                  unpack_int4, write_quantized)
 

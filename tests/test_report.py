@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from metasd_dgl.errors import DataError
-from metasd_dgl.report import (
+from metasd_dgl.tools.plots import (
     bucket_comparison, bucket_series, make_report, relation_frequency_series, training_series,
 )
 
@@ -104,7 +104,7 @@ def test_make_report_writes_all_plots(tmp_path):
 def test_report_command(tmp_path):
     from test_predict import make_run
 
-    from metasd_dgl.cli_tools import report_command
+    from metasd_dgl.tools.commands import report_command
 
     run = make_run(tmp_path)
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in METRICS))
@@ -127,7 +127,7 @@ def test_prune_teacher_left_out_and_no_pyplot(tmp_path):
     _write(run / "eval" / "test.json", record)
     made = make_report(run)
     assert sorted(p.name for p in made) == ["buckets_relation.png"]
-    probe = "import sys, metasd_dgl.report; print('matplotlib.pyplot' in sys.modules)"
+    probe = "import sys, metasd_dgl.tools.plots; print('matplotlib.pyplot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # the object API: no pyplot, no backend switch
 
@@ -136,7 +136,7 @@ def test_a_half_written_last_line_is_read_next_time(tmp_path):
     """A reader never blocks a running trainer: the line being appended (no newline yet) is skipped;
     a broken line before it is still an error."""
     from metasd_dgl.errors import DataError
-    from metasd_dgl.report import training_series
+    from metasd_dgl.tools.plots import training_series
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.5}\n{"epoch": 3, "lo', encoding="utf-8")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.store.checkpoint import load_checkpoint
 
 ARGS = ["--dataset", "nations", "--method", "metasd", "--dim", "8", "--epochs", "4",
         "--batch-size", "128", "--seed", "3",

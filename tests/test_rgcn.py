@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from metasd_dgl.encoders.rgcn import EdgePlan, RelGraphLayer, RGCNEncoder
+from metasd_dgl.model.rgcn import EdgePlan, RelGraphLayer, RGCNEncoder
 from metasd_dgl.graph.sampling import dst_norm, edge_sampled_subgraph
-from metasd_dgl.model import build_model
+from metasd_dgl.model.predictor import build_model
 
 N, R, NT = 12, 3, 20  # nodes, relations (x2 with inverses), triples (40 edges)
 
@@ -111,7 +111,7 @@ def test_encoder_shapes_prunable_and_gradients(decomposition):
 def test_build_model_wires_rgcn_options(options):
     """Every model.* R-GCN option set in the config reaches the encoder (through model.make_model)."""
     from metasd_dgl.config import Config
-    from metasd_dgl.model import make_model
+    from metasd_dgl.model.predictor import make_model
 
     cfg = Config()
     cfg.model.encoder, cfg.model.decoder, cfg.model.dim = "rgcn", "distmult", 8

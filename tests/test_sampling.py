@@ -5,7 +5,7 @@ import dgl
 import pytest
 import torch
 
-from metasd_dgl.device import dgl_cuda_wheel_hint, resolve_device, to_device
+from metasd_dgl.runtime.device import dgl_cuda_wheel_hint, resolve_device, to_device
 from metasd_dgl.errors import DeviceError
 from metasd_dgl.graph.sampling import (
     dst_norm, edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local, without_edges,
@@ -177,7 +177,7 @@ def test_devices():
 def test_dgl_without_cuda_names_the_wheel(monkeypatch):
     """torch sees a GPU but DGL cannot move a graph there (CPU-only DGL): where a graph is needed the
     error names the wheel; the graph-free KGE path gets its device."""
-    import metasd_dgl.device as dev
+    import metasd_dgl.runtime.device as dev
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

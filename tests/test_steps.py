@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from metasd_dgl.config import Config, apply_overrides
-from metasd_dgl.model import build_model
-from metasd_dgl.optimizers import OPTIMIZERS
-from metasd_dgl.pruning import compute_masks, prunable_params
-from metasd_dgl.student import MaskedStudent
+from metasd_dgl.model.predictor import build_model
+from metasd_dgl.train.optimizers import OPTIMIZERS
+from metasd_dgl.model.pruning import compute_masks, prunable_params
+from metasd_dgl.model.student import MaskedStudent
 from metasd_dgl.train.closed_form import CLOSED_FORM
 from metasd_dgl.train.losses import AUTOGRAD, cross_entropy_1n, dura, kd_loss
 from metasd_dgl.train.loop import run_step

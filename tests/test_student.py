@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from metasd_dgl.checkpoint import load_checkpoint
+from metasd_dgl.store.checkpoint import load_checkpoint
 from metasd_dgl.cli import main
-from metasd_dgl.model import build_model
-from metasd_dgl.pruning import compute_masks, dimension_coordinates, prunable_params
-from metasd_dgl.student import ColumnStudent, MaskedStudent, RegrowingStudent, make_student
+from metasd_dgl.model.predictor import build_model
+from metasd_dgl.model.pruning import compute_masks, dimension_coordinates, prunable_params
+from metasd_dgl.model.student import ColumnStudent, MaskedStudent, RegrowingStudent, make_student
 from metasd_dgl.train.losses import cross_entropy_1n, dura
 from run_helpers import train_toy as _train
 from step_helpers import (N, R, kd_at_t3 as _kd, one_thread, overrides_stepper, queries,  # noqa: F401
@@ -74,7 +74,7 @@ def _adagrad(leaves):
 def test_own_student_step_by_hand(one_way):
     """metasd.student=own: the student's loss moves only its own tensors (its own optimiser), the
     teacher's loss only the teacher (with KD from the student unless one_way_kd)."""
-    from metasd_dgl.student import OwnStudent
+    from metasd_dgl.model.student import OwnStudent
     model = _model()
     params = dict(model.named_parameters())
     masks = compute_masks(prunable_params(model), 0.5)
@@ -110,7 +110,7 @@ def test_own_student_step_by_hand(one_way):
 
 
 def test_own_student_remask_keeps_regrows_and_prunes():
-    from metasd_dgl.student import OwnStudent
+    from metasd_dgl.model.student import OwnStudent
     model = _model()
     params = dict(model.named_parameters())
     m0 = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) < 0.5 for n, p in params.items()}
@@ -202,7 +202,7 @@ def test_prune_only_runs_regrow_and_whole_coordinate_masks_need_no_regrowth(tmp_
 def test_checkpoint_student_is_the_masked_weights_of_its_own_tensors():
     """The one rebuild of a student from a checkpoint: ``W * M`` of the student's own tensors where
     it has them (``student_weights``), of the teacher's elsewhere; None without masks."""
-    from metasd_dgl.student import checkpoint_student
+    from metasd_dgl.model.student import checkpoint_student
 
     model = _model()
     params = dict(model.named_parameters())

@@ -11,8 +11,8 @@ import yaml
 
 from metasd_dgl.cli import main
 from metasd_dgl.config import Config, ConfigError, load_config
-from metasd_dgl.search_space import Param, as_override, default_space_path, parse_space
-from metasd_dgl.tune import KILL_ENV, STUDY_NAME, tune
+from metasd_dgl.tools.search_space import Param, as_override, default_space_path, parse_space
+from metasd_dgl.tools.tune import KILL_ENV, STUDY_NAME, tune
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = """\

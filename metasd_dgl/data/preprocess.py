@@ -27,7 +27,7 @@ Policies (recorded in the manifest):
   kept and ranked like any other (the common protocol), and counted;
 * unseen relations: valid/test triples whose relation never occurs in train
   are counted too (``unseen_relations``); what evaluation does with unseen
-  triples is ``metasd_dgl.unseen``'s policy, stated on the console and in
+  triples is ``metasd_dgl.evaluate.unseen``'s policy, stated on the console and in
   ``eval/<split>.json``;
 * graph: ``graph.bin`` is written when DGL can be imported; without DGL
   (e.g. a torch newer than DGL's wheels) it is skipped and the manifest's
@@ -37,7 +37,7 @@ Policies (recorded in the manifest):
   DGL too, and nothing in the folder changes.
 
 Writers: one process at a time writes a processed folder (the sibling lock
-``.OUT.lock``, ``metasd_dgl.lock``; a second one gets one ``error:`` line
+``.OUT.lock``, ``metasd_dgl.store.lock``; a second one gets one ``error:`` line
 naming the holder's pid).  Temporaries of a killed run (``.OUT.tmp-*``,
 ``.OUT.old-*``, the system temp folder's ``metasd-read-PID-*``) are removed
 by the next run.  A failed write (full disk, file-size limit, read-only
@@ -60,14 +60,14 @@ import torch
 
 from metasd_dgl.data import registry
 from metasd_dgl import __version__
-from metasd_dgl.atomic import diagnose, recover_folder, staging_folder, publish_folder, write_error
+from metasd_dgl.store.atomic import diagnose, recover_folder, staging_folder, publish_folder, write_error
 from metasd_dgl.data import stats as kgstats
 from metasd_dgl.data.filters import FilterIndex
 from metasd_dgl.data.triples import SPLITS, RawKG, named_ids, read_source, source_identity, triple_keys
 from metasd_dgl.errors import DataError
 from metasd_dgl.graph.build import build_graph, load_graph, save_graph
 from metasd_dgl.graph.dgl_import import dgl_available, require_dgl
-from metasd_dgl.lock import folder_lock
+from metasd_dgl.store.lock import folder_lock
 
 MANIFEST_VERSION = 1
 _CHECKED = ("entities.tsv", "relations.tsv", "train.npy", "valid.npy", "test.npy", "stats.json")

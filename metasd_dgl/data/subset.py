@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from .triples import RawKG, StrTriple, read_source
+from metasd_dgl.data.triples import RawKG, StrTriple, read_source
 
 SPLITS = ("train", "valid", "test")
 

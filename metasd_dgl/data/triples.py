@@ -53,7 +53,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from metasd_dgl.atomic import remove_stale, write_error
+from metasd_dgl.store.atomic import remove_stale, write_error
 from metasd_dgl.data import registry
 from metasd_dgl.errors import DataError
 from metasd_dgl.typing import HEAD, REL, TAIL

@@ -24,7 +24,7 @@ import re
 from types import ModuleType
 from typing import Any
 
-from ..errors import UserError
+from metasd_dgl.errors import UserError
 
 #: DGL's last PyPI Linux wheel and the newest torch it supports.
 DGL_WHEEL_VERSION = "2.1.0"

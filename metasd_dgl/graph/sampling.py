@@ -23,9 +23,9 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from ..typing import HEAD, TAIL
-from .build import dst_norm
-from .dgl_import import dgl
+from metasd_dgl.typing import HEAD, TAIL
+from metasd_dgl.graph.build import dst_norm
+from metasd_dgl.graph.dgl_import import dgl
 
 
 def _pair_count(graph: dgl.DGLGraph) -> int:

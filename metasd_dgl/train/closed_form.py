@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .spec import KDSpec, LossBackend
+from metasd_dgl.train.spec import KDSpec, LossBackend
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:

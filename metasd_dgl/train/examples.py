@@ -13,8 +13,8 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ..data.triples import reciprocal_queries
-from ..graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local
+from metasd_dgl.data.triples import reciprocal_queries
+from metasd_dgl.graph.sampling import edge_sampled_subgraph, full_graph_dropout, negative_tails, quiz_split, to_local
 
 
 @dataclass(frozen=True)

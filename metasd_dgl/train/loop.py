@@ -34,27 +34,27 @@ from typing import Any, Optional
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_write_text, write_error
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import Config, ConfigError, resume_differences, save_config, to_dict
-from ..console import Console, epoch_line, row_names, valid_line
-from ..data.fingerprint import dataset_fingerprint
-from ..device import resolve_device, to_device
-from ..distributed import init_from_env, rank_device
-from ..errors import CheckpointError, UserError
-from ..evaluation import metrics, rank_split
-from ..model import make_model
-from ..optimizers import OPTIMIZERS, make_optimizers
-from ..precision import check_precision, exact, training
-from ..pruning import make_masks, scheduled_rate, sparsity_report
-from ..runtime import configure_threads, cpu_budget_spent, tune_malloc
-from ..student import checkpoint_student, make_student
-from ..unseen import apply_unseen
-from .examples import BatchInputs, Examples
-from .metasd import metasd_step
-from .spec import StepSpec
-from .steps import Steps, kd_step, negative_step, plain_step, prune_step
-from .tracker import make_tracker
+from metasd_dgl.store.atomic import atomic_write_text, write_error
+from metasd_dgl.store.checkpoint import load_checkpoint, save_checkpoint
+from metasd_dgl.config import Config, ConfigError, resume_differences, save_config, to_dict
+from metasd_dgl.console import Console, epoch_line, row_names, valid_line
+from metasd_dgl.data.fingerprint import dataset_fingerprint
+from metasd_dgl.runtime.device import resolve_device, to_device
+from metasd_dgl.runtime.distributed import init_from_env, rank_device
+from metasd_dgl.errors import CheckpointError, UserError
+from metasd_dgl.evaluate.ranking import metrics, rank_split
+from metasd_dgl.model.predictor import make_model
+from metasd_dgl.train.optimizers import OPTIMIZERS, make_optimizers
+from metasd_dgl.runtime.precision import check_precision, exact, training
+from metasd_dgl.model.pruning import make_masks, scheduled_rate, sparsity_report
+from metasd_dgl.runtime.process import configure_threads, cpu_budget_spent, tune_malloc
+from metasd_dgl.model.student import checkpoint_student, make_student
+from metasd_dgl.evaluate.unseen import apply_unseen
+from metasd_dgl.train.examples import BatchInputs, Examples
+from metasd_dgl.train.metasd import metasd_step
+from metasd_dgl.train.spec import StepSpec
+from metasd_dgl.train.steps import Steps, kd_step, negative_step, plain_step, prune_step
+from metasd_dgl.train.tracker import make_tracker
 
 
 class TrainingInterrupted(UserError):

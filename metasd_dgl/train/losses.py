@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .spec import KDSpec, LossBackend
+from metasd_dgl.train.spec import KDSpec, LossBackend
 
 _TINY = 1e-30  # floor under |f|^2 inside the square root of N3
 

@@ -21,10 +21,10 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from ..optimizers import apply_gradients
-from ..student import Student
-from ..typing import TAIL
-from .steps import Steps, as_floats, extra_teacher_step, real_step
+from metasd_dgl.train.optimizers import apply_gradients
+from metasd_dgl.model.student import Student
+from metasd_dgl.typing import TAIL
+from metasd_dgl.train.steps import Steps, as_floats, extra_teacher_step, real_step
 
 
 def metasd_step(s: Steps, meta_optimizer: torch.optim.Optimizer, batch: Tensor, student: Student,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
-from ..config import Config
+from metasd_dgl.config import Config
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,13 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..optimizers import apply_gradients
-from ..precision import score_products
-from ..student import Student
-from ..typing import HEAD, REL, TAIL, ParamDict
-from .closed_form import CLOSED_FORM
-from .losses import cross_entropy_1n, negative_sampling_loss, regularizer
-from .spec import LossBackend, StepSpec
+from metasd_dgl.train.optimizers import apply_gradients
+from metasd_dgl.runtime.precision import score_products
+from metasd_dgl.model.student import Student
+from metasd_dgl.typing import HEAD, REL, TAIL, ParamDict
+from metasd_dgl.train.closed_form import CLOSED_FORM
+from metasd_dgl.train.losses import cross_entropy_1n, negative_sampling_loss, regularizer
+from metasd_dgl.train.spec import LossBackend, StepSpec
 
 Pairs = List[Tuple[Tensor, Tensor]]  # (output, cotangent): back-propagated together
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from ..errors import UserError
+from metasd_dgl.errors import UserError
 
 TRACKERS = ("none", "tensorboard")
 

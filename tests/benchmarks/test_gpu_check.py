@@ -105,10 +105,10 @@ def test_score_products_are_the_library_steps(method, structure):
     no other matrix product but MetaSD's two relation-score forwards that feed no loss (the teacher's in
     the virtual step, the quiz's), which the bound leaves out."""
     from metasd_dgl.config import Config, apply_overrides
-    from metasd_dgl.model import build_model
-    from metasd_dgl.optimizers import OPTIMIZERS
-    from metasd_dgl.pruning import make_masks
-    from metasd_dgl.student import make_student
+    from metasd_dgl.model.predictor import build_model
+    from metasd_dgl.train.optimizers import OPTIMIZERS
+    from metasd_dgl.model.pruning import make_masks
+    from metasd_dgl.model.student import make_student
     from metasd_dgl.train.loop import run_step
     from metasd_dgl.train.spec import StepSpec
     from metasd_dgl.train.steps import Steps

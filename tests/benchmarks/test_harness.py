@@ -55,8 +55,8 @@ def test_rows_have_the_published_keys(quick_run):
 
 def test_metrics_equal_the_library_evaluation_of_the_run_folder(quick_run):
     """Every reported number is the library's own: rank the best checkpoint again with rank_split."""
-    from metasd_dgl.evaluation import metrics
-    from metasd_dgl.evaluation import rank_split
+    from metasd_dgl.evaluate.ranking import metrics
+    from metasd_dgl.evaluate.ranking import rank_split
     from metasd_dgl.stages import load_run
 
     h, root, _, results, _ = quick_run

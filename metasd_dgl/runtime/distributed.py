@@ -27,7 +27,7 @@ from typing import Iterable, Mapping
 import torch
 import torch.distributed as dist
 
-from .errors import DeviceError
+from metasd_dgl.errors import DeviceError
 
 
 @dataclass(frozen=True)

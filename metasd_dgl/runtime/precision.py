@@ -18,7 +18,7 @@ from typing import Iterator
 
 import torch
 
-from .errors import UserError
+from metasd_dgl.errors import UserError
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 

@@ -17,8 +17,8 @@ from typing import Union
 
 import torch
 
-from .errors import DeviceError
-from .graph.dgl_import import DGL_WHEEL_VERSION, DGLUnavailableError, dgl, require_dgl
+from metasd_dgl.errors import DeviceError
+from metasd_dgl.graph.dgl_import import DGL_WHEEL_VERSION, DGLUnavailableError, dgl, require_dgl
 
 
 def dgl_cuda_wheel_hint() -> str:

@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .config import Config, ConfigError, _coerce, _sections, apply_overrides, load_yaml, validate
+from metasd_dgl.config import Config, ConfigError, _coerce, _sections, apply_overrides, load_yaml, validate
 
 _RANGE_KEYS = {"low", "high", "log", "step"}
 

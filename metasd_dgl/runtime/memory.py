@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .config import ConfigError
+from metasd_dgl.config import ConfigError
 
 FLOAT_BYTES = 4
 _OPTIMIZER_STATES = {"adam": 2, "adamw": 2, "adagrad": 1, "sgd": 0}
@@ -63,7 +63,7 @@ class Estimate:
 
 def estimate(cfg, num_entities: int, num_relations: int) -> Estimate:
     """Bytes a training run of ``cfg`` on N entities and R relations holds at least."""
-    from .decoders import DECODERS
+    from metasd_dgl.model.decoders import DECODERS
 
     dim = int(_get(cfg, "model", "dim", 1))
     decoder = DECODERS[_get(cfg, "model", "decoder", "complex")]()

@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from .errors import UserError
+from metasd_dgl.errors import UserError
 
 #: errno -> (cause, what to do)
 CAUSES = {

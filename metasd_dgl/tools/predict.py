@@ -22,9 +22,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .data.filters import FilterIndex
-from .decoders import Decoder
-from .errors import DataError, UserError
+from metasd_dgl.data.filters import FilterIndex
+from metasd_dgl.model.decoders import Decoder
+from metasd_dgl.errors import DataError, UserError
 
 #: A query by name: (head or None, relation, tail or None), exactly one side None.
 NamedQuery = tuple[Optional[str], str, Optional[str]]

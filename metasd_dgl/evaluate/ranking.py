@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .data.filters import FilterIndex
-from .data.triples import reciprocal_queries
-from .student import checkpoint_student
-from .typing import HEAD, REL, TAIL, MaskDict
+from metasd_dgl.data.filters import FilterIndex
+from metasd_dgl.data.triples import reciprocal_queries
+from metasd_dgl.model.student import checkpoint_student
+from metasd_dgl.typing import HEAD, REL, TAIL, MaskDict
 
 if TYPE_CHECKING:
-    from .model import LinkPredictor
+    from metasd_dgl.model.predictor import LinkPredictor
 
 #: (b, 2) int64 ``[head, relation]`` query rows -> (b, N) scores of every candidate tail.
 ScoreFn = Callable[[Tensor], Tensor]

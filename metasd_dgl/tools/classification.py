@@ -34,11 +34,11 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import Tensor
 
-from .graph.dgl_import import dgl
-from .data.triples import triple_keys
-from .decoders import Decoder
-from .graph.sampling import negative_tails
-from .typing import HEAD, REL, TAIL
+from metasd_dgl.graph.dgl_import import dgl
+from metasd_dgl.data.triples import triple_keys
+from metasd_dgl.model.decoders import Decoder
+from metasd_dgl.graph.sampling import negative_tails
+from metasd_dgl.typing import HEAD, REL, TAIL
 
 
 def _is_known(keys: Tensor, known_sorted: Tensor) -> Tensor:
@@ -193,7 +193,7 @@ def _classify(valid: tuple[Tensor, Tensor, Tensor], test: tuple[Tensor, Tensor, 
         }
     overall = {"valid": _split_metrics(v_s, v_y, correct_valid), "test": _split_metrics(t_s, t_y, correct_test)}
     return {"overall": overall, "relations": relations,
-            "rule": "per-relation threshold maximising validation accuracy; see metasd_dgl.classification"}
+            "rule": "per-relation threshold maximising validation accuracy; see metasd_dgl.tools.classification"}
 
 
 def triple_classification(tables: tuple[Tensor, Tensor], decoder: Decoder, data, generator: torch.Generator,

@@ -65,9 +65,9 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..graph.dgl_import import dgl
-from ..errors import UserError
-from ..graph.build import dst_norm
+from metasd_dgl.graph.dgl_import import dgl
+from metasd_dgl.errors import UserError
+from metasd_dgl.graph.build import dst_norm
 
 STRATEGIES = ("auto", "bases", "pairs")
 

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .atomic import atomic_write_bytes, atomic_write_json
-from .errors import CheckpointError
-from .typing import MaskDict, ParamDict
+from metasd_dgl.store.atomic import atomic_write_bytes, atomic_write_json
+from metasd_dgl.errors import CheckpointError
+from metasd_dgl.typing import MaskDict, ParamDict
 
 STUDENT_FORMAT = "metasd-student-v1"
 DENSE_FORMAT = "metasd-dense-v1"

@@ -32,7 +32,7 @@ from typing import Dict, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from .typing import MaskDict, ParamDict
+from metasd_dgl.typing import MaskDict, ParamDict
 
 SCOPES = ("global", "per-tensor")
 STRUCTURES = ("element", "dimension")

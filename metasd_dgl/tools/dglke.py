@@ -50,11 +50,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .atomic import atomic_write_text, write_error, write_with
-from .decoders import DECODERS, Decoder, RotatE
-from .encoders.lookup import LookupEncoder
-from .errors import UserError
-from .model import LinkPredictor
+from metasd_dgl.store.atomic import atomic_write_text, write_error, write_with
+from metasd_dgl.model.decoders import DECODERS, Decoder, RotatE
+from metasd_dgl.model.lookup import LookupEncoder
+from metasd_dgl.errors import UserError
+from metasd_dgl.model.predictor import LinkPredictor
 
 #: our decoder name -> DGL-KE model name written on export.
 DGLKE_MODEL = {"complex": "ComplEx", "distmult": "DistMult", "transe": "TransE_l2", "rotate": "RotatE"}

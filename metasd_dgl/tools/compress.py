@@ -25,8 +25,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
-from .atomic import atomic_write_json, recover_folder, replaced_folder, write_with
-from .errors import UserError
+from metasd_dgl.store.atomic import atomic_write_json, recover_folder, replaced_folder, write_with
+from metasd_dgl.errors import UserError
 
 RARE_BUCKETS = 3
 TEACHER_SCHEMES = ("fp16", "int8", "int4")
@@ -83,8 +83,8 @@ class _Scorer:
     """Ranks tables on valid and test of one dataset (the run's unseen policy; relation buckets of 3)."""
 
     def __init__(self, cfg, data) -> None:
-        from .data.stats import evaluation_buckets
-        from .unseen import apply_unseen
+        from metasd_dgl.data.stats import evaluation_buckets
+        from metasd_dgl.evaluate.unseen import apply_unseen
 
         self.data = data
         self.max_memory_mb = cfg.eval.max_memory_mb
@@ -96,7 +96,7 @@ class _Scorer:
             self.splits[split] = (triples, {"relation": buckets["relation"]}, buckets["relation"][1][0])
 
     def __call__(self, model, tables) -> dict[str, Any]:
-        from .evaluation import rank_split, summarize
+        from metasd_dgl.evaluate.ranking import rank_split, summarize
 
         out = {}
         for split, (triples, buckets, rare_label) in self.splits.items():
@@ -111,10 +111,10 @@ def dense_file_tables(path: Path, cfg, data):
     """-> (model, tables) of a dense ``teacher.safetensors`` file (``export.save_dense``) on ``data``."""
     import torch
 
-    from .errors import CheckpointError
-    from .evaluation import encode_tables
-    from .export import load_dense
-    from .model import make_model
+    from metasd_dgl.errors import CheckpointError
+    from metasd_dgl.evaluate.ranking import encode_tables
+    from metasd_dgl.store.export import load_dense
+    from metasd_dgl.model.predictor import make_model
 
     params, _ = load_dense(path)
     model = make_model(cfg.model, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
@@ -182,11 +182,11 @@ def plot_report(report: dict, out_png: Path) -> Path:
 def compress_report(run_dir: Path, compare: Sequence[CompareSpec] = (), tolerance: float = 0.01,
                     split: str = "test", checkpoint: str = "best", echo: Callable[[str], None] = print) -> dict:
     """Write and score every variant (module docstring); -> the report (also ``compress/report.json``)."""
-    from .data.fingerprint import dataset_fingerprint
-    from .export import save_dense
-    from .lock import folder_lock
-    from .quantize import export_run_files, file_name, file_tables
-    from .stages import load_run
+    from metasd_dgl.data.fingerprint import dataset_fingerprint
+    from metasd_dgl.store.export import save_dense
+    from metasd_dgl.store.lock import folder_lock
+    from metasd_dgl.store.quantize import export_run_files, file_name, file_tables
+    from metasd_dgl.stages import load_run
 
     if not tolerance >= 0:  # also refuses NaN
         raise UserError(f"--tolerance {tolerance}: must be >= 0 (an absolute MRR difference, e.g. 0.01)")

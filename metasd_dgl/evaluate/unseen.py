@@ -16,7 +16,7 @@ from typing import Any, Tuple
 
 import torch
 
-from .errors import UserError
+from metasd_dgl.errors import UserError
 
 POLICIES = ("rank", "drop")
 

@@ -39,11 +39,11 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from .atomic import atomic_write_text  # checked: a full disk is one line naming the file
-from .config import Config, get, load_config
-from .data.registry import sha256_file
-from .errors import UserError
-from .search_space import Param, default_space_path, load_space
+from metasd_dgl.store.atomic import atomic_write_text  # checked: a full disk is one line naming the file
+from metasd_dgl.config import Config, get, load_config
+from metasd_dgl.data.registry import sha256_file
+from metasd_dgl.errors import UserError
+from metasd_dgl.tools.search_space import Param, default_space_path, load_space
 
 STUDY_NAME = "metasd-dgl"
 KILL_ENV = "METASD_TUNE_KILL_AT_TRIAL"
@@ -194,9 +194,9 @@ def _objective(base_files: list[Path], space: list[Param], study_dir: Path, proc
                options: Optional[dict[str, Any]] = None):
     import optuna
 
-    from .console import Console
-    from .data.preprocess import load_processed
-    from .train.loop import train
+    from metasd_dgl.console import Console
+    from metasd_dgl.data.preprocess import load_processed
+    from metasd_dgl.train.loop import train
 
     data = load_processed(processed)
 
@@ -242,7 +242,7 @@ def _progress(total: int, echo: Callable[[str], None]):
 
 
 def _evaluate_best(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from .stages import stage_evaluate
+    from metasd_dgl.stages import stage_evaluate
 
     quiet = lambda _line: None  # noqa: E731
     valid = stage_evaluate(run_dir, "valid", echo=quiet)["results"]
@@ -288,8 +288,8 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
     """
     import optuna
 
-    from .data.preprocess import preprocess
-    from .train.loop import NumericalError
+    from metasd_dgl.data.preprocess import preprocess
+    from metasd_dgl.train.loop import NumericalError
 
     config = Path(config)
     base_files = [config, *map(Path, extra_configs)]
@@ -348,7 +348,7 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
     typed = {k: _typed(base, k, v) for k, v in overrides.items()}  # --set's strings as the option's type
     atomic_write_text(best_yaml, header + yaml.safe_dump(best_config(base_files, typed, dict(best.params)),
                                                          sort_keys=False))
-    from .console import named_rows, row_names
+    from metasd_dgl.console import named_rows, row_names
 
     method = best.params.get("train.method", base.train.method)
     record = {"number": best.number, "params": best.params, "valid_mrr": best.value, "run_dir": str(best_dir),

@@ -37,9 +37,9 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .optimizers import apply_gradients
-from .pruning import STRUCTURES
-from .typing import MaskDict, ParamDict
+from metasd_dgl.train.optimizers import apply_gradients
+from metasd_dgl.model.pruning import STRUCTURES
+from metasd_dgl.typing import MaskDict, ParamDict
 
 OptimizerFactory = Callable[[list], torch.optim.Optimizer]
 

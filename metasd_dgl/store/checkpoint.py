@@ -5,7 +5,7 @@ strings, tensors): model and optimiser states, masks, counters, RNG states,
 the resolved config and the dataset's fingerprint.  It is written to a
 temporary file in the same folder, fsynced, then renamed over the target, so
 a crash never leaves a half-written checkpoint under the real name
-(``metasd_dgl.atomic.write_with``; a full disk is one line naming the file).  Loading
+(``metasd_dgl.store.atomic.write_with``; a full disk is one line naming the file).  Loading
 uses ``torch.load(weights_only=True)``, which refuses arbitrary pickled
 objects (a malicious file raises instead of running code).
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .atomic import write_with
-from .errors import CheckpointError
+from metasd_dgl.store.atomic import write_with
+from metasd_dgl.errors import CheckpointError
 
 FORMAT = "metasd-dgl-checkpoint/1"
 
@@ -28,7 +28,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
     A failed write (full disk, file-size limit, read-only folder) raises a
     ``WriteError`` naming ``path`` and the cause; the previous checkpoint is
-    kept and the temporary file removed (``metasd_dgl.atomic``).
+    kept and the temporary file removed (``metasd_dgl.store.atomic``).
     """
     path = Path(path)
     return write_with(path, lambda fh: torch.save({"format": FORMAT, **state}, fh),

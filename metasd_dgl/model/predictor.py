@@ -13,12 +13,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .decoders import DECODERS, Decoder
-from .encoders.lookup import LookupEncoder
-from .typing import HEAD, REL, TAIL, ParamDict
+from metasd_dgl.model.decoders import DECODERS, Decoder
+from metasd_dgl.model.lookup import LookupEncoder
+from metasd_dgl.typing import HEAD, REL, TAIL, ParamDict
 
 if TYPE_CHECKING:
-    from .config import ModelConfig
+    from metasd_dgl.config import ModelConfig
 
 
 class LinkPredictor(nn.Module):
@@ -81,7 +81,7 @@ def build_model(
             init_scale, generator,
         )
     elif encoder == "rgcn":
-        from .encoders.rgcn import RGCNEncoder
+        from metasd_dgl.model.rgcn import RGCNEncoder
 
         enc = RGCNEncoder(
             num_entities, num_relations, dec.entity_width(dim), dec.relation_width(dim),

@@ -43,9 +43,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from .atomic import write_with
-from .console import row_names
-from .errors import DataError
+from metasd_dgl.store.atomic import write_with
+from metasd_dgl.console import row_names
+from metasd_dgl.errors import DataError
 
 PathLike = Union[str, Path]
 #: An eval JSON, or (eval JSON, variant) to pick "teacher"/"student".

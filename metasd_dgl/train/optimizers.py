@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .distributed import average_gradients
+from metasd_dgl.runtime.distributed import average_gradients
 
 if TYPE_CHECKING:
-    from .config import MetaSDConfig, TrainConfig
+    from metasd_dgl.config import MetaSDConfig, TrainConfig
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
 

@@ -2,7 +2,7 @@
 
 Register them on the main group (``metasd_dgl/cli.py``)::
 
-    from .cli_tools import COMMANDS
+    from metasd_dgl.tools.commands import COMMANDS
     for command in COMMANDS:
         cli.add_command(command)
 
@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import click
 
-from .errors import UserError
+from metasd_dgl.errors import UserError
 
 #: DGL-KE model names ``import-dglke`` accepts (= ``interop.NATIVE``; kept literal so that
 #: registering the commands imports neither torch nor DGL).
@@ -36,7 +36,7 @@ def _tables(run_dir: Path, checkpoint: str, student: bool):
     that student)."""
     from metasd_dgl.stages import load_run
 
-    from .evaluation import encode_tables
+    from metasd_dgl.evaluate.ranking import encode_tables
 
     cfg, data, model, weights, ckpt = load_run(run_dir, checkpoint)
     if student and not weights:
@@ -64,7 +64,7 @@ def predict_command(run_dir: str, head: Optional[str], relation: Optional[str], 
                     queries: Optional[str], k: int, unfiltered: bool, student: bool, checkpoint: str,
                     from_file: Optional[str] = None) -> None:
     """Top-k entities by name for (HEAD, RELATION, ?) or (?, RELATION, TAIL)."""
-    from .predict import QueryError, parse_query, predict, read_queries
+    from metasd_dgl.tools.predict import QueryError, parse_query, predict, read_queries
 
     if queries:
         if head or tail or relation:
@@ -75,8 +75,8 @@ def predict_command(run_dir: str, head: Optional[str], relation: Optional[str], 
             raise QueryError("--relation is required (or give --queries FILE)")
         asked = [parse_query(head, relation, tail)]
     if from_file:
-        from .quantize import file_tables
-        from .stages import load_run
+        from metasd_dgl.store.quantize import file_tables
+        from metasd_dgl.stages import load_run
 
         if student:
             raise UserError("--student and --from-file exclude each other (the file says what it holds)")
@@ -116,13 +116,13 @@ def _compare_item(text: str) -> tuple[str, Any]:
               help="Which eval/<split>.json to plot buckets from.")
 def report_command(run_dir: str, compare: tuple[str, ...], split: str) -> None:
     """PNG plots into RUN_DIR/plots: training curves, MRR per bucket, relation frequencies."""
-    from .report import make_report
+    from metasd_dgl.tools.plots import make_report
 
     others = dict(_compare_item(c) for c in compare)
     names = None
     try:
-        from .data.preprocess import load_processed
-        from .report import stats_path
+        from metasd_dgl.data.preprocess import load_processed
+        from metasd_dgl.tools.plots import stats_path
 
         stats = stats_path(run_dir)
         names = load_processed(stats.parent).relation_names if stats else None
@@ -151,7 +151,7 @@ def _dataset_name(data) -> str:
 def export_dglke_command(run_dir: str, out: str, student: bool, checkpoint: str,
                          dataset_name: Optional[str], gamma: float) -> None:
     """Write embeddings in DGL-KE's layout (entity/relation .npy, id maps, config.json)."""
-    from .interop import export_dglke
+    from metasd_dgl.tools.dglke import export_dglke
 
     cfg, data, _, _, _, (ent, rel) = _tables(Path(run_dir), checkpoint, student)
     paths = export_dglke(ent, rel, cfg.model.decoder, data.num_relations, out, dataset_name or _dataset_name(data),
@@ -187,9 +187,9 @@ def import_dglke_command(folder: str, processed: str, model_name: Optional[str],
     layout has none, so --scoring dglke derives them and scores such a model lower than it is.  Files
     written by export-dglke carry the learned rows, and --scoring auto uses them.
     """
-    from .data.preprocess import load_processed
-    from .evaluation import encode_tables, metrics, rank_split
-    from .interop import import_dglke, read_dglke
+    from metasd_dgl.data.preprocess import load_processed
+    from metasd_dgl.evaluate.ranking import encode_tables, metrics, rank_split
+    from metasd_dgl.tools.dglke import import_dglke, read_dglke
 
     data = load_processed(processed)
     emb = read_dglke(folder, dataset_name, model_name, gamma)
@@ -223,7 +223,7 @@ def _given_negatives(data, negatives_valid: Optional[Path], negatives_test: Opti
     """-> (``{"valid", "test"}`` id tensors, source line) of the files, or of the dataset; (None, "") if neither."""
     import torch
 
-    from .data.triples import named_ids, read_named
+    from metasd_dgl.data.triples import named_ids, read_named
 
     if (negatives_valid is None) != (negatives_test is None):
         raise click.UsageError("--negatives-valid and --negatives-test go together")
@@ -247,8 +247,8 @@ def classify_run(run_dir: Path, checkpoint: str = "best", num_negatives: int = 1
     """
     import torch
 
-    from .classification import classify_given, triple_classification
-    from .evaluation import encode_tables
+    from metasd_dgl.tools.classification import classify_given, triple_classification
+    from metasd_dgl.evaluate.ranking import encode_tables
 
     cfg, data, model, student, ckpt, teacher = _tables(Path(run_dir), checkpoint, False)
     given, source = _given_negatives(data, negatives_valid, negatives_test)  # errors before anything is written
@@ -326,7 +326,7 @@ def subset_command(source: str, k: int, out: str, data_dir: Optional[str]) -> No
     """A deterministic subset of SOURCE on its top entities by training degree (see metasd_dgl/data/subset.py)."""
     import os
 
-    from .data.subset import write_subset
+    from metasd_dgl.data.subset import write_subset
 
     data_dir = data_dir or os.environ.get("METASD_DATA_DIR")
     record = write_subset(source, k, Path(out), Path(data_dir) if data_dir else None)
@@ -351,7 +351,7 @@ def subset_command(source: str, k: int, out: str, data_dir: Optional[str]) -> No
 def compress_command(run_dir: str, compare: tuple[str, ...], tolerance: float, split: str, checkpoint: str) -> None:
     """Size and accuracy of every stored variant (teacher fp32/fp16/int8/int4, student fp32/int8/int4),
     each scored from its file; RUN_DIR/compress/report.json, report.png, and a recommendation."""
-    from .compress import compress_report, parse_compare
+    from metasd_dgl.tools.compress import compress_report, parse_compare
 
     compress_report(Path(run_dir), [parse_compare(c) for c in compare], tolerance, split, checkpoint,
                     echo=click.echo)

@@ -13,7 +13,7 @@ Where the lock file lives: a run folder holds its own (``RUN/.metasd.lock``);
 a folder that is replaced as a whole by a rename (a processed dataset, an
 export) is locked by a sibling file ``PARENT/.NAME.lock``, which survives the
 rename.  Readers (evaluate, predict, report) take no lock: every file they
-read is written atomically (``metasd_dgl.atomic``).
+read is written atomically (``metasd_dgl.store.atomic``).
 
 Within one process the lock is re-entrant (a pipeline locks its run folder
 in each stage).  Under ``torchrun`` only rank 0 writes, so only rank 0 locks.
@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
-from .atomic import write_error
-from .errors import UserError
+from metasd_dgl.store.atomic import write_error
+from metasd_dgl.errors import UserError
 
 try:  # POSIX; elsewhere the lock is a no-op
     import fcntl

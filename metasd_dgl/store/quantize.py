@@ -50,9 +50,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .atomic import atomic_write_bytes
-from .errors import CheckpointError, UserError
-from .typing import MaskDict, ParamDict
+from metasd_dgl.store.atomic import atomic_write_bytes
+from metasd_dgl.errors import CheckpointError, UserError
+from metasd_dgl.typing import MaskDict, ParamDict
 
 MAGIC = b"MSDQUANT"
 VERSION = 1
@@ -409,7 +409,7 @@ def run_meta(cfg, data, role: str, ckpt: Optional[dict] = None) -> Dict[str, Any
     """The metadata facts of a run's teacher or student: model, dataset, counts, source."""
     import dataclasses
 
-    from .data.fingerprint import dataset_fingerprint
+    from metasd_dgl.data.fingerprint import dataset_fingerprint
 
     meta: Dict[str, Any] = {"role": role, "model": dataclasses.asdict(cfg.model), "encoder": cfg.model.encoder,
                             "decoder": cfg.model.decoder, "dim": cfg.model.dim,
@@ -443,7 +443,7 @@ def export_run_files(cfg, data, model, student: Optional[ParamDict], ckpt: dict,
 
 def check_fits(meta: Dict[str, Any], data, path: str | Path, what: str = "this run's dataset") -> None:
     """CheckpointError unless the file's dataset (entity and relation counts, fingerprint) is ``data``."""
-    from .data.fingerprint import dataset_fingerprint
+    from metasd_dgl.data.fingerprint import dataset_fingerprint
 
     for key, have in (("num_entities", data.num_entities), ("num_relations", data.num_relations)):
         got = meta.get(key)
@@ -458,8 +458,8 @@ def check_fits(meta: Dict[str, Any], data, path: str | Path, what: str = "this r
 
 def model_of(meta: Dict[str, Any], data, path: str | Path):
     """The (untrained) model the file's metadata describes, on ``data``'s counts."""
-    from .config import from_dict
-    from .model import make_model
+    from metasd_dgl.config import from_dict
+    from metasd_dgl.model.predictor import make_model
 
     try:
         model_cfg = from_dict({"model": dict(meta["model"])}, f"{path} model config").model
@@ -489,7 +489,7 @@ def load_for(path: str | Path, data) -> Tuple[Any, ParamDict, Dict[str, Any]]:
 def file_tables(path: str | Path, data) -> Tuple[Any, Tuple[Tensor, Tensor], Dict[str, Any]]:
     """-> (model, (entity (N, w_e), relation (2R, w_r)) float32 tables of the file's weights, metadata):
     what ``evaluation.rank_split(model, ..., tables=...)`` ranks."""
-    from .evaluation import encode_tables
+    from metasd_dgl.evaluate.ranking import encode_tables
 
     model, params, meta = load_for(path, data)
     graph = data.graph if meta.get("encoder") == "rgcn" else None
