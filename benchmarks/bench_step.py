@@ -32,13 +32,9 @@ import torch  # noqa: E402
 
 from metasd_dgl.config import Config, apply_overrides  # noqa: E402
 from metasd_dgl.model.predictor import build_model  # noqa: E402
-from metasd_dgl.train.optimizers import make_optimizers  # noqa: E402
 from metasd_dgl.model.pruning import make_masks  # noqa: E402
 from metasd_dgl.runtime.process import configure_threads, tune_malloc  # noqa: E402
-from metasd_dgl.model.student import make_student  # noqa: E402
-from metasd_dgl.train.loop import run_step  # noqa: E402
-from metasd_dgl.train.spec import StepSpec  # noqa: E402
-from metasd_dgl.train.steps import Steps  # noqa: E402
+from metasd_dgl.train.methods import make_method  # noqa: E402
 
 
 def random_queries(n: int, num_entities: int, num_relations: int, gen: torch.Generator) -> torch.Tensor:
@@ -65,11 +61,9 @@ class Runner:
         cfg = apply_overrides(Config(), {
             "train": {"method": method, "batch_size": args.batch}, "prune": {"structure": args.structure},
             "metasd": {"meta_every": meta_every, "quiz_batch_size": args.quiz}})
-        opt, self.meta = make_optimizers(self.model.parameters(), cfg.train, cfg.metasd)
-        self.steps = Steps(self.model, opt, StepSpec.from_config(cfg))
-        self.student = None if method == "plain" else make_student(
-            make_masks(self.model, 0.9, "global", args.structure, args.dim), self.steps.params, args.structure,
-            regrow=method == "prune")
+        self.steps = make_method(cfg, self.model)
+        if method != "plain":
+            self.steps.remask(make_masks(self.model, 0.9, "global", args.structure, args.dim), args.structure)
         self.batches = [random_queries(args.batch, args.entities, args.relations, gen) for _ in range(4)]
         self.quiz = [random_queries(args.quiz, args.entities, args.relations, gen) for _ in range(4)]
         self.i = 0
@@ -81,8 +75,7 @@ class Runner:
         start, cpu = time.perf_counter(), time.process_time()
         for k in range(self.meta_every):
             j = self.i % 4
-            run_step(self.method, self.steps, self.batches[j], self.student, quiz=self.quiz[j],
-                     meta_optimizer=self.meta, do_meta=(k == 0))
+            self.steps.step(self.batches[j], quiz=self.quiz[j] if k == 0 else None)
             self.i += 1
         self.times.append((time.perf_counter() - start) * 1e3 / self.meta_every)
         self.cpu.append((time.process_time() - cpu) * 1e3 / self.meta_every)

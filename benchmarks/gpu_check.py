@@ -241,7 +241,7 @@ def score_products(method: str, structure: str, batch: int, dim: int, num_entiti
             out.append(Product(f"virtual: student scores ({fam})", b, k, n, "nt"))  # fs on the batch
             if fam == "tail":
                 out.append(Product("virtual: teacher scores (tail)", b, w, n, "nt"))  # ft: z, W's way into S'
-            # (the teacher's relation scores: computed by Steps.forward, used by no virtual loss)
+            # (the teacher's relation scores: computed by Method.forward, used by no virtual loss)
             out.append(Product(f"virtual: student d rows ({fam})", b, n, k, "nn"))  # create_graph backward, rows
             out.append(Product(f"virtual: student d table ({fam})", n, b, k, "tn"))  # create_graph backward, table
         # (2) meta step: CE(S' on the quiz) back to W
@@ -404,12 +404,8 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
     from metasd_dgl.config import Config, apply_overrides
     from metasd_dgl.data.triples import reciprocal_queries
     from metasd_dgl.model.predictor import build_model
-    from metasd_dgl.train.optimizers import make_optimizers
     from metasd_dgl.model.pruning import make_masks
-    from metasd_dgl.model.student import make_student
-    from metasd_dgl.train.loop import run_step
-    from metasd_dgl.train.spec import StepSpec
-    from metasd_dgl.train.steps import Steps
+    from metasd_dgl.train.methods import make_method
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -420,10 +416,9 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
         "train": {"method": method, "batch_size": batch, "regularizer": "dura", "rp_weight": 4.0,
                   **precision_override(precision)},
         "metasd": {"quiz_batch_size": QUIZ}, "prune": {"structure": structure}})
-    opt, meta = make_optimizers(model.parameters(), cfg.train, cfg.metasd)
-    ctx = Steps(model, opt, StepSpec.from_config(cfg))
-    student = None if method == "plain" else make_student(make_masks(model, 0.9, "global", structure, dim),
-                                                          ctx.params, structure, regrow=method == "prune")
+    ctx = make_method(cfg, model)
+    if method != "plain":
+        ctx.remask(make_masks(model, 0.9, "global", structure, dim), structure)
     queries = reciprocal_queries(data.train, data.num_relations)
     times = []
     for k in range(steps + 1):
@@ -431,13 +426,13 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
         q = queries[torch.randint(len(queries), (QUIZ,), generator=gen)].to(device) if method == "metasd" else None
         _sync(device)
         t0 = time.perf_counter()
-        out = run_step(method, ctx, b, student, quiz=q, meta_optimizer=meta)
+        out = ctx.step(b, quiz=q)
         _sync(device)
         if k:  # the first step warms up (allocator, kernels)
             times.append((time.perf_counter() - t0) * 1e3)
     loss = float(out["loss"])
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    del model, opt, meta, ctx, student
+    del model, ctx
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

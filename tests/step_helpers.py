@@ -1,4 +1,4 @@
-"""The training loop's step on one model, for the tests: ``Steps``, a meta optimiser, ``run_step``; tiny
+"""The training loop's step on one model, for the tests: the run's method (``make_method``); tiny
 models, batches and students to step; and the autograd references the steps are checked against."""
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ from torch.func import functional_call
 from metasd_dgl.config import Config, apply_overrides
 from metasd_dgl.graph.sampling import dst_norm
 from metasd_dgl.model.predictor import build_model, call
-from metasd_dgl.train.optimizers import make_optimizers
 from metasd_dgl.model.student import MaskedStudent
 from metasd_dgl.train.closed_form import CLOSED_FORM
 from metasd_dgl.train.losses import cross_entropy_1n, kd_loss, log_probs, regularizer
-from metasd_dgl.train.loop import run_step
-from metasd_dgl.train.spec import StepSpec
-from metasd_dgl.train.steps import Steps
+from metasd_dgl.train.methods import make_method
 
 #: Entities and relations of the tiny models.
 N, R = 6, 2
@@ -27,17 +24,19 @@ class Stepper:
     optimisers), losses from ``backend`` (``losses.AUTOGRAD`` is the reference)."""
 
     def __init__(self, model, cfg: Config, sgd_lr: float = 0.0, meta_lr: float = 1e-2, backend=CLOSED_FORM) -> None:
-        weights = list(model.parameters())
-        if sgd_lr:
-            opt, self.meta = torch.optim.SGD(weights, lr=sgd_lr), torch.optim.SGD(weights, lr=meta_lr)
-        else:
-            opt, self.meta = make_optimizers(weights, cfg.train, cfg.metasd)
-        self.steps, self.method = Steps(model, opt, StepSpec.from_config(cfg), backend), cfg.train.method
-        self.spec, self.reg_kind, self.losses = self.steps.spec, self.steps.reg_kind, self.steps.losses
+        self.method = make_method(cfg, model, backend)
+        if sgd_lr:  # plain SGD steps, easy to write out in a reference (the own student's too)
+            self.method.optimizer_name, self.method.lr = "sgd", sgd_lr
+            self.method.optimizer = torch.optim.SGD(self.method.leaves, lr=sgd_lr)
+            if hasattr(self.method, "meta_optimizer"):
+                self.method.meta_optimizer = torch.optim.SGD(self.method.leaves, lr=meta_lr)
+        self.spec, self.reg_kind, self.losses = self.method.spec, self.method.reg_kind, self.method.losses
 
-    def step(self, batch, student=None, quiz=None, graph=None, do_meta: bool = True) -> dict:
-        return run_step(self.method, self.steps, batch, student, graph, quiz=quiz, meta_optimizer=self.meta,
-                        do_meta=do_meta)
+    def step(self, batch, student=None, quiz=None, graph=None, do_meta: bool = True, negatives=None) -> dict:
+        """One step of the method on ``batch`` with ``student`` (kept while it is the same object)."""
+        if student is not None and student is not self.method.student:
+            self.method.set_student(student)
+        return self.method.step(batch, graph, quiz if do_meta else None, negatives)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The MetaSD step (train/metasd.py): its meta gradient against autograd through the reference construction
+"""The MetaSD step (train/methods.py, ``MetaSD``): its meta gradient against autograd through the reference construction
 and finite differences, the meta update then the KD step, determinism, and the step without the meta step."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_meta_gradient_matches_finite_differences(encoder, decoder):
     graph = toy_graph() if encoder == "rgcn" else None
     W0 = {n: p.detach().clone() for n, p in model.named_parameters()}
     st = stepper(model, "metasd", sgd_lr=1e-300, meta_lr=1.0, virtual_lr=0.5)
-    for group in st.steps.optimizer.param_groups:
+    for group in st.method.optimizer.param_groups:
         group["lr"] = 0.0  # the real step moves nothing
     gen = torch.Generator().manual_seed(1)
     batch, quiz = queries(8, gen), queries(5, gen)

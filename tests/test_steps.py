@@ -9,14 +9,11 @@ import torch
 
 from metasd_dgl.config import Config, apply_overrides
 from metasd_dgl.model.predictor import build_model
-from metasd_dgl.train.optimizers import OPTIMIZERS
 from metasd_dgl.model.pruning import compute_masks, prunable_params
 from metasd_dgl.model.student import MaskedStudent
 from metasd_dgl.train.closed_form import CLOSED_FORM
 from metasd_dgl.train.losses import AUTOGRAD, cross_entropy_1n, dura, kd_loss
-from metasd_dgl.train.loop import run_step
 from metasd_dgl.train.spec import KDSpec, StepSpec
-from metasd_dgl.train.steps import Steps, plain_step
 from run_helpers import REPO
 from step_helpers import (Stepper, apply_masks, config, kd_at_t3 as _kd, masked, one_thread,  # noqa: F401
                           overrides_stepper, queries, ref_losses as _ref_losses, scores_rows as _scores_rows,
@@ -84,12 +81,12 @@ def test_negative_sampling_step(method, decoder):
     gen = torch.Generator().manual_seed(0)
     model = build_model("kge", decoder, 20, 3, 8, init_scale=0.1, generator=gen)
     cfg = config(method, {"regime": "negative-sampling", "num_negatives": 4, "margin": 2.0})
-    st = Steps(model, OPTIMIZERS[cfg.train.optimizer](model.parameters(), lr=cfg.train.lr), StepSpec.from_config(cfg))
+    st = Stepper(model, cfg)
     student = masked(model, compute_masks(prunable_params(model), 0.5)) if method == "prune" else None
     pos, neg = queries(30, gen, 20, 3), torch.randint(0, 20, (30, 4), generator=gen)
-    first = run_step(method, st, pos, student, negatives=neg)["ns_loss"]
+    first = st.step(pos, student, negatives=neg)["ns_loss"]
     for _ in range(30):
-        last = run_step(method, st, pos, student, negatives=neg)
+        last = st.step(pos, student, negatives=neg)
     assert last["ns_loss"] < first
     assert set(last) == {"loss", "ns_loss", "reg", "grad_norm"}
 
@@ -205,7 +202,7 @@ def test_relation_prediction_in_every_method_on_both_backends(method, opts):
 def test_embedding_dropout_is_seeded_scaled_and_training_only():
     model = _model()
     batch = _queries(5, 4)
-    st = _stepper(model, "plain", entity_dropout=0.5, relation_dropout=0.25).steps
+    st = _stepper(model, "plain", entity_dropout=0.5, relation_dropout=0.25).method
     with pytest.raises(ValueError, match="generator"):
         st.forward(None, batch)
     st.generator = torch.Generator().manual_seed(3)
@@ -274,7 +271,7 @@ def _one_sgd_step(tmp_path, grad_clip: float, lr: float = 0.5) -> tuple[torch.Te
     cfg = Config()
     cfg.model.dim, cfg.model.init_scale, cfg.train.grad_clip, cfg.train.seed = 4, 1.0, grad_clip, 7
     trainer = Trainer(cfg, data, tmp_path / f"run{grad_clip}", progress=False)
-    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    params = [p for group in trainer.method.optimizer.param_groups for p in group["params"]]
 
     def sgd_step(closure=None):  # noqa: ARG001
         with torch.no_grad():
@@ -282,10 +279,10 @@ def _one_sgd_step(tmp_path, grad_clip: float, lr: float = 0.5) -> tuple[torch.Te
                 if p.grad is not None:
                     p -= lr * p.grad
 
-    trainer.optimizer.step = sgd_step
+    trainer.method.optimizer.step = sgd_step
     flat = lambda: torch.cat([p.detach().reshape(-1) for p in params])  # noqa: E731
     before = flat().clone()
-    plain_step(trainer.steps, trainer.examples.queries[:8].to(trainer.device))
+    trainer.method.step(trainer.examples.queries[:8].to(trainer.device))
     return before, flat()
 
 
@@ -322,8 +319,8 @@ def test_bf16_score_products_keep_weights_losses_and_state_in_float32(method):
         cfg = apply_overrides(Config(), {"train.method": method, "train.precision": precision,
                                          "train.rp_weight": 1.0})
         st = Stepper(m, cfg, sgd_lr=0.5, meta_lr=0.05)
-        st.steps.generator = torch.Generator().manual_seed(0)
-        f = st.steps.forward(None, batch)
+        st.method.generator = torch.Generator().manual_seed(0)
+        f = st.method.forward(None, batch)
         assert f.scores.dtype == torch.float32 and f.rel_scores.dtype == torch.float32
         outs.append(st.step(batch, masked(m, masks), quiz))
     assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -66,10 +66,6 @@ def test_narrow_student_equals_masked_student(decoder, method, opts):
 
 # ------------------------------------------------------------------ a student with its own weights
 
-def _adagrad(leaves):
-    return torch.optim.SGD(leaves, lr=0.2)
-
-
 @pytest.mark.parametrize("one_way", [True, False])
 def test_own_student_step_by_hand(one_way):
     """metasd.student=own: the student's loss moves only its own tensors (its own optimiser), the
@@ -78,13 +74,14 @@ def test_own_student_step_by_hand(one_way):
     model = _model()
     params = dict(model.named_parameters())
     masks = compute_masks(prunable_params(model), 0.5)
-    student = OwnStudent(masks, params, "element", _adagrad)
+    student = OwnStudent(masks, params, "element")
     for n, w in student.leaves.items():  # initialised from the teacher's kept weights
         assert torch.equal(w, params[n].detach() * masks[n]) and w is not params[n]
     S0 = {n: w.detach().clone() for n, w in student.leaves.items()}
     W0 = {n: p.detach().clone() for n, p in params.items()}
     batch = _queries(8, 3)
-    st = overrides_stepper(model, {"train.method": "kd", "metasd.student": "own", "metasd.one_way_kd": one_way})
+    st = overrides_stepper(model, {"train.method": "kd", "metasd.student": "own", "metasd.one_way_kd": one_way,
+                                   "metasd.student_lr": 0.2})  # the own student's SGD step: lr 0.2
     out = st.step(batch, student)
 
     Sr = {n: w.clone().requires_grad_(True) for n, w in S0.items()}
@@ -115,7 +112,7 @@ def test_own_student_remask_keeps_regrows_and_prunes():
     params = dict(model.named_parameters())
     m0 = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(1)) < 0.5 for n, p in params.items()}
     m1 = {n: torch.rand(p.shape, generator=torch.Generator().manual_seed(2)) < 0.5 for n, p in params.items()}
-    student = OwnStudent(m0, params, "element", _adagrad)
+    student = OwnStudent(m0, params, "element")
     with torch.no_grad():
         for w in student.leaves.values():
             w.add_(10.0)  # the student has learned something of its own

@@ -22,8 +22,9 @@ of four strategies from the run's options; all give the student's tables by
   pruned coordinate's gradient is exactly zero in every score and
   regulariser, so ``ColumnStudent`` already takes the same step.)
 * ``OwnStudent`` (``metasd.student = own``) -- a student with weights of its
-  own (``leaves``), initialised from the teacher's kept weights, stepped by an
-  optimiser of its own (``step``); its mask still comes from the teacher.
+  own (``leaves``), initialised from the teacher's kept weights; the training
+  method steps them with an optimiser of their own.  Its mask still comes
+  from the teacher.
 
 The loop recomputes the mask once per epoch and calls ``remask``.
 ``checkpoint_student`` rebuilds the true student's full-width tensors from a
@@ -32,16 +33,13 @@ all read the student through it.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from metasd_dgl.train.optimizers import apply_gradients
 from metasd_dgl.model.pruning import STRUCTURES
 from metasd_dgl.typing import MaskDict, ParamDict
-
-OptimizerFactory = Callable[[list], torch.optim.Optimizer]
 
 
 class MaskedStudent:
@@ -65,12 +63,6 @@ class MaskedStudent:
     def remask(self, masks: MaskDict, params: ParamDict) -> "MaskedStudent":
         """The student of a new mask (a view of the teacher: nothing to carry over)."""
         return type(self)(masks, params)
-
-    def step(self, grads: Sequence[Optional[Tensor]], rows: int, clip: float) -> None:
-        """Step the student's own weights (``leaves``, in order): none here."""
-
-    def state_dict(self) -> Optional[dict]:
-        return None
 
 
 class ColumnStudent(MaskedStudent):
@@ -106,7 +98,8 @@ class OwnStudent:
     """A student with its own weights (``metasd.student = own``).
 
     Its prunable tensors are its own leaves, initialised from the teacher's
-    kept weights when the mask is first computed, stepped by its own optimiser.
+    kept weights when the mask is first computed, stepped by an optimiser of their own
+    (the training method's ``student_optimizer``).
     The mask still comes from the teacher every epoch (``remask``): kept
     weights keep their values, weights the new mask brings back start again
     from the teacher's, pruned ones are zeroed; shared (non-prunable) weights,
@@ -115,13 +108,12 @@ class OwnStudent:
     student's.  ``train.grad_clip`` clips its gradients and the teacher's separately.
     """
 
-    def __init__(self, masks: MaskDict, params: ParamDict, structure: str, optimizer: OptimizerFactory) -> None:
+    def __init__(self, masks: MaskDict, params: ParamDict, structure: str) -> None:
         self.structure = structure
         self.view = _view(masks, params, structure)
         self.names = self.view.names
         self.leaves: ParamDict = {n: (params[n].detach() * self.view.masks[n]).requires_grad_(True)
                                   for n in self.names}
-        self.optimizer = optimizer(list(self.leaves.values()))
 
     @property
     def bool_masks(self) -> MaskDict:
@@ -144,34 +136,20 @@ class OwnStudent:
         self.view = new
         return self
 
-    def step(self, grads: Sequence[Optional[Tensor]], rows: int, clip: float) -> None:
-        """One step of the student's optimiser on the gradients of ``leaves`` (in order)."""
-        apply_gradients(self.optimizer, list(self.leaves.values()), grads, rows, clip)
-
-    def state_dict(self) -> dict:
-        return {"weights": {n: w.detach().clone() for n, w in self.leaves.items()},
-                "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            for n, w in self.leaves.items():
-                w.copy_(state["weights"][n])
-        self.optimizer.load_state_dict(state["optimizer"])
-
 
 Student = MaskedStudent  # the interface every strategy implements
 
 
 def make_student(masks: MaskDict, params: ParamDict, structure: str = "element",
-                 own_optimizer: Optional[OptimizerFactory] = None, regrow: bool = False) -> MaskedStudent:
-    """The student of ``masks``: its own weights when ``own_optimizer`` is given
-    (``metasd.student = own``), else a view of ``params``: kept columns for whole-coordinate
-    masks (``structure = "dimension"``), ``W * M`` otherwise, whose pruned weights keep their
-    gradients with ``regrow`` (method ``prune``: gradual magnitude pruning)."""
+                 own: bool = False, regrow: bool = False) -> MaskedStudent:
+    """The student of ``masks``: its own weights with ``own`` (``metasd.student = own``), else a
+    view of ``params``: kept columns for whole-coordinate masks (``structure = "dimension"``),
+    ``W * M`` otherwise, whose pruned weights keep their gradients with ``regrow`` (method
+    ``prune``: gradual magnitude pruning)."""
     if structure not in STRUCTURES:
         raise ValueError(f"prune structure must be one of {', '.join(STRUCTURES)}, got {structure!r}")
-    if own_optimizer is not None:
-        return OwnStudent(masks, params, structure, own_optimizer)  # type: ignore[return-value]
+    if own:
+        return OwnStudent(masks, params, structure)  # type: ignore[return-value]
     if regrow and structure == "element":
         return RegrowingStudent(masks, params)
     return _view(masks, params, structure)

@@ -44,16 +44,13 @@ from metasd_dgl.runtime.distributed import init_from_env, rank_device
 from metasd_dgl.errors import CheckpointError, UserError
 from metasd_dgl.evaluate.ranking import metrics, rank_split
 from metasd_dgl.model.predictor import make_model
-from metasd_dgl.train.optimizers import OPTIMIZERS, make_optimizers
 from metasd_dgl.runtime.precision import check_precision, exact, training
 from metasd_dgl.model.pruning import make_masks, scheduled_rate, sparsity_report
 from metasd_dgl.runtime.process import configure_threads, cpu_budget_spent, tune_malloc
-from metasd_dgl.model.student import checkpoint_student, make_student
+from metasd_dgl.model.student import checkpoint_student
 from metasd_dgl.evaluate.unseen import apply_unseen
 from metasd_dgl.train.examples import BatchInputs, Examples
-from metasd_dgl.train.metasd import metasd_step
-from metasd_dgl.train.spec import StepSpec
-from metasd_dgl.train.steps import Steps, kd_step, negative_step, plain_step, prune_step
+from metasd_dgl.train.methods import make_method
 from metasd_dgl.train.tracker import make_tracker
 
 
@@ -83,21 +80,6 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
-def run_step(method: str, s: Steps, batch: torch.Tensor, student=None, graph=None, negatives=None, quiz=None,
-             meta_optimizer=None, do_meta: bool = True) -> dict[str, float]:
-    """One batch of ``method`` (plain | prune | kd | metasd): the step function it names, with what
-    that function reads (the benchmarks call it too); returns the losses as floats."""
-    if negatives is not None:  # the negative-sampling regime (plain, or prune with a student)
-        return negative_step(s, batch, negatives, student, graph)
-    if method == "plain":
-        return plain_step(s, batch, graph)
-    if method == "prune":
-        return prune_step(s, batch, student, graph)
-    if method == "kd":
-        return kd_step(s, batch, student, graph)
-    return metasd_step(s, meta_optimizer, batch, student, quiz, graph, do_meta)
-
-
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
 
@@ -123,12 +105,10 @@ class Trainer:
         self.rgcn = cfg.model.encoder == "rgcn"
         needs_graph = self.rgcn or tc.regime == "negative-sampling"
         self.graph = to_device(data.graph, self.device) if needs_graph else None
-        self.optimizer, self.meta_optimizer = make_optimizers(
-            [p for p in self.model.parameters() if p.requires_grad], tc, cfg.metasd)
-        self.steps = Steps(self.model, self.optimizer, StepSpec.from_config(cfg))
+        self.method = make_method(cfg, self.model)  # owns the optimisers and the student; one step per batch
         # LibKGE's scheduler: the main optimiser's lr drops when the selection MRR stops improving.
         self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=tc.lr_factor, patience=tc.lr_patience)
+            self.method.optimizer, mode="max", factor=tc.lr_factor, patience=tc.lr_patience)
             if tc.lr_scheduler == "plateau" else None)
         # The training queries; for MetaSD a seeded random slice of train is the quiz, held out.
         self.examples = Examples.split(data.train, data.num_relations,
@@ -139,8 +119,7 @@ class Trainer:
         # validation ranks what evaluation ranks (eval.unseen: triples unseen in training kept or dropped)
         self.valid, _ = apply_unseen(data.valid, data.train, data.num_entities, data.num_relations,
                                      cfg.eval.unseen, "valid")
-        self.masks: Optional[dict] = None
-        self.student = None  # the student of ``masks`` (student.make_student), remasked with them
+        self.masks: Optional[dict] = None  # this epoch's (the method's student is remasked with them)
         self.state = TrainState()
         self._stop_signal: Optional[int] = None
         self.resumed_from: Optional[Path] = None  # set by ``train(resume=True)``
@@ -149,17 +128,14 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        own = self.student.state_dict() if self.student else None  # a student with weights of its own
         return {
             "config": to_dict(self.cfg),
             "dataset": dataset_fingerprint(self.data),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "meta_optimizer": self.meta_optimizer.state_dict() if self.meta_optimizer else None,
+            "meta_optimizer": None,
+            **self.method.state_dict(),  # optimisers; an own student's weights (evaluate/export read them)
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "masks": self.masks,
-            "student_weights": own["weights"] if own else None,  # evaluate/export read them
-            "student_optimizer": own["optimizer"] if own else None,
             "state": {k: v for k, v in vars(self.state).items()},
             "rng": {"epoch_generator": self._gen.get_state() if getattr(self, "_gen", None) else None,
                     "torch": torch.get_rng_state()},
@@ -174,16 +150,11 @@ class Trainer:
         if diffs:
             raise CheckpointError("checkpoint has an incompatible config: " + "; ".join(diffs))
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.meta_optimizer is not None and ckpt.get("meta_optimizer"):
-            self.meta_optimizer.load_state_dict(ckpt["meta_optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler"):
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.state = TrainState(**ckpt["state"])
         self._set_masks({k: v.to(self.device) for k, v in ckpt["masks"].items()} if ckpt.get("masks") else None)
-        if ckpt.get("student_weights") is not None:
-            self.student.load_state_dict({"weights": {k: v.to(self.device) for k, v in ckpt["student_weights"].items()},
-                                          "optimizer": ckpt["student_optimizer"]})
+        self.method.load_state_dict(ckpt)
         self._resume_gen_state = ckpt["rng"]["epoch_generator"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         # The log is rewritten from the checkpoint's history, so lines written
@@ -256,7 +227,7 @@ class Trainer:
             gen.set_state(self._resume_gen_state)
         self._resume_gen_state = None
         self._gen = gen
-        self.steps.generator = gen  # embedding dropout draws from the epoch's stream (resumable)
+        self.method.generator = gen  # embedding dropout draws from the epoch's stream (resumable)
         batches = perm.split(tc.batch_size)
         if tc.batches_per_epoch:  # a CPU budget: a random part of the epoch
             batches = batches[: tc.batches_per_epoch]
@@ -270,8 +241,12 @@ class Trainer:
             cpu0 = time.process_time()
             idx = batches[i][self.dist.rank::self.dist.world]  # this process's share
             batch, graph, negatives = self.batch_inputs(idx, gen)
-            quiz = self.examples.quiz_batch(self.cfg.metasd.quiz_batch_size, gen)
-            out = self._step(batch, graph, negatives, quiz.to(self.device) if quiz is not None else None)
+            quiz = self.examples.quiz_batch(self.cfg.metasd.quiz_batch_size, gen)  # drawn every batch (metasd)
+            if quiz is not None and st.step % self.cfg.metasd.meta_every == 0:  # the meta step's batches
+                quiz = quiz.to(self.device)
+            else:
+                quiz = None
+            out = self.method.step(batch, graph, quiz, negatives)
             self._check_finite(out)
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -292,7 +267,7 @@ class Trainer:
         if self.masks:
             record["density"] = sparsity_report(self.masks)["total"]["density"]
         if self.scheduler is not None:
-            record["lr"] = self.optimizer.param_groups[0]["lr"]
+            record["lr"] = self.method.optimizer.param_groups[0]["lr"]
         st.epoch += 1
         st.batch_in_epoch = 0
         st.epoch_sums = {}
@@ -305,28 +280,11 @@ class Trainer:
             if self.dist.is_main:
                 (self.run_dir / "checkpoints" / f"epoch-{old}.pt").unlink(missing_ok=True)
 
-    def _step(self, batch, graph, negatives, quiz) -> dict[str, float]:
-        """One batch of the run's method; returns its losses."""
-        do_meta = self.state.step % self.cfg.metasd.meta_every == 0
-        return run_step(self.cfg.train.method, self.steps, batch, self.student, graph, negatives=negatives,
-                        quiz=quiz, meta_optimizer=self.meta_optimizer, do_meta=do_meta)
-
     def _set_masks(self, masks: Optional[dict]) -> None:
-        """The student of ``masks``: built at the first, remasked after (an own student keeps its weights)."""
+        """This epoch's masks; the method's student follows them (an own student keeps its weights)."""
         self.masks = masks
-        if not masks:
-            self.student = None
-        elif self.student is None:
-            own = self._student_optimizer if self.cfg.metasd.student == "own" else None
-            self.student = make_student(masks, self.steps.params, self.cfg.prune.structure, own,
-                                        regrow=self.cfg.train.method == "prune")
-        else:
-            self.student = self.student.remask(masks, self.steps.params)
-
-    def _student_optimizer(self, leaves: list) -> torch.optim.Optimizer:
-        """The own student's optimiser: the main optimiser's kind, at ``metasd.student_lr`` (0 = train.lr)."""
-        tc = self.cfg.train
-        return OPTIMIZERS[tc.optimizer](leaves, lr=self.cfg.metasd.student_lr or tc.lr)
+        if masks:
+            self.method.remask(masks, self.cfg.prune.structure)
 
     @property
     def budget_spent(self) -> bool:
@@ -370,7 +328,7 @@ class Trainer:
     def validate(self) -> dict[str, dict[str, float]]:
         variants = {"teacher": None}
         if self.masks:
-            variants["student"] = checkpoint_student(self.steps.params, self.masks, self.student.leaves)
+            variants["student"] = checkpoint_student(self.method.params, self.masks, self.method.student.leaves)
         out = {}
         for name, weights in variants.items():
             ranks = rank_split(self.model, self.valid, self.data.num_relations, self.data.filter,

@@ -106,30 +106,24 @@ def test_score_products_are_the_library_steps(method, structure):
     the virtual step, the quiz's), which the bound leaves out."""
     from metasd_dgl.config import Config, apply_overrides
     from metasd_dgl.model.predictor import build_model
-    from metasd_dgl.train.optimizers import OPTIMIZERS
     from metasd_dgl.model.pruning import make_masks
-    from metasd_dgl.model.student import make_student
-    from metasd_dgl.train.loop import run_step
-    from metasd_dgl.train.spec import StepSpec
-    from metasd_dgl.train.steps import Steps
+    from metasd_dgl.train.methods import make_method
 
     masks = "element" if structure == "none" else structure
     gen = torch.Generator().manual_seed(0)
     model = build_model("kge", "complex", N, R, DIM, init_scale=1e-1, generator=gen)
     cfg = apply_overrides(Config(), {"train": {"method": method, "batch_size": B, "regularizer": "dura",
                                                "rp_weight": 4.0}, "prune": {"structure": masks}})
-    weights = list(model.parameters())
-    steps = Steps(model, OPTIMIZERS[cfg.train.optimizer](weights, lr=0.1), StepSpec.from_config(cfg))
-    student = None if method == "plain" else make_student(make_masks(model, 0.9, "global", masks, DIM),
-                                                          steps.params, masks)
+    steps = make_method(cfg, model)
+    if method != "plain":
+        steps.remask(make_masks(model, 0.9, "global", masks, DIM), masks)
 
     def queries(n):
         return torch.stack([torch.randint(N, (n,), generator=gen), torch.randint(R2, (n,), generator=gen),
                             torch.randint(N, (n,), generator=gen)], 1)
 
     with _MatMuls() as mm:
-        run_step(method, steps, queries(B), student, quiz=queries(Q),
-                 meta_optimizer=OPTIMIZERS[cfg.metasd.meta_optimizer](weights, lr=1e-4))
+        steps.step(queries(B), quiz=queries(Q))
     needed = counted(method, masks)
     assert not needed - mm.seen, "counted but not run"
     extra = mm.seen - needed
