@@ -105,8 +105,8 @@ OWN_KD_VALID = {
     FB_SUBSET: dict(OWN_KD_TUNED),  # not tuned: Kinship's
 }
 #: Options of the preset that the study's budget sets instead.
-PRESET_DROPPED = ("run_dir", "data.", "model.dim", "train.epochs", "train.seed", "train.num_threads",
-                  "train.valid_every", "train.device", "train.patience", "train.keep_checkpoints")
+PRESET_DROPPED = ("run_dir", "data.", "model.dim", "train.epochs", "train.seed", "runtime.num_threads",
+                  "valid.every", "runtime.device", "valid.patience", "checkpoint.keep")
 
 
 @dataclass(frozen=True)
@@ -274,16 +274,16 @@ def base_overrides(data_path: Path, budget: dict, threads: int, encoder: str) ->
     if encoder == "rgcn":
         b = budget["rgcn"]
         return {"data.processed_dir": str(data_path), "model.encoder": "rgcn", "model.decoder": "distmult",
-                "model.dim": b["dim"], "model.num_layers": 2, "model.num_bases": 8, "model.decomposition": "basis",
+                "model.dim": b["dim"], "rgcn.num_layers": 2, "rgcn.num_bases": 8, "rgcn.decomposition": "basis",
                 "train.epochs": b["epochs"], "train.batch_size": b["batch"], "train.lr": b["lr"],
-                "train.regularizer": "none", "train.edge_dropout": 0.5, "train.valid_every": b["valid_every"],
-                "train.patience": 0, "train.keep_checkpoints": 0, "train.num_threads": threads,
+                "train.regularizer": "none", "rgcn.edge_dropout": 0.5, "valid.every": b["valid_every"],
+                "valid.patience": 0, "checkpoint.keep": 0, "runtime.num_threads": threads,
                 "prune.rate": RATE, "prune.scope": "per-tensor", "prune.structure": "element",
                 "metasd.quiz_batch_size": b["batch"], "eval.num_buckets": 3}
     return {"data.processed_dir": str(data_path), "model.decoder": "complex", "model.dim": budget["dim"],
             "train.epochs": budget["epochs"], "train.batch_size": budget["batch"], "train.lr": budget["lr"],
-            "train.reg_weight": budget["reg"], "train.valid_every": budget["valid_every"], "train.patience": 0,
-            "train.keep_checkpoints": 0, "train.num_threads": threads, "prune.rate": RATE,
+            "train.reg_weight": budget["reg"], "valid.every": budget["valid_every"], "valid.patience": 0,
+            "checkpoint.keep": 0, "runtime.num_threads": threads, "prune.rate": RATE,
             "metasd.quiz_batch_size": budget["batch"], "eval.num_buckets": 3}
 
 

@@ -64,9 +64,9 @@ VARIANTS = [
 def base_overrides(data_path: Path, budget: dict, threads: int) -> dict:
     return {"data.processed_dir": str(data_path), "model.decoder": "complex", "model.dim": budget["dim"],
             "train.epochs": budget["epochs"], "train.batch_size": budget["batch"], "train.lr": budget["lr"],
-            "train.reg_weight": budget["reg"], "train.valid_every": budget["valid_every"], "train.patience": 0,
-            "train.keep_checkpoints": 0, "train.num_threads": threads, "metasd.quiz_batch_size": budget["batch"],
-            "train.batches_per_epoch": budget.get("batches_per_epoch", 0)}
+            "train.reg_weight": budget["reg"], "valid.every": budget["valid_every"], "valid.patience": 0,
+            "checkpoint.keep": 0, "runtime.num_threads": threads, "metasd.quiz_batch_size": budget["batch"],
+            "budget.batches_per_epoch": budget.get("batches_per_epoch", 0)}
 
 
 def main() -> None:

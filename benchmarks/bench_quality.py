@@ -63,9 +63,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
     args = ap.parse_args(argv)
     root = Path(args.root) / ("quick" if args.quick else "full")
-    base = {"train.num_threads": args.threads}
+    base = {"runtime.num_threads": args.threads}
     if args.quick:
-        base.update({"train.epochs": 2, "model.dim": 16, "train.valid_every": 1})
+        base.update({"train.epochs": 2, "model.dim": 16, "valid.every": 1})
     rows = []
     for ds in [d for d in args.datasets.split(",") if d]:
         rows.append(run(ds, base, root, args.data_dir, "tuned"))
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     for ds in [d for d in args.rp_effect.split(",") if d]:
         tuned = load_config(CONFIGS / f"{ds}_dense.yaml").train
         weight = tuned.rp_weight or 0.5
-        epochs = {"train.epochs": tuned.epochs if not args.quick else 2, "train.patience": 0}
+        epochs = {"train.epochs": tuned.epochs if not args.quick else 2, "valid.patience": 0}
         for label, w in (("rp off", 0.0), (f"rp {weight:g}", weight)):
             rows.append(run(ds, {**base, **epochs, "train.rp_weight": w}, root, args.data_dir, label.replace(" ", "")))
             rows[-1]["label"] = label

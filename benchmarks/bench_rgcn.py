@@ -4,7 +4,7 @@ Parts (each writes into the JSON as soon as it finishes, so partial results surv
 
 ``umls``
     R-GCN encoder + DistMult decoder, full training in the 1-n regime
-    (full-graph message passing with ``train.edge_dropout`` of the training
+    (full-graph message passing with ``rgcn.edge_dropout`` of the training
     edges hidden, the batch's own triples always hidden, scoring against all
     entities).  Variants from the same seed and budget: dense (plain), prune-only
     student, MetaSD teacher and student.  Pruning uses
@@ -26,8 +26,8 @@ Parts (each writes into the JSON as soon as it finishes, so partial results surv
     FB15k-237 at PyKEEN's R-GCN configuration: dim 100, 2 layers, 16 bases,
     DistMult, one negative per positive, batch 1000.  Ours: the
     ``negative-sampling`` regime (DGL uniform negatives, message passing on an
-    edge-sampled subgraph of ``train.sample_edges`` training triples per batch,
-    0 = the whole training graph) through the trainer with ``train.batches_per_epoch``
+    edge-sampled subgraph of ``rgcn.sample_edges`` training triples per batch,
+    0 = the whole training graph) through the trainer with ``budget.batches_per_epoch``
     N: a warm-up epoch of N batches, then a timed epoch of N (``metrics.jsonl`` seconds);
     our epoch = 2 x 272,115 reciprocal examples / 1000 = 545 batches.  PyKEEN:
     ``pykeen_peer.rgcn_batches`` (its ``RGCN``, sLCWA, 1 negative, Adam), whose epoch
@@ -85,19 +85,19 @@ def _variants(kind: str):
            Variant(tag, metasd, ("teacher", "student"))]
     if kind == "fb":  # PyKEEN's configuration of the speed rows: one DGL negative per positive, sampled subgraphs
         out.append(Variant("dense, 1 negative", {
-            "train.method": "plain", "train.regime": "negative-sampling", "train.num_negatives": 1,
-            "train.batch_size": 1000, "train.sample_edges": 30000, "train.batches_per_epoch": 300}))
+            "train.method": "plain", "train.regime": "negative-sampling", "negatives.num": 1,
+            "train.batch_size": 1000, "rgcn.sample_edges": 30000, "budget.batches_per_epoch": 300}))
     return out
 
 
 def rgcn_overrides(data_path: Path, budget: dict, threads: int) -> dict:
     return {"data.processed_dir": str(data_path), "model.encoder": "rgcn", "model.decoder": "distmult",
-            "model.dim": budget["dim"], "model.num_layers": budget["layers"], "model.num_bases": budget["bases"],
-            "model.dropout": budget["dropout"], "train.regime": "1-n", "train.edge_dropout": budget["edge_dropout"],
+            "model.dim": budget["dim"], "rgcn.num_layers": budget["layers"], "rgcn.num_bases": budget["bases"],
+            "rgcn.dropout": budget["dropout"], "train.regime": "1-n", "rgcn.edge_dropout": budget["edge_dropout"],
             "train.epochs": budget["epochs"], "train.batch_size": budget["batch"], "train.lr": budget["lr"],
-            "train.reg_weight": budget["reg"], "train.valid_every": budget["valid_every"], "train.patience": 0,
-            "train.keep_checkpoints": 0, "train.num_threads": threads,
-            "train.batches_per_epoch": budget.get("batches_per_epoch", 0),
+            "train.reg_weight": budget["reg"], "valid.every": budget["valid_every"], "valid.patience": 0,
+            "checkpoint.keep": 0, "runtime.num_threads": threads,
+            "budget.batches_per_epoch": budget.get("batches_per_epoch", 0),
             "prune.scope": "per-tensor", "metasd.quiz_batch_size": budget["batch"]}
 
 
@@ -114,12 +114,12 @@ def part_quality(args, record, root: Path, kind: str) -> None:
     variants = [v for v in _variants(kind) if not args.only or v.name in args.only]
 
     def adjust(v, over: dict) -> dict:
-        return {**over, "train.batches_per_epoch": 2} if args.quick and "negative" in v.name else over
+        return {**over, "budget.batches_per_epoch": 2} if args.quick and "negative" in v.name else over
 
     def keep(vname: str, result: dict) -> None:
         if kind == "fb":
             v = next(v for v in variants if v.name == vname)
-            result["batches"] = adjust(v, {**budget_over, **v.overrides})["train.batches_per_epoch"]
+            result["batches"] = adjust(v, {**budget_over, **v.overrides})["budget.batches_per_epoch"]
         res[vname] = result
         write_json(args.out, record)
         print(f"[{name}] {vname}: {result['seconds_per_epoch']:.2f} s/epoch, best epoch {result['best_epoch']}, "
@@ -150,11 +150,11 @@ def worker_ours(processed: str, run_dir: str, dim: int, sample_edges: int, batch
     cfg = load_config(overrides={
         "run_dir": run_dir, "data.processed_dir": processed,
         "model.encoder": "rgcn", "model.decoder": "distmult", "model.dim": dim,
-        "model.num_layers": 2, "model.num_bases": 16, "model.decomposition": "basis",
-        "train.method": "plain", "train.regime": "negative-sampling", "train.num_negatives": 1,
-        "train.batch_size": 1000, "train.sample_edges": sample_edges, "train.batches_per_epoch": batches,
-        "train.epochs": epochs, "train.valid_every": epochs, "train.keep_checkpoints": 0,
-        "train.seed": 0, "train.num_threads": threads})
+        "rgcn.num_layers": 2, "rgcn.num_bases": 16, "rgcn.decomposition": "basis",
+        "train.method": "plain", "train.regime": "negative-sampling", "negatives.num": 1,
+        "train.batch_size": 1000, "rgcn.sample_edges": sample_edges, "budget.batches_per_epoch": batches,
+        "train.epochs": epochs, "valid.every": epochs, "checkpoint.keep": 0,
+        "train.seed": 0, "runtime.num_threads": threads})
     t0 = time.perf_counter()
     trainer = Measured(cfg, data, Path(run_dir), progress=False)
     setup_s = time.perf_counter() - t0
@@ -293,7 +293,7 @@ def main() -> None:
               "umls_budget": budget, "notes": {
                   "prune_scope": "per-tensor (global magnitudes differ per R-GCN tensor)",
                   "fb_regime": "negative-sampling, DGL uniform negatives (1 per positive), edge-sampled subgraph "
-                               "with train.sample_edges message edges per batch (0 = whole graph), edge_dropout 0.5",
+                               "with rgcn.sample_edges message edges per batch (0 = whole graph), edge_dropout 0.5",
                   "fb_epoch_ours": "2 x 272,115 reciprocal examples / 1000 = 545 batches",
                   "fb_epoch_pykeen": "272,115 triples (create_inverse_triples=False, required by RGCN) / 1000 = 273",
                   "threads": args.threads}, "results": {}}

@@ -79,9 +79,9 @@ def _config(job: dict):
         "train.method": "plain", "train.regime": "1-n", "train.optimizer": "adagrad",
         "train.epochs": job["epochs"], "train.batch_size": job["batch"], "train.lr": job["lr"],
         "train.regularizer": job["regularizer"], "train.reg_weight": job["reg_weight"],
-        "train.label_smoothing": 0.0, "train.seed": job["seed"], "train.device": "cpu",
-        "train.valid_every": job["epochs"], "train.patience": 0, "train.keep_checkpoints": 0,
-        "train.cpu_minutes": job.get("cpu_minutes") or 0.0, "train.rp_weight": job.get("rp_weight") or 0.0,
+        "train.label_smoothing": 0.0, "train.seed": job["seed"], "runtime.device": "cpu",
+        "valid.every": job["epochs"], "valid.patience": 0, "checkpoint.keep": 0,
+        "budget.cpu_minutes": job.get("cpu_minutes") or 0.0, "train.rp_weight": job.get("rp_weight") or 0.0,
         # the Trainer validates once, after the last epoch; a small score chunk keeps that validation
         # from setting the run's peak RSS (default cap 512 MB), which should measure training
         "eval.max_memory_mb": 128,
@@ -385,7 +385,7 @@ def main() -> None:
                           "triples_file": str(work / "triples" / f"{name}.pt")}
             # The PyKEEN process reads the splits and our initial weights (make_model with the Trainer's
             # seeded generator) from this file, so that it trains without dgl or this project imported.
-            init = make_model(_config({**common_job, "run_dir": str(work)}).model, data.num_entities,
+            init = make_model(_config({**common_job, "run_dir": str(work)}), data.num_entities,
                               data.num_relations, torch.Generator().manual_seed(args.seed)).encoder
             Path(common_job["triples_file"]).parent.mkdir(parents=True, exist_ok=True)
             torch.save({"train": data.train, "valid": data.valid, "test": data.test,

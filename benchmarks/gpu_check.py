@@ -69,7 +69,8 @@ PAPER_CONFIG = {
     "data": {"dataset": "fb15k-237"},
     "model": {"decoder": "complex", "dim": 2000},
     "train": {"method": "metasd", "epochs": 100, "batch_size": 1000, "lr": 0.1, "regularizer": "dura",
-              "reg_weight": 0.05, "valid_every": 5, "patience": 5, "rp_weight": 4.0},
+              "reg_weight": 0.05, "rp_weight": 4.0},
+    "valid": {"every": 5, "patience": 5},
     "prune": {"rate": 0.9}, "metasd": {"quiz_batch_size": 1000},
 }
 METHODS = ("plain", "kd", "metasd")
@@ -137,10 +138,11 @@ def paper_config(args, run_dir: Path):
 
     over = json.loads(json.dumps(PAPER_CONFIG))
     over["model"]["dim"] = args.dim
-    over["train"].update({"device": str(args.device), "keep_checkpoints": 0, "num_threads": args.threads,
-                          **precision_override(args.precision)})
+    over["train"].update(precision_override(args.precision))
+    over.update(runtime={"device": str(args.device), "num_threads": args.threads}, checkpoint={"keep": 0})
     if args.tiny:
-        over["train"].update({"batch_size": 128, "valid_every": 1, "epochs": 1000, "patience": 0})
+        over["train"].update({"batch_size": 128, "epochs": 1000})
+        over["valid"] = {"every": 1, "patience": 0}
         over["metasd"]["quiz_batch_size"] = 64
     cfg = apply_overrides(Config(), over)
     cfg.run_dir = str(run_dir)
@@ -527,7 +529,7 @@ def evaluate_checkpoint(cfg, data, path: Path, device) -> dict:
     from metasd_dgl.model.student import checkpoint_student
 
     ckpt = load_checkpoint(path, device)
-    model = make_model(cfg.model, data.num_entities, data.num_relations, torch.Generator().manual_seed(0)).to(device)
+    model = make_model(cfg, data.num_entities, data.num_relations, torch.Generator().manual_seed(0)).to(device)
     model.load_state_dict(ckpt["model"])
     masks = ckpt.get("masks")
     student = checkpoint_student(dict(model.named_parameters()), masks, ckpt.get("student_weights"))

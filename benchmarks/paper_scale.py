@@ -83,12 +83,12 @@ RATE = 0.9  # students keep 10 % of the prunable weights
 #: pipelines/configs/fb15k237_metasd.yaml (the paper's FB15k-237 setting) less method and device, plus RP 4
 FB15K237 = {"data.dataset": "fb15k-237", "model.decoder": "complex", "model.dim": 2000, "train.epochs": 100,
             "train.batch_size": 1000, "train.lr": 0.1, "train.regularizer": "dura", "train.reg_weight": 0.05,
-            "train.valid_every": 5, "train.patience": 5, "prune.rate": RATE, "metasd.quiz_batch_size": 1000,
+            "valid.every": 5, "valid.patience": 5, "prune.rate": RATE, "metasd.quiz_batch_size": 1000,
             "train.rp_weight": 4.0}
 #: pipelines/configs/wn18rr_metasd.yaml less method and device, plus ComplEx-RP's WN18RR weight 0.05
 WN18RR = {"data.dataset": "wn18rr", "model.decoder": "complex", "model.dim": 2000, "train.epochs": 100,
           "train.batch_size": 100, "train.lr": 0.1, "train.regularizer": "dura", "train.reg_weight": 0.1,
-          "train.valid_every": 5, "train.patience": 5, "prune.rate": RATE, "metasd.quiz_batch_size": 100,
+          "valid.every": 5, "valid.patience": 5, "prune.rate": RATE, "metasd.quiz_batch_size": 100,
           "train.rp_weight": 0.05}
 PAPER_BASE = {"fb15k-237": FB15K237, "wn18rr": WN18RR}
 #: pipelines/configs/reference.yaml (the MetaSD reference code), flat
@@ -104,9 +104,9 @@ OWN_STUDENT = {"train.method": "metasd", "prune.structure": "dimension", "prune.
                "metasd.temperature": 1.0, "metasd.kd_weight": 8.2, "metasd.student_lr": 0.144}
 #: --tiny: a CPU rehearsal of seconds (rank 16, the small rows rank 2, 2 epochs, validation every epoch)
 TINY = {"model.dim": 16, "train.epochs": 2, "train.batch_size": 500, "metasd.quiz_batch_size": 500,
-        "train.valid_every": 1, "train.patience": 0}
+        "valid.every": 1, "valid.patience": 0}
 #: options that do not change the experiment (not compared when deciding whether a stored result is this one)
-VOLATILE = ("train.device", "train.num_threads", "data.processed_dir", "train.keep_checkpoints")
+VOLATILE = ("runtime.device", "runtime.num_threads", "data.processed_dir", "checkpoint.keep")
 
 #: Published figures, filtered test MRR (../shared/METHOD.md): the paper's and kbc's (ComplEx-N3 by rank)
 PAPER = {"fb15k-237": {"metasd": 0.391, "complex_rp_r1000": 0.388},
@@ -116,7 +116,7 @@ KBC = {"fb15k-237": {100: 0.35, 500: 0.36, 1000: 0.37, 2000: 0.37}, "wn18rr": {1
 
 def base_overrides(dataset: str, tiny: bool, epochs: Optional[int] = None) -> dict:
     """The paper's recipe on ``dataset`` (other datasets: FB15k-237's), shrunk by ``--tiny``."""
-    over = {**PAPER_BASE.get(dataset, FB15K237), "data.dataset": dataset, "train.keep_checkpoints": 0}
+    over = {**PAPER_BASE.get(dataset, FB15K237), "data.dataset": dataset, "checkpoint.keep": 0}
     if tiny:
         over.update(TINY)
     if epochs:
@@ -320,7 +320,7 @@ def _train_task(task: dict) -> None:
     t0 = time.time()
     device = _device(task["device"])
     run_dir = Path(task["run_dir"])
-    over = {**task["overrides"], "train.device": str(device), "train.num_threads": task["threads"]}
+    over = {**task["overrides"], "runtime.device": str(device), "runtime.num_threads": task["threads"]}
     cfg = _config(over, run_dir)
     marker = run_dir / "paper_scale_task.json"
     last = run_dir / "checkpoints" / "last.pt"
@@ -413,7 +413,7 @@ def _load(path: Path, data, device, processed_dir: Optional[str] = None) -> _Loa
     cfg = from_dict(ckpt["config"], f"{path} config")
     if processed_dir:
         cfg.data.processed_dir = processed_dir
-    model = make_model(cfg.model, data.num_entities, data.num_relations, torch.Generator().manual_seed(0)).to(device)
+    model = make_model(cfg, data.num_entities, data.num_relations, torch.Generator().manual_seed(0)).to(device)
     model.load_state_dict(ckpt["model"])
     student = checkpoint_student(dict(model.named_parameters()), ckpt.get("masks"), ckpt.get("student_weights"))
     return _Loaded(Path(path).name, cfg, ckpt, model, student)

@@ -74,7 +74,7 @@ def metasd_step(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = load_processed(preprocess(folder / "umls.tar.gz", Path(tmp) / "umls"))
         cfg = load_config(ROOT / "pipelines" / "configs" / "umls_rgcn.yaml")
-        cfg.train.batches_per_epoch, cfg.train.num_threads = args.steps, args.threads
+        cfg.budget.batches_per_epoch, cfg.runtime.num_threads = args.steps, args.threads
         trainer = Trainer(cfg, data, Path(tmp) / "run", progress=False)
         trainer.run_dir.mkdir()
         for layer in trainer.model.encoder.layers:  # --strategy forces an order ('auto': the model's choice)

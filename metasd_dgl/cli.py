@@ -80,12 +80,12 @@ TRAIN_OPTIONS = [
     click.option("--batch-size", "train__batch_size", type=int),
     click.option("--lr", "train__lr", type=float),
     click.option("--prune-rate", "prune__rate", type=float),
-    click.option("--num-bases", "model__num_bases", type=int),
-    click.option("--decomposition", "--regularizer", "model__decomposition", type=_choice("model.decomposition"),
+    click.option("--num-bases", "rgcn__num_bases", type=int),
+    click.option("--decomposition", "--regularizer", "rgcn__decomposition", type=_choice("rgcn.decomposition"),
                  help="R-GCN weight sharing (--regularizer: its earlier name)."),
     click.option("--seed", "train__seed", type=int),
-    click.option("--device", "train__device", help="cpu, cuda or cuda:N."),
-    click.option("--tracker", "train__tracker", type=_choice("train.tracker"),
+    click.option("--device", "runtime__device", help="cpu, cuda or cuda:N."),
+    click.option("--tracker", "runtime__tracker", type=_choice("runtime.tracker"),
                  help="Also log scalars to an experiment tracker (tensorboard: RUN_DIR/tensorboard)."),
 ]
 
@@ -179,7 +179,7 @@ def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, forc
     console = make_console(cfg.run_dir, quiet, as_json)
     if not resume:
         # Under torchrun, rank 0 preprocesses while the others wait.
-        info = init_from_env(resolve_device(cfg.train.device))
+        info = init_from_env(resolve_device(cfg.runtime.device))
         if info.is_main:
             stage_preprocess(cfg, force=force)
         barrier()
@@ -242,8 +242,8 @@ def export(run_dir: str, checkpoint: str, quantize: tuple[str, ...]) -> None:
 @data_options
 @click.option("--run-dir", "run_dir", type=click.Path(file_okay=False),
               help="Output folder (default runs/<dataset>-<decoder>-<method>).")
-@click.option("--device", "train__device")
-@click.option("--tracker", "train__tracker", type=_choice("train.tracker"),
+@click.option("--device", "runtime__device")
+@click.option("--tracker", "runtime__tracker", type=_choice("runtime.tracker"),
               help="Also log scalars to an experiment tracker (tensorboard: RUN_DIR/tensorboard).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in RUN_DIR even though this config differs from its own "
@@ -311,7 +311,7 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override any option in every trial (after CONFIG and --config).")
 @data_options
-@click.option("--device", "train__device", help="cpu, cuda or cuda:N.")
+@click.option("--device", "runtime__device", help="cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue the study in --study-dir (killed trials are re-run).")
 def tune(config: str, trials: int, timeout_min: Optional[float], study_dir: Optional[str], space: Optional[str],
          pruner: str, extra: tuple[str, ...], sets: tuple[str, ...], resume: bool, **options) -> None:

@@ -19,13 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
-from metasd_dgl.model.decoders import DECODERS
 from metasd_dgl.errors import UserError
-from metasd_dgl.train.optimizers import OPTIMIZERS
-from metasd_dgl.runtime.precision import PRECISIONS
-from metasd_dgl.model.pruning import SCOPES, STRUCTURES
-from metasd_dgl.train.tracker import TRACKERS
-from metasd_dgl.evaluate.unseen import POLICIES as UNSEEN_POLICIES
 
 
 class ConfigError(UserError):
@@ -46,49 +40,84 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = "kge"  # kge | rgcn
+    encoder: str = "kge"  # kge | rgcn (options: the rgcn section)
     decoder: str = "complex"  # complex | distmult | rotate | transe
     dim: int = 100  # embedding dimension (complex numbers for complex/rotate)
     init_scale: float = 1e-3  # std of the normal initialisation (kge)
-    # R-GCN encoder
-    num_layers: int = 2
-    num_bases: int = 4
-    decomposition: str = "basis"  # basis | bdd: how the per-relation weight matrices are shared
-    dropout: float = 0.2
 
 
 @dataclass
 class TrainConfig:
     method: str = "plain"  # plain | prune | kd | metasd
-    regime: str = "1-n"  # 1-n (all entities, softmax CE) | negative-sampling
+    regime: str = "1-n"  # 1-n (all entities, softmax CE) | negative-sampling (options: the negatives section)
     epochs: int = 50
     batch_size: int = 1000
     optimizer: str = "adagrad"  # adagrad | adam
     lr: float = 0.1
-    lr_scheduler: str = "none"  # none | plateau (ReduceLROnPlateau on the selection MRR, mode max)
-    lr_factor: float = 0.5  # plateau: multiply lr by this after lr_patience validations without gain
-    lr_patience: int = 2  # plateau: validations without improvement before the lr drops
+    lr_scheduler: str = "none"  # none | plateau (ReduceLROnPlateau on the selection MRR; options: plateau)
     regularizer: str = "dura"  # dura | n3 | none
     reg_weight: float = 0.05
     label_smoothing: float = 0.0
     rp_weight: float = 0.0  # relation prediction: weight of CE over all relations given (h, t) (0 = off; complex, distmult)
     entity_dropout: float = 0.0  # dropout on the entity rows in training steps (never in evaluation)
     relation_dropout: float = 0.0  # dropout on the relation rows in training steps
-    num_negatives: int = 32  # negative-sampling regime: corruptions per positive
-    margin: float = 9.0  # negative-sampling regime: gamma of distance models
-    edge_dropout: float = 0.5  # rgcn: share of training edges hidden from message passing
-    batches_per_epoch: int = 0  # cap on batches per epoch, a random part of it (0 = the whole epoch)
-    cpu_minutes: float = 0.0  # stop once training steps used this much process CPU time, all threads (0 = off)
-    sample_edges: int = 0  # rgcn + negative-sampling: message edges sampled per batch (0 = all)
     grad_clip: float = 0.0  # 0 = off
-    precision: str = "fp32"  # fp32 | tf32 (CUDA) | bf16: the score products of training steps (precision.py)
+    precision: str = "fp32"  # fp32 | tf32 (CUDA) | bf16: the score products of training steps
     seed: int = 0
+
+
+@dataclass
+class PlateauConfig:
+    """``train.lr_scheduler = plateau``: the main optimiser's lr drops when the selection MRR stalls."""
+
+    factor: float = 0.5  # multiply the lr by this after `patience` validations without gain
+    patience: int = 2  # validations without improvement before the lr drops
+
+
+@dataclass
+class NegativesConfig:
+    """``train.regime = negative-sampling``."""
+
+    num: int = 32  # corruptions per positive
+    margin: float = 9.0  # gamma of distance models
+
+
+@dataclass
+class RGCNConfig:
+    """``model.encoder = rgcn``."""
+
+    num_layers: int = 2
+    num_bases: int = 4
+    decomposition: str = "basis"  # basis | bdd: how the per-relation weight matrices are shared
+    dropout: float = 0.2
+    edge_dropout: float = 0.5  # share of training edges hidden from message passing
+    sample_edges: int = 0  # with negative sampling: message edges sampled per batch (0 = all)
+
+
+@dataclass
+class BudgetConfig:
+    """Limits on a run's training time (0 = none)."""
+
+    batches_per_epoch: int = 0  # cap on batches per epoch, a random part of it (0 = the whole epoch)
+    cpu_minutes: float = 0.0  # stop once training steps used this much process CPU time, all threads
+
+
+@dataclass
+class ValidConfig:
+    every: int = 5  # epochs between validations
+    patience: int = 5  # validations without improvement before stopping (0 = off)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0  # steps between mid-epoch checkpoints (0 = epoch ends only)
+    keep: int = 2  # newest epoch checkpoints kept besides last and best
+
+
+@dataclass
+class RuntimeConfig:
     device: str = "cpu"
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
-    valid_every: int = 5  # epochs between validations
-    patience: int = 5  # validations without improvement before stopping (0 = off)
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = epoch ends only)
-    keep_checkpoints: int = 2  # newest epoch checkpoints kept besides last and best
     tracker: str = "none"  # none | tensorboard (scalars in <run_dir>/tensorboard)
 
 
@@ -137,29 +166,37 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    plateau: PlateauConfig = field(default_factory=PlateauConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    rgcn: RGCNConfig = field(default_factory=RGCNConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     metasd: MetaSDConfig = field(default_factory=MetaSDConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    valid: ValidConfig = field(default_factory=ValidConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+#: Every choice, written once (tests/test_config.py holds them equal to the registries that implement them).
 CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("auto", "tsv", "raw_udd_hrt", "udd_hrt"),
     "model.encoder": ("kge", "rgcn"),
-    "model.decoder": tuple(DECODERS),
-    "model.decomposition": ("basis", "bdd"),
+    "model.decoder": ("complex", "distmult", "rotate", "transe"),
     "train.method": ("plain", "prune", "kd", "metasd"),
     "train.regime": ("1-n", "negative-sampling"),
-    "train.optimizer": tuple(n for n in OPTIMIZERS if n != "sgd"),
+    "train.optimizer": ("adam", "adagrad"),
     "train.lr_scheduler": ("none", "plateau"),
     "train.regularizer": ("dura", "n3", "none"),
-    "train.tracker": TRACKERS,
-    "train.precision": PRECISIONS,
-    "prune.scope": SCOPES,
-    "prune.structure": STRUCTURES,
-    "metasd.meta_optimizer": tuple(OPTIMIZERS),
+    "train.precision": ("fp32", "tf32", "bf16"),
+    "rgcn.decomposition": ("basis", "bdd"),
+    "prune.scope": ("global", "per-tensor"),
+    "prune.structure": ("element", "dimension"),
+    "metasd.meta_optimizer": ("adam", "adagrad", "sgd"),
     "metasd.student": ("shared", "own"),
     "metasd.real_kd_weighting": ("source", "self"),
-    "data.format": ("auto", "tsv", "raw_udd_hrt", "udd_hrt"),
-    "eval.unseen": UNSEEN_POLICIES,
+    "runtime.tracker": ("none", "tensorboard"),
+    "eval.unseen": ("rank", "drop"),
 }
 
 #: Options of earlier versions: the old name -> what to use instead.  A YAML file or ``--set`` naming one
@@ -169,7 +206,26 @@ MOVED = {
     "metasd.prune_scope": "prune.scope",
     "metasd.prune_structure": "prune.structure",
     "metasd.gradual_epochs": "prune.gradual_epochs",
-    "model.regularizer": "model.decomposition",
+    "model.regularizer": "rgcn.decomposition",
+    "model.decomposition": "rgcn.decomposition",
+    "model.num_layers": "rgcn.num_layers",
+    "model.num_bases": "rgcn.num_bases",
+    "model.dropout": "rgcn.dropout",
+    "train.edge_dropout": "rgcn.edge_dropout",
+    "train.sample_edges": "rgcn.sample_edges",
+    "train.lr_factor": "plateau.factor",
+    "train.lr_patience": "plateau.patience",
+    "train.num_negatives": "negatives.num",
+    "train.margin": "negatives.margin",
+    "train.batches_per_epoch": "budget.batches_per_epoch",
+    "train.cpu_minutes": "budget.cpu_minutes",
+    "train.valid_every": "valid.every",
+    "train.patience": "valid.patience",
+    "train.checkpoint_every": "checkpoint.every",
+    "train.keep_checkpoints": "checkpoint.keep",
+    "train.device": "runtime.device",
+    "train.num_threads": "runtime.num_threads",
+    "train.tracker": "runtime.tracker",
 }
 #: Retired options: the old name -> (its only value now, why it went).  A run that set one otherwise
 #: can be evaluated, not continued (``retired_settings``), unless training never read it (``NO_EFFECT``).
@@ -248,26 +304,27 @@ def retired_settings(stored: dict[str, Any]) -> list[str]:
 #: The range of every numeric option: (what it must be, the test, the options).
 RANGES = [
     ("must be >= 1", lambda v: v >= 1, (
-        "model.dim", "model.num_layers", "model.num_bases", "train.epochs", "train.batch_size", "train.num_negatives",
-        "train.valid_every", "metasd.quiz_batch_size", "metasd.meta_every", "eval.max_memory_mb", "eval.num_buckets")),
+        "model.dim", "rgcn.num_layers", "rgcn.num_bases", "train.epochs", "train.batch_size", "negatives.num",
+        "valid.every", "metasd.quiz_batch_size", "metasd.meta_every", "eval.max_memory_mb", "eval.num_buckets")),
     ("must be >= 0", lambda v: v >= 0, (
-        "train.reg_weight", "train.rp_weight", "train.lr_patience", "train.patience", "train.grad_clip",
-        "train.num_threads", "train.sample_edges", "train.batches_per_epoch", "train.cpu_minutes",
-        "train.margin", "train.checkpoint_every", "train.keep_checkpoints", "prune.gradual_epochs",
+        "train.reg_weight", "train.rp_weight", "plateau.patience", "valid.patience", "train.grad_clip",
+        "runtime.num_threads", "rgcn.sample_edges", "budget.batches_per_epoch", "budget.cpu_minutes",
+        "negatives.margin", "checkpoint.every", "checkpoint.keep", "prune.gradual_epochs",
         "metasd.kd_weight", "metasd.kd_forward_weight", "metasd.kd_reverse_weight", "metasd.virtual_lr",
         "metasd.student_lr")),
     ("must be > 0", lambda v: v > 0, ("model.init_scale", "train.lr", "metasd.temperature", "metasd.meta_lr")),
     ("must be in [0, 1)", lambda v: 0 <= v < 1, (
-        "model.dropout", "train.edge_dropout", "train.label_smoothing", "train.entity_dropout",
+        "rgcn.dropout", "rgcn.edge_dropout", "train.label_smoothing", "train.entity_dropout",
         "train.relation_dropout", "prune.rate")),
-    ("must be in (0, 1)", lambda v: 0 < v < 1, ("train.lr_factor", "metasd.quiz_fraction")),
+    ("must be in (0, 1)", lambda v: 0 < v < 1, ("plateau.factor", "metasd.quiz_fraction")),
     # each epoch's generator is seeded with seed * 1_000_003 + epoch + 1; Optuna's sampler takes 32 bits
     ("must be between 0 and 4294967295 (2**32 - 1)", lambda v: 0 <= v < 2 ** 32, ("train.seed",)),
 ]
 
 
 def validate(cfg: Config) -> Config:
-    """Check choices and ranges; raise ConfigError naming the option."""
+    """Check choices and ranges; raise ConfigError naming the option.  A section that only one choice
+    reads (plateau, negatives, rgcn, prune, metasd) is checked for its ranges and otherwise ignored."""
     for key, allowed in CHOICES.items():
         value = get(cfg, key)
         if value not in allowed:
@@ -277,9 +334,8 @@ def validate(cfg: Config) -> Config:
               for f in dataclasses.fields(getattr(cfg, sec.name))
               if isinstance(getattr(getattr(cfg, sec.name), f.name), float)]
     ranges = finite + [(key, test(get(cfg, key)), why) for why, test, keys in RANGES for key in keys]
-    m, t, p, d = cfg.model, cfg.train, cfg.prune, cfg.metasd
+    m, t, p = cfg.model, cfg.train, cfg.prune
     # The options that combine: each rule says which choice needs which.
-    distills = t.method in ("kd", "metasd")
     rules = [
         ("train.rp_weight", t.rp_weight == 0 or m.decoder in ("complex", "distmult"),
          "needs model.decoder complex or distmult (relation prediction scores every relation bilinearly)"),
@@ -287,16 +343,10 @@ def validate(cfg: Config) -> Config:
          f"negative-sampling supports methods plain and prune, not {t.method!r}"),
         ("prune.structure", p.structure == "element" or (m.encoder == "kge" and p.scope == "global"),
          "needs model.encoder=kge and prune.scope=global"),
-        ("prune.gradual_epochs", p.gradual_epochs < t.epochs,
+        ("prune.gradual_epochs", t.method == "plain" or p.gradual_epochs < t.epochs,
          "must be below train.epochs (the student must train at its final rate)"),
-        ("prune.gradual_epochs", not p.gradual_epochs or t.method != "plain",
-         "has no effect with train.method='plain' (needs prune, kd or metasd)"),
-        ("metasd.one_way_kd", not d.one_way_kd or distills,
-         "has no effect without distillation (train.method kd or metasd)"),
-        ("metasd.student", d.student == "shared" or distills, "own needs method kd or metasd"),
-        ("metasd.student_lr", not d.student_lr or d.student == "own",
-         "is the own student's lr: it needs metasd.student=own"),
-        ("train.lr_scheduler", t.lr_scheduler == "none" or d.student == "shared",
+        ("train.lr_scheduler", t.lr_scheduler == "none" or cfg.metasd.student == "shared"
+         or t.method not in ("kd", "metasd"),
          "plateau schedules the teacher's optimiser only: not combined with metasd.student=own"),
     ]
     for key, ok, why in ranges + rules:
@@ -514,8 +564,9 @@ def _safe_load_unique(text: str) -> Any:
 
 
 #: Options a resumed run may not change (they change shapes or the meaning of the state).
-FIXED_ON_RESUME = ("model", "train.method", "train.regime", "train.optimizer", "train.seed", "train.batch_size",
-                   "train.lr_scheduler", "prune", "metasd.meta_optimizer", "metasd.quiz_fraction", "metasd.student")
+FIXED_ON_RESUME = ("model", "rgcn.num_layers", "rgcn.num_bases", "rgcn.decomposition", "train.method",
+                   "train.regime", "train.optimizer", "train.seed", "train.batch_size", "train.lr_scheduler",
+                   "prune", "metasd.meta_optimizer", "metasd.quiz_fraction", "metasd.student")
 
 
 def resume_differences(old: dict, new: dict) -> list[str]:

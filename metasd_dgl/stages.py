@@ -106,8 +106,8 @@ def run_status(run_dir: Path, cfg: Config) -> Optional[dict[str, Any]]:
                    for sec in new if isinstance(new[sec], dict)
                    for k in sorted(set(new[sec]) | set(old.get(sec, {}))) if old.get(sec, {}).get(k) != new[sec].get(k)]
     st = state["state"]
-    stopped = cfg.train.patience and st["bad_validations"] >= cfg.train.patience
-    spent = cpu_budget_spent(cfg.train.cpu_minutes, st.get("cpu_seconds", 0.0))
+    stopped = cfg.valid.patience and st["bad_validations"] >= cfg.valid.patience
+    spent = cpu_budget_spent(cfg.budget.cpu_minutes, st.get("cpu_seconds", 0.0))
     done = bool(st["epoch"] >= cfg.train.epochs or stopped or spent) and not st.get("batch_in_epoch")
     return {"finished": done and not differences, "differences": differences, "epoch": st["epoch"],
             "best_mrr": st.get("best_mrr", -1.0)}
@@ -131,7 +131,7 @@ def load_run(run_dir: Path, checkpoint: str = "best"):
     data = load_processed(processed_dir(cfg))
     if ckpt.get("dataset") != dataset_fingerprint(data):
         raise CheckpointError(f"{path}: trained on another dataset than {data.path}")
-    model = make_model(cfg.model, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
+    model = make_model(cfg, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
@@ -193,7 +193,7 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
         elif name == "student" and compact is not None:
             params, _, _ = load_student(compact)
             check_student_fits(params, model.state_dict(), compact)
-            model_c = make_model(cfg.model, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
+            model_c = make_model(cfg, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
             model_c.load_state_dict({**model.state_dict(), **params})
             tables = encode_tables(model_c, graph)
         ranks = rank_split(model, triples, data.num_relations, data.filter, graph=graph, weights=m,

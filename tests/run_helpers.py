@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOY = str(REPO / "datasets" / "toy")
 #: ``--set`` options for a run of one epoch at tiny sizes.
 TINY = ["--set", "train.epochs=1", "--set", "model.dim=4", "--set", "train.batch_size=8",
-        "--set", "train.valid_every=1"]
+        "--set", "valid.every=1"]
 
 
 def train_toy(run, *extra):
@@ -19,7 +19,7 @@ def train_toy(run, *extra):
     from metasd_dgl.cli import main
 
     args = ["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--dim", "4", "--batch-size", "4",
-            "--set", "train.valid_every=1", "--set", "train.patience=0", *extra]
+            "--set", "valid.every=1", "--set", "valid.patience=0", *extra]
     assert main(args) == 0
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 

@@ -52,7 +52,7 @@ def test_readme_example_runs(tmp_path, monkeypatch, kg_dir, capsys):
     # a second call does not train again and returns the same metrics
     last = tmp_path / "runs/api-umls/checkpoints/last.pt"
     before = last.stat().st_mtime_ns
-    config = {"model": {"dim": 16}, "train": {"epochs": 2, "batch_size": 500, "valid_every": 1},
+    config = {"model": {"dim": 16}, "train": {"epochs": 2, "batch_size": 500}, "valid": {"every": 1},
               "metasd": {"quiz_batch_size": 500}}
     again = metasd_dgl.pipeline(dataset="umls", method="metasd", run_dir="runs/api-umls", config=config,
                                 plots=False)

@@ -134,7 +134,7 @@ def test_subset_hint_runs_as_printed(tmp_path, monkeypatch, capsys):
 def _generic(tmp_path: Path) -> tuple[Path, Path]:
     """A config with no dataset (and its search space) and a base with the dataset and budget."""
     config = tmp_path / "generic.yaml"
-    config.write_text("model:\n  dim: 8\ntrain:\n  batch_size: 8\n  valid_every: 1\n  num_threads: 1\n")
+    config.write_text("model:\n  dim: 8\ntrain:\n  batch_size: 8\nvalid:\n  every: 1\nruntime:\n  num_threads: 1\n")
     (tmp_path / "generic.tune.yaml").write_text("train.lr: {low: 0.01, high: 0.5, log: true}\n"
                                                 "model.dim: {choices: [4, 8]}\n")
     base = tmp_path / "base.yaml"
@@ -232,7 +232,7 @@ def test_error_hints_run_as_printed(tmp_path, monkeypatch, capsys):
         assert "use --device cpu" in capsys.readouterr().err
     assert main(train + ["--device", "cpu"]) == 0
     for argv in (["pipeline"], ["tune", str(REPO / "pipelines/configs/umls_dense.yaml"), "--trials", "1"]):
-        assert parse(argv + ["--device", "cpu"])["train__device"] == "cpu"
+        assert parse(argv + ["--device", "cpu"])["runtime__device"] == "cpu"
     # "drop --student": a plain run has none
     head, relation, _ = (REPO / "datasets" / "toy" / "train.txt").read_text().splitlines()[0].split("\t")
     predict = ["predict", str(run), "--head", head, "--relation", relation]

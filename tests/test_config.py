@@ -98,16 +98,48 @@ def _refused(path, text: str, message: str) -> None:
         load_config(path)
 
 
-def test_choices_come_from_the_registries_that_implement_them():
+def test_choices_written_once_equal_the_registries_that_implement_them():
+    """config.py writes its choices as literals (it imports no torch); they name what the code has."""
+    import subprocess
+    import sys
+
     from metasd_dgl.config import CHOICES
+    from metasd_dgl.evaluate.unseen import POLICIES
     from metasd_dgl.model.decoders import DECODERS
-    from metasd_dgl.train.optimizers import OPTIMIZERS
     from metasd_dgl.model.pruning import SCOPES, STRUCTURES
+    from metasd_dgl.runtime.precision import PRECISIONS
+    from metasd_dgl.train.optimizers import OPTIMIZERS
     from metasd_dgl.train.tracker import TRACKERS
 
     assert CHOICES["model.decoder"] == tuple(DECODERS) and CHOICES["metasd.meta_optimizer"] == tuple(OPTIMIZERS)
+    assert CHOICES["train.optimizer"] == tuple(n for n in OPTIMIZERS if n != "sgd")
     assert CHOICES["prune.scope"] == SCOPES and CHOICES["prune.structure"] == STRUCTURES
-    assert CHOICES["train.tracker"] == TRACKERS
+    assert CHOICES["runtime.tracker"] == TRACKERS and CHOICES["train.precision"] == PRECISIONS
+    assert CHOICES["eval.unseen"] == POLICIES
+    code = "import sys, metasd_dgl.config; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('metasd_dgl')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['metasd_dgl', 'metasd_dgl.config', 'metasd_dgl.errors']"
+
+
+def test_train_holds_at_most_16_options_in_sections_by_concern():
+    import dataclasses
+
+    from metasd_dgl.config import Config, TrainConfig
+
+    assert len(dataclasses.fields(TrainConfig)) <= 16
+    sections = [f.name for f in dataclasses.fields(Config) if f.name != "run_dir"]
+    assert sections == ["data", "model", "train", "plateau", "negatives", "rgcn", "prune", "metasd", "budget",
+                        "valid", "checkpoint", "runtime", "eval"]
+
+
+@pytest.mark.parametrize("old,new", [("train.valid_every", "valid.every"), ("model.num_bases", "rgcn.num_bases"),
+                                     ("train.num_negatives", "negatives.num"), ("train.num_threads", "runtime.num_threads")])
+def test_a_moved_option_says_where_it_went(tmp_path, old, new):
+    section, name = old.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {name}: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: line 2: {re.escape(old)} is now {re.escape(new)}$"):
+        load_config(path)
 
 
 def test_option_counts():
@@ -164,17 +196,27 @@ def test_relation_prediction_needs_a_bilinear_decoder():
 
 
 def test_option_combinations_that_do_not_exist_are_config_errors():
-    for over in ({"metasd.student": "own", "train.method": "prune"},
-                 {"train.method": "kd", "train.regime": "negative-sampling"},
-                 {"prune.gradual_epochs": 50, "train.method": "prune", "train.epochs": 50},
-                 {"prune.structure": "dimension", "prune.scope": "per-tensor", "train.method": "prune"},
-                 {"metasd.student": "own", "train.method": "kd", "train.lr_scheduler": "plateau"},
-                 # options the method would silently ignore
-                 {"prune.gradual_epochs": 2, "train.method": "plain"},
-                 {"metasd.one_way_kd": True, "train.method": "prune"},
-                 {"metasd.student_lr": 0.1, "train.method": "metasd"}):
-        with pytest.raises(ConfigError):
+    """The five rules: each combination that does not exist is one error naming the option."""
+    from metasd_dgl.config import Config, validate
+
+    for key, over in (("train.rp_weight", {"train.rp_weight": 1.0, "model.decoder": "transe"}),
+                      ("train.regime", {"train.method": "kd", "train.regime": "negative-sampling"}),
+                      ("prune.gradual_epochs", {"prune.gradual_epochs": 50, "train.method": "prune",
+                                                "train.epochs": 50}),
+                      ("prune.structure", {"prune.structure": "dimension", "prune.scope": "per-tensor",
+                                           "train.method": "prune"}),
+                      ("train.lr_scheduler", {"metasd.student": "own", "train.method": "kd",
+                                              "train.lr_scheduler": "plateau"})):
+        with pytest.raises(ConfigError) as err:
             load_config(overrides=over)
+        assert err.value.key == key
+    assert validate.__code__.co_consts.count  # the rules live in validate
+    # a section only one choice reads is ignored otherwise, not an error
+    for over in ({"metasd.student": "own", "train.method": "prune"}, {"prune.gradual_epochs": 2},
+                 {"metasd.one_way_kd": True, "train.method": "prune"}, {"negatives.num": 3},
+                 {"rgcn.num_layers": 3}, {"plateau.factor": 0.1}):
+        load_config(overrides=over)
+    assert isinstance(Config(), Config)
     for retired in ({"metasd.straight_through": True}, {"metasd.share_forward": True},
                     {"metasd.warmup_epochs": 2}, {"metasd.mask_source": "student"}, {"train.init_from": "x.pt"}):
         with pytest.raises(ConfigError, match="retired"):
@@ -195,7 +237,7 @@ def test_a_checkpoint_older_than_an_option_counts_it_at_its_default(tmp_path):
     stored = load_checkpoint(run / "checkpoints" / "last.pt")
     cfg = from_dict(stored["config"])
     old = {sec: dict(v) if isinstance(v, dict) else v for sec, v in stored["config"].items()}
-    del old["train"]["cpu_minutes"]
+    del old["budget"]
     old["metasd"].update({f"prune_{k}": v for k, v in old.pop("prune").items() if k != "gradual_epochs"},
                          share_forward=False, mask_epochs=0, meta_grad_path="kd")
     old["train"]["loss_backend"] = "fused"

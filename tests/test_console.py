@@ -15,7 +15,7 @@ from run_helpers import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = str(REPO / "datasets" / "toy")
-ARGS = ["--dataset", TOY, "--epochs", "2", "--dim", "4", "--batch-size", "8", "--set", "train.valid_every=1"]
+ARGS = ["--dataset", TOY, "--epochs", "2", "--dim", "4", "--batch-size", "8", "--set", "valid.every=1"]
 
 
 def test_readable_lines_and_train_log(tmp_path, capsys):

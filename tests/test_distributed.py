@@ -25,7 +25,7 @@ from metasd_dgl.model.student import MaskedStudent
 from step_helpers import Stepper
 
 ARGS = ["train", "--quiet", "--dataset", "nations", "--dim", "8", "--epochs", "3", "--batch-size", "200",
-        "--seed", "5", "--set", "train.valid_every=3", "--set", "train.num_threads=1"]
+        "--seed", "5", "--set", "valid.every=3", "--set", "runtime.num_threads=1"]
 #: Stated tolerance.  Float sums over a batch split in two and averaged differ from one sum
 #: in the last bits, and Adagrad's first step is lr * sign(g) per weight, so a weight whose
 #: gradient is ~0 can step the other way: a few weights differ, the tensors as a whole do not.
@@ -77,7 +77,7 @@ def test_rank_device_gives_each_torchrun_rank_its_own_gpu():
 
 
 def test_trainer_asks_for_the_rank_device(tmp_path, monkeypatch):
-    """Trainer resolves rank_device(train.device, env), so rank 1 of torchrun gets cuda:1, not cuda:0."""
+    """Trainer resolves rank_device(runtime.device, env), so rank 1 of torchrun gets cuda:1, not cuda:0."""
     import metasd_dgl.train.loop as loop
     from metasd_dgl.config import Config
     from metasd_dgl.data.preprocess import load_processed, preprocess
@@ -90,7 +90,7 @@ def test_trainer_asks_for_the_rank_device(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     cfg = Config()
-    cfg.model.dim, cfg.train.device = 4, "cuda"
+    cfg.model.dim, cfg.runtime.device = 4, "cuda"
     loop.Trainer(cfg, data, tmp_path / "run", progress=False)
     assert asked == ["cuda:1"]
 

@@ -307,7 +307,7 @@ def test_evaluate_protocol_reference_on_a_trained_run(tmp_path, kg_dir, capsys):
     run = tmp_path / "run"
     assert main(["train", "--dataset", "umls", "--data-dir", str(kg_dir), "--run-dir", str(run), "--quiet",
                  "--decoder", "distmult", "--dim", "16", "--epochs", "3", "--method", "metasd", "--batch-size",
-                 "1000", "--set", "prune.structure=dimension", "--set", "train.valid_every=3"]) == 0
+                 "1000", "--set", "prune.structure=dimension", "--set", "valid.every=3"]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(run), "--protocol", "reference", "--no-plots"]) == 0
     out = capsys.readouterr().out

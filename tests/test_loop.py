@@ -19,7 +19,7 @@ def _epochs(run):
 def test_batches_per_epoch_caps_each_epoch(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "2", "--dim", "4",
-                 "--batch-size", "2", "--set", "train.batches_per_epoch=3"]) == 0
+                 "--batch-size", "2", "--set", "budget.batches_per_epoch=3"]) == 0
     assert [r["step"] for r in _epochs(run)] == [3, 6]
 
 
@@ -50,7 +50,7 @@ def test_cpu_budget_stops_mid_epoch_validates_and_resumes(tmp_path, monkeypatch)
     run = tmp_path / "run"
     # toy: 16 training triples -> 32 queries, batch 4 -> 8 batches an epoch; 30 CPU s a step, budget 5 min = 10 steps
     args = ["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "50", "--dim", "4",
-            "--batch-size", "4", "--set", "train.valid_every=20", "--set", "train.cpu_minutes=5"]
+            "--batch-size", "4", "--set", "valid.every=20", "--set", "budget.cpu_minutes=5"]
     assert main(args) == 0
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if "seconds" in r]
@@ -61,7 +61,7 @@ def test_cpu_budget_stops_mid_epoch_validates_and_resumes(tmp_path, monkeypatch)
     assert state["cpu_seconds"] == 300.0 and state["best_epoch"] == 2
     assert "CPU budget spent" in (run / "train.log").read_text()
     # a larger budget continues from the stored CPU time: 2 more minutes = 4 more steps
-    assert main(["train", "--quiet", "--resume", str(run), "--set", "train.cpu_minutes=7"]) == 0
+    assert main(["train", "--quiet", "--resume", str(run), "--set", "budget.cpu_minutes=7"]) == 0
     state = load_checkpoint(run / "checkpoints" / "last.pt")["state"]
     assert state["step"] == 14 and state["cpu_seconds"] == 420.0
 
@@ -82,8 +82,8 @@ def test_a_run_resumed_after_its_budget_ran_out_mid_epoch_closes_that_epoch(tmp_
 
     run = tmp_path / "run"
     args = ["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "50", "--dim", "4",
-            "--batch-size", "4", "--set", "train.valid_every=20", "--set", "train.cpu_minutes=5",
-            "--set", "train.checkpoint_every=10"]
+            "--batch-size", "4", "--set", "valid.every=20", "--set", "budget.cpu_minutes=5",
+            "--set", "checkpoint.every=10"]
     monkeypatch.setattr(loop.Trainer, "checkpoint", dies_after_step_10)
     try:
         main(args)
@@ -104,8 +104,8 @@ def test_a_run_resumed_after_its_budget_ran_out_mid_epoch_closes_that_epoch(tmp_
 # ------------------------------------------------------------------ the plateau LR scheduler
 
 def test_plateau_scheduler_drops_lr_and_resumes_exactly(tmp_path):
-    plateau = ["--lr", "0.5", "--set", "train.lr_scheduler=plateau", "--set", "train.lr_patience=0",
-               "--set", "train.lr_factor=0.5"]
+    plateau = ["--lr", "0.5", "--set", "train.lr_scheduler=plateau", "--set", "plateau.patience=0",
+               "--set", "plateau.factor=0.5"]
     whole, part = tmp_path / "whole", tmp_path / "part"
     _train(whole, "--epochs", "6", *plateau)
     _train(part, "--epochs", "3", *plateau)

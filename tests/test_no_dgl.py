@@ -54,7 +54,7 @@ def _config(tmp_path: Path, name: str) -> Path:
         f"run_dir: {tmp_path / name}\n"
         "data:\n  dataset: nations\n"
         "model:\n  dim: 8\n"
-        "train:\n  method: metasd\n  epochs: 3\n  batch_size: 256\n  valid_every: 1\n  patience: 0\n"
+        "train:\n  method: metasd\n  epochs: 3\n  batch_size: 256\nvalid:\n  every: 1\n  patience: 0\n"
         "metasd:\n  quiz_batch_size: 64\n")
     return cfg
 

@@ -28,7 +28,7 @@ def test_pipeline_metasd_end_to_end(tmp_path, kg_dir, capsys, monkeypatch):
         f"run_dir: {tmp_path / 'run'}\n"
         "data:\n  dataset: nations\n"
         "model:\n  dim: 8\n"
-        "train:\n  method: metasd\n  epochs: 4\n  batch_size: 256\n  valid_every: 1\n  patience: 0\n"
+        "train:\n  method: metasd\n  epochs: 4\n  batch_size: 256\nvalid:\n  every: 1\n  patience: 0\n"
         "metasd:\n  quiz_batch_size: 64\n")
     assert main(["pipeline", str(cfg), "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -84,7 +84,7 @@ def test_preprocess_command_prints_counts(tmp_path, kg_dir, capsys):
 def _config(tmp: Path, name: str, epochs: int = 2) -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(f"run_dir: {tmp / name}\ndata:\n  dataset: {TOY}\nmodel:\n  dim: 4\n"
-                    f"train:\n  method: prune\n  epochs: {epochs}\n  batch_size: 8\n  valid_every: 1\n  patience: 0\n")
+                    f"train:\n  method: prune\n  epochs: {epochs}\n  batch_size: 8\nvalid:\n  every: 1\n  patience: 0\n")
     return path
 
 

@@ -14,8 +14,8 @@ from metasd_dgl.store.checkpoint import load_checkpoint
 
 ARGS = ["--dataset", "nations", "--method", "metasd", "--dim", "8", "--epochs", "4",
         "--batch-size", "128", "--seed", "3",
-        "--set", "train.valid_every=2", "--set", "train.checkpoint_every=1",
-        "--set", "metasd.quiz_batch_size=64", "--set", "train.patience=0"]
+        "--set", "valid.every=2", "--set", "checkpoint.every=1",
+        "--set", "metasd.quiz_batch_size=64", "--set", "valid.patience=0"]
 
 
 def _cmd(*extra):

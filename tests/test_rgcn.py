@@ -109,15 +109,15 @@ def test_encoder_shapes_prunable_and_gradients(decomposition):
     dict(num_layers=1, num_bases=4, decomposition="bdd", dropout=0.0),
 ])
 def test_build_model_wires_rgcn_options(options):
-    """Every model.* R-GCN option set in the config reaches the encoder (through model.make_model)."""
+    """Every rgcn.* option set in the config reaches the encoder (through model.make_model)."""
     from metasd_dgl.config import Config
     from metasd_dgl.model.predictor import make_model
 
     cfg = Config()
     cfg.model.encoder, cfg.model.decoder, cfg.model.dim = "rgcn", "distmult", 8
     for key, value in options.items():
-        setattr(cfg.model, key, value)
-    model = make_model(cfg.model, N, R, torch.Generator().manual_seed(0))
+        setattr(cfg.rgcn, key, value)
+    model = make_model(cfg, N, R, torch.Generator().manual_seed(0))
     enc = model.encoder
     assert isinstance(enc, RGCNEncoder) and len(enc.layers) == options["num_layers"]
     assert enc.dropout == options["dropout"]
@@ -296,8 +296,8 @@ def test_validation_and_evaluate_rank_on_the_same_graph(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--quiet", "--dataset", str(toy), "--run-dir", str(run), "--epochs", "1",
                  "--dim", "8", "--encoder", "rgcn", "--method", "metasd", "--batch-size", "4",
-                 "--set", "train.valid_every=1", "--set", "metasd.quiz_fraction=0.3",
-                 "--set", "prune.rate=0.5", "--set", "model.num_layers=1"]) == 0
+                 "--set", "valid.every=1", "--set", "metasd.quiz_fraction=0.3",
+                 "--set", "prune.rate=0.5", "--set", "rgcn.num_layers=1"]) == 0
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"valid"' in x][-1]["valid"]
     assert main(["evaluate", str(run), "--split", "valid", "--checkpoint", "best", "--no-plots"]) == 0
     evaluated = json.loads((run / "eval" / "valid.json").read_text())["results"]

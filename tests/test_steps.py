@@ -80,7 +80,7 @@ def test_prune_step_leaves_pruned_weights_alone():
 def test_negative_sampling_step(method, decoder):
     gen = torch.Generator().manual_seed(0)
     model = build_model("kge", decoder, 20, 3, 8, init_scale=0.1, generator=gen)
-    cfg = config(method, {"regime": "negative-sampling", "num_negatives": 4, "margin": 2.0})
+    cfg = apply_overrides(config(method, {"regime": "negative-sampling"}), {"negatives": {"num": 4, "margin": 2.0}})
     st = Stepper(model, cfg)
     student = masked(model, compute_masks(prunable_params(model), 0.5)) if method == "prune" else None
     pos, neg = queries(30, gen, 20, 3), torch.randint(0, 20, (30, 4), generator=gen)

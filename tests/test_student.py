@@ -175,7 +175,7 @@ def test_prune_only_runs_regrow_and_whole_coordinate_masks_need_no_regrowth(tmp_
     """A prune-only run's element mask moves between epochs (pruned weights came back); with
     whole-coordinate masks the column student takes the regrowing student's step exactly (a pruned
     coordinate's gradient is zero in every score and regulariser)."""
-    rows = _train(tmp_path / "run", "--epochs", "3", "--method", "prune", "--set", "train.keep_checkpoints=3",
+    rows = _train(tmp_path / "run", "--epochs", "3", "--method", "prune", "--set", "checkpoint.keep=3",
                   "--set", "train.lr=0.5")
     assert all("density" in r for r in rows if "seconds" in r)
     masks = [load_checkpoint(tmp_path / "run" / "checkpoints" / f"epoch-{k}.pt")["masks"] for k in (1, 3)]

@@ -16,7 +16,7 @@ def test_tensorboard_scalars_match_metrics(tmp_path, capsys):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     run = tmp_path / "run"
     assert main(["train", "--quiet", "--dataset", TOY, "--run-dir", str(run), "--epochs", "2", "--dim", "4",
-                 "--batch-size", "8", "--method", "prune", "--set", "train.valid_every=1",
+                 "--batch-size", "8", "--method", "prune", "--set", "valid.every=1",
                  "--tracker", "tensorboard"]) == 0
     acc = event_accumulator.EventAccumulator(str(run / "tensorboard"))
     acc.Reload()

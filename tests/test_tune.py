@@ -27,8 +27,8 @@ train.optimizer: {choices: [adagrad, adam]}
 def write_config(tmp_path: Path, epochs: int = 2, space: str = SPACE) -> Path:
     config = tmp_path / "toy.yaml"
     config.write_text(f"run_dir: {tmp_path / 'runs' / 'toy'}\ndata:\n  dataset: {REPO / 'datasets' / 'toy'}\n"
-                      f"model:\n  dim: 8\ntrain:\n  epochs: {epochs}\n  valid_every: 1\n  batch_size: 8\n"
-                      "  num_threads: 1\n")
+                      f"model:\n  dim: 8\ntrain:\n  epochs: {epochs}\n  batch_size: 8\nvalid:\n  every: 1\n"
+                      "runtime:\n  num_threads: 1\n")
     (tmp_path / "toy.tune.yaml").write_text(space)
     return config
 

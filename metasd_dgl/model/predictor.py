@@ -18,7 +18,7 @@ from metasd_dgl.model.lookup import LookupEncoder
 from metasd_dgl.typing import HEAD, REL, TAIL, ParamDict
 
 if TYPE_CHECKING:
-    from metasd_dgl.config import ModelConfig
+    from metasd_dgl.config import Config
 
 
 class LinkPredictor(nn.Module):
@@ -92,10 +92,10 @@ def build_model(
     return LinkPredictor(enc, dec)
 
 
-def make_model(cfg: "ModelConfig", num_entities: int, num_relations: int,
-               generator: Optional[torch.Generator] = None) -> LinkPredictor:
-    """The model the ``model`` section of a config describes (on CPU)."""
-    rgcn = dict(num_layers=cfg.num_layers, num_bases=cfg.num_bases, decomposition=cfg.decomposition,
-                dropout=cfg.dropout)
-    return build_model(cfg.encoder, cfg.decoder, num_entities, num_relations, cfg.dim, cfg.init_scale,
+def make_model(cfg: "Config", num_entities: int, num_relations: int,
+                generator: Optional[torch.Generator] = None) -> LinkPredictor:
+    """The model a config's ``model`` (and, for R-GCN, ``rgcn``) section describes (on CPU)."""
+    m, r = cfg.model, cfg.rgcn
+    rgcn = dict(num_layers=r.num_layers, num_bases=r.num_bases, decomposition=r.decomposition, dropout=r.dropout)
+    return build_model(m.encoder, m.decoder, num_entities, num_relations, m.dim, m.init_scale,
                        generator, rgcn_options=rgcn)

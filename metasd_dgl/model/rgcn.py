@@ -248,9 +248,9 @@ class RelGraphLayer(nn.Module):
     ) -> None:
         super().__init__()
         if decomposition not in ("basis", "bdd"):
-            raise UserError(f"model.decomposition={decomposition!r} is not one of basis, bdd")
+            raise UserError(f"rgcn.decomposition={decomposition!r} is not one of basis, bdd")
         if num_bases < 1:
-            raise UserError(f"model.num_bases={num_bases} must be >= 1")
+            raise UserError(f"rgcn.num_bases={num_bases} must be >= 1")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
         self.in_width, self.out_width, self.num_etypes = in_width, out_width, num_etypes
@@ -267,7 +267,7 @@ class RelGraphLayer(nn.Module):
         else:
             if in_width % num_bases or out_width % num_bases:
                 raise UserError(
-                    f"model.num_bases={num_bases} must divide the layer widths "
+                    f"rgcn.num_bases={num_bases} must divide the layer widths "
                     f"({in_width} -> {out_width}) for the bdd decomposition"
                 )
             self.num_bases = num_bases
@@ -385,9 +385,9 @@ class RGCNEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if num_layers < 1:
-            raise UserError(f"model.num_layers={num_layers} must be >= 1")
+            raise UserError(f"rgcn.num_layers={num_layers} must be >= 1")
         if not 0.0 <= dropout < 1.0:
-            raise UserError(f"model.dropout={dropout} must be in [0, 1)")
+            raise UserError(f"rgcn.dropout={dropout} must be in [0, 1)")
         self.num_entities, self.num_relations = num_entities, num_relations
         self.dropout = dropout
         self.entity = nn.Parameter(torch.randn(num_entities, entity_width, generator=generator) * init_std)

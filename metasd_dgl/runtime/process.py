@@ -55,5 +55,5 @@ def tune_malloc(threshold_bytes: int = 1 << 30) -> bool:
 
 
 def cpu_budget_spent(cpu_minutes: float, cpu_seconds: float) -> bool:
-    """Whether training steps that used ``cpu_seconds`` have spent ``train.cpu_minutes`` (0 = no budget)."""
+    """Whether training steps that used ``cpu_seconds`` have spent ``budget.cpu_minutes`` (0 = no budget)."""
     return bool(cpu_minutes) and cpu_seconds >= 60 * cpu_minutes

@@ -411,7 +411,7 @@ def run_meta(cfg, data, role: str, ckpt: Optional[dict] = None) -> Dict[str, Any
 
     from metasd_dgl.data.fingerprint import dataset_fingerprint
 
-    meta: Dict[str, Any] = {"role": role, "model": dataclasses.asdict(cfg.model), "encoder": cfg.model.encoder,
+    meta: Dict[str, Any] = {"role": role, "model": dataclasses.asdict(cfg.model), "rgcn": dataclasses.asdict(cfg.rgcn), "encoder": cfg.model.encoder,
                             "decoder": cfg.model.decoder, "dim": cfg.model.dim,
                             "num_entities": int(data.num_entities), "num_relations": int(data.num_relations),
                             "dataset": dataset_fingerprint(data)}
@@ -462,7 +462,8 @@ def model_of(meta: Dict[str, Any], data, path: str | Path):
     from metasd_dgl.model.predictor import make_model
 
     try:
-        model_cfg = from_dict({"model": dict(meta["model"])}, f"{path} model config").model
+        model_cfg = from_dict({"model": dict(meta["model"]), "rgcn": dict(meta.get("rgcn") or {})},
+                              f"{path} model config")
     except (KeyError, TypeError, ValueError, UserError) as exc:
         raise CheckpointError(f"{path}: malformed model config ({exc})") from None
     return make_model(model_cfg, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))

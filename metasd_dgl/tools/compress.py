@@ -117,7 +117,7 @@ def dense_file_tables(path: Path, cfg, data):
     from metasd_dgl.model.predictor import make_model
 
     params, _ = load_dense(path)
-    model = make_model(cfg.model, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
+    model = make_model(cfg, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
     want = {n: tuple(p.shape) for n, p in model.named_parameters()}
     if {n: tuple(p.shape) for n, p in params.items()} != want:
         raise CheckpointError(f"{path}: its tensors do not fit the run's model")

@@ -12,7 +12,7 @@
 Graphs (R-GCN): evaluation -- validation here and ``evaluate`` on valid/test
 -- always passes messages over the whole training graph (``data.graph``).  The
 MetaSD quiz triples are hidden only inside training steps (with the batch's
-own triples and ``train.edge_dropout``), so model selection and the test score
+own triples and ``rgcn.edge_dropout``), so model selection and the test score
 see the same graph.
 
 Randomness comes from ``torch.Generator``s derived from ``train.seed`` (one
@@ -76,7 +76,7 @@ class TrainState:
     bad_validations: int = 0
     validated_epoch: int = 0  # last epoch whose validation is done
     epoch_sums: dict = field(default_factory=dict)  # running loss sums of the current epoch
-    cpu_seconds: float = 0.0  # process CPU time spent in training steps (train.cpu_minutes)
+    cpu_seconds: float = 0.0  # process CPU time spent in training steps (budget.cpu_minutes)
     history: list = field(default_factory=list)
 
 
@@ -94,28 +94,28 @@ class Trainer:
         self.console = console or Console("normal" if progress else "quiet", self.run_dir / "train.log")
         self.progress = progress and self.console.bars
         tc = cfg.train
-        self.device = resolve_device(rank_device(tc.device, os.environ))  # cuda -> cuda:LOCAL_RANK
+        self.device = resolve_device(rank_device(cfg.runtime.device, os.environ))  # cuda -> cuda:LOCAL_RANK
         self.dist = init_from_env(self.device)  # rank 0 of 1 unless launched by torchrun
-        if tc.cpu_minutes and self.dist.world > 1:  # each rank would spend its own budget: ranks would part
-            raise ConfigError("train.cpu_minutes is a single-process budget; not supported under torchrun "
+        if self.cfg.budget.cpu_minutes and self.dist.world > 1:  # each rank would spend its own budget: ranks would part
+            raise ConfigError("budget.cpu_minutes is a single-process budget; not supported under torchrun "
                               f"(WORLD_SIZE={self.dist.world})")
         check_precision(tc.precision, self.device)
         init_gen = torch.Generator().manual_seed(tc.seed)
-        self.model = make_model(cfg.model, data.num_entities, data.num_relations, init_gen).to(self.device)
+        self.model = make_model(cfg, data.num_entities, data.num_relations, init_gen).to(self.device)
         self.rgcn = cfg.model.encoder == "rgcn"
         needs_graph = self.rgcn or tc.regime == "negative-sampling"
         self.graph = to_device(data.graph, self.device) if needs_graph else None
         self.method = make_method(cfg, self.model)  # owns the optimisers and the student; one step per batch
         # LibKGE's scheduler: the main optimiser's lr drops when the selection MRR stops improving.
         self.scheduler = (torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.method.optimizer, mode="max", factor=tc.lr_factor, patience=tc.lr_patience)
+            self.method.optimizer, mode="max", factor=cfg.plateau.factor, patience=cfg.plateau.patience)
             if tc.lr_scheduler == "plateau" else None)
         # The training queries; for MetaSD a seeded random slice of train is the quiz, held out.
         self.examples = Examples.split(data.train, data.num_relations,
                                        cfg.metasd.quiz_fraction if tc.method == "metasd" else None, init_gen)
         self.batch_inputs = BatchInputs(self.examples, self.graph, data.train, self.device, self.rgcn,
-                                        tc.regime == "negative-sampling", tc.edge_dropout, tc.num_negatives,
-                                        tc.sample_edges)
+                                        tc.regime == "negative-sampling", cfg.rgcn.edge_dropout, cfg.negatives.num,
+                                        cfg.rgcn.sample_edges)
         # validation ranks what evaluation ranks (eval.unseen: triples unseen in training kept or dropped)
         self.valid, _ = apply_unseen(data.valid, data.train, data.num_entities, data.num_relations,
                                      cfg.eval.unseen, "valid")
@@ -175,7 +175,7 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
-            self.tracker = make_tracker(tc.tracker, self.run_dir)
+            self.tracker = make_tracker(self.cfg.runtime.tracker, self.run_dir)
             self._say(self._header())
             if self.resumed_from is not None:
                 st = self.state
@@ -205,8 +205,8 @@ class Trainer:
             self.stop_reason = f"interrupted by signal {self._stop_signal} at step {self.state.step}"
         else:
             self.stop_reason = (
-                f"early stop: no better valid MRR in {tc.patience} validations (train.patience)" if self.early_stopped
-                else f"CPU budget spent: {self.state.cpu_seconds / 60:.1f} of train.cpu_minutes={tc.cpu_minutes:g}"
+                f"early stop: no better valid MRR in {self.cfg.valid.patience} validations (valid.patience)" if self.early_stopped
+                else f"CPU budget spent: {self.state.cpu_seconds / 60:.1f} of budget.cpu_minutes={self.cfg.budget.cpu_minutes:g}"
                 if self.budget_spent else f"reached train.epochs={tc.epochs}")
         self._summary()
         if self._stop_signal is not None:
@@ -229,8 +229,8 @@ class Trainer:
         self._gen = gen
         self.method.generator = gen  # embedding dropout draws from the epoch's stream (resumable)
         batches = perm.split(tc.batch_size)
-        if tc.batches_per_epoch:  # a CPU budget: a random part of the epoch
-            batches = batches[: tc.batches_per_epoch]
+        if self.cfg.budget.batches_per_epoch:  # a CPU budget: a random part of the epoch
+            batches = batches[: self.cfg.budget.batches_per_epoch]
         sums = st.epoch_sums
         t0 = time.perf_counter()
         bar = tqdm(total=len(batches), initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/{tc.epochs}",
@@ -255,7 +255,7 @@ class Trainer:
             st.cpu_seconds += time.process_time() - cpu0
             bar.update(1)
             bar.set_postfix(loss=f"{sums.get('loss', math.nan) / st.batch_in_epoch:.4g}")  # running mean
-            if tc.checkpoint_every and st.step % tc.checkpoint_every == 0:
+            if self.cfg.checkpoint.every and st.step % self.cfg.checkpoint.every == 0:
                 self.checkpoint("last.pt")
             if self._stop_signal is not None:
                 bar.close()
@@ -274,9 +274,9 @@ class Trainer:
         self._log(record, epoch_line(record, tc.epochs))
         self._check_weights()
         self.checkpoint("last.pt")
-        if tc.keep_checkpoints:
+        if self.cfg.checkpoint.keep:
             self.checkpoint(f"epoch-{st.epoch}.pt")
-            old = st.epoch - tc.keep_checkpoints
+            old = st.epoch - self.cfg.checkpoint.keep
             if self.dist.is_main:
                 (self.run_dir / "checkpoints" / f"epoch-{old}.pt").unlink(missing_ok=True)
 
@@ -288,11 +288,11 @@ class Trainer:
 
     @property
     def budget_spent(self) -> bool:
-        return cpu_budget_spent(self.cfg.train.cpu_minutes, self.state.cpu_seconds)
+        return cpu_budget_spent(self.cfg.budget.cpu_minutes, self.state.cpu_seconds)
 
     @property
     def early_stopped(self) -> bool:
-        patience = self.cfg.train.patience
+        patience = self.cfg.valid.patience
         return bool(patience) and self.state.bad_validations >= patience
 
     def _validate_if_due(self) -> None:
@@ -300,7 +300,7 @@ class Trainer:
         tc, st = self.cfg.train, self.state
         if st.epoch == 0 or st.validated_epoch == st.epoch or st.batch_in_epoch:
             return
-        if st.epoch % tc.valid_every != 0 and st.epoch < tc.epochs and not self.budget_spent:
+        if st.epoch % self.cfg.valid.every != 0 and st.epoch < tc.epochs and not self.budget_spent:
             return
         st.validated_epoch = st.epoch
         result = self.validate()
@@ -365,7 +365,7 @@ class Trainer:
                 f"train/valid/test {len(d.train)}/{len(d.valid)}/{len(d.test)}\n"
                 f"model {cfg.model.encoder}+{cfg.model.decoder} dim {cfg.model.dim}, method {method}{prune}, "
                 f"{cfg.train.epochs} epochs"
-                + (f" or {cfg.train.cpu_minutes:g} CPU minutes" if cfg.train.cpu_minutes else "") + "\n"
+                + (f" or {cfg.budget.cpu_minutes:g} CPU minutes" if cfg.budget.cpu_minutes else "") + "\n"
                 f"device {self.device}, threads {torch.get_num_threads()}"
                 + (f", {self.dist.world} processes" if self.dist.world > 1 else "")
                 + f"\nrun folder {self.run_dir}")
@@ -420,10 +420,10 @@ def train(cfg: Config, data, run_dir: str | Path, resume: bool = False, progress
 
     ``console``: where the readable lines go (default: stdout and ``RUN_DIR/train.log``,
     quiet when not ``progress``).  The trainer's entry: it applies the run's
-    process-wide settings (``train.num_threads``; large temporaries kept mapped,
+    process-wide settings (``runtime.num_threads``; large temporaries kept mapped,
     ``runtime.tune_malloc``) before building anything.
     """
-    configure_threads(cfg.train.num_threads)
+    configure_threads(cfg.runtime.num_threads)
     tune_malloc()
     trainer = Trainer(cfg, data, Path(run_dir), progress, console, on_validation)
     if resume:

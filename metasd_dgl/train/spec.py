@@ -59,7 +59,7 @@ class StepSpec:
                    kd=kd, kd_real=kd if mc.real_kd_weighting == "source" else replace(
                        kd, forward_weight=mc.kd_reverse_weight, reverse_weight=mc.kd_forward_weight),
                    one_way_kd=mc.one_way_kd, virtual_lr=mc.virtual_lr,
-                   extra_teacher_step=mc.extra_teacher_step, margin=tc.margin)
+                   extra_teacher_step=mc.extra_teacher_step, margin=cfg.negatives.margin)
 
 
 class LossBackend(NamedTuple):

@@ -21,7 +21,7 @@ class TensorBoardTracker:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError("train.tracker=tensorboard needs the tensorboard package "
+            raise UserError("runtime.tracker=tensorboard needs the tensorboard package "
                             "(pip install tensorboard, or the [test] extra)") from None
         self.log_dir = Path(log_dir)
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
@@ -52,4 +52,4 @@ def make_tracker(name: str, run_dir: Path) -> Optional[TensorBoardTracker]:
         return None
     if name == "tensorboard":
         return TensorBoardTracker(Path(run_dir) / "tensorboard")
-    raise UserError(f"train.tracker={name!r} is not one of {', '.join(TRACKERS)}")
+    raise UserError(f"runtime.tracker={name!r} is not one of {', '.join(TRACKERS)}")

@@ -31,8 +31,8 @@ def quick_run(tmp_path_factory, kg_dir):
     root = tmp_path_factory.mktemp("bench")
     data_path = h.preprocess("umls", root / "data", kg_dir)
     base = {"data.processed_dir": str(data_path), "model.decoder": "complex", "model.dim": 8,
-            "train.epochs": 2, "train.batch_size": 1000, "train.valid_every": 1, "train.patience": 0,
-            "train.keep_checkpoints": 0, "prune.structure": "dimension"}
+            "train.epochs": 2, "train.batch_size": 1000, "valid.every": 1, "valid.patience": 0,
+            "checkpoint.keep": 0, "prune.structure": "dimension"}
     variants = [h.Variant("dense", {"train.method": "plain"}),
                 h.Variant("prune", {"train.method": "prune"}, ("student",), seeded=True)]
     seen = []
