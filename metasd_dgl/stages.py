@@ -7,7 +7,6 @@ thin wrappers over these functions.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,7 +38,7 @@ def processed_dir(cfg: Config) -> Path:
 
 def stage_preprocess(cfg: Config, force: bool = False, echo=None) -> Path:
     """Preprocess ``cfg``'s dataset, holding the run folder's lock (a training run in it is not disturbed)."""
-    data_dir = cfg.data.data_dir or os.environ.get("METASD_DATA_DIR")
+    data_dir = cfg.data.data_dir  # else the registry reads METASD_DATA_DIR
     with folder_lock(cfg.run_dir or ".", what="run folder", on_stale=echo):
         return preprocess(cfg.data.dataset, processed_dir(cfg), Path(data_dir) if data_dir else None,
                           cfg.data.format, force=force, echo=echo)
