@@ -187,6 +187,17 @@ def get(name: str) -> BuiltinDataset:
     return entry
 
 
+def processed_folder(source: str) -> Optional[Path]:
+    """``source`` as a processed dataset folder (one holding ``manifest.json``, written by
+    ``metasd-dgl preprocess``), resolved absolute; None otherwise.  A built-in name wins over a
+    folder of that name in the working directory unless written as a path (``./umls``)."""
+    text = str(source)
+    if lookup(text) is not None and not any(c in text for c in "/\\") and not text.startswith((".", "~")):
+        return None
+    path = Path(text).expanduser()
+    return path.resolve() if (path / "manifest.json").is_file() else None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
