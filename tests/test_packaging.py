@@ -65,6 +65,7 @@ def test_venv_import_datasets_is_not_this_project(tmp_path):
         assert not ours, f"import {name} resolves into metasd-dgl: {origin}"
 
 
+@pytest.mark.slow  # builds the package
 def test_built_package_holds_only_metasd_dgl_and_its_shipped_files(lib, tmp_path):
     assert sorted(p.name for p in lib.iterdir()) == ["metasd_dgl"]
     configs = sorted(p.name for p in (lib / "metasd_dgl" / "_shipped" / "configs").iterdir())
@@ -74,6 +75,7 @@ def test_built_package_holds_only_metasd_dgl_and_its_shipped_files(lib, tmp_path
     assert found == {"datasets": None, "pipelines": None}  # nothing of ours, not even a namespace
 
 
+@pytest.mark.slow  # builds the package
 def test_built_package_reads_its_own_copies(lib, tmp_path):
     code = ("import json\nfrom metasd_dgl import resources as r\n"
             "print(json.dumps([str(r.default_config_path()), str(r.toy_dataset_dir())]))\n")
@@ -120,6 +122,7 @@ def test_checkout_resolves_builtins_from_datasets_kg(monkeypatch, tmp_path):
         registry.resolve("umls", cache=tmp_path / "cache", allow_download=False)
 
 
+@pytest.mark.slow  # builds the package
 def test_built_package_carries_only_the_small_archives(lib, tmp_path):
     kg = lib / "metasd_dgl" / "_shipped" / "datasets" / "kg"
     assert sorted(p.name for p in kg.iterdir()) == sorted(["README.md", "SHA256SUMS", *resources.SHIPPED_ARCHIVES])
@@ -141,6 +144,7 @@ def test_built_package_carries_only_the_small_archives(lib, tmp_path):
     assert got["wn18rr"][0] == "error" and "WN18RR.tar.gz not found" in got["wn18rr"][1]
 
 
+@pytest.mark.slow  # builds the package
 def test_sdist_carries_only_the_small_archives(tmp_path):
     import tarfile
 

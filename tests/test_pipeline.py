@@ -9,6 +9,7 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 
 from metasd_dgl.store.checkpoint import load_checkpoint
@@ -18,6 +19,7 @@ from metasd_dgl.evaluate.ranking import rank_split
 from metasd_dgl.stages import load_run
 from run_helpers import TOY, interrupt_after_first_epoch as _interrupt_after_first_epoch
 
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
 REPO = Path(__file__).resolve().parents[1]
 
 
