@@ -1,6 +1,6 @@
 """Small helpers shared by the benchmark scripts (no project imports here).
 
-* ``default_data_dir()``   -- ``$METASD_DATA_DIR``, else ``../shared/data/kg`` next to the repo
+* ``default_data_dir()``   -- ``$METASD_DATA_DIR``, else the repository's ``datasets/kg``
 * ``peak_rss_mb()``        -- peak resident set size of this process so far (VmHWM)
 * ``timed(fn)``            -- ``(seconds, fn())``
 * ``in_child(fn, *args)``  -- ``fn(*args)`` in a fresh spawned process (its own peak RSS): ``{"ok": ..., **result}``
@@ -29,8 +29,8 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def default_data_dir() -> str:
-    """Folder holding the ``<name>.tar.gz`` archives: ``$METASD_DATA_DIR`` or ``<repo>/../shared/data/kg``."""
-    return os.environ.get("METASD_DATA_DIR") or str(REPO.parent / "shared" / "data" / "kg")
+    """Folder holding the ``<name>.tar.gz`` archives: ``$METASD_DATA_DIR`` or ``<repo>/datasets/kg``."""
+    return os.environ.get("METASD_DATA_DIR") or str(REPO / "datasets" / "kg")
 
 
 def peak_rss_mb() -> float:

@@ -49,7 +49,7 @@ Needs torch and numpy; PyYAML and tqdm are replaced by stand-ins where missing (
 no safetensors (the run is rebuilt from its checkpoint here, not with ``metasd_dgl.stages``).
 
     python benchmarks/paper_scale.py --tiny --datasets umls --rows "dense 200,metasd dimension" --seeds 0,1
-    PYTHONPATH=. python3 benchmarks/paper_scale.py --data device_data --device cuda --budget 480 \\
+    PYTHONPATH=. python3 benchmarks/paper_scale.py --data datasets/kg --device cuda --budget 480 \\
         --jobs 6 --results $OUT/paper_scale            # one device session (benchmarks/README.md)
     python benchmarks/paper_scale.py --table-only       # the table of benchmarks/results/paper_scale
 """
@@ -772,7 +772,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads per run (default cores / jobs)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     ap.add_argument("--data", default=None, help="folder with the archives (FB15k-237.tar.gz, WN18RR.tar.gz, ...; "
-                    "default $METASD_DATA_DIR or ../shared/data/kg)")
+                    "default $METASD_DATA_DIR or datasets/kg)")
     ap.add_argument("--runs", default=None, help=f"run folders (default {DEFAULT_RUNS.relative_to(REPO)}; "
                     "--tiny: beside the results)")
     ap.add_argument("--results", default=None, help=f"the JSONs (default {DEFAULT_RESULTS.relative_to(REPO)}; "

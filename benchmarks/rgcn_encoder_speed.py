@@ -16,7 +16,7 @@ an older checkout (``PYTHONPATH=<checkout>``), to compare versions.
 (2 x 272115 edges, 474 edge types; almost every (destination, edge type) pair
 is distinct, the worst case for the 'pairs' order).  ``--graph fb15k237``:
 the real training graph from ``$METASD_DATA_DIR/FB15k-237.tar.gz`` (or
-../shared/data/kg).  Loss: 1-N DistMult cross-entropy of 1000 training
+the repository's datasets/kg).  Loss: 1-N DistMult cross-entropy of 1000 training
 queries.  Peak RSS is the whole process's (ru_maxrss), so run one config per
 process.
 """
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def fb15k237_triples() -> tuple[torch.Tensor, int, int]:
-    folder = Path(os.environ.get("METASD_DATA_DIR", ROOT.parent / "shared" / "data" / "kg"))
+    folder = Path(os.environ.get("METASD_DATA_DIR") or ROOT / "datasets" / "kg")
     with tarfile.open(folder / "FB15k-237.tar.gz") as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("train.txt"))
         text = io.TextIOWrapper(tar.extractfile(member), encoding="utf-8").read()
@@ -70,7 +70,7 @@ def metasd_step(args) -> None:
     from metasd_dgl.data.preprocess import load_processed, preprocess
     from metasd_dgl.train.loop import Trainer
 
-    folder = Path(os.environ.get("METASD_DATA_DIR", ROOT.parent / "shared" / "data" / "kg"))
+    folder = Path(os.environ.get("METASD_DATA_DIR") or ROOT / "datasets" / "kg")
     with tempfile.TemporaryDirectory() as tmp:
         data = load_processed(preprocess(folder / "umls.tar.gz", Path(tmp) / "umls"))
         cfg = load_config(ROOT / "pipelines" / "configs" / "umls_rgcn.yaml")

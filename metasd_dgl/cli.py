@@ -141,12 +141,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if the folder is current.")
 def preprocess(source: str, out: str, data_dir: Optional[str], fmt: str, force: bool) -> None:
     """Raw triples (built-in name, folder, .tar.gz, DGL-KE layout) -> processed folder."""
-    import os
-
     from metasd_dgl.data.preprocess import load_processed
     from metasd_dgl.data.preprocess import preprocess as run
 
-    data_dir = data_dir or os.environ.get("METASD_DATA_DIR")
     path = run(source, Path(out), Path(data_dir) if data_dir else None, fmt, force=force)
     kg = load_processed(path)
     m = kg.manifest

@@ -482,6 +482,12 @@ def load_config(*paths: str | Path, overrides: Optional[dict[str, Any]] = None) 
         for key in _flat_keys(overrides):  # set on the command line: its error names it already
             origins.pop(key, None)
         apply_overrides(cfg, overrides)
+    if not cfg.data.processed_dir:  # a processed folder as the dataset: used in place, found again by its path
+        from metasd_dgl.data.registry import processed_folder
+
+        folder = processed_folder(cfg.data.dataset)
+        if folder is not None:
+            cfg.data.processed_dir = str(folder)
     if not cfg.run_dir:
         cfg.run_dir = default_run_dir(cfg)
     with _located(origins):

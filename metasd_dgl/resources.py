@@ -1,11 +1,13 @@
-"""Files shipped with metasd-dgl: the experiment configs and the toy dataset.
+"""Files shipped with metasd-dgl: the experiment configs, the toy dataset, the benchmark archives.
 
 They live in the repository's top-level folders, ``pipelines/configs/*.yaml``
-and ``datasets/`` (``README.md``, ``toy/*.txt``).  A built wheel or sdist
+and ``datasets/`` (``README.md``, ``toy/*.txt``, ``kg/``: the published
+benchmark archives).  A built wheel or sdist
 install carries copies inside the package, ``metasd_dgl/_shipped/configs`` and
 ``metasd_dgl/_shipped/datasets`` (``setup.py``'s ``build_py`` writes them);
 a checkout or an editable install reads the repository folders.  The packaged
-copy wins when both exist.
+copy wins when both exist.  A package carries only the small benchmark archives
+(``SHIPPED_ARCHIVES``); a checkout holds all six in ``datasets/kg``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ _SHIPPED = "_shipped"
 #: (name inside ``_shipped``, folder in a checkout relative to the repository root)
 _LAYOUT = {"configs": Path("pipelines") / "configs", "datasets": Path("datasets")}
 _DEFAULT_CONFIG = "umls_metasd.yaml"
+#: The benchmark archives a built package carries (``datasets/kg/``); FB15k-237 and WN18RR
+#: (4.5 MB together) stay in the repository so that ``pip install`` stays small.
+SHIPPED_ARCHIVES = ("nations.tar.gz", "kinship.tar.gz", "umls.tar.gz", "codex-s.tar.gz")
 
 
 def _checkout_root() -> Path | None:
@@ -51,3 +56,13 @@ def default_config_path() -> Path:
 def toy_dataset_dir() -> Path:
     """The hand-written toy dataset (``train/valid/test.txt``, see ``datasets/README.md``)."""
     return shipped_dir("datasets") / "toy"
+
+
+def archive_dirs() -> list[Path]:
+    """Folders holding vendored benchmark archives (``<name>.tar.gz`` and ``SHA256SUMS``), packaged
+    copy first: ``_shipped/datasets/kg`` in an installed package, ``datasets/kg`` in a checkout."""
+    found = [Path(str(resources.files(_PACKAGE) / _SHIPPED / "datasets" / "kg"))]
+    root = _checkout_root()
+    if root is not None:
+        found.append(root / _LAYOUT["datasets"] / "kg")
+    return [folder for folder in found if folder.is_dir()]

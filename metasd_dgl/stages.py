@@ -7,7 +7,6 @@ thin wrappers over these functions.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,7 +20,7 @@ from metasd_dgl.evaluate.unseen import apply_unseen, unseen_line
 from metasd_dgl.config import Config, from_dict
 from metasd_dgl.data.preprocess import load_processed, preprocess
 from metasd_dgl.data.stats import evaluation_buckets
-from metasd_dgl.errors import CheckpointError, UserError
+from metasd_dgl.errors import CheckpointError, DataError, UserError
 from metasd_dgl.evaluate.ranking import format_table, summarize
 from metasd_dgl.store.export import check_student_fits, export_student, load_student, save_dense
 from metasd_dgl.evaluate.ranking import REFERENCE_PRUNE_RATE, encode_tables, rank_split, rank_split_reference
@@ -38,8 +37,19 @@ def processed_dir(cfg: Config) -> Path:
 
 
 def stage_preprocess(cfg: Config, force: bool = False, echo=None) -> Path:
-    """Preprocess ``cfg``'s dataset, holding the run folder's lock (a training run in it is not disturbed)."""
-    data_dir = cfg.data.data_dir or os.environ.get("METASD_DATA_DIR")
+    """Preprocess ``cfg``'s dataset, holding the run folder's lock (a training run in it is not disturbed).
+
+    A processed folder as the dataset (``metasd-dgl preprocess``'s output) is used in place: nothing is
+    read or written; ``load_config`` has set ``data.processed_dir`` to its absolute path."""
+    from metasd_dgl.data.registry import processed_folder
+
+    folder = processed_folder(cfg.data.dataset)
+    if folder is not None:
+        if Path(cfg.data.processed_dir or "").resolve() != folder:
+            raise UserError(f"data.dataset {cfg.data.dataset} is a processed folder, used in place; "
+                            f"data.processed_dir={cfg.data.processed_dir} names another: drop it")
+        return folder
+    data_dir = cfg.data.data_dir  # else the registry reads METASD_DATA_DIR
     with folder_lock(cfg.run_dir or ".", what="run folder", on_stale=echo):
         return preprocess(cfg.data.dataset, processed_dir(cfg), Path(data_dir) if data_dir else None,
                           cfg.data.format, force=force, echo=echo)
@@ -128,6 +138,9 @@ def load_run(run_dir: Path, checkpoint: str = "best"):
     ckpt = load_checkpoint(path)
     cfg = from_dict(ckpt["config"], f"{path} config")
     cfg.run_dir = str(run_dir)
+    if not (processed_dir(cfg) / "manifest.json").is_file():
+        raise DataError(f"{run_dir}: needs its processed dataset folder {processed_dir(cfg)}, which is missing; "
+                        f"restore it, or rebuild it with metasd-dgl preprocess SOURCE --out {processed_dir(cfg)}")
     data = load_processed(processed_dir(cfg))
     if ckpt.get("dataset") != dataset_fingerprint(data):
         raise CheckpointError(f"{path}: trained on another dataset than {data.path}")

@@ -314,6 +314,35 @@ def _dglke(tmp: Path, edit=None, model: str = "DistMult") -> list:
     return ["import-dglke", str(folder), "--dataset", str(tmp / "data")]
 
 
+def _archive_dir(tmp: Path) -> list:
+    """--data-dir naming a folder that holds umls.tar.gz but not the kinship archive asked for."""
+    folder = tmp / "archives"
+    folder.mkdir()
+    shutil.copyfile(REPO / "datasets" / "kg" / "umls.tar.gz", folder / "umls.tar.gz")
+    return ["preprocess", "kinship", "--out", str(tmp / "out"), "--data-dir", str(folder)]
+
+
+def _vendored_tampered(tmp: Path) -> list:
+    """The vendored folder (datasets/kg) with a umls.tar.gz whose bytes no longer match SHA256SUMS."""
+    from metasd_dgl.data import registry
+
+    folder = tmp / "kg"
+    folder.mkdir()
+    data = bytearray((REPO / "datasets" / "kg" / "umls.tar.gz").read_bytes())
+    data[200] ^= 0xFF
+    (folder / "umls.tar.gz").write_bytes(bytes(data))
+    shutil.copyfile(REPO / "datasets" / "kg" / "SHA256SUMS", folder / "SHA256SUMS")
+    env, vendored = os.environ.pop("METASD_DATA_DIR", None), registry.vendored_dirs
+
+    def undo() -> None:
+        registry.vendored_dirs = vendored
+        if env is not None:
+            os.environ["METASD_DATA_DIR"] = env
+    _UNDO.append(undo)
+    registry.vendored_dirs = lambda: [folder]
+    return ["preprocess", "umls", "--out", str(tmp / "out")]
+
+
 def _npy(path: Path, array) -> None:
     import numpy as np
 
@@ -361,6 +390,11 @@ CASES = [
          r"valid.txt: no triples", "out"),
     Case("corrupt tar.gz", lambda t: ["preprocess", str(_write(t / "x.tar.gz", b"not a tar")), "--out", str(t / "out")],
          r"x.tar.gz: not a readable tar archive", "out"),
+    Case("--data-dir without the archive", _archive_dir,
+         r"archives: data folder \(--data-dir\) has no kinship.tar.gz \(built-in kinship\); it holds umls.tar.gz",
+         "out"),
+    Case("vendored archive checksum mismatch", _vendored_tampered,
+         r"kg/umls.tar.gz: sha256 mismatch .*SHA256SUMS lists\).*nothing was extracted$", "out"),
     Case("unknown format", lambda t: ["preprocess", str(TOY), "--out", str(t / "out"), "--format", "csv"],
          r"Invalid value for '--format'", "out"),
     Case("unknown decoder", lambda t: _train(t, "--decoder", "holE"),

@@ -12,17 +12,27 @@ REPO = Path(__file__).resolve().parents[1]
 def data_dir() -> Path:
     """Folder with the published archives (FB15k-237.tar.gz, umls.tar.gz, ...).
 
-    METASD_DATA_DIR wins; otherwise ../shared/data/kg beside the checkout.
+    METASD_DATA_DIR wins; otherwise the repository's own copy, datasets/kg.
     """
-    return Path(os.environ.get("METASD_DATA_DIR", REPO.parent / "shared" / "data" / "kg"))
+    env = os.environ.get("METASD_DATA_DIR")
+    return Path(env) if env else REPO / "datasets" / "kg"
 
 
 @pytest.fixture(scope="session")
 def kg_dir() -> Path:
     path = data_dir()
     if not (path / "umls.tar.gz").exists():
-        pytest.fail(f"benchmark data not found in {path}; set METASD_DATA_DIR")
+        pytest.fail(f"benchmark data not found in {path} (METASD_DATA_DIR, else datasets/kg)")
     return path
+
+
+@pytest.fixture
+def no_vendored(monkeypatch):
+    """Built-in names resolve past the repository's datasets/kg (to pykeen, the cache, a download)."""
+    from metasd_dgl.data import registry
+
+    monkeypatch.delenv("METASD_DATA_DIR", raising=False)
+    monkeypatch.setattr(registry, "vendored_dirs", lambda: [])
 
 
 @pytest.fixture(autouse=True, scope="session")

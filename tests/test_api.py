@@ -25,6 +25,7 @@ def _readme_example() -> str:
     return match.group(1)
 
 
+@pytest.mark.slow  # runs metasd-dgl end to end
 def test_readme_example_runs(tmp_path, monkeypatch, kg_dir, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("METASD_DATA_DIR", str(kg_dir))

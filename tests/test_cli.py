@@ -115,6 +115,7 @@ def test_train_pipeline_and_tune_share_the_data_options(tmp_path):
 
 # ------------------------------------------------------------------ hints, followed
 
+@pytest.mark.slow  # runs metasd-dgl end to end
 def test_subset_hint_runs_as_printed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "my subset"  # a space: the printed command quotes it
@@ -142,6 +143,7 @@ def _generic(tmp_path: Path) -> tuple[Path, Path]:
     return config, base
 
 
+@pytest.mark.slow  # runs metasd-dgl end to end
 def test_tune_best_yaml_runs_as_printed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     config, base = _generic(tmp_path)
@@ -204,6 +206,7 @@ def test_train_resume_hints_run_as_printed(tmp_path, monkeypatch, capsys):
     assert main(args[:4] + [str(tmp_path / "other")] + args[5:] + ["--epochs", "1"]) == 0
 
 
+@pytest.mark.slow  # runs metasd-dgl end to end
 def test_pipeline_hints_run_as_printed(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["pipeline", "--dataset", TOY, "--run-dir", str(run), *TINY, "--set", "train.method=plain"]
@@ -313,6 +316,7 @@ def test_import_dglke_picks_native_scoring_for_our_exports(tmp_path, capsys):
     assert "note: this is a metasd-dgl export" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # runs metasd-dgl end to end
 def test_importing_the_cli_loads_no_torch_before_the_environment_is_set():
     """OpenMP reads OMP_WAIT_POLICY once, when torch loads: ``main`` sets it first
     (``runtime.configure_environment``), so importing the CLI must not load torch; its choices

@@ -64,8 +64,7 @@ def fake_opener(members, served, corrupt=None):
     return urlopen
 
 
-def test_download_one_by_one_then_cache(tmp_path, kg_dir, monkeypatch):
-    monkeypatch.delenv("METASD_DATA_DIR", raising=False)
+def test_download_one_by_one_then_cache(tmp_path, kg_dir, monkeypatch, no_vendored):
     served = []
     monkeypatch.setattr(registry.urllib.request, "urlopen", fake_opener(archive_members(kg_dir), served))
     cache = tmp_path / "cache"
@@ -86,8 +85,7 @@ def test_download_one_by_one_then_cache(tmp_path, kg_dir, monkeypatch):
         registry.resolve("codex-s", cache=cache)
 
 
-def test_download_bad_file_leaves_nothing(tmp_path, kg_dir, monkeypatch):
-    monkeypatch.delenv("METASD_DATA_DIR", raising=False)
+def test_download_bad_file_leaves_nothing(tmp_path, kg_dir, monkeypatch, no_vendored):
     served = []
     monkeypatch.setattr(registry.urllib.request, "urlopen",
                         fake_opener(archive_members(kg_dir), served, corrupt="test.txt"))

@@ -13,6 +13,8 @@ import pytest
 from metasd_dgl.cli import main
 from metasd_dgl.tools.compress import pareto_front, recommend
 
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--set", "train.epochs=2", "--set", "model.dim=16", "--set", "train.batch_size=8",
         "--set", "metasd.quiz_batch_size=8", "--quiet"]

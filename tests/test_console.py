@@ -108,6 +108,7 @@ def test_row_names():
     assert valid_line(1, {"teacher": {"mrr": 0.3}}, 0.3, 1, True, "plain").startswith("valid epoch 1: dense MRR 0.3000")
 
 
+@pytest.mark.slow  # runs metasd-dgl end to end
 @pytest.mark.parametrize("method,rows", [("plain", ["dense"]), ("prune", ["dense (unmasked)", "student"]),
                                          ("metasd", ["teacher", "student"])])
 def test_rows_have_one_name_everywhere(tmp_path, monkeypatch, capsys, method, rows):

@@ -26,6 +26,8 @@ from step_helpers import Stepper
 
 ARGS = ["train", "--quiet", "--dataset", "nations", "--dim", "8", "--epochs", "3", "--batch-size", "200",
         "--seed", "5", "--set", "valid.every=3", "--set", "runtime.num_threads=1"]
+
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
 #: Stated tolerance.  Float sums over a batch split in two and averaged differ from one sum
 #: in the last bits, and Adagrad's first step is lr * sign(g) per weight, so a weight whose
 #: gradient is ~0 can step the other way: a few weights differ, the tensors as a whole do not.

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "datasets" / "toy"
 

@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from metasd_dgl.data.preprocess import load_processed
 from metasd_dgl.store.export import load_student
 from metasd_dgl.graph.build import load_graph
 
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
 REPO = Path(__file__).resolve().parents[1]
 NO_DGL = "import sys; sys.modules['dgl'] = None\n"  # any later ``import dgl`` raises ImportError
 

@@ -9,6 +9,7 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 
 from metasd_dgl.store.checkpoint import load_checkpoint
@@ -18,6 +19,7 @@ from metasd_dgl.evaluate.ranking import rank_split
 from metasd_dgl.stages import load_run
 from run_helpers import TOY, interrupt_after_first_epoch as _interrupt_after_first_epoch
 
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -130,3 +132,92 @@ def test_interrupted_pipeline_resumes_on_rerun(tmp_path, monkeypatch, capsys):
     assert "train.epochs: 2 (run) vs 3 (now)" in err and "pass --resume" in err
     assert main(["pipeline", str(more), "--resume", "--quiet"]) == 0
     assert load_checkpoint(last)["state"]["epoch"] == 3
+
+
+def _cli(cwd: Path, *args: str):
+    """``metasd-dgl ARGS`` in a fresh process in ``cwd`` -> (exit code, stdout + stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "METASD_DATA_DIR"}  # the repository's own copy
+    env.update(PYTHONPATH=str(REPO), DGLBACKEND="pytorch", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "metasd_dgl.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
+def test_preprocess_train_evaluate_chain_uses_the_processed_folder_in_place(tmp_path):
+    """The commands as a user types them: preprocess into data/umls, train on that folder (R-GCN),
+    evaluate, export and resume the run; the run folder holds no copy of the data."""
+    import re
+
+    from metasd_dgl.data.fingerprint import dataset_fingerprint
+    from metasd_dgl.data.preprocess import load_processed
+
+    code, out = _cli(tmp_path, "preprocess", "umls", "--out", "data/umls")
+    assert code == 0, out
+    processed = tmp_path / "data" / "umls"
+    before = _snapshot(processed)
+    code, out = _cli(tmp_path, "train", "--dataset", "data/umls", "--encoder", "rgcn", "--set", "train.epochs=1",
+                     "--dim", "8")
+    assert code == 0, out
+    assert "missing split" not in out
+    run = tmp_path / re.search(r"^run folder (\S+)$", out, re.M).group(1)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "train.log"]
+    assert f"processed_dir: {processed}\n" in (run / "config.yaml").read_text()
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert ckpt["config"]["data"]["processed_dir"] == str(processed)
+    assert ckpt["dataset"] == dataset_fingerprint(load_processed(processed))
+
+    elsewhere = tmp_path / "elsewhere"  # the run finds its data by the stored absolute path
+    elsewhere.mkdir()
+    code, out = _cli(elsewhere, "evaluate", str(run), "--no-plots")
+    assert code == 0, out
+    assert json.loads((run / "eval" / "test.json").read_text())["results"]["teacher"]["both"]["mrr"] > 0
+    code, out = _cli(elsewhere, "export", str(run))
+    assert code == 0, out
+    code, out = _cli(elsewhere, "train", "--resume", str(run), "--set", "train.epochs=2")
+    assert code == 0, out
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["epoch"] == 2
+    assert not (run / "data").exists() and not (elsewhere / "data").exists() and not (elsewhere / "runs").exists()
+    assert _snapshot(processed) == before  # read, never written
+
+    processed.rename(tmp_path / "moved")
+    code, out = _cli(elsewhere, "evaluate", str(run), "--no-plots")
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, out
+    assert lines[0] == (f"error: {run}: needs its processed dataset folder {processed}, which is missing; "
+                        f"restore it, or rebuild it with metasd-dgl preprocess SOURCE --out {processed}")
+
+
+def test_pipeline_and_tune_take_a_processed_folder(tmp_path, monkeypatch, capsys):
+    from metasd_dgl.data.preprocess import preprocess
+
+    monkeypatch.chdir(tmp_path)
+    processed = preprocess(TOY, tmp_path / "toy")
+    before = _snapshot(processed)
+    run = tmp_path / "run"
+    assert main(["pipeline", "--quiet", "--dataset", "toy", "--run-dir", str(run), "--set", "train.method=plain",
+                 "--set", "train.epochs=1", "--set", "model.dim=4", "--set", "train.batch_size=8"]) == 0
+    assert (run / "eval" / "test.json").is_file() and not (run / "data").exists()
+    config = tmp_path / "t.yaml"
+    config.write_text("data:\n  dataset: ./toy\nmodel:\n  dim: 4\ntrain:\n  epochs: 1\n  batch_size: 8\n")
+    (tmp_path / "t.tune.yaml").write_text("train.lr: {low: 0.01, high: 0.3, log: true}\n")
+    study = tmp_path / "study"
+    assert main(["tune", str(config), "--trials", "1", "--study-dir", str(study)]) == 0
+    assert not (study / "data").exists()
+    trial_configs = list(study.rglob("config.yaml"))
+    assert trial_configs and all(f"processed_dir: {processed}\n" in c.read_text() for c in trial_configs)
+    assert _snapshot(processed) == before
+    # a built-in name still means the built-in: "toy" is no built-in, "umls" is, even with a ./umls folder
+    from metasd_dgl.data.registry import processed_folder
+
+    assert processed_folder("toy") == processed and processed_folder(str(processed)) == processed
+    preprocess(TOY, tmp_path / "umls")
+    assert processed_folder("umls") is None and processed_folder("./umls") == tmp_path / "umls"
+    capsys.readouterr()

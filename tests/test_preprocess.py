@@ -173,6 +173,7 @@ def test_umls_counts(tmp_path, kg_dir):
         ("acquired_abnormality", "location_of", "experimental_model_of_disease")
 
 
+@pytest.mark.slow  # preprocesses FB15k-237 (272k triples)
 def test_fb15k237_counts_and_unseen(tmp_path, kg_dir):
     out = preprocess("FB15k-237", tmp_path / "fb", data_dir=kg_dir)  # speed belongs in benchmarks, not here
     d = load_processed(out)

@@ -11,6 +11,8 @@ from metasd_dgl.tools.plots import (
     bucket_comparison, bucket_series, make_report, relation_frequency_series, training_series,
 )
 
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
+
 METRICS = [
     {"epoch": 1, "step": 2, "seconds": 0.1, "loss": 3.0, "ce_teacher": 2.0, "ce_student": 2.5, "kd": 0.5, "density": 0.1},
     {"epoch": 2, "step": 4, "seconds": 0.1, "loss": 2.0, "ce_teacher": 1.5, "ce_student": 1.8, "kd": 0.4, "density": 0.1},

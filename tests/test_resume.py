@@ -17,6 +17,8 @@ ARGS = ["--dataset", "nations", "--method", "metasd", "--dim", "8", "--epochs", 
         "--set", "valid.every=2", "--set", "checkpoint.every=1",
         "--set", "metasd.quiz_batch_size=64", "--set", "valid.patience=0"]
 
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
+
 
 def _cmd(*extra):
     return [sys.executable, "-m", "metasd_dgl.cli", "train", "--quiet", *extra]

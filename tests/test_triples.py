@@ -149,8 +149,7 @@ def test_builtin_tampered_archive(tmp_path, kg_dir):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("pykeen") is None, reason="pykeen (test extra) not installed")
-def test_pykeen_copy_equals_archive(kg_dir, monkeypatch):
-    monkeypatch.delenv("METASD_DATA_DIR", raising=False)
+def test_pykeen_copy_equals_archive(kg_dir, monkeypatch, no_vendored):
     packaged = read_source("umls")
     assert packaged.source.startswith("built-in umls from pykeen")
     archive = read_source("UMLS", data_dir=kg_dir)
@@ -163,8 +162,7 @@ def test_pykeen_copy_equals_archive(kg_dir, monkeypatch):
         assert [len(raw.splits()[s]) for s in SPLITS] == [entry.train, entry.valid, entry.test]
 
 
-def test_download_cache_and_failures(tmp_path, kg_dir, monkeypatch):
-    monkeypatch.delenv("METASD_DATA_DIR", raising=False)
+def test_download_cache_and_failures(tmp_path, kg_dir, monkeypatch, no_vendored):
     entry = registry.BUILTINS["nations"]
     cache = tmp_path / "cache"
     monkeypatch.setitem(registry.BUILTINS, "nations",

@@ -14,6 +14,7 @@ from metasd_dgl.config import Config, ConfigError, load_config
 from metasd_dgl.tools.search_space import Param, as_override, default_space_path, parse_space
 from metasd_dgl.tools.tune import KILL_ENV, STUDY_NAME, tune
 
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
 REPO = Path(__file__).resolve().parents[1]
 SPACE = """\
 train.lr: {low: 1e-3, high: 0.3, log: true}

@@ -8,10 +8,15 @@ members, checked when these pins were written).
 ``resolve(name)`` finds a built-in dataset, in this order:
 
 1. ``data_dir`` argument: ``data_dir/<archive>`` (sha256 verified);
-2. env var ``METASD_DATA_DIR``: same;
-3. the offline packaged copy inside the installed ``pykeen`` (Nations,
+2. env var ``METASD_DATA_DIR``: same.  A data folder given by either that
+   lacks the archive is an error naming the folder (no silent fallback);
+3. the vendored copies (``metasd_dgl.resources.archive_dirs``): all six
+   archives in a checkout's ``datasets/kg``, the four small ones inside an
+   installed package (sha256 verified: they are the files ``SHA256SUMS``
+   lists);
+4. the offline packaged copy inside the installed ``pykeen`` (Nations,
    Kinships, UMLS only; every file's sha256 verified);
-4. the download cache (``METASD_CACHE_DIR`` or ``~/.cache/metasd-dgl``),
+5. the download cache (``METASD_CACHE_DIR`` or ``~/.cache/metasd-dgl``),
    then a download from the public URL into it (sha256 verified before the
    file is renamed into the cache).  A source that serves its files one by
    one (CoDEx-S: ``files`` and ``files_url`` set) is fetched file by file into
@@ -155,7 +160,7 @@ class Resolved:
     entry: BuiltinDataset
     kind: Literal["archive", "folder"]
     path: Path
-    origin: str  # "data_dir" | "METASD_DATA_DIR" | "pykeen" | "cache" | "download"
+    origin: str  # "data_dir" | "METASD_DATA_DIR" | "vendored" | "pykeen" | "cache" | "download"
     input_sha256: Dict[str, str]  # file name -> sha256 of what was read
 
     def describe(self) -> str:
@@ -182,6 +187,17 @@ def get(name: str) -> BuiltinDataset:
     return entry
 
 
+def processed_folder(source: str) -> Optional[Path]:
+    """``source`` as a processed dataset folder (one holding ``manifest.json``, written by
+    ``metasd-dgl preprocess``), resolved absolute; None otherwise.  A built-in name wins over a
+    folder of that name in the working directory unless written as a path (``./umls``)."""
+    text = str(source)
+    if lookup(text) is not None and not any(c in text for c in "/\\") and not text.startswith((".", "~")):
+        return None
+    path = Path(text).expanduser()
+    return path.resolve() if (path / "manifest.json").is_file() else None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -200,9 +216,29 @@ def cache_dir() -> Path:
 def _verified_archive(entry: BuiltinDataset, path: Path, origin: str) -> Resolved:
     got = sha256_file(path)
     if got != entry.sha256:
-        raise DataError(f"{path}: sha256 mismatch (got {got}, expected {entry.sha256}); "
-                        f"the file is corrupt or not the published {entry.archive}")
+        listed = f"the sha256 {path.parent / 'SHA256SUMS'} lists" if origin == "vendored" else "the pinned sha256"
+        raise DataError(f"{path}: sha256 mismatch (got {got}, expected {entry.sha256}, {listed}); "
+                        f"the file is corrupt or not the published {entry.archive}; nothing was extracted")
     return Resolved(entry, "archive", path, origin, {entry.archive: got})
+
+
+def vendored_dirs() -> list[Path]:
+    """Folders holding the vendored archives, searched after the data folders (module docstring)."""
+    from metasd_dgl.resources import archive_dirs
+
+    return archive_dirs()
+
+
+def _missing_in(entry: BuiltinDataset, folder: Path, origin: str) -> DataError:
+    """The error for a data folder (``--data-dir`` / ``METASD_DATA_DIR``) without ``entry``'s archive."""
+    given = "--data-dir" if origin == "data_dir" else "METASD_DATA_DIR"
+    if not folder.is_dir():
+        return DataError(f"{folder}: data folder ({given}) not found; it should hold {entry.archive} "
+                         f"(built-in {entry.name})")
+    held = sorted(e.archive for e in BUILTINS.values() if (folder / e.archive).is_file())
+    holds = f"it holds {', '.join(held)}" if held else "it holds none of the built-in archives"
+    return DataError(f"{folder}: data folder ({given}) has no {entry.archive} (built-in {entry.name}); "
+                     f"{holds}; put {entry.archive} there, or drop {given} to use the vendored copy or the cache")
 
 
 def _packaged(entry: BuiltinDataset) -> Optional[Resolved]:
@@ -316,6 +352,11 @@ def resolve(name: str, data_dir: Optional[Path] = None, cache: Optional[Path] = 
         candidate = folder / entry.archive
         if candidate.is_file():
             return _verified_archive(entry, candidate, origin)
+        raise _missing_in(entry, folder, origin)  # the first folder given decides: no silent fallback
+    for folder in vendored_dirs():
+        candidate = folder / entry.archive
+        if candidate.is_file():
+            return _verified_archive(entry, candidate, "vendored")
     if use_packaged:
         found = _packaged(entry)
         if found is not None:
@@ -329,7 +370,7 @@ def resolve(name: str, data_dir: Optional[Path] = None, cache: Optional[Path] = 
         if found is not None:
             return found
     if not allow_download:
-        looked = ", ".join(str(f) for f, _ in places) or "no data folder given"
+        looked = ", ".join(map(str, vendored_dirs())) or "no vendored copy"
         raise DataError(f"{entry.name}: {entry.archive} not found ({looked}; cache {cache}); "
                         f"pass --data-dir DIR or set METASD_DATA_DIR=DIR")
     if entry.files:

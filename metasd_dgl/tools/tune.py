@@ -289,6 +289,7 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
     import optuna
 
     from metasd_dgl.data.preprocess import preprocess
+    from metasd_dgl.data.registry import processed_folder
     from metasd_dgl.train.loop import NumericalError
 
     config = Path(config)
@@ -305,7 +306,10 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data_dir = base.data.data_dir or os.environ.get("METASD_DATA_DIR")
     processed = study_dir / "data"
-    preprocess(base.data.dataset, processed, Path(data_dir) if data_dir else None, base.data.format)
+    if base.data.processed_dir and processed_folder(base.data.dataset):  # a processed folder: used in place
+        processed = Path(base.data.processed_dir)
+    else:
+        preprocess(base.data.dataset, processed, Path(data_dir) if data_dir else None, base.data.format)
     if not existing:
         atomic_write_text(study_dir / "study.json", json.dumps(identity, indent=2) + "\n")
     with database_errors(study_dir / "study.db"):

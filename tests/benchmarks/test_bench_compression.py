@@ -62,6 +62,7 @@ def test_unimplemented_options_are_found(bench):
     assert not bench.option_used("metasd.no_such_option_anywhere")
 
 
+@pytest.mark.slow  # runs metasd-dgl end to end
 def test_quick_run_table_and_json(bench, tmp_path, kg_dir, monkeypatch):
     monkeypatch.setenv("METASD_DATA_DIR", str(kg_dir))
     out = tmp_path / "c.json"

@@ -3,7 +3,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from run_helpers import REPO
+
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
 
 
 def test_quick_quality_table(tmp_path, kg_dir):

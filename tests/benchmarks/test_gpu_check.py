@@ -20,6 +20,8 @@ from run_helpers import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import gpu_check  # noqa: E402
 
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
+
 
 def test_paper_config_is_the_shipped_one_with_relation_prediction():
     shipped = to_dict(load_config(REPO / "pipelines" / "configs" / "fb15k237_metasd.yaml"))

@@ -20,6 +20,8 @@ from run_helpers import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import paper_scale  # noqa: E402
 
+pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
+
 BLOCKED = ("dgl", "pandas", "safetensors", "click", "yaml", "tqdm", "matplotlib")
 ROWS = "dense 200,metasd dimension"
 
