@@ -398,3 +398,46 @@ def test_disk_full_in_the_tune_database_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert f"{db}: could not write the study database" in out.stdout and "full" in out.stdout
+
+
+# ------------------------------------------------------------------------- hostile lock files and runs
+@pytest.mark.parametrize("lock", [".metasd.lock", "export"])
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, lock):
+    run = tmp_path / "run"
+    ok(cli(tmp_path, *train_args(run)))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    link = run / ".metasd.lock" if lock == ".metasd.lock" else run / ".export.lock"
+    link.symlink_to(victim)
+    args = (["train", "--quiet", "--resume", run, "--set", "train.epochs=2"] if lock == ".metasd.lock"
+            else ["export", run])
+    one_error(cli(tmp_path, *args), f"{link}: the lock file is a symbolic link", "remove it")
+    assert victim.read_text() == "precious\n"
+    assert link.is_symlink()
+    if lock == "export":
+        assert not (run / "export").exists()
+
+
+def test_a_lock_file_hard_linked_to_a_users_file_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.link(victim, run / ".metasd.lock")
+    one_error(cli(tmp_path, *train_args(run)), "the lock file is a hard link to another file")
+    assert victim.read_text() == "precious\n" and not (run / "checkpoints").exists()
+
+
+def test_two_spellings_of_one_folder_share_one_lock(tmp_path):
+    run = tmp_path / "run"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "alias").symlink_to(run.name)  # run does not exist yet: the link resolves once it does
+    run.mkdir()
+    holder = Holder(run)
+    try:
+        for spelling in (tmp_path / "other" / ".." / "run", tmp_path / "alias"):
+            one_error(cli(tmp_path, *train_args(spelling)), f"run folder in use by another metasd-dgl process "
+                                                           f"(pid {holder.pid}")
+        assert not (run / "checkpoints").exists()
+    finally:
+        holder.release()
