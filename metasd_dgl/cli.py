@@ -348,8 +348,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
-    except click.exceptions.ClickException as exc:
-        exc.show()
+    except click.exceptions.ClickException as exc:  # usage errors too: one line, not click's Usage block
+        ctx = getattr(exc, "ctx", None)
+        see = f" (see {ctx.command_path} --help)" if isinstance(exc, click.UsageError) and ctx else ""
+        click.echo("error: " + " ".join(exc.format_message().split()) + see, err=True)
         return 2
     except UserError as exc:
         if debug:

@@ -55,7 +55,7 @@ import torch
 
 from metasd_dgl.store.atomic import remove_stale, write_error
 from metasd_dgl.data import registry
-from metasd_dgl.errors import DataError
+from metasd_dgl.errors import DataError, short
 from metasd_dgl.typing import HEAD, REL, TAIL
 
 StrTriple = Tuple[str, str, str]
@@ -441,7 +441,7 @@ def read_source(source: Union[str, Path], data_dir: Optional[Path] = None, fmt: 
             return raw
         if _looks_like_path(text):
             raise DataError(f"{path}: file not found")
-        raise DataError(f"{text}: not a built-in dataset ({', '.join(registry.known_names())}) "
+        raise DataError(f"{short(text) if len(text) > 200 else text}: not a built-in dataset ({', '.join(registry.known_names())}) "
                         "nor an existing file or folder")
 
 
