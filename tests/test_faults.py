@@ -441,3 +441,55 @@ def test_two_spellings_of_one_folder_share_one_lock(tmp_path):
         assert not (run / "checkpoints").exists()
     finally:
         holder.release()
+
+
+def test_a_runs_dataset_is_fixed_whatever_resume_or_pipeline_ask(tmp_path):
+    """--dataset on resume, an edited config.yaml, a pipeline config of another dataset (even with --force):
+    refused in one line before anything in the run folder is written."""
+    run = tmp_path / "run"
+    ok(cli(tmp_path, *train_args(run)))
+    other = big_dataset(tmp_path / "other", 50)
+    before = hashes(run)
+    one_error(cli(tmp_path, "train", "--resume", run, "--dataset", other, "--set", "train.epochs=2"),
+              f"{run}: this run was trained on dataset '{TOY}' and its dataset is fixed; '{other}' was asked")
+    assert hashes(run) == before
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace(f"dataset: {TOY}", f"dataset: {other}"))
+    before = hashes(run)
+    one_error(cli(tmp_path, "train", "--resume", run, "--set", "train.epochs=2"), "its dataset is fixed")
+    assert hashes(run) == before  # config.yaml not rewritten, train.log not appended to
+    conf = tmp_path / "p.yaml"
+    conf.write_text(f"run_dir: {run}\ndata:\n  dataset: {other}\nmodel:\n  dim: 2\ntrain:\n  epochs: 1\n")
+    for extra in ((), ("--force",), ("--resume",)):
+        one_error(cli(tmp_path, "pipeline", conf, "--quiet", *extra), "its dataset is fixed")
+        assert hashes(run) == before  # no "[1/4] preprocess" line, data/ not rebuilt
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "data", "metrics.jsonl",
+                                                    "train.log"]
+
+
+def test_a_processed_folder_swapped_under_a_run_is_refused_before_writing(tmp_path):
+    run = tmp_path / "run"
+    ok(cli(tmp_path, *train_args(run)))
+    ok(cli(tmp_path, "preprocess", big_dataset(tmp_path / "other", 50), "--out", tmp_path / "proc"))
+    os.rename(run / "data", tmp_path / "saved")
+    os.rename(tmp_path / "proc", run / "data")
+    before = hashes(run)
+    for args in (["train", "--resume", run, "--set", "train.epochs=2"], ["export", run],
+                 ["evaluate", run, "--no-plots"]):
+        one_error(cli(tmp_path, *args), "trained on another dataset")
+        assert hashes(run) == before
+    assert not (run / "export").exists() and not (run / "eval").exists() and not litter(run)
+
+
+def test_resume_with_a_corrupt_best_checkpoint_names_it(tmp_path):
+    run = tmp_path / "run"
+    ok(cli(tmp_path, *train_args(run)))
+    best = run / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:300])
+    before = hashes(run)
+    one_error(cli(tmp_path, "train", "--resume", run, "--set", "train.epochs=2"),
+              f"{best}: corrupted or truncated checkpoint", "it is this run's best checkpoint: move it away")
+    assert hashes(run) == before
+    os.rename(best, tmp_path / "bad.pt")
+    proc = ok(cli(tmp_path, "train", "--resume", run, "--set", "train.epochs=2"))
+    assert str(best) not in proc.stdout or best.is_file()

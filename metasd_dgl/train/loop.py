@@ -420,7 +420,8 @@ class Trainer:
         unready = (f"no best checkpoint: no validation after the gradual pruning "
                    f"(prune.gradual_epochs = {self.cfg.prune.gradual_epochs} epochs)")
         row = row_names([key], self.cfg.train.method)[key]
-        best = (f"best epoch {st.best_epoch} (valid {row} MRR {st.best_mrr:.4f}) -> {ck / 'best.pt'}"
+        best = (f"best epoch {st.best_epoch} (valid {row} MRR {st.best_mrr:.4f}) -> "
+                + (str(ck / 'best.pt') if (ck / 'best.pt').is_file() else "best.pt was moved away; use last.pt")
                 if st.best_epoch > 0 else unready if st.validated_epoch and self.masks
                 else "no validation yet, no best checkpoint")
         lines = [f"done: {st.epoch} epochs, {st.step} steps; {self.stop_reason}", best,
