@@ -406,11 +406,15 @@ def from_dict(d: dict[str, Any], source: str = "config") -> Config:
 def load_config(*paths: str | Path, overrides: Optional[dict[str, Any]] = None) -> Config:
     """Defaults, then each YAML file in order, then ``overrides``; validated.  An error about an option
     names the file and line that set it."""
+    from metasd_dgl.store.atomic import MAX_TEXT_FILE_BYTES, check_input_file
+
     cfg = Config()
     origins: dict[str, str] = {}  # option -> where it was last set
     for path in paths:
         path = Path(path)
         try:
+            if path.exists():  # a FIFO or device would block or fill memory
+                check_input_file(path, "config file", MAX_TEXT_FILE_BYTES)
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None

@@ -53,9 +53,9 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from metasd_dgl.store.atomic import remove_stale, write_error
+from metasd_dgl.store.atomic import check_input_file, remove_stale, write_error
 from metasd_dgl.data import registry
-from metasd_dgl.errors import DataError, short
+from metasd_dgl.errors import DataError, UserError, short
 from metasd_dgl.typing import HEAD, REL, TAIL
 
 StrTriple = Tuple[str, str, str]
@@ -104,6 +104,11 @@ MAX_LINE_BYTES = 1 << 20
 def _text_lines(path: Path) -> Iterator[Tuple[int, str]]:
     """(line number, UTF-8 text without the newline) of each line, streamed; DataError for a
     missing file, a line that is not UTF-8, or one longer than ``MAX_LINE_BYTES``."""
+    if os.path.lexists(path):  # a FIFO or a device would block or never end
+        try:
+            check_input_file(path, "dataset file")
+        except UserError as exc:
+            raise DataError(str(exc)) from None
     try:
         fh = open(path, "rb")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -185,8 +190,9 @@ def _read_negatives(folder: Path) -> Dict[str, NamedTriples]:
 
 
 def _find(folder: Path, names: Tuple[str, ...]) -> Optional[Path]:
-    """First of ``folder/name`` that is a file, or None."""
-    return next((folder / n for n in names if (folder / n).is_file()), None)
+    """First of ``folder/name`` that is there and not a folder (a FIFO or device is found, then refused
+    when read, saying what it is), or None."""
+    return next((folder / n for n in names if os.path.lexists(folder / n) and not (folder / n).is_dir()), None)
 
 
 def split_files(folder: Path) -> Dict[str, Path]:
@@ -439,6 +445,11 @@ def read_source(source: Union[str, Path], data_dir: Optional[Path] = None, fmt: 
             raw = read_folder(extract_archive(path, work / "archive"), fmt, work)
             raw.source, raw.input_sha256 = f"{raw.format} archive {path}", _input_hashes(path)
             return raw
+        if os.path.lexists(path):  # neither a folder nor a regular file: say what it is
+            try:
+                check_input_file(path, "dataset archive")
+            except UserError as exc:
+                raise DataError(str(exc)) from None
         if _looks_like_path(text):
             raise DataError(f"{path}: file not found")
         raise DataError(f"{short(text) if len(text) > 200 else text}: not a built-in dataset ({', '.join(registry.known_names())}) "

@@ -25,6 +25,7 @@ from torch import Tensor
 from metasd_dgl.data.filters import FilterIndex
 from metasd_dgl.model.decoders import Decoder
 from metasd_dgl.errors import DataError, UserError
+from metasd_dgl.store.atomic import check_input_file
 
 #: A query by name: (head or None, relation, tail or None), exactly one side None.
 NamedQuery = tuple[Optional[str], str, Optional[str]]
@@ -87,9 +88,13 @@ def parse_query(head: Optional[str], relation: str, tail: Optional[str]) -> Name
     return h, relation, t
 
 
+#: A query file larger than this is refused before it is read.
+MAX_QUERY_FILE_BYTES = 256 << 20
+
+
 def read_queries(path: str | Path) -> list[NamedQuery]:
     """Read a query file (format in the module docstring); errors name ``path:line``."""
-    path = Path(path)
+    path = check_input_file(path, "query file", MAX_QUERY_FILE_BYTES)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

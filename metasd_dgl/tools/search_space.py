@@ -28,6 +28,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from metasd_dgl.errors import short
+from metasd_dgl.store.atomic import MAX_TEXT_FILE_BYTES, check_input_file
 from metasd_dgl.config import Config, ConfigError, _coerce, _sections, apply_overrides, load_yaml, validate
 
 _RANGE_KEYS = {"low", "high", "log", "step"}
@@ -155,6 +156,8 @@ def load_space(path: Union[str, Path], base: Config) -> list[Param]:
     """``parse_space`` of a file (ConfigError if it is missing)."""
     path = Path(path)
     try:
+        if path.exists():  # a FIFO or device would block or fill memory
+            check_input_file(path, "search space file", MAX_TEXT_FILE_BYTES)
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"{path}: search space file not found") from None
