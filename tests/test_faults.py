@@ -493,3 +493,25 @@ def test_resume_with_a_corrupt_best_checkpoint_names_it(tmp_path):
     os.rename(best, tmp_path / "bad.pt")
     proc = ok(cli(tmp_path, "train", "--resume", run, "--set", "train.epochs=2"))
     assert str(best) not in proc.stdout or best.is_file()
+
+
+def test_memory_check_reads_the_address_space_and_cgroup_limits(tmp_path, monkeypatch):
+    """Under ulimit -v (a real RLIMIT_AS, in a subprocess) or a cgroup limit (files like the kernel's)
+    the up-front check refuses what the machine's free memory alone would let through."""
+    from metasd_dgl.runtime import memory
+
+    run = tmp_path / "run"
+    code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), resource.RLIM_INFINITY))\n"
+            "from metasd_dgl.cli import main\nsys.exit(main(sys.argv[2:]))\n")
+    env = dict(os.environ, DGLBACKEND="pytorch")
+    proc = subprocess.run([sys.executable, "-c", code, str(4 << 30), *train_args(run)[:-2], "--dim", "3000000"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    one_error(proc, "the address-space limit (ulimit -v, 4.0 GiB) leaves this process", "lower model.dim")
+    assert not (run / "checkpoints").exists()
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    (tmp_path / "memory.current").write_text("268435456\n")
+    monkeypatch.setattr(memory, "CGROUP_FILES", ((str(tmp_path / "memory.max"), str(tmp_path / "memory.current")),))
+    assert memory._cgroup_left() == (805306368, "the memory cgroup's limit (1.0 GiB) leaves 768.0 MiB")
+    assert memory.available_bytes("cpu")[0] <= 805306368
+    (tmp_path / "memory.max").write_text("max\n")
+    assert memory._cgroup_left() is None
