@@ -433,11 +433,16 @@ class Trainer:
     def _check_finite(self, out: dict[str, float]) -> None:
         bad = [k for k, v in out.items() if not math.isfinite(v)]
         if bad:
+            last = self.run_dir / "checkpoints" / "last.pt"
+            kept = f"the last good checkpoint is {last}; " if last.is_file() else "no checkpoint was written; "
+            if self.state.step == 0:  # before any update: the starting weights or the scale of the loss
+                todo = (f"the first step's loss is already non-finite: lower model.init_scale (now "
+                        f"{self.cfg.model.init_scale:g})" if self.cfg.model.encoder == "kge" else
+                        "the first step's loss is already non-finite: check the model options (model.*)")
+            else:
+                todo = f"try a lower train.lr (now {self.cfg.train.lr:g}) or set train.grad_clip"
             raise NumericalError(
-                f"non-finite {', '.join(bad)} at step {self.state.step} (epoch {self.state.epoch + 1}); "
-                f"the last good checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'}; "
-                "try a lower train.lr or set train.grad_clip"
-            )
+                f"non-finite {', '.join(bad)} at step {self.state.step} (epoch {self.state.epoch + 1}); {kept}{todo}")
 
     def _check_weights(self) -> None:
         for name, p in self.model.named_parameters():
