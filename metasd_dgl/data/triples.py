@@ -41,6 +41,7 @@ write ``./umls`` to mean the folder.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import io
 import os
 import shutil
@@ -492,3 +493,52 @@ def reciprocal_queries(triples: torch.Tensor, num_relations: int) -> torch.Tenso
         [triples[:, TAIL], triples[:, REL] + num_relations, triples[:, HEAD]], dim=1
     )
     return torch.cat([triples, inverse], dim=0)
+
+
+#: Words of a header line (``head<TAB>relation<TAB>tail``, ``subject predicate object``, ...).
+_HEADER_WORDS = frozenset({"head", "relation", "tail", "h", "r", "t", "subject", "predicate", "object", "s", "p",
+                           "o", "source", "target", "rel", "edge", "src", "dst", "head_entity", "tail_entity",
+                           "entity1", "entity2", "from", "to", "type", "label"})
+
+
+def strip_name(name: str) -> str:
+    """The one name policy of files, ``predict --head/--tail`` and ``--queries``: surrounding whitespace
+    (spaces, tabs' neighbours, no-break spaces, ...) is not part of a name."""
+    return name.strip()
+
+
+def normalise_names(raw: RawKG) -> List[str]:
+    """Apply ``strip_name`` to every name of ``raw`` (in place; a dataset read through id maps keeps its
+    names), and return warnings, with counts, about: names that had surrounding whitespace (and how
+    many of them became one with another name), names that differ from another only by case (kept
+    distinct), and a first line of a split that looks like a header (read as a triple)."""
+    warnings: List[str] = []
+    for split, rows in raw.splits().items():
+        if rows and sum(f.strip().lower() in _HEADER_WORDS for f in rows[0]) >= 2:
+            warnings.append(f"{split}: the first line {' '.join(rows[0])!r} looks like a header; it was read as "
+                            "a triple: remove it from the file if it is one")
+    if raw.entities is None and raw.relations is None:
+        for kind, cols in (("entity", (0, 2)), ("relation", (1,))):
+            names = {x[c] for rows in raw.splits().values() for x in rows for c in cols}
+            padded = {n for n in names if strip_name(n) != n}
+            if padded:
+                plain, stripped = names - padded, Counter(strip_name(n) for n in padded)
+                merged = sum(1 for n in padded if strip_name(n) in plain or stripped[strip_name(n)] > 1)
+                example = next(iter(sorted(padded)))
+                warnings.append(f"{len(padded)} {kind} names had surrounding whitespace (e.g. {example!r}); it was "
+                                f"stripped, which made {merged} of them the same {kind} as another spelling")
+        strip = lambda x: (strip_name(x[0]), strip_name(x[1]), strip_name(x[2]))  # noqa: E731
+        raw.train, raw.valid, raw.test = ([strip(x) for x in rows] for rows in (raw.train, raw.valid, raw.test))
+        for named in raw.negatives.values():
+            named.triples = [strip(x) for x in named.triples]
+    for kind, cols in (("entity", (0, 2)), ("relation", (1,))):
+        names = ({x[c] for rows in raw.splits().values() for x in rows for c in cols} if raw.entities is None
+                 else set(raw.entities if kind == "entity" else raw.relations or []))
+        folded = Counter(n.casefold() for n in names)
+        clashes = sorted(n for n in names if folded[n.casefold()] > 1)
+        if clashes:
+            groups = sum(1 for k in folded.values() if k > 1)
+            warnings.append(f"{len(clashes)} {kind} names differ from another only by case, in {groups} groups "
+                            f"(e.g. {', '.join(repr(n) for n in clashes[:2])}); they are kept as distinct "
+                            f"{'entities' if kind == 'entity' else 'relations'}")
+    return warnings
