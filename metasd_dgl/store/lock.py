@@ -118,6 +118,8 @@ def _acquire(folder: Path, path: Path, what: str, on_stale: Optional[Callable[[s
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise FolderLockedError(_not_a_lock(path, "a symbolic link")) from None
+            if exc.errno == errno.EISDIR:
+                raise FolderLockedError(_not_a_lock(path, "a folder")) from None
             raise write_error(path, exc, "could not create the lock file") from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
