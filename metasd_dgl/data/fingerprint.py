@@ -39,6 +39,13 @@ def check_run_dataset(run_dir, dataset=None, fmt: str = "auto", processed=None) 
     stored = ckpt.get("config", {}).get("data", {})
     old, old_fmt = stored.get("dataset"), stored.get("format", "auto")
     if dataset is not None and old is not None and (not _same_source(str(old), str(dataset)) or old_fmt != fmt):
+        import os
+
+        from metasd_dgl.data import registry
+        from metasd_dgl.data.triples import read_source
+
+        if not os.path.exists(os.path.expanduser(str(dataset))) and registry.lookup(str(dataset)) is None:
+            read_source(str(dataset), None, fmt)  # a misspelt name or path: says so (nothing is read)
         was, now = (short(old, 120), short(dataset, 120)) if old_fmt == fmt else (
             f"{short(old, 120)} (format {old_fmt})", f"{short(dataset, 120)} (format {fmt})")
         raise UserError(f"{run_dir}: this run was trained on dataset {was} and its dataset is fixed; "
