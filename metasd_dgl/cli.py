@@ -162,7 +162,8 @@ def preprocess(source: str, out: str, data_dir: Optional[str], fmt: str, force: 
 @output_options
 def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, force: bool, **options) -> None:
     """Train a model (dense or MetaSD) into a run folder (default runs/<dataset>-<decoder>-<method>)."""
-    from metasd_dgl.stages import stage_preprocess, stage_train
+    from metasd_dgl.data.fingerprint import check_run_dataset
+    from metasd_dgl.stages import processed_dir, stage_preprocess, stage_train
 
     from metasd_dgl.config import load_config
     from metasd_dgl.runtime.device import resolve_device
@@ -173,6 +174,7 @@ def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, forc
         cfg.run_dir = resume
     else:
         cfg = resolve(configs, sets, **options)
+    check_run_dataset(cfg.run_dir, cfg.data.dataset, cfg.data.format, processed_dir(cfg))  # before any write
     console = make_console(cfg.run_dir, quiet, as_json)
     if not resume:
         # Under torchrun, rank 0 preprocesses while the others wait.
@@ -259,6 +261,10 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
 
     files = config_files or (str(default_config_path()),)
     cfg = resolve(files, sets, **options)
+    from metasd_dgl.data.fingerprint import check_run_dataset
+    from metasd_dgl.stages import processed_dir
+
+    check_run_dataset(cfg.run_dir, cfg.data.dataset, cfg.data.format, processed_dir(cfg))  # before any write
     console = make_console(cfg.run_dir, quiet, as_json)
     run_dir = Path(cfg.run_dir)
     console.line(f"[1/4] preprocess {cfg.data.dataset}")
@@ -345,8 +351,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
-    except click.exceptions.ClickException as exc:
-        exc.show()
+    except click.exceptions.ClickException as exc:  # usage errors too: one line, not click's Usage block
+        ctx = getattr(exc, "ctx", None)
+        see = f" (see {ctx.command_path} --help)" if isinstance(exc, click.UsageError) and ctx else ""
+        click.echo("error: " + " ".join(exc.format_message().split()) + see, err=True)
         return 2
     except UserError as exc:
         if debug:

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
-from metasd_dgl.errors import UserError
+from metasd_dgl.errors import UserError, short
 
 
 class ConfigError(UserError):
@@ -351,7 +351,7 @@ def validate(cfg: Config) -> Config:
     ]
     for key, ok, why in ranges + rules:
         if not ok:
-            raise ConfigError(f"{key}={get(cfg, key)!r} {why}", key)
+            raise ConfigError(f"{key}={short(get(cfg, key))} {why}", key)
     return cfg
 
 
@@ -375,7 +375,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: expected true/false, got {value!r}", key)
+        raise ConfigError(f"{key}: expected true/false, got {short(value)}", key)
     if hint in (int, float):  # an int field takes no float (3.5 steps), a float field any number
         kind, accepted = ("an integer", (int, str)) if hint is int else ("a number", (int, float, str))
         try:
@@ -383,16 +383,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 raise ValueError
             return hint(value)
         except ValueError:
-            raise ConfigError(f"{key}: expected {kind}, got {value!r}", key) from None
+            raise ConfigError(f"{key}: expected {kind}, got {short(value)}", key) from None
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a string, got {value!r}", key)
+            raise ConfigError(f"{key}: expected a string, got {short(value)}", key)
         return str(value)
     if hint is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}", key)
+            raise ConfigError(f"{key}: expected a list, got {short(value)}", key)
         return tuple(str(v) for v in value)
     return value
 
@@ -456,11 +456,15 @@ def from_dict(d: dict[str, Any], source: str = "config") -> Config:
 def load_config(*paths: str | Path, overrides: Optional[dict[str, Any]] = None) -> Config:
     """Defaults, then each YAML file in order, then ``overrides``; validated.  An error about an option
     names the file and line that set it."""
+    from metasd_dgl.store.atomic import MAX_TEXT_FILE_BYTES, check_input_file
+
     cfg = Config()
     origins: dict[str, str] = {}  # option -> where it was last set
     for path in paths:
         path = Path(path)
         try:
+            if path.exists():  # a FIFO or device would block or fill memory
+                check_input_file(path, "config file", MAX_TEXT_FILE_BYTES)
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
@@ -544,6 +548,8 @@ def load_yaml(text: str, source: str) -> Any:
     a ConfigError naming ``source`` and the line, for that and for YAML that does not parse."""
     try:
         return _safe_load_unique(text)
+    except _TooLarge as exc:
+        raise ConfigError(f"{source}: line {exc.line}: {exc.what}; write the values out") from None
     except _DuplicateKey as exc:
         raise ConfigError(f"{source}: line {exc.line}: {exc.key!r} is set twice "
                           f"(the first would be silently dropped)") from None
@@ -566,7 +572,55 @@ def _safe_load_unique(text: str) -> Any:
                 seen.add(key)
             return super().construct_mapping(node, deep)
 
-    return yaml.load(text, Loader=UniqueKeyLoader)
+    loader = UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+#: Limits on a YAML document as its aliases expand it (a config has about a hundred values).
+MAX_YAML_NODES, MAX_YAML_CHARS = 10_000, 1 << 20
+
+
+class _TooLarge(yaml.YAMLError):
+    def __init__(self, what: str, line: int) -> None:
+        super().__init__(what)
+        self.what, self.line = what, line
+
+
+def _check_expanded_size(root) -> None:
+    """Refuse a document whose aliases (``*name``) expand it beyond MAX_YAML_NODES values or
+    MAX_YAML_CHARS characters, or refer to themselves; counted on the node graph (each node once),
+    so an "alias bomb" is refused before anything is expanded."""
+    sizes: dict[int, tuple[int, int]] = {}
+    busy: set[int] = set()
+
+    def size(node) -> tuple[int, int]:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise _TooLarge("an alias refers to the value that contains it", node.start_mark.line + 1)
+        busy.add(key)
+        nodes, chars = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
+        children = (node.value if isinstance(node, yaml.SequenceNode) else
+                    [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        for child in children:
+            n, c = size(child)
+            nodes, chars = nodes + n, chars + c
+            if nodes > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+                raise _TooLarge(f"its aliases expand it beyond {MAX_YAML_NODES} values or {MAX_YAML_CHARS >> 20} MiB",
+                                child.start_mark.line + 1)
+        busy.discard(key)
+        sizes[key] = (nodes, chars)
+        return nodes, chars
+
+    size(root)
 
 
 #: Options a resumed run may not change (they change shapes or the meaning of the state).

@@ -24,7 +24,7 @@ from metasd_dgl.errors import CheckpointError, DataError, UserError
 from metasd_dgl.evaluate.ranking import format_table, summarize
 from metasd_dgl.store.export import check_student_fits, export_student, load_student, save_dense
 from metasd_dgl.evaluate.ranking import REFERENCE_PRUNE_RATE, encode_tables, rank_split, rank_split_reference
-from metasd_dgl.data.fingerprint import dataset_fingerprint
+from metasd_dgl.data.fingerprint import check_run_dataset, dataset_fingerprint
 from metasd_dgl.model.predictor import make_model
 from metasd_dgl.model.pruning import make_masks
 from metasd_dgl.runtime.process import cpu_budget_spent
@@ -265,6 +265,7 @@ def stage_export(run_dir: Path, checkpoint: str = "best", quantize: tuple[str, .
     old set or the new one, never a mix; a killed export's temporaries go at the next.
     """
     final = Path(run_dir) / "export"
+    check_run_dataset(run_dir)  # before the lock and the staging folder are written
     with folder_lock(final, inside=False, what="export folder"):
         recover_folder(final)
         with replaced_folder(final) as out:

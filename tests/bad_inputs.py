@@ -371,6 +371,120 @@ def _line(path: Path, n: int, text: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+# ---- hostile files and folders: links, special files, alias bombs, foreign datasets (helpers)
+_BOMB = "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9 if p else ['lol'] * 9)}]\n"
+                for p, c in zip(["", "a", "b", "c", "d", "e", "f", "g", "h"], "abcdefghi"))
+
+
+def _bomb_config(tmp: Path, key: str) -> list:
+    """A YAML "billion laughs": nine levels of nine aliases under a real option."""
+    section, option = key.split(".")
+    return _train(tmp, "--config", str(_write(tmp / "c.yaml", f"{_BOMB}{section}:\n  {option}: *i\n")))
+
+
+def _trained(tmp: Path, *extra: str) -> Path:
+    _quiet_main(_train(tmp, "--dim", "2", *extra))
+    return tmp / "run"
+
+
+def _victim(tmp: Path) -> Path:
+    return _write(tmp / "victim.txt", "precious\n")
+
+
+def _lock_link(tmp: Path, name: str, command: list) -> list:
+    run = _trained(tmp)
+    (run / name).symlink_to(_victim(tmp))
+    return command
+
+
+def _lock_special(tmp: Path, kind: str) -> list:
+    (tmp / "run").mkdir()
+    lock = tmp / "run" / ".metasd.lock"
+    if kind == "fifo":
+        os.mkfifo(lock)
+    elif kind == "folder":
+        lock.mkdir()
+    else:
+        os.link(_victim(tmp), lock)
+    return _train(tmp, "--dim", "2")
+
+
+def _alias_locked(tmp: Path) -> list:
+    (tmp / "run").mkdir()
+    (tmp / "alias").symlink_to("run")
+    _hold_lock(tmp / "run")
+    return ["train", "--quiet", "--dataset", str(TOY), "--run-dir", str(tmp / "alias"), "--epochs", "1"]
+
+
+def _other_data(tmp: Path) -> Path:
+    return _big_dataset(tmp, 50)
+
+
+def _edited_config(tmp: Path) -> list:
+    run = _trained(tmp)
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace(f"dataset: {TOY}", f"dataset: {_other_data(tmp)}"))
+    return ["train", "--resume", str(run), "--set", "train.epochs=2"]
+
+
+def _pipeline_other(tmp: Path, *extra: str) -> list:
+    _trained(tmp)
+    cfg = _write(tmp / "p.yaml", f"run_dir: {tmp / 'run'}\ndata:\n  dataset: {_other_data(tmp)}\nmodel:\n"
+                                 "  dim: 2\ntrain:\n  epochs: 1\n")
+    return ["pipeline", str(cfg), "--quiet", *extra]
+
+
+def _swapped_data(tmp: Path, *command: str) -> list:
+    run = _trained(tmp)
+    _quiet_main(["preprocess", str(_other_data(tmp)), "--out", str(tmp / "proc")])
+    shutil.rmtree(run / "data")
+    os.rename(tmp / "proc", run / "data")
+    return [*command, str(run)]
+
+
+def _special(tmp: Path, kind: str) -> str:
+    if kind == "fifo":
+        os.mkfifo(tmp / "fifo")
+        return str(tmp / "fifo")
+    return "/dev/zero"
+
+
+def _predict_queries(tmp: Path, kind: str) -> list:
+    run = _trained(tmp)
+    return ["predict", str(run), "--queries", _special(tmp, kind)]
+
+
+def _tune_space(tmp: Path, space: str) -> list:
+    cfg = _write(tmp / "c.yaml", f"run_dir: {tmp / 'run'}\ndata:\n  dataset: {TOY}\nmodel:\n  dim: 2\n")
+    return ["tune", str(cfg), "--trials", "1", "--study-dir", str(tmp / "study"), "--space", space]
+
+
+def _fifo_split(tmp: Path) -> list:
+    raw = _toy_copy(tmp)
+    (raw / "valid.txt").unlink()
+    os.mkfifo(raw / "valid.txt")
+    return ["preprocess", str(raw), "--out", str(tmp / "out")]
+
+
+def _huge_config(tmp: Path) -> list:
+    path = tmp / "c.yaml"
+    with open(path, "wb") as fh:
+        fh.truncate(64 << 20)  # sparse: no disk used
+    return _train(tmp, "--config", str(path))
+
+
+def _subset(tmp: Path, k: int, edit=None) -> list:
+    return ["subset", str(_toy_copy(tmp, edit) if edit else TOY), "--top-entities", str(k), "--out", str(tmp / "sub")]
+
+
+def _corrupt_best(tmp: Path) -> list:
+    run = _trained(tmp)
+    best = run / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:300])
+    return ["train", "--resume", str(run), "--set", "train.epochs=2"]
+
+
+
 CASES = [
     Case("missing input path", lambda t: ["preprocess", str(t / "nope"), "--out", str(t / "out")],
          r"nope: (file not found|not a built-in dataset)", "out"),
@@ -547,6 +661,93 @@ CASES = [
     Case("a 2 GB single line", _huge_line, r"train.txt:1: line longer than 1 MiB; not a file of head<TAB>", "out"),
     Case("a 3 MiB line among good ones", lambda t: _pre(t, lambda p: _line(p / "valid.txt", 2, "x" * (3 << 20))),
          r"valid.txt:2: line longer than 1 MiB", "out"),
+    # ---- hostile files and folders: lock files that are links or special files
+    Case("train --resume: .metasd.lock is a symlink to a user's file",
+         lambda t: _lock_link(t, ".metasd.lock", ["train", "--resume", str(t / "run"), "--set", "train.epochs=2"]),
+         r"run/\.metasd\.lock: the lock file is a symbolic link; .* untouched: remove it", keeps="victim.txt"),
+    Case("export: .export.lock is a symlink to a user's file",
+         lambda t: _lock_link(t, ".export.lock", ["export", str(t / "run")]),
+         r"run/\.export\.lock: the lock file is a symbolic link", "run/export", keeps="victim.txt"),
+    Case("lock file is a FIFO", lambda t: _lock_special(t, "fifo"),
+         r"\.metasd\.lock: the lock file is a FIFO \(named pipe\)", "run/checkpoints"),
+    Case("lock file is a folder", lambda t: _lock_special(t, "folder"),
+         r"\.metasd\.lock: the lock file is a folder", "run/checkpoints"),
+    Case("lock file hard-linked to a user's file", lambda t: _lock_special(t, "hardlink"),
+         r"\.metasd\.lock: the lock file is a hard link to another file", "run/checkpoints", keeps="victim.txt"),
+    Case("a locked run folder through another spelling", _alias_locked,
+         r"alias: run folder in use by another metasd-dgl process \(pid \d+", "run/checkpoints"),
+    # ---- a run's dataset is fixed at creation
+    Case("train --resume --dataset of another dataset",
+         lambda t: ["train", "--resume", str(_trained(t)), "--dataset", str(_other_data(t))],
+         r"run: this run was trained on dataset '.*toy' and its dataset is fixed; '.*big' was asked"),
+    Case("train --resume after config.yaml's dataset was edited", _edited_config,
+         r"run: this run was trained on dataset .* its dataset is fixed"),
+    Case("pipeline of another dataset into a run folder", _pipeline_other, r"its dataset is fixed"),
+    Case("pipeline --force of another dataset into a run folder", lambda t: _pipeline_other(t, "--force"),
+         r"its dataset is fixed", keeps="run/data/manifest.json"),
+    Case("train --resume with another processed dataset in RUN/data",
+         lambda t: _swapped_data(t, "train", "--resume"),
+         r"run: its checkpoints were trained on another dataset \(id-map hashes \w+:\w+ vs \w+:\w+ of .*data\)"),
+    Case("export with another processed dataset in RUN/data", lambda t: _swapped_data(t, "export"),
+         r"its checkpoints were trained on another dataset", "run/export"),
+    Case("train --resume with a truncated best.pt", _corrupt_best,
+         r"best.pt: corrupted or truncated checkpoint.*it is this run's best checkpoint: move it away"),
+    # ---- YAML alias bombs and long values: refused before expansion, a short prefix shown
+    Case("alias bomb under model.dim", lambda t: _bomb_config(t, "model.dim"),
+         r"c.yaml: line \d+: its aliases expand it beyond 10000 values", "run"),
+    Case("alias bomb under runtime.device", lambda t: _bomb_config(t, "runtime.device"),
+         r"c.yaml: line \d+: its aliases expand it beyond 10000 values", "run"),
+    Case("alias bomb under data.dataset", lambda t: _bomb_config(t, "data.dataset"),
+         r"c.yaml: line \d+: its aliases expand it beyond", "run"),
+    Case("alias that contains itself",
+         lambda t: _train(t, "--config", str(_write(t / "c.yaml", "a: &a [*a]\nmodel:\n  dim: *a\n"))),
+         r"c.yaml: line 1: an alias refers to the value that contains it", "run"),
+    Case("alias bomb in a search space", lambda t: _tune_space(t, str(_write(t / "s.yaml", _BOMB + "x: *i\n"))),
+         r"s.yaml: line \d+: its aliases expand it beyond", "study"),
+    Case("a 5000-character value of an integer option",
+         lambda t: _train(t, "--config", str(_write(t / "c.yaml", f"train:\n  epochs: {'x' * 5000}\n"))),
+         r"train.epochs: expected an integer, got 'x{59}\.\.\. \(5002 characters\)$", "run"),
+    Case("a 5000-character --device", lambda t: _train(t, "--device", "y" * 5000),
+         r"--device 'y{59}\.\.\. \(5002 characters\): expected cpu, cuda or cuda:N", "run"),
+    # ---- files a user names that are no regular files
+    Case("--config is a FIFO", lambda t: _train(t, "--config", _special(t, "fifo")),
+         r"fifo: is a FIFO \(named pipe\), not a regular file; give the config file itself", "run"),
+    Case("--config /dev/zero", lambda t: _train(t, "--config", "/dev/zero"),
+         r"/dev/zero: is a device, not a regular file; give the config file itself", "run"),
+    Case("--config of 64 MiB", _huge_config, r"c.yaml: 64.0 MiB, more than the 16 MiB a config file may have", "run"),
+    Case("predict --queries FIFO", lambda t: _predict_queries(t, "fifo"),
+         r"fifo: is a FIFO \(named pipe\), not a regular file; give the query file itself"),
+    Case("predict --queries /dev/zero", lambda t: _predict_queries(t, "dev"),
+         r"/dev/zero: is a device, not a regular file; give the query file itself"),
+    Case("tune --space FIFO", lambda t: _tune_space(t, _special(t, "fifo")),
+         r"fifo: is a FIFO \(named pipe\), not a regular file; give the search space file itself", "study"),
+    Case("a dataset split that is a FIFO", _fifo_split,
+         r"raw/valid.txt: is a FIFO \(named pipe\), not a regular file; give the dataset file itself", "out"),
+    Case("preprocess /dev/zero", lambda t: ["preprocess", "/dev/zero", "--out", str(t / "out")],
+         r"/dev/zero: is a device, not a regular file; give the dataset archive itself", "out"),
+    # ---- subsets nothing can train on
+    Case("subset --top-entities 1", lambda t: _subset(t, 1),
+         r"sub: --top-entities 1 leaves train and valid and test empty \(train/valid/test 0/0/0\); nothing was "
+         r"written; --top-entities \d+ is the smallest that gives every split a triple", "sub"),
+    Case("subset --top-entities 2", lambda t: _subset(t, 2),
+         r"sub: --top-entities 2 leaves valid and test empty .*--top-entities \d+ is the smallest", "sub"),
+    Case("subset of a dataset whose test names no trained entity",
+         lambda t: _subset(t, 1, lambda p: _write(p / "test.txt", "zed\tknows\tnobody\n")),
+         r"no --top-entities gives every split a triple on this dataset", "sub"),
+    # ---- advice that helps
+    Case("non-finite loss at the first step", lambda t: _train(t, "--dim", "2", "--set", "model.init_scale=1e30"),
+         r"non-finite loss.* at step 0 \(epoch 1\); no checkpoint was written; .*lower model.init_scale "
+         r"\(now 1e\+30\)", "run/checkpoints/last.pt"),
+    # ---- click's usage errors: one line
+    Case("evaluate without RUN_DIR", lambda t: ["evaluate"],
+         r"^error: Missing argument 'RUN_DIR'\. \(see metasd-dgl evaluate --help\)$"),
+    Case("predict --k 0", lambda t: ["predict", str(_trained(t)), "--relation", "likes", "--head", "alice", "--k", "0"],
+         r"^error: Invalid value for '--k': 0 is not in the range x>=1\."),
+    Case("compress --tolerance not a number", lambda t: ["compress", str(_trained(t)), "--tolerance", "abc"],
+         r"^error: Invalid value for '--tolerance': 'abc' is not a valid float"),
+    Case("--dim not a number", lambda t: _train(t, "--dim", "abc"),
+         r"^error: Invalid value for '--dim': 'abc' is not a valid integer", "run"),
+    Case("unknown command", lambda t: ["trian"], r"^error: No such command 'trian'\. Did you mean 'train'\? \(see metasd-dgl --help\)$"),
 ]
 
 

@@ -399,3 +399,120 @@ def test_disk_full_in_the_tune_database_is_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert f"{db}: could not write the study database" in out.stdout and "full" in out.stdout
+
+
+# ------------------------------------------------------------------------- hostile lock files and runs
+@pytest.mark.parametrize("lock", [".metasd.lock", "export"])
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, lock):
+    run = tmp_path / "run"
+    ok(cli(tmp_path, *train_args(run)))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    link = run / ".metasd.lock" if lock == ".metasd.lock" else run / ".export.lock"
+    link.symlink_to(victim)
+    args = (["train", "--quiet", "--resume", run, "--set", "train.epochs=2"] if lock == ".metasd.lock"
+            else ["export", run])
+    one_error(cli(tmp_path, *args), f"{link}: the lock file is a symbolic link", "remove it")
+    assert victim.read_text() == "precious\n"
+    assert link.is_symlink()
+    if lock == "export":
+        assert not (run / "export").exists()
+
+
+def test_a_lock_file_hard_linked_to_a_users_file_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.link(victim, run / ".metasd.lock")
+    one_error(cli(tmp_path, *train_args(run)), "the lock file is a hard link to another file")
+    assert victim.read_text() == "precious\n" and not (run / "checkpoints").exists()
+
+
+def test_two_spellings_of_one_folder_share_one_lock(tmp_path):
+    run = tmp_path / "run"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "alias").symlink_to(run.name)  # run does not exist yet: the link resolves once it does
+    run.mkdir()
+    holder = Holder(run)
+    try:
+        for spelling in (tmp_path / "other" / ".." / "run", tmp_path / "alias"):
+            one_error(cli(tmp_path, *train_args(spelling)), f"run folder in use by another metasd-dgl process "
+                                                           f"(pid {holder.pid}")
+        assert not (run / "checkpoints").exists()
+    finally:
+        holder.release()
+
+
+def test_a_runs_dataset_is_fixed_whatever_resume_or_pipeline_ask(tmp_path):
+    """--dataset on resume, an edited config.yaml, a pipeline config of another dataset (even with --force):
+    refused in one line before anything in the run folder is written."""
+    run = tmp_path / "run"
+    ok(cli(tmp_path, *train_args(run)))
+    other = big_dataset(tmp_path / "other", 50)
+    before = hashes(run)
+    one_error(cli(tmp_path, "train", "--resume", run, "--dataset", other, "--set", "train.epochs=2"),
+              f"{run}: this run was trained on dataset '{TOY}' and its dataset is fixed; '{other}' was asked")
+    assert hashes(run) == before
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace(f"dataset: {TOY}", f"dataset: {other}"))
+    before = hashes(run)
+    one_error(cli(tmp_path, "train", "--resume", run, "--set", "train.epochs=2"), "its dataset is fixed")
+    assert hashes(run) == before  # config.yaml not rewritten, train.log not appended to
+    conf = tmp_path / "p.yaml"
+    conf.write_text(f"run_dir: {run}\ndata:\n  dataset: {other}\nmodel:\n  dim: 2\ntrain:\n  epochs: 1\n")
+    for extra in ((), ("--force",), ("--resume",)):
+        one_error(cli(tmp_path, "pipeline", conf, "--quiet", *extra), "its dataset is fixed")
+        assert hashes(run) == before  # no "[1/4] preprocess" line, data/ not rebuilt
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "data", "metrics.jsonl",
+                                                    "train.log"]
+
+
+def test_a_processed_folder_swapped_under_a_run_is_refused_before_writing(tmp_path):
+    run = tmp_path / "run"
+    ok(cli(tmp_path, *train_args(run)))
+    ok(cli(tmp_path, "preprocess", big_dataset(tmp_path / "other", 50), "--out", tmp_path / "proc"))
+    os.rename(run / "data", tmp_path / "saved")
+    os.rename(tmp_path / "proc", run / "data")
+    before = hashes(run)
+    for args in (["train", "--resume", run, "--set", "train.epochs=2"], ["export", run],
+                 ["evaluate", run, "--no-plots"]):
+        one_error(cli(tmp_path, *args), "trained on another dataset")
+        assert hashes(run) == before
+    assert not (run / "export").exists() and not (run / "eval").exists() and not litter(run)
+
+
+def test_resume_with_a_corrupt_best_checkpoint_names_it(tmp_path):
+    run = tmp_path / "run"
+    ok(cli(tmp_path, *train_args(run)))
+    best = run / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:300])
+    before = hashes(run)
+    one_error(cli(tmp_path, "train", "--resume", run, "--set", "train.epochs=2"),
+              f"{best}: corrupted or truncated checkpoint", "it is this run's best checkpoint: move it away")
+    assert hashes(run) == before
+    os.rename(best, tmp_path / "bad.pt")
+    proc = ok(cli(tmp_path, "train", "--resume", run, "--set", "train.epochs=2"))
+    assert str(best) not in proc.stdout or best.is_file()
+
+
+def test_memory_check_reads_the_address_space_and_cgroup_limits(tmp_path, monkeypatch):
+    """Under ulimit -v (a real RLIMIT_AS, in a subprocess) or a cgroup limit (files like the kernel's)
+    the up-front check refuses what the machine's free memory alone would let through."""
+    from metasd_dgl.runtime import memory
+
+    run = tmp_path / "run"
+    code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), resource.RLIM_INFINITY))\n"
+            "from metasd_dgl.cli import main\nsys.exit(main(sys.argv[2:]))\n")
+    env = dict(os.environ, DGLBACKEND="pytorch")
+    proc = subprocess.run([sys.executable, "-c", code, str(4 << 30), *train_args(run)[:-2], "--dim", "3000000"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    one_error(proc, "the address-space limit (ulimit -v, 4.0 GiB) leaves this process", "lower model.dim")
+    assert not (run / "checkpoints").exists()
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    (tmp_path / "memory.current").write_text("268435456\n")
+    monkeypatch.setattr(memory, "CGROUP_FILES", ((str(tmp_path / "memory.max"), str(tmp_path / "memory.current")),))
+    assert memory._cgroup_left() == (805306368, "the memory cgroup's limit (1.0 GiB) leaves 768.0 MiB")
+    assert memory.available_bytes("cpu")[0] <= 805306368
+    (tmp_path / "memory.max").write_text("max\n")
+    assert memory._cgroup_left() is None

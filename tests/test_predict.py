@@ -180,3 +180,14 @@ def test_tampered_filter_stops_with_one_line_error(tmp_path, capsys):
     assert main(["predict", str(run), "--head", "alice", "--relation", "likes"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "filter.npz: sha256 differs" in err
+
+
+def test_query_names_follow_the_dataset_policy(tmp_path):
+    """--head/--tail and --queries strip surrounding whitespace alike; a line ends at a newline only."""
+    from metasd_dgl.tools.predict import parse_query, read_queries
+
+    assert parse_query(" alice ", "likes ", None) == ("alice", "likes", None)
+    assert parse_query(None, "likes", "\u00a0bob") == (None, "likes", "bob")
+    path = tmp_path / "q.tsv"
+    path.write_text(" alice \tlikes\t?\r\n?\tlikes\tbo\u2028b\n# note\n\n", encoding="utf-8")
+    assert read_queries(path) == [("alice", "likes", None), (None, "likes", "bo\u2028b")]

@@ -61,3 +61,31 @@ def test_command_writes_a_dataset_that_preprocess_reads(tmp_path, capsys):
     assert json.loads((out / "subset.json").read_text())["counts"]["train"] == 6
     assert main(["preprocess", str(out), "--out", str(tmp_path / "p")]) == 0
     assert "4 entities, 2 relations, train/valid/test 5/2/1" in capsys.readouterr().out  # duplicate dropped
+
+
+def test_smallest_full_subset_by_hand_and_by_brute_force():
+    from metasd_dgl.data.subset import smallest_full_subset
+
+    # k=2 (a, b) and k=3 (a, b, c) keep no valid or test triple; k=4 adds d: a-r1-d, c-r2-b, d-r2-c
+    for k in (1, 2, 3):
+        found, sub = smallest_full_subset(_raw(), k)
+        assert found == 4 and [len(sub.splits[s]) for s in ("train", "valid", "test")] == [6, 2, 1]
+    for k in range(1, 6):
+        brute = next((j for j in range(k + 1, 7) if all(top_entities_subset(_raw(), j).splits.values())), None)
+        got = smallest_full_subset(_raw(), k)
+        assert (got[0] if got else None) == brute
+    raw = RawKG(train=list(TRAIN), valid=list(VALID), test=[("q", "r1", "a")], source="hand")
+    assert smallest_full_subset(raw, 1) is None  # test names an entity no train triple has
+
+
+def test_subset_with_an_empty_split_is_refused_and_writes_nothing(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, rows in (("train", TRAIN), ("valid", VALID), ("test", TEST)):
+        (src / f"{name}.txt").write_text("".join("\t".join(x) + "\n" for x in rows))
+    assert main(["subset", str(src), "--top-entities", "2", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {tmp_path / 'out'}: --top-entities 2 leaves valid and test empty (train/valid/test "
+                   "2/0/0); nothing was written; --top-entities 4 is the smallest that gives every split a "
+                   "triple (6/2/1)")
+    assert not (tmp_path / "out").exists()

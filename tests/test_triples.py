@@ -230,3 +230,29 @@ def test_udd_hrt_bad_ids(tmp_path):
     write(folder / "relations.tsv", b"0\tlikes\n0\tknows\n2\tlives_in\n")
     with pytest.raises(DataError, match=r"relations.tsv:2: id 0 given twice"):
         read_source(folder, fmt="udd_hrt")
+
+
+def test_names_are_stripped_and_near_duplicates_and_headers_are_counted():
+    from metasd_dgl.data.triples import RawKG, normalise_names
+
+    raw = RawKG(train=[("head", "relation", "tail"), ("alice", "likes", "bob"), ("alice ", "likes", "carol"),
+                       (" alice", " likes", "bob"), ("Alice", "likes", "bob"), ("BOB", "knows", "carol")],
+                valid=[(" dave ", "likes", "carol")], test=[("bob", "Likes", "carol")], source="hand")
+    warnings = normalise_names(raw)
+    assert raw.train[2] == ("alice", "likes", "carol") and raw.train[3] == ("alice", "likes", "bob")
+    assert raw.valid == [("dave", "likes", "carol")]
+    assert warnings == [
+        "train: the first line 'head relation tail' looks like a header; it was read as a triple: "
+        "remove it from the file if it is one",
+        # ' alice', 'alice ' -> alice (also spelt plainly); ' dave ' -> dave (its only spelling)
+        "3 entity names had surrounding whitespace (e.g. ' alice'); it was stripped, which made 2 of them "
+        "the same entity as another spelling",
+        "1 relation names had surrounding whitespace (e.g. ' likes'); it was stripped, which made 1 of them "
+        "the same relation as another spelling",
+        "4 entity names differ from another only by case, in 2 groups (e.g. 'Alice', 'BOB'); they are kept "
+        "as distinct entities",
+        "2 relation names differ from another only by case, in 1 groups (e.g. 'Likes', 'likes'); they are kept "
+        "as distinct relations",
+    ]
+    clean = RawKG(train=[("a", "r", "b")], valid=[("a", "r", "b")], test=[("b", "r", "a")], source="hand")
+    assert normalise_names(clean) == []

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -63,7 +64,8 @@ from metasd_dgl import __version__
 from metasd_dgl.store.atomic import diagnose, recover_folder, staging_folder, publish_folder, write_error
 from metasd_dgl.data import stats as kgstats
 from metasd_dgl.data.filters import FilterIndex
-from metasd_dgl.data.triples import SPLITS, RawKG, named_ids, read_source, source_identity, triple_keys
+from metasd_dgl.data.triples import (SPLITS, RawKG, named_ids, normalise_names, read_source, source_identity,
+                                     triple_keys)
 from metasd_dgl.errors import DataError
 from metasd_dgl.graph.build import build_graph, load_graph, save_graph
 from metasd_dgl.graph.dgl_import import dgl_available, require_dgl
@@ -274,6 +276,10 @@ def _foreign(out: Path, manifest: Optional[Dict[str, Any]]) -> List[str]:
     return sorted(p.name for p in out.iterdir() if p.name not in own)
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def preprocess(source: Union[str, Path], out_dir: Union[str, Path], data_dir: Optional[Path] = None,
                fmt: str = "auto", force: bool = False, num_buckets: int = 3,
                echo=None) -> Path:
@@ -312,6 +318,8 @@ def preprocess(source: Union[str, Path], out_dir: Union[str, Path], data_dir: Op
             elif any(out.iterdir()):
                 raise DataError(f"{out}: exists and is not a processed dataset folder; choose another folder")
         raw = read_source(source, data_dir, fmt)  # all input errors surface before anything is written
+        for warning in normalise_names(raw):  # names stripped of surrounding whitespace; case kept
+            (echo or _stderr)(f"warning: {source}: {warning}")
         kept = out.exists()
         tmp = staging_folder(out)
         try:

@@ -16,6 +16,8 @@ Rule (``top_entities_subset``):
 ``write_subset`` writes ``train.txt``, ``valid.txt``, ``test.txt`` (TSV,
 ``head<TAB>relation<TAB>tail``) and ``subset.json`` (rule, source, counts);
 ``--dataset DIR`` (``metasd-dgl train``, ``pipeline``, ``tune``) reads the folder like any TSV dataset.
+A subset with an empty split is refused before anything is written, naming
+the smallest ``K`` that gives every split a triple.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 from metasd_dgl.data.triples import RawKG, StrTriple, read_source
+from metasd_dgl.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 
@@ -76,6 +79,35 @@ def top_entities_subset(raw: RawKG, k: int) -> Subset:
     return Subset(kept, splits)
 
 
+def _full(sub: Subset) -> bool:
+    return all(sub.splits[s] for s in SPLITS)
+
+
+def smallest_full_subset(raw: RawKG, k: int) -> Optional[tuple]:
+    """``(k', subset)``: the smallest ``k' > k`` whose subset has a triple in every split (found by
+    doubling, then bisection), or None if even every entity leaves a split empty."""
+    n = len(training_degree(raw.train))
+    low, high = k, min(max(2 * k, k + 1), n)
+    while high <= n:
+        sub = top_entities_subset(raw, high)
+        if _full(sub):
+            break
+        if high == n:
+            return None
+        low, high = high, min(2 * high, n)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _full(top_entities_subset(raw, mid)):
+            high = mid
+        else:
+            low = mid
+    for candidate in range(low + 1, high + 1):  # a non-monotone stretch: the smallest that works
+        sub = top_entities_subset(raw, candidate)
+        if _full(sub):
+            return candidate, sub
+    return None  # pragma: no cover - high was full
+
+
 def write_subset(source: Union[str, Path], k: int, out: Union[str, Path],
                  data_dir: Optional[Path] = None) -> Dict[str, object]:
     """Read ``source`` (built-in name, folder or archive), write its top-``k`` subset into ``out``.
@@ -84,6 +116,15 @@ def write_subset(source: Union[str, Path], k: int, out: Union[str, Path],
     """
     raw = read_source(source, data_dir)
     sub = top_entities_subset(raw, k)
+    empty = [s for s in SPLITS if not sub.splits[s]]
+    if empty:  # nothing could train or be evaluated on it: refused before anything is written
+        counts = "/".join(str(len(sub.splits[s])) for s in SPLITS)
+        good = smallest_full_subset(raw, k)
+        todo = (f"--top-entities {good[0]} is the smallest that gives every split a triple "
+                f"({'/'.join(str(len(good[1].splits[s])) for s in SPLITS)})" if good else
+                "no --top-entities gives every split a triple on this dataset")
+        raise DataError(f"{out}: --top-entities {k} leaves {' and '.join(empty)} empty (train/valid/test {counts}); "
+                        f"nothing was written; {todo}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:

@@ -41,6 +41,7 @@ write ``./umls`` to mean the folder.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import io
 import os
 import shutil
@@ -53,9 +54,9 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from metasd_dgl.store.atomic import remove_stale, write_error
+from metasd_dgl.store.atomic import check_input_file, remove_stale, write_error
 from metasd_dgl.data import registry
-from metasd_dgl.errors import DataError
+from metasd_dgl.errors import DataError, UserError, short
 from metasd_dgl.typing import HEAD, REL, TAIL
 
 StrTriple = Tuple[str, str, str]
@@ -104,6 +105,11 @@ MAX_LINE_BYTES = 1 << 20
 def _text_lines(path: Path) -> Iterator[Tuple[int, str]]:
     """(line number, UTF-8 text without the newline) of each line, streamed; DataError for a
     missing file, a line that is not UTF-8, or one longer than ``MAX_LINE_BYTES``."""
+    if os.path.lexists(path):  # a FIFO or a device would block or never end
+        try:
+            check_input_file(path, "dataset file")
+        except UserError as exc:
+            raise DataError(str(exc)) from None
     try:
         fh = open(path, "rb")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -185,8 +191,9 @@ def _read_negatives(folder: Path) -> Dict[str, NamedTriples]:
 
 
 def _find(folder: Path, names: Tuple[str, ...]) -> Optional[Path]:
-    """First of ``folder/name`` that is a file, or None."""
-    return next((folder / n for n in names if (folder / n).is_file()), None)
+    """First of ``folder/name`` that is there and not a folder (a FIFO or device is found, then refused
+    when read, saying what it is), or None."""
+    return next((folder / n for n in names if os.path.lexists(folder / n) and not (folder / n).is_dir()), None)
 
 
 def split_files(folder: Path) -> Dict[str, Path]:
@@ -439,9 +446,14 @@ def read_source(source: Union[str, Path], data_dir: Optional[Path] = None, fmt: 
             raw = read_folder(extract_archive(path, work / "archive"), fmt, work)
             raw.source, raw.input_sha256 = f"{raw.format} archive {path}", _input_hashes(path)
             return raw
+        if os.path.lexists(path):  # neither a folder nor a regular file: say what it is
+            try:
+                check_input_file(path, "dataset archive")
+            except UserError as exc:
+                raise DataError(str(exc)) from None
         if _looks_like_path(text):
             raise DataError(f"{path}: file not found")
-        raise DataError(f"{text}: not a built-in dataset ({', '.join(registry.known_names())}) "
+        raise DataError(f"{short(text) if len(text) > 200 else text}: not a built-in dataset ({', '.join(registry.known_names())}) "
                         "nor an existing file or folder")
 
 
@@ -481,3 +493,52 @@ def reciprocal_queries(triples: torch.Tensor, num_relations: int) -> torch.Tenso
         [triples[:, TAIL], triples[:, REL] + num_relations, triples[:, HEAD]], dim=1
     )
     return torch.cat([triples, inverse], dim=0)
+
+
+#: Words of a header line (``head<TAB>relation<TAB>tail``, ``subject predicate object``, ...).
+_HEADER_WORDS = frozenset({"head", "relation", "tail", "h", "r", "t", "subject", "predicate", "object", "s", "p",
+                           "o", "source", "target", "rel", "edge", "src", "dst", "head_entity", "tail_entity",
+                           "entity1", "entity2", "from", "to", "type", "label"})
+
+
+def strip_name(name: str) -> str:
+    """The one name policy of files, ``predict --head/--tail`` and ``--queries``: surrounding whitespace
+    (spaces, tabs' neighbours, no-break spaces, ...) is not part of a name."""
+    return name.strip()
+
+
+def normalise_names(raw: RawKG) -> List[str]:
+    """Apply ``strip_name`` to every name of ``raw`` (in place; a dataset read through id maps keeps its
+    names), and return warnings, with counts, about: names that had surrounding whitespace (and how
+    many of them became one with another name), names that differ from another only by case (kept
+    distinct), and a first line of a split that looks like a header (read as a triple)."""
+    warnings: List[str] = []
+    for split, rows in raw.splits().items():
+        if rows and sum(f.strip().lower() in _HEADER_WORDS for f in rows[0]) >= 2:
+            warnings.append(f"{split}: the first line {' '.join(rows[0])!r} looks like a header; it was read as "
+                            "a triple: remove it from the file if it is one")
+    if raw.entities is None and raw.relations is None:
+        for kind, cols in (("entity", (0, 2)), ("relation", (1,))):
+            names = {x[c] for rows in raw.splits().values() for x in rows for c in cols}
+            padded = {n for n in names if strip_name(n) != n}
+            if padded:
+                plain, stripped = names - padded, Counter(strip_name(n) for n in padded)
+                merged = sum(1 for n in padded if strip_name(n) in plain or stripped[strip_name(n)] > 1)
+                example = next(iter(sorted(padded)))
+                warnings.append(f"{len(padded)} {kind} names had surrounding whitespace (e.g. {example!r}); it was "
+                                f"stripped, which made {merged} of them the same {kind} as another spelling")
+        strip = lambda x: (strip_name(x[0]), strip_name(x[1]), strip_name(x[2]))  # noqa: E731
+        raw.train, raw.valid, raw.test = ([strip(x) for x in rows] for rows in (raw.train, raw.valid, raw.test))
+        for named in raw.negatives.values():
+            named.triples = [strip(x) for x in named.triples]
+    for kind, cols in (("entity", (0, 2)), ("relation", (1,))):
+        names = ({x[c] for rows in raw.splits().values() for x in rows for c in cols} if raw.entities is None
+                 else set(raw.entities if kind == "entity" else raw.relations or []))
+        folded = Counter(n.casefold() for n in names)
+        clashes = sorted(n for n in names if folded[n.casefold()] > 1)
+        if clashes:
+            groups = sum(1 for k in folded.values() if k > 1)
+            warnings.append(f"{len(clashes)} {kind} names differ from another only by case, in {groups} groups "
+                            f"(e.g. {', '.join(repr(n) for n in clashes[:2])}); they are kept as distinct "
+                            f"{'entities' if kind == 'entity' else 'relations'}")
+    return warnings

@@ -17,7 +17,7 @@ from typing import Union
 
 import torch
 
-from metasd_dgl.errors import DeviceError
+from metasd_dgl.errors import DeviceError, short
 from metasd_dgl.graph.dgl_import import DGL_WHEEL_VERSION, DGLUnavailableError, dgl, require_dgl
 
 
@@ -63,7 +63,7 @@ def resolve_device(name: str, needs_graph: bool = False) -> torch.device:
         return torch.device("cpu")
     match = re.fullmatch(r"cuda(?::(\d+))?", text)
     if not match:
-        raise DeviceError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+        raise DeviceError(f"--device {short(name)}: expected cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         why = (
             "this torch build has no CUDA support" if torch.version.cuda is None

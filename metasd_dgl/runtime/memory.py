@@ -3,8 +3,9 @@
 ``check_memory(cfg, num_entities, num_relations)`` estimates, from the
 config alone, the bytes of the model's parameters, their gradients and
 optimiser state, and the largest score matrix of a training step, and
-compares the total with the device's free memory (``MemAvailable`` for the
-CPU, ``torch.cuda.mem_get_info`` for a GPU).  A run that cannot fit gets one
+compares the total with the device's free memory (for the CPU the smallest of
+``MemAvailable``, what ``ulimit -v`` leaves the process and what the memory
+cgroup's limit leaves; ``torch.cuda.mem_get_info`` for a GPU).  A run that cannot fit gets one
 line with the estimate and what to change, instead of a failure inside the
 allocator after minutes of work.
 
@@ -93,7 +94,9 @@ def estimate(cfg, num_entities: int, num_relations: int) -> Estimate:
 
 
 def available_bytes(device: str) -> Optional[tuple[int, str]]:
-    """(free bytes, description) of ``device`` ('cpu', 'cuda', 'cuda:N'), or None when unknown."""
+    """(free bytes, description) of ``device`` ('cpu', 'cuda', 'cuda:N'), or None when unknown.  On the CPU
+    the smallest of the machine's available memory, what ``ulimit -v`` (RLIMIT_AS) leaves this process, and
+    what its memory cgroup's limit leaves."""
     text = str(device).strip().lower()
     if text.startswith("cuda"):
         try:
@@ -106,6 +109,16 @@ def available_bytes(device: str) -> Optional[tuple[int, str]]:
             return int(free), f"cuda:{index} has {human(free)} free"
         except Exception:  # noqa: BLE001 - no usable GPU: the device check says so elsewhere
             return None
+    limits = [x for x in (_machine_available(), _address_space_left(), _cgroup_left()) if x is not None]
+    return min(limits) if limits else None
+
+
+#: (limit file, usage file) of the cgroup this process runs in: v2, then v1.
+CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _machine_available() -> Optional[tuple[int, str]]:
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
@@ -119,6 +132,52 @@ def available_bytes(device: str) -> Optional[tuple[int, str]]:
         return int(free), f"this machine has {human(free)} of memory available"
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _address_space_left() -> Optional[tuple[int, str]]:
+    """What ``ulimit -v`` (RLIMIT_AS) leaves this process: the limit less its address space now."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, OSError, ValueError):
+        return None
+    if limit == resource.RLIM_INFINITY or limit <= 0:
+        return None
+    used = 0
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            used = next((int(ln.split()[1]) * 1024 for ln in fh if ln.startswith("VmSize:")), 0)
+    except (OSError, ValueError, IndexError):
+        pass
+    left = max(limit - used, 0)
+    return left, f"the address-space limit (ulimit -v, {human(limit)}) leaves this process {human(left)}"
+
+
+def _cgroup_left() -> Optional[tuple[int, str]]:
+    """What the memory cgroup's limit (a container's) leaves: memory.max less memory.current."""
+    for limit_file, usage_file in CGROUP_FILES:
+        try:
+            with open(limit_file, encoding="ascii") as fh:
+                text = fh.read().strip()
+        except OSError:
+            continue
+        if not text or text == "max":
+            return None
+        try:
+            limit = int(text)
+        except ValueError:
+            return None
+        if limit >= 1 << 60:  # cgroup v1's "no limit"
+            return None
+        try:
+            with open(usage_file, encoding="ascii") as fh:
+                used = int(fh.read().strip() or 0)
+        except (OSError, ValueError):
+            used = 0
+        left = max(limit - used, 0)
+        return left, f"the memory cgroup's limit ({human(limit)}) leaves {human(left)}"
+    return None
 
 
 def check_memory(cfg, num_entities: int, num_relations: int, echo: Optional[Callable[[str], None]] = None,

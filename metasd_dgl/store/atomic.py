@@ -337,3 +337,32 @@ def replaced_folder(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+#: The largest small text file a user names (a config, a search space).
+MAX_TEXT_FILE_BYTES = 16 << 20
+
+
+def check_input_file(path: str | Path, what: str = "file", max_bytes: Optional[int] = None) -> Path:
+    """``path`` if it is a regular file (links followed) of at most ``max_bytes``; else a UserError
+    saying what it is: missing, a folder, a FIFO, a device, a socket, or too large.  Called before a
+    file a user names is opened, so a FIFO or ``/dev/zero`` neither blocks nor fills memory."""
+    import stat
+
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what}: {describe(exc)}") from None
+    mode = info.st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise UserError(f"{path}: is {kind}, not a regular file; give the {what} itself")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise UserError(f"{path}: {info.st_size / (1 << 20):.1f} MiB, more than the {max_bytes >> 20} MiB a {what} "
+                        "may have; is it the right file?")
+    return path

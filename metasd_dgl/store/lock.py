@@ -17,12 +17,18 @@ read is written atomically (``metasd_dgl.store.atomic``).
 
 Within one process the lock is re-entrant (a pipeline locks its run folder
 in each stage).  Under ``torchrun`` only rank 0 writes, so only rank 0 locks.
+
+The lock is taken on the resolved folder (``run`` and ``./x/../run`` share one
+lock), and its file is opened without following links: a lock path that is a
+symbolic link, a hard link to another file or not a regular file is refused
+with one line, and nothing is written into what it points to.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Tuple
@@ -48,7 +54,7 @@ class FolderLockedError(UserError):
 def lock_path(folder: str | Path, inside: bool = True) -> Path:
     """The lock file of ``folder``: ``folder/.metasd.lock`` or, for a folder replaced by rename,
     the sibling ``parent/.name.lock``."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     return folder / LOCK_NAME if inside else folder.parent / f".{folder.name}.lock"
 
 
@@ -82,7 +88,7 @@ def folder_lock(folder: str | Path, inside: bool = True, what: str = "folder",
         yield None
         return
     path = lock_path(folder, inside)
-    key = str(path.resolve())
+    key = str(path)
     if key in _HELD:  # re-entrant within this process
         fd, depth = _HELD[key]
         _HELD[key] = (fd, depth + 1)
@@ -108,9 +114,18 @@ def _acquire(folder: Path, path: Path, what: str, on_stale: Optional[Callable[[s
     for _ in range(5):  # retried only when the file was unlinked between open and flock
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FolderLockedError(_not_a_lock(path, "a symbolic link")) from None
+            if exc.errno == errno.EISDIR:
+                raise FolderLockedError(_not_a_lock(path, "a folder")) from None
             raise write_error(path, exc, "could not create the lock file") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            os.close(fd)
+            raise FolderLockedError(_not_a_lock(
+                path, "a hard link to another file" if stat.S_ISREG(info.st_mode) else _kind(info.st_mode)))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -123,7 +138,7 @@ def _acquire(folder: Path, path: Path, what: str, on_stale: Optional[Callable[[s
                     "wait for it to finish or choose another folder") from None
             raise write_error(path, exc, "could not lock") from None
         try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            same = os.fstat(fd).st_ino == os.lstat(path).st_ino
         except OSError:
             same = False
         if same:
@@ -148,11 +163,30 @@ def _acquire(folder: Path, path: Path, what: str, on_stale: Optional[Callable[[s
     return fd, created
 
 
+def _not_a_lock(path: Path, what: str) -> str:
+    return (f"{path}: the lock file is {what}; metasd-dgl writes its pid only into a lock file of its own "
+            "and left it untouched: remove it (or move it away) and run again")
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
 def _release(path: Path, fd: int, created: bool) -> None:
-    """Remove the lock file (a later locker checks it locked the file still at ``path``),
-    unlock, and remove the lock's folder if this lock created it and it stayed empty."""
+    """Remove the lock file if it is still the one locked (never what another file or link put at
+    ``path`` meanwhile), unlock, and remove the lock's folder if this lock created it and it stayed empty."""
     try:
-        os.unlink(path)
+        if os.lstat(path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(path)
     except OSError:
         pass
     try:

@@ -10,7 +10,9 @@ the query in train, valid or test (``data.filter.known``), so the list shows
 only new facts; *unfiltered* ones rank all entities.
 
 A query file holds one query per line, tab-separated: ``head<TAB>relation<TAB>?``
-or ``?<TAB>relation<TAB>tail``; blank lines and lines starting with ``#`` are skipped.
+or ``?<TAB>relation<TAB>tail``; blank lines and lines starting with ``#`` are skipped.  A line
+ends at a newline only (a Unicode line separator inside a name is part of it).  Names lose
+surrounding whitespace, in the file as in ``--head``/``--tail`` and in the dataset files.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from torch import Tensor
 from metasd_dgl.data.filters import FilterIndex
 from metasd_dgl.model.decoders import Decoder
 from metasd_dgl.errors import DataError, UserError
+from metasd_dgl.data.triples import strip_name
+from metasd_dgl.store.atomic import check_input_file
 
 #: A query by name: (head or None, relation, tail or None), exactly one side None.
 NamedQuery = tuple[Optional[str], str, Optional[str]]
@@ -79,7 +83,10 @@ class NameIndex:
 
 
 def parse_query(head: Optional[str], relation: str, tail: Optional[str]) -> NamedQuery:
-    """Normalise a query: "?" or "" means the side to predict; exactly one side must be missing."""
+    """Normalise a query: names lose surrounding whitespace (``triples.strip_name``, as in the dataset
+    files); "?" or "" means the side to predict; exactly one side must be missing."""
+    head, tail = (None if x is None else strip_name(x) for x in (head, tail))
+    relation = strip_name(relation) if relation is not None else relation
     h = None if head in (None, "", "?") else head
     t = None if tail in (None, "", "?") else tail
     if (h is None) == (t is None):
@@ -87,15 +94,21 @@ def parse_query(head: Optional[str], relation: str, tail: Optional[str]) -> Name
     return h, relation, t
 
 
+#: A query file larger than this is refused before it is read.
+MAX_QUERY_FILE_BYTES = 256 << 20
+
+
 def read_queries(path: str | Path) -> list[NamedQuery]:
     """Read a query file (format in the module docstring); errors name ``path:line``."""
-    path = Path(path)
+    path = check_input_file(path, "query file", MAX_QUERY_FILE_BYTES)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     queries: list[NamedQuery] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # lines end at "\n" only (a CR before it is dropped): Unicode line separators are part of a name
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line[:-1] if line.endswith("\r") else line
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split("\t")

@@ -27,6 +27,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from metasd_dgl.errors import short
+from metasd_dgl.store.atomic import MAX_TEXT_FILE_BYTES, check_input_file
 from metasd_dgl.config import Config, ConfigError, _coerce, _sections, apply_overrides, load_yaml, validate
 
 _RANGE_KEYS = {"low", "high", "log", "step"}
@@ -96,7 +98,7 @@ def _param(name: str, spec: Any, base: Config, where: str) -> Param:
     if hint is None:
         raise ConfigError(f"{where}: unknown option {name!r} (expected section.option of the config)")
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: {name}: expected {{low, high[, log, step]}} or {{choices: [...]}}, got {spec!r}")
+        raise ConfigError(f"{where}: {name}: expected {{low, high[, log, step]}} or {{choices: [...]}}, got {short(spec)}")
     if "choices" in spec:
         extra = set(spec) - {"choices"}
         if extra:
@@ -105,7 +107,7 @@ def _param(name: str, spec: Any, base: Config, where: str) -> Param:
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: {name}: empty choice list")
         if any(isinstance(c, (dict, list)) for c in choices) or len(set(map(repr, choices))) != len(choices):
-            raise ConfigError(f"{where}: {name}: choices must be distinct plain values, got {choices!r}")
+            raise ConfigError(f"{where}: {name}: choices must be distinct plain values, got {short(choices)}")
         choices = [_coerce(c, hint, f"{where}: {name}") for c in choices]  # "1e-3" -> 0.001 for a float option
         for value in choices:
             _check_value(base, name, value, where)
@@ -154,6 +156,8 @@ def load_space(path: Union[str, Path], base: Config) -> list[Param]:
     """``parse_space`` of a file (ConfigError if it is missing)."""
     path = Path(path)
     try:
+        if path.exists():  # a FIFO or device would block or fill memory
+            check_input_file(path, "search space file", MAX_TEXT_FILE_BYTES)
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"{path}: search space file not found") from None

@@ -378,7 +378,8 @@ class Trainer:
         unready = (f"no best checkpoint: no validation after the gradual pruning "
                    f"(prune.gradual_epochs = {self.cfg.prune.gradual_epochs} epochs)")
         row = row_names([key], self.cfg.train.method)[key]
-        best = (f"best epoch {st.best_epoch} (valid {row} MRR {st.best_mrr:.4f}) -> {ck / 'best.pt'}"
+        best = (f"best epoch {st.best_epoch} (valid {row} MRR {st.best_mrr:.4f}) -> "
+                + (str(ck / 'best.pt') if (ck / 'best.pt').is_file() else "best.pt was moved away; use last.pt")
                 if st.best_epoch > 0 else unready if st.validated_epoch and self.masks
                 else "no validation yet, no best checkpoint")
         lines = [f"done: {st.epoch} epochs, {st.step} steps; {self.stop_reason}", best,
@@ -390,11 +391,16 @@ class Trainer:
     def _check_finite(self, out: dict[str, float]) -> None:
         bad = [k for k, v in out.items() if not math.isfinite(v)]
         if bad:
+            last = self.run_dir / "checkpoints" / "last.pt"
+            kept = f"the last good checkpoint is {last}; " if last.is_file() else "no checkpoint was written; "
+            if self.state.step == 0:  # before any update: the starting weights or the scale of the loss
+                todo = (f"the first step's loss is already non-finite: lower model.init_scale (now "
+                        f"{self.cfg.model.init_scale:g})" if self.cfg.model.encoder == "kge" else
+                        "the first step's loss is already non-finite: check the model options (model.*)")
+            else:
+                todo = f"try a lower train.lr (now {self.cfg.train.lr:g}) or set train.grad_clip"
             raise NumericalError(
-                f"non-finite {', '.join(bad)} at step {self.state.step} (epoch {self.state.epoch + 1}); "
-                f"the last good checkpoint is {self.run_dir / 'checkpoints' / 'last.pt'}; "
-                "try a lower train.lr or set train.grad_clip"
-            )
+                f"non-finite {', '.join(bad)} at step {self.state.step} (epoch {self.state.epoch + 1}); {kept}{todo}")
 
     def _check_weights(self) -> None:
         for name, p in self.model.named_parameters():
