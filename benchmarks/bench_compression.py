@@ -18,11 +18,14 @@ each reports in brackets):
                          validation (OWN_KD_TUNED) and used unchanged on every dataset [student]
     own student KD per dataset   the recipe: the same with the KD chosen on each dataset's own validation
                          (OWN_KD_VALID; the FB15k-237 subset, not tuned, takes Kinship's) [teacher, student]
+    own student kd       the recipe's student, distillation values and budget with train.method=kd: no
+                         virtual step, no meta step (what the meta step is worth) [teacher, student]
     dense small / prune-only at the recipe's lr   the controls: the baselines at the recipe's student lr
     prune-only element   prune, element masks, global magnitude (the paper's masks); pruned weights keep
                          their gradients, so the mask can change (gradual magnitude pruning)
     metasd element       metasd, element masks (the paper's masks, the project's MetaSD step)
     prune-only element per-tensor   prune, element masks, a 10 % budget per table
+    prune-only element gradual   prune-only element with gradual_epochs = epochs // 2 (the rate rises to 0.9)
     gradual element      metasd, element masks, gradual_epochs = epochs // 2 [student]
     rgcn dense / rgcn prune-only / rgcn metasd / rgcn own student   R-GCN + DistMult, element masks on embeddings and
                          GNN weights (pipelines/configs/umls_rgcn.yaml), on the datasets whose budget
@@ -156,12 +159,18 @@ METHODS = [
     Method("own student KD per dataset", lambda b: {"train.method": "metasd", "metasd.student": "own", **DIM, **OWN_KD,
                                                     **recipe_kd(b)},
            ("teacher", "student"), needs=("metasd.student", "metasd.student_lr")),
+    Method("own student kd", lambda b: {"train.method": "kd", "metasd.student": "own", **DIM, **OWN_KD,
+                                                        **recipe_kd(b)},
+           ("teacher", "student"), needs=("metasd.student", "metasd.student_lr")),
     Method("dense small at the recipe's lr", lambda b: {"train.method": "plain", "model.dim": small_dim(b),
                                                         "train.lr": recipe_kd(b)["metasd.student_lr"]},
            ("teacher",)),
     Method("prune-only at the recipe's lr", lambda b: {"train.method": "prune", **DIM,
                                                        "train.lr": recipe_kd(b)["metasd.student_lr"]}),
     Method("prune-only element", _const({"train.method": "prune", **ELEMENT})),
+    Method("prune-only element gradual", lambda b: {"train.method": "prune", **ELEMENT,
+                                                    "prune.gradual_epochs": b["epochs"] // 2},
+           needs=("prune.gradual_epochs",)),
     Method("metasd element", _const({"train.method": "metasd", **ELEMENT})),
     Method("prune-only element per-tensor", _const({"train.method": "prune", **ELEMENT,
                                                     "prune.scope": "per-tensor"})),
