@@ -251,6 +251,11 @@ def aggregate(runs: Sequence[dict], reported: Sequence[str]) -> dict:
     """Seed results of one method -> ``{row: {metric: mean, metric_std: sd, ...}}`` plus timing."""
     out: dict = {"seeds": len(runs), "dim": runs[0]["dim"],
                  "seconds_per_epoch": sum(r["seconds_per_epoch"] for r in runs) / len(runs)}
+    overlaps = [r["overlap"] for r in runs if r.get("overlap")]
+    if overlaps:  # masked runs: the kept coordinates a training triple shares, and the share sharing none
+        for k in ("mean_shared", "none_share"):
+            xs = [o[k] for o in overlaps]
+            out[f"overlap_{k}"], out[f"overlap_{k}_std"] = sum(xs) / len(xs), sample_sd(xs)
     for row in reported:
         vals = [r[row] for r in runs]
         m: dict = {"nonzero": vals[0]["nonzero"], "bytes": vals[0]["bytes"],
@@ -307,7 +312,15 @@ def one_run(dataset: str, method_name: str, seed: int, base: dict, root: str, bu
     twin = twin_result(method, budget, base, Path(root), seed)
     if twin is not None:
         return twin
-    return run_variant_seed(variant, base, Path(root), seed, resume=True)
+    result = run_variant_seed(variant, base, Path(root), seed, resume=True)
+    return {**result, "overlap": last_overlap(run_dir_of(Path(root), method.name, seed))}
+
+
+def last_overlap(run_dir: Path) -> Optional[dict]:
+    """The last validation's mask overlap (``pruning.triple_overlap``) in ``run_dir/metrics.jsonl``, or None."""
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    return next((r["overlap"] for r in reversed(rows) if "overlap" in r), None)
 
 
 def twin_result(method: Method, budget: dict, base: dict, root: Path, seed: int) -> Optional[dict]:
