@@ -441,7 +441,7 @@ def _pm(m: dict, key: str) -> str:
 def render(record: dict) -> str:
     """The study's tables as markdown: one row per reported row, then the paired comparisons."""
     header = ["dataset", "model", "dim", "seeds", "MRR", "H@1", "H@10", "rarest-rel MRR", "rarest-rel gap",
-              "rarest-ent MRR", "non-zeros", "bytes", "s/epoch (x dense)"]
+              "rarest-ent MRR", "non-zeros", "bytes", "s/epoch (x dense)", "overlap (shared coords; none)"]
     rows = []
     for ds, res in record["results"].items():
         plain = {enc: res.get("dense" if enc == "kge" else "rgcn dense", {}).get("seconds_per_epoch")
@@ -457,9 +457,11 @@ def render(record: dict) -> str:
             for row in BY_NAME[name].reported:
                 m = r[row]
                 gap = f"{top - m['rarest_mrr']:+.4f}" if top is not None and m.get("rarest_mrr") is not None else "-"
+                overlap = (f"{_pm(r, 'overlap_mean_shared')}; {r['overlap_none_share']:.1%}"
+                           if row == "student" and "overlap_mean_shared" in r else "-")
                 rows.append([ds, f"{name} {row}", r["dim"], r["seeds"], _pm(m, "mrr"), _pm(m, "hits@1"),
                              _pm(m, "hits@10"), _pm(m, "rarest_mrr"), gap, _pm(m, "rarest_entity_mrr"),
-                             f"{m['nonzero']:,}", f"{m['bytes']:,}", speed])
+                             f"{m['nonzero']:,}", f"{m['bytes']:,}", speed, overlap])
     parts = [markdown(header, rows)]
     prow = []
     for ds, per in record["paired"].items():

@@ -169,8 +169,9 @@ def _load_teacher_best(run_dir: Path, model, ckpt: dict, data, fallback: bool) -
         return
     try:
         tckpt = load_checkpoint(tpath)
-        if tckpt.get("dataset") != ckpt.get("dataset") or tckpt.get("config") != ckpt.get("config"):
-            raise CheckpointError(f"{tpath}: not of the same run as {ckpt['path']} (another config or dataset)")
+        if tckpt.get("dataset") != ckpt.get("dataset") or \
+                (tckpt.get("config") or {}).get("model") != (ckpt.get("config") or {}).get("model"):
+            raise CheckpointError(f"{tpath}: not of the same run as {ckpt['path']} (another model or dataset)")
         model.load_state_dict(tckpt["model"])
     except (CheckpointError, RuntimeError, KeyError) as exc:
         why = str(exc).splitlines()[0] if isinstance(exc, CheckpointError) else f"{tpath}: unreadable ({exc!r:.80})"
