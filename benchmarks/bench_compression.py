@@ -18,11 +18,14 @@ each reports in brackets):
                          validation (OWN_KD_TUNED) and used unchanged on every dataset [student]
     own student KD per dataset   the recipe: the same with the KD chosen on each dataset's own validation
                          (OWN_KD_VALID; the FB15k-237 subset, not tuned, takes Kinship's) [teacher, student]
+    own student kd       the recipe's student, distillation values and budget with train.method=kd: no
+                         virtual step, no meta step (what the meta step is worth) [teacher, student]
     dense small / prune-only at the recipe's lr   the controls: the baselines at the recipe's student lr
     prune-only element   prune, element masks, global magnitude (the paper's masks); pruned weights keep
                          their gradients, so the mask can change (gradual magnitude pruning)
     metasd element       metasd, element masks (the paper's masks, the project's MetaSD step)
     prune-only element per-tensor   prune, element masks, a 10 % budget per table
+    prune-only element gradual   prune-only element with gradual_epochs = epochs // 2 (the rate rises to 0.9)
     gradual element      metasd, element masks, gradual_epochs = epochs // 2 [student]
     rgcn dense / rgcn prune-only / rgcn metasd / rgcn own student   R-GCN + DistMult, element masks on embeddings and
                          GNN weights (pipelines/configs/umls_rgcn.yaml), on the datasets whose budget
@@ -156,12 +159,18 @@ METHODS = [
     Method("own student KD per dataset", lambda b: {"train.method": "metasd", "metasd.student": "own", **DIM, **OWN_KD,
                                                     **recipe_kd(b)},
            ("teacher", "student"), needs=("metasd.student", "metasd.student_lr")),
+    Method("own student kd", lambda b: {"train.method": "kd", "metasd.student": "own", **DIM, **OWN_KD,
+                                                        **recipe_kd(b)},
+           ("teacher", "student"), needs=("metasd.student", "metasd.student_lr")),
     Method("dense small at the recipe's lr", lambda b: {"train.method": "plain", "model.dim": small_dim(b),
                                                         "train.lr": recipe_kd(b)["metasd.student_lr"]},
            ("teacher",)),
     Method("prune-only at the recipe's lr", lambda b: {"train.method": "prune", **DIM,
                                                        "train.lr": recipe_kd(b)["metasd.student_lr"]}),
     Method("prune-only element", _const({"train.method": "prune", **ELEMENT})),
+    Method("prune-only element gradual", lambda b: {"train.method": "prune", **ELEMENT,
+                                                    "prune.gradual_epochs": b["epochs"] // 2},
+           needs=("prune.gradual_epochs",)),
     Method("metasd element", _const({"train.method": "metasd", **ELEMENT})),
     Method("prune-only element per-tensor", _const({"train.method": "prune", **ELEMENT,
                                                     "prune.scope": "per-tensor"})),
@@ -242,6 +251,11 @@ def aggregate(runs: Sequence[dict], reported: Sequence[str]) -> dict:
     """Seed results of one method -> ``{row: {metric: mean, metric_std: sd, ...}}`` plus timing."""
     out: dict = {"seeds": len(runs), "dim": runs[0]["dim"],
                  "seconds_per_epoch": sum(r["seconds_per_epoch"] for r in runs) / len(runs)}
+    overlaps = [r["overlap"] for r in runs if r.get("overlap")]
+    if overlaps:  # masked runs: the kept coordinates a training triple shares, and the share sharing none
+        for k in ("mean_shared", "none_share"):
+            xs = [o[k] for o in overlaps]
+            out[f"overlap_{k}"], out[f"overlap_{k}_std"] = sum(xs) / len(xs), sample_sd(xs)
     for row in reported:
         vals = [r[row] for r in runs]
         m: dict = {"nonzero": vals[0]["nonzero"], "bytes": vals[0]["bytes"],
@@ -298,7 +312,15 @@ def one_run(dataset: str, method_name: str, seed: int, base: dict, root: str, bu
     twin = twin_result(method, budget, base, Path(root), seed)
     if twin is not None:
         return twin
-    return run_variant_seed(variant, base, Path(root), seed, resume=True)
+    result = run_variant_seed(variant, base, Path(root), seed, resume=True)
+    return {**result, "overlap": last_overlap(run_dir_of(Path(root), method.name, seed))}
+
+
+def last_overlap(run_dir: Path) -> Optional[dict]:
+    """The last validation's mask overlap (``pruning.triple_overlap``) in ``run_dir/metrics.jsonl``, or None."""
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+    return next((r["overlap"] for r in reversed(rows) if "overlap" in r), None)
 
 
 def twin_result(method: Method, budget: dict, base: dict, root: Path, seed: int) -> Optional[dict]:
@@ -419,7 +441,7 @@ def _pm(m: dict, key: str) -> str:
 def render(record: dict) -> str:
     """The study's tables as markdown: one row per reported row, then the paired comparisons."""
     header = ["dataset", "model", "dim", "seeds", "MRR", "H@1", "H@10", "rarest-rel MRR", "rarest-rel gap",
-              "rarest-ent MRR", "non-zeros", "bytes", "s/epoch (x dense)"]
+              "rarest-ent MRR", "non-zeros", "bytes", "s/epoch (x dense)", "overlap (shared coords; none)"]
     rows = []
     for ds, res in record["results"].items():
         plain = {enc: res.get("dense" if enc == "kge" else "rgcn dense", {}).get("seconds_per_epoch")
@@ -435,9 +457,11 @@ def render(record: dict) -> str:
             for row in BY_NAME[name].reported:
                 m = r[row]
                 gap = f"{top - m['rarest_mrr']:+.4f}" if top is not None and m.get("rarest_mrr") is not None else "-"
+                overlap = (f"{_pm(r, 'overlap_mean_shared')}; {r['overlap_none_share']:.1%}"
+                           if row == "student" and "overlap_mean_shared" in r else "-")
                 rows.append([ds, f"{name} {row}", r["dim"], r["seeds"], _pm(m, "mrr"), _pm(m, "hits@1"),
                              _pm(m, "hits@10"), _pm(m, "rarest_mrr"), gap, _pm(m, "rarest_entity_mrr"),
-                             f"{m['nonzero']:,}", f"{m['bytes']:,}", speed])
+                             f"{m['nonzero']:,}", f"{m['bytes']:,}", speed, overlap])
     parts = [markdown(header, rows)]
     prow = []
     for ds, per in record["paired"].items():

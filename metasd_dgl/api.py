@@ -116,10 +116,14 @@ def pipeline(dataset: Optional[str] = None, method: Optional[str] = None,
     return PipelineResult(run_dir=out, test=test, exports=exports, plots=made, config=cfg)
 
 
-def load_run(run_dir: PathLike, checkpoint: str = "best") -> LoadedRun:
+def load_run(run_dir: PathLike, checkpoint: str = "best", teacher_fallback: bool = False) -> LoadedRun:
     """The teacher and (for prune/kd/metasd runs) the true student of a run folder, in eval mode.
 
-    ``checkpoint``: "best", "last" or a checkpoint path.  The student is a copy
+    ``checkpoint``: "best" (each model from its own best validation epoch: the teacher of a run with a
+    student from ``checkpoints/best-teacher.pt``, the student from ``best.pt``; ``teacher_fallback``:
+    the teacher from ``best.pt`` when its own file is missing or damaged), "last" or a checkpoint path
+    (one file for both; ``checkpoint["teacher_path"]``, ``["teacher_epoch"]`` say where the teacher
+    came from).  The student is a copy
     of the teacher with the pruned weights set to zero, so that
     ``student(queries)`` / ``student.score_triples(triples)`` score exactly
     what ``evaluate`` ranks.
@@ -128,7 +132,7 @@ def load_run(run_dir: PathLike, checkpoint: str = "best") -> LoadedRun:
 
     from metasd_dgl.stages import load_run as _load
 
-    cfg, data, model, weights, ckpt = _load(Path(run_dir), checkpoint)
+    cfg, data, model, weights, ckpt = _load(Path(run_dir), checkpoint, teacher_fallback)
     masks = ckpt.get("masks")
     model.eval()
     student = None

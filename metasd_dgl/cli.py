@@ -200,13 +200,18 @@ def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, forc
 @click.option("--from-file", "from_file", type=click.Path(dir_okay=False, exists=True),
               help="Score the teacher or student row from a quantised file (export --quantize: "
                    "export/teacher.int8.msq, ...), dequantised, instead of the checkpoint.")
+@click.option("--teacher-fallback", is_flag=True,
+              help="If the teacher's own best checkpoint (best-teacher.pt) is missing or damaged, score the "
+                   "teacher from the student's best.pt instead of stopping.")
 def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
-             triple_classification: bool, plots: bool, protocol: str, from_file: Optional[str]) -> None:
-    """Exact filtered ranking of teacher and true student, overall and per bucket."""
+             triple_classification: bool, plots: bool, protocol: str, from_file: Optional[str],
+             teacher_fallback: bool = False) -> None:
+    """Exact filtered ranking of teacher and true student (each from its own best epoch), overall and per bucket."""
     from metasd_dgl.stages import stage_evaluate
 
     stage_evaluate(Path(run_dir), split, checkpoint, Path(compact) if compact else None, echo=click.echo,
-                   protocol=protocol, from_file=Path(from_file) if from_file else None)
+                   protocol=protocol, from_file=Path(from_file) if from_file else None,
+                   teacher_fallback=teacher_fallback)
     click.echo(f"metrics: {Path(run_dir) / 'eval' / (split + '.json')}")
     if triple_classification:
         from metasd_dgl.tools.commands import classification_lines, classify_run

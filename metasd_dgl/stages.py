@@ -123,11 +123,19 @@ def run_status(run_dir: Path, cfg: Config) -> Optional[dict[str, Any]]:
             "best_mrr": st.get("best_mrr", -1.0)}
 
 
-def load_run(run_dir: Path, checkpoint: str = "best"):
-    """-> (cfg, data, model with weights loaded, the true student's weights or None, checkpoint dict).
+def load_run(run_dir: Path, checkpoint: str = "best", teacher_fallback: bool = False):
+    """-> (cfg, data, model with the teacher's weights, the true student's weights or None, checkpoint dict).
 
     The student (``student.checkpoint_student``) is ``{name: full-width tensor}``, zero where pruned,
-    for ``model.encode(graph, student)``; ``None`` for a plain run."""
+    for ``model.encode(graph, student)``; ``None`` for a plain run.
+
+    ``checkpoint="best"``: each model from its own best validation epoch -- the student (and a plain
+    run's model) from ``best.pt``, the teacher of a run with a student from ``best-teacher.pt``
+    (runs that predate that file: ``best.pt`` for both).  A teacher file the run wrote that is now
+    missing or unreadable is a CheckpointError naming it, unless ``teacher_fallback``: then the
+    teacher comes from the student's file too.  "last" or a path: one file for both.  The returned
+    dict is the student's checkpoint, with ``path``, ``teacher_path``, ``teacher_epoch`` and
+    ``teacher_note`` (why the teacher shares the student's file, or None) added."""
     run_dir = Path(run_dir)
     path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / "checkpoints" / f"{checkpoint}.pt"
     if checkpoint == "best" and not path.exists():
@@ -156,7 +164,38 @@ def load_run(run_dir: Path, checkpoint: str = "best"):
                               f"({str(exc).splitlines()[0]}){why}") from None
     ckpt["path"] = str(path)
     student = checkpoint_student(dict(model.named_parameters()), ckpt.get("masks"), ckpt.get("student_weights"))
+    if student:  # the student's tensors are its own copies: the model may now take the teacher's weights
+        student = {n: w.detach().clone() for n, w in student.items()}
+    ckpt["teacher_path"], ckpt["teacher_epoch"], ckpt["teacher_note"] = str(path), ckpt["state"]["epoch"], None
+    if checkpoint == "best" and student:
+        _load_teacher_best(run_dir, model, ckpt, data, teacher_fallback)
     return cfg, data, model, student, ckpt
+
+
+def _load_teacher_best(run_dir: Path, model, ckpt: dict, data, fallback: bool) -> None:
+    """The teacher's own best weights into ``model`` (``load_run``), or the note why it keeps the student's file's."""
+    from metasd_dgl.train.loop import TEACHER_BEST
+
+    tpath = run_dir / "checkpoints" / TEACHER_BEST
+    if ckpt["state"].get("teacher_best_epoch", -1) <= 0 and not tpath.exists():
+        ckpt["teacher_note"] = f"the run keeps no {TEACHER_BEST} (it predates it): the teacher is from {ckpt['path']}"
+        return
+    try:
+        tckpt = load_checkpoint(tpath)
+        if tckpt.get("dataset") != ckpt.get("dataset") or \
+                (tckpt.get("config") or {}).get("model") != (ckpt.get("config") or {}).get("model"):
+            raise CheckpointError(f"{tpath}: not of the same run as {ckpt['path']} (another model or dataset)")
+        model.load_state_dict(tckpt["model"])
+    except (CheckpointError, RuntimeError, KeyError) as exc:
+        why = str(exc).splitlines()[0] if isinstance(exc, CheckpointError) else f"{tpath}: unreadable ({exc!r:.80})"
+        if not fallback:
+            raise CheckpointError(f"the teacher's best checkpoint is missing or damaged ({why}); the student's "
+                                  f"{ckpt['path']} is intact: pass --teacher-fallback to score the teacher from it "
+                                  f"(epoch {ckpt['state']['epoch']}), or --checkpoint PATH for one file") from None
+        ckpt["teacher_note"] = f"teacher from {ckpt['path']}, the student's file: {why}"
+        model.load_state_dict(ckpt["model"])
+        return
+    ckpt["teacher_path"], ckpt["teacher_epoch"] = str(tpath), tckpt["state"]["epoch"]
 
 
 #: The row of ``protocol="reference"``: the reference code's scoring of its "student".
@@ -165,8 +204,11 @@ REFERENCE_ROW = "reference student"
 
 def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
                    compact: Optional[Path] = None, echo=print, protocol: str = "true",
-                   from_file: Optional[Path] = None) -> dict[str, Any]:
+                   from_file: Optional[Path] = None, teacher_fallback: bool = False) -> dict[str, Any]:
     """Teacher and true student, overall and per long-tail bucket; writes eval/<split>.json.
+
+    Each model from its own best epoch (``load_run``; ``teacher_fallback`` as there); the record
+    names each model's file and epoch (``checkpoint_files``, ``epochs``).
 
     ``protocol="reference"`` adds the row ``REFERENCE_ROW``: the reference code's
     score (query side masked, candidate entity table dense) at its prune rate
@@ -178,7 +220,7 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     """
     if protocol not in ("true", "reference"):
         raise UserError(f"protocol must be true or reference, got {protocol!r}")
-    cfg, data, model, student, ckpt = load_run(run_dir, checkpoint)
+    cfg, data, model, student, ckpt = load_run(run_dir, checkpoint, teacher_fallback)
     masks = ckpt.get("masks")
     triples, unseen = apply_unseen(getattr(data, split), data.train, data.num_entities, data.num_relations,
                                    cfg.eval.unseen, split)
@@ -230,6 +272,8 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     names = row_names(results, cfg.train.method)  # "results" keyed by slot; "rows": what each is called
     record = {"split": split, "checkpoint": checkpoint, "checkpoint_file": ckpt["path"],
               "epoch": ckpt["state"]["epoch"],
+              "epochs": {"teacher": ckpt["teacher_epoch"], **({"student": ckpt["state"]["epoch"]} if student else {})},
+              "checkpoint_files": {"teacher": ckpt["teacher_path"], **({"student": ckpt["path"]} if student else {})},
               "student_source": str(compact) if compact is not None and masks else ("masks" if masks else None),
               "teacher_trained": teacher_trained, "rows": names, "results": results}
     if reference is not None:
@@ -251,7 +295,14 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     source = f"student from {compact}" if compact is not None and masks else ""
     if file_role is not None:
         source = f"{names.get(file_role, file_role)} from {from_file}" + (f"; {source}" if source else "")
-    echo(f"scored {ckpt['path']} (epoch {record['epoch']}){'; ' + source if source else ''}")
+    if student and ckpt["teacher_path"] != ckpt["path"]:
+        scored = (f"scored {names['teacher']} {ckpt['teacher_path']} (epoch {ckpt['teacher_epoch']}), "
+                  f"{names['student']} {ckpt['path']} (epoch {record['epoch']})")
+    else:
+        scored = f"scored {ckpt['path']} (epoch {record['epoch']})"
+    if ckpt.get("teacher_note") and checkpoint == "best":
+        echo(f"note: {ckpt['teacher_note']}")
+    echo(f"{scored}{'; ' + source if source else ''}")
     return record
 
 

@@ -144,3 +144,43 @@ def test_bad_inputs(runs, tmp_path, capsys):
         assert main(["evaluate", str(run), "--no-plots", "--from-file", str(path)]) == 2
         line = _error_line(capsys)
         assert line.startswith(f"error: {path}: ") and message in line, line
+
+
+def test_reference_is_the_best_fp32_variant_by_validation(runs, capsys):
+    from metasd_dgl.errors import UserError
+    from metasd_dgl.tools.compress import choose_reference
+
+    def v(name, label, role, scheme, valid, size):
+        return {"name": name, "label": label, "role": role, "scheme": scheme, "bytes": size,
+                "valid": {"mrr": valid}, "test": {"mrr": 0.0}}
+
+    variants = [v("teacher fp32", None, "teacher", "fp32", 0.50, 1000), v("teacher int8", None, "teacher", "int8", 0.499, 260),
+                v("student fp32", None, "student", "fp32", 0.45, 100),
+                v("dense teacher fp32", "dense", "teacher", "fp32", 0.53, 1000),
+                v("dense teacher int8", "dense", "teacher", "int8", 0.525, 250)]
+    ref = choose_reference(variants)
+    assert variants[ref]["name"] == "dense teacher fp32"  # the compared run beats this run's teacher
+    # within 0.01 of the reference (0.53): only the dense run's files; the smallest of them
+    assert recommend(variants, variants[ref]["valid"]["mrr"], 0.01) == 4
+    # --reference: a variant's name or a run's label alone (its fp32 variant)
+    assert choose_reference(variants, "teacher") == 0 and choose_reference(variants, "student fp32") == 2
+    assert choose_reference(variants, "dense") == 3
+    assert recommend(variants, variants[choose_reference(variants, "teacher")]["valid"]["mrr"], 0.01) == 4
+    with pytest.raises(UserError) as exc:
+        choose_reference(variants, "nope")
+    assert "'teacher fp32'" in str(exc.value) and "'dense'" in str(exc.value)
+    # through the CLI: one error line naming the labels, exit 2, before any scoring
+    run, _ = runs
+    capsys.readouterr()
+    assert main(["compress", str(run), "--reference", "nope"]) == 2
+    line = _error_line(capsys)
+    assert "--reference 'nope': no such variant" in line and "'student fp32'" in line and "'teacher'" in line
+    assert main(["compress", str(run), "--reference", "student", "--split", "valid"]) == 0
+    report = json.loads((run / "compress" / "report.json").read_text())
+    assert report["reference"] == "student fp32" and "student fp32 *(reference)*" in report["table"]
+    assert report["reference_chosen"] == "given (--reference)"
+    assert main(["compress", str(run), "--split", "valid"]) == 0
+    report = json.loads((run / "compress" / "report.json").read_text())
+    fp32 = [v for v in report["variants"] if v["scheme"] == "fp32"]
+    assert report["reference"] == max(fp32, key=lambda v: v["valid"]["mrr"])["name"]
+    assert report["reference_chosen"] == "best fp32 by valid MRR"

@@ -151,3 +151,87 @@ def test_exploding_run_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert "non-finite" in err and "last good checkpoint" in err and "Traceback" not in err
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def _two_best_run(tmp_path):
+    run = tmp_path / "run"
+    records = _train(run, "--method", "metasd", "--epochs", "5", "--seed", "1")
+    return run, [r for r in records if "valid" in r]
+
+
+def test_each_model_keeps_its_own_best_checkpoint_and_evaluate_uses_it(tmp_path, capsys):
+    from metasd_dgl.model.student import checkpoint_student
+    from metasd_dgl.stages import load_run, stage_evaluate
+
+    run, valid = _two_best_run(tmp_path)
+    ck = run / "checkpoints"
+    teacher = [r["valid"]["teacher"]["mrr"] for r in valid]
+    student = [r["valid"]["student"]["mrr"] for r in valid]
+    t_epoch = valid[teacher.index(max(teacher))]["epoch"]  # first of the maxima: only a strictly better one replaces
+    s_epoch = valid[student.index(max(student))]["epoch"]
+    best_t, best_s = load_checkpoint(ck / "best-teacher.pt"), load_checkpoint(ck / "best.pt")
+    assert best_t["state"]["epoch"] == t_epoch and best_s["state"]["epoch"] == s_epoch
+    assert t_epoch != s_epoch  # the run tells the two apart (toy, seed 1: epochs 5 and 4)
+    last = load_checkpoint(ck / "last.pt")["state"]
+    assert (last["teacher_best_epoch"], last["teacher_best_mrr"]) == (t_epoch, max(teacher))
+    assert (last["best_epoch"], last["best_mrr"]) == (s_epoch, max(student))
+    # every validation of the masked run logs the overlap diagnostic; the summary shows it once
+    assert all(set(r["overlap"]) == {"mean_shared", "none_share", "dim"} for r in valid)
+    log = (run / "train.log").read_text()
+    assert log.count("overlap: a training triple's") == 1
+    assert f"teacher's own best epoch {t_epoch}" in log
+
+    cfg, data, model, weights, ckpt = load_run(run)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), best_t["model"][name])
+    params = {n: p.clone() for n, p in best_s["model"].items()}
+    want = checkpoint_student(params, best_s["masks"], best_s.get("student_weights"))
+    assert all(torch.equal(weights[n], want[n]) for n in want)
+    record = stage_evaluate(run, "valid", echo=print)
+    assert record["epochs"] == {"teacher": t_epoch, "student": s_epoch}
+    assert record["checkpoint_files"] == {"teacher": str(ck / "best-teacher.pt"), "student": str(ck / "best.pt")}
+    # the teacher's validation MRR from its own best epoch is the one it had there (same protocol)
+    assert abs(record["results"]["teacher"]["both"]["mrr"] - max(teacher)) < 1e-6
+    assert abs(record["results"]["student"]["both"]["mrr"] - max(student)) < 1e-6
+    assert f"(epoch {t_epoch})" in capsys.readouterr().out
+    # --checkpoint picks one file for both
+    _, _, model_last, _, ckpt_last = load_run(run, "last")
+    assert ckpt_last["teacher_path"] == ckpt_last["path"] == str(ck / "last.pt")
+
+
+def test_a_missing_or_damaged_teacher_best_is_named_and_falls_back_only_when_asked(tmp_path, capsys):
+    run, valid = _two_best_run(tmp_path)
+    ck = run / "checkpoints"
+    s_epoch = load_checkpoint(ck / "best.pt")["state"]["epoch"]
+    for damage in ("corrupt", "missing"):
+        if damage == "corrupt":
+            (ck / "best-teacher.pt").write_bytes(b"not a checkpoint")
+        else:
+            (ck / "best-teacher.pt").unlink()
+        capsys.readouterr()
+        assert main(["evaluate", str(run), "--split", "valid", "--no-plots"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and "best-teacher.pt" in err[0], err
+        assert "--teacher-fallback" in err[0] and "Traceback" not in err[0]
+        assert main(["evaluate", str(run), "--split", "valid", "--no-plots", "--teacher-fallback"]) == 0
+        out = capsys.readouterr().out
+        assert "note: teacher from" in out
+        record = json.loads((run / "eval" / "valid.json").read_text())
+        assert record["epochs"] == {"teacher": s_epoch, "student": s_epoch}
+
+
+def test_a_run_folder_with_one_best_file_still_evaluates(tmp_path):
+    from metasd_dgl.stages import stage_evaluate
+    from metasd_dgl.store.checkpoint import save_checkpoint
+
+    run, _ = _two_best_run(tmp_path)
+    ck = run / "checkpoints"
+    (ck / "best-teacher.pt").unlink()
+    for name in ("best.pt", "last.pt"):  # as written before the teacher's own best existed
+        state = load_checkpoint(ck / name)
+        for key in ("teacher_best_epoch", "teacher_best_mrr"):
+            del state["state"][key]
+        save_checkpoint({k: v for k, v in state.items() if k != "format"}, ck / name)
+    record = stage_evaluate(run, "valid", echo=lambda *_: None)
+    epoch = load_checkpoint(ck / "best.pt")["state"]["epoch"]
+    assert record["epochs"] == {"teacher": epoch, "student": epoch}

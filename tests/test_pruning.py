@@ -242,3 +242,53 @@ def test_gradual_pruning_kept_counts_per_epoch(tmp_path):
     assert best["state"]["epoch"] == 5 and best["state"]["best_epoch"] == 5
     kept = sum(int(m.sum()) for m in best["masks"].values())
     assert kept == keep_count(numel, 0.9)
+
+
+def _overlap_by_loop(ent_mask, rel_mask, triples, dim):
+    """The overlap diagnostic, one triple, direction and coordinate at a time."""
+    R = rel_mask.shape[0] // 2
+    kept = lambda row, k: any(bool(row[j * dim + k]) for j in range(row.numel() // dim))  # noqa: E731
+    counts = []
+    for h, r, t in triples.tolist():
+        for rr in (r, r + R):
+            counts.append(sum(1 for k in range(dim)
+                              if kept(ent_mask[h], k) and kept(rel_mask[rr], k) and kept(ent_mask[t], k)))
+    return sum(counts) / len(counts), sum(c == 0 for c in counts) / len(counts)
+
+
+@pytest.mark.parametrize("decoder,density", [("complex", 0.15), ("complex", 0.6), ("distmult", 0.3)])
+def test_triple_overlap_matches_a_loop_and_zero_overlap_scores_zero(decoder, density):
+    from metasd_dgl.model.pruning import triple_overlap
+
+    gen = torch.Generator().manual_seed(7)
+    dim, n_ent, n_rel = 6, 9, 3
+    model = build_model("kge", decoder, n_ent, n_rel, dim, init_scale=1.0, generator=gen)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    masks = {n: torch.rand(p.shape, generator=gen) < density for n, p in params.items()}
+    triples = torch.stack([torch.randint(0, n_ent, (40,), generator=gen), torch.randint(0, n_rel, (40,), generator=gen),
+                           torch.randint(0, n_ent, (40,), generator=gen)], 1)
+    got = triple_overlap(masks["encoder.entity"], masks["encoder.relation"], triples, dim, chunk=7)
+    mean, none = _overlap_by_loop(masks["encoder.entity"], masks["encoder.relation"], triples, dim)
+    assert got["count"] == 80
+    assert got["mean_shared"] == pytest.approx(mean, abs=1e-12)
+    assert got["none_share"] == pytest.approx(none, abs=1e-12)
+    # a triple sharing no kept coordinate scores exactly 0 under the masked trilinear score
+    student = apply_masks(params, masks)
+    e, r_ = student["encoder.entity"], student["encoder.relation"]
+    scores = model.decoder.score(e[triples[:, 0]], r_[triples[:, 1]], e[triples[:, 2]])
+    ent, rel = masks["encoder.entity"], masks["encoder.relation"]
+    for (h, r, t), s in zip(triples.tolist(), scores.tolist()):
+        alone = triple_overlap(ent, rel, torch.tensor([[h, r, t]]), dim, reciprocal=False)
+        if alone["mean_shared"] == 0:
+            assert s == 0.0
+    assert any(triple_overlap(ent, rel, t[None], dim, reciprocal=False)["mean_shared"] == 0 for t in triples) \
+        or density > 0.5  # the sparse cases do test the zero-score claim
+
+
+def test_triple_overlap_of_dimension_masks_is_the_kept_count():
+    from metasd_dgl.model.pruning import triple_overlap
+
+    model = build_model("kge", "complex", 7, 2, 10, init_scale=1.0, generator=torch.Generator().manual_seed(1))
+    masks = make_masks(model, 0.7, structure="dimension", dim=10)
+    got = triple_overlap(masks["encoder.entity"], masks["encoder.relation"], torch.tensor([[0, 1, 3], [6, 0, 6]]), 10)
+    assert got == {"mean_shared": 3.0, "none_share": 0.0, "dim": 10, "count": 4}

@@ -88,6 +88,10 @@ def test_sigkill_at_chosen_points_then_resume_is_bitwise_equal(reference, kg_dir
     for name, tensor in ref_model.items():
         assert torch.equal(model[name], tensor), f"{name} differs after resume (killed at {steps_at_kill})"
     assert state["best_mrr"] == ref_state["best_mrr"]
+    for name in ("best.pt", "best-teacher.pt"):  # each model's own best, exact
+        got, want = (load_checkpoint(r / "checkpoints" / name) for r in (run, root / "uninterrupted"))
+        assert got["state"]["epoch"] == want["state"]["epoch"], name
+        assert all(torch.equal(got["model"][k], t) for k, t in want["model"].items()), name
     lines = (run / "metrics.jsonl").read_text().splitlines()
     ref_lines = (root / "uninterrupted" / "metrics.jsonl").read_text().splitlines()
     strip = lambda ls: [__import__("json").loads(x) for x in ls]  # noqa: E731

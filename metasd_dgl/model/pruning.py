@@ -189,3 +189,47 @@ def sparsity_report(masks: MaskDict) -> Dict[str, dict]:
         "tensors": tensors,
         "total": {"numel": total, "nonzero": kept, "density": kept / total if total else 0.0},
     }
+
+
+def coordinate_keep(mask: Tensor, dim: int) -> Tensor:
+    """``(rows, width)`` bool mask -> ``(rows, dim)``: whether each row keeps any part of each coordinate.
+
+    Column ``c`` belongs to coordinate ``c % dim`` (the layout of ``dimension_coordinates``: complex
+    tables hold the real parts first, then the imaginary parts).  A complex coordinate counts as kept
+    for a row when its real part, its imaginary part or both are kept.
+    """
+    rows, width = mask.shape
+    if width % dim:
+        raise ValueError(f"a table of width {width} is no k * {dim} coordinates")
+    return mask.view(rows, width // dim, dim).any(dim=1)
+
+
+def triple_overlap(entity_mask: Tensor, relation_mask: Tensor, triples: Tensor, dim: int,
+                   reciprocal: bool = True, chunk: int = 65536) -> Dict[str, float]:
+    """How many kept coordinates a triple's head, relation and tail rows share.
+
+    entity_mask: ``(N, w_e)`` bool, relation_mask: ``(R', w_r)`` bool (the student's masks of the
+    lookup tables), triples: ``(n, 3)`` long (head, relation, tail), dim: the model's ``dim``.
+    A coordinate is shared by a triple when the head's, the relation's and the tail's rows all keep
+    it (``coordinate_keep``: for complex tables, either part of it).  In a trilinear score (DistMult,
+    ComplEx) only shared coordinates add anything: a triple that shares none scores exactly 0.
+    ``reciprocal``: the relation table holds ``R' = 2R`` rows, the reciprocal relations second;
+    each triple is then counted in both directions, with relation row ``r`` and with ``r + R``.
+
+    Returns ``{"mean_shared": mean shared coordinates, "none_share": share of (triple, direction)
+    pairs sharing none, "dim": dim, "count": pairs counted}``.
+    """
+    ent = coordinate_keep(entity_mask.bool(), dim)
+    rel = coordinate_keep(relation_mask.bool(), dim)
+    offsets = [0, relation_mask.shape[0] // 2] if reciprocal else [0]
+    total, none, count = 0, 0, 0
+    for start in range(0, len(triples), chunk):
+        t = triples[start:start + chunk].to(ent.device)
+        both = ent[t[:, 0]] & ent[t[:, 2]]
+        for off in offsets:
+            shared = (both & rel[t[:, 1] + off]).sum(dim=1)
+            total += int(shared.sum())
+            none += int((shared == 0).sum())
+            count += len(t)
+    return {"mean_shared": total / count if count else 0.0, "none_share": none / count if count else 0.0,
+            "dim": dim, "count": count}

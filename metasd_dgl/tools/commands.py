@@ -343,18 +343,22 @@ def subset_command(source: str, k: int, out: str, data_dir: Optional[str]) -> No
 @click.option("--compare", multiple=True, metavar="LABEL=RUN_DIR[@teacher|@student]",
               help="Another run of the same dataset: its student (or teacher) in fp32 and int8; repeatable.")
 @click.option("--tolerance", type=float, default=0.01, show_default=True,
-              help="Recommend the smallest variant whose validation MRR is within this (absolute) of the fp32 "
-                   "teacher's.")
+              help="Recommend the smallest variant whose validation MRR is within this (absolute) of the "
+                   "reference's.")
+@click.option("--reference", metavar="LABEL",
+              help="The tolerance's reference (default: the best fp32 variant by validation MRR): a variant's "
+                   "name ('teacher fp32') or a run's label alone (teacher, student, a --compare LABEL).")
 @click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True,
               help="The split of the table's accuracy columns and of the Pareto plot (validation always chooses).")
 @click.option("--checkpoint", default="best", show_default=True)
-def compress_command(run_dir: str, compare: tuple[str, ...], tolerance: float, split: str, checkpoint: str) -> None:
+def compress_command(run_dir: str, compare: tuple[str, ...], tolerance: float, split: str, checkpoint: str,
+                     reference: Optional[str] = None) -> None:
     """Size and accuracy of every stored variant (teacher fp32/fp16/int8/int4, student fp32/int8/int4),
     each scored from its file; RUN_DIR/compress/report.json, report.png, and a recommendation."""
     from metasd_dgl.tools.compress import compress_report, parse_compare
 
     compress_report(Path(run_dir), [parse_compare(c) for c in compare], tolerance, split, checkpoint,
-                    echo=click.echo)
+                    echo=click.echo, reference=reference)
 
 
 COMMANDS = [predict_command, report_command, export_dglke_command, import_dglke_command, classify_command,

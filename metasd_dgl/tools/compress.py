@@ -12,9 +12,11 @@
 
 Per variant: bytes (the file's size on disk), ratio to the fp32 teacher file, MRR and Hits@10 on
 valid and test, and the MRR of the rarest third of the relations (bucket 0 of the relation
-frequency buckets with 3 buckets, ``data.stats``).  The recommendation is the smallest variant
-whose *validation* MRR is at least the fp32 teacher's validation MRR minus ``tolerance`` (an
-absolute MRR difference); test never chooses.  The Pareto front is taken on (bytes, MRR of the
+frequency buckets with 3 buckets, ``data.stats``).  The reference is the best fp32 variant in the
+report by validation MRR (this run's teacher, its student or a compared run's; ``reference`` names
+another, ``choose_reference``); the recommendation is the smallest variant whose *validation* MRR
+is at least the reference's validation MRR minus ``tolerance`` (an absolute MRR difference); test
+never chooses.  The Pareto front is taken on (bytes, MRR of the
 reported split): a variant is on it when no other is at most as large and at least as accurate,
 one of them strictly.  ``report.json``, ``report.png`` (bytes on a log axis against MRR, the front
 highlighted, the recommendation starred) and the markdown table are the output.
@@ -70,6 +72,30 @@ def recommend(variants: Sequence[Mapping[str, Any]], baseline_valid_mrr: float, 
     if not ok:
         return None
     return min(ok, key=lambda i: (variants[i]["bytes"], -variants[i]["valid"]["mrr"]))
+
+
+def reference_labels(variants: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """``{label: index}`` of what ``--reference`` may name: every variant's name, and each fp32 variant
+    by its run's label alone (``teacher``, ``student``: this run's; a ``--compare`` label: that run's)."""
+    labels = {v["name"]: i for i, v in enumerate(variants)}
+    for i, v in enumerate(variants):
+        if v["scheme"] == "fp32":
+            labels.setdefault(v["label"] or v["role"], i)
+    return labels
+
+
+def choose_reference(variants: Sequence[Mapping[str, Any]], label: Optional[str] = None) -> int:
+    """Index of the tolerance's reference: the fp32 variant with the highest validation MRR (ties: the
+    first listed), or the variant ``label`` names (``reference_labels``); UserError listing the labels
+    when it names none.  Needs ``valid`` scores unless ``label`` is given."""
+    if label is not None:
+        labels = reference_labels(variants)
+        if label not in labels:
+            raise UserError(f"--reference {label!r}: no such variant in this report; labels: "
+                            + ", ".join(repr(x) for x in labels))
+        return labels[label]
+    fp32 = [i for i, v in enumerate(variants) if v["scheme"] == "fp32" and v["valid"]["mrr"] is not None]
+    return max(fp32, key=lambda i: (variants[i]["valid"]["mrr"], -i))
 
 
 def _scores(summary: dict, rare_label: str) -> dict[str, Any]:
@@ -132,7 +158,8 @@ def _table(report: dict) -> str:
     rows = []
     fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
     for i, v in enumerate(report["variants"]):
-        name = v["name"] + (" **(recommended)**" if i == report["recommended_index"] else "")
+        name = v["name"] + (" **(recommended)**" if i == report["recommended_index"] else "") \
+            + (" *(reference)*" if v["name"] == report["reference"] else "")
         s = v[split]
         rows.append([name, v["file"], f"{v['bytes']:,}", f"{v['ratio']:.4f}", fmt(v["valid"]["mrr"]),
                      fmt(s["mrr"]), fmt(s["hits@10"]), fmt(s["rare_mrr"]), "yes" if v["pareto"] else ""])
@@ -163,7 +190,7 @@ def plot_report(report: dict, out_png: Path) -> Path:
     rec = report["recommended_index"]
     if rec is not None:
         ax.scatter([xs[rec]], [ys[rec]], marker="*", s=260, facecolor="none", edgecolor="k", lw=1.2,
-                   label=f"recommended (valid MRR >= fp32 teacher's - {report['tolerance']:g})", zorder=4)
+                   label=f"recommended (valid MRR >= {report['reference']}'s - {report['tolerance']:g})", zorder=4)
     for x, y, v in zip(xs, ys, vs):
         ax.annotate(v["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.axhline(report["baseline"][split]["mrr"], color="0.8", ls="--", lw=0.8, zorder=0)
@@ -180,7 +207,8 @@ def plot_report(report: dict, out_png: Path) -> Path:
 
 
 def compress_report(run_dir: Path, compare: Sequence[CompareSpec] = (), tolerance: float = 0.01,
-                    split: str = "test", checkpoint: str = "best", echo: Callable[[str], None] = print) -> dict:
+                    split: str = "test", checkpoint: str = "best", echo: Callable[[str], None] = print,
+                    reference: Optional[str] = None) -> dict:
     """Write and score every variant (module docstring); -> the report (also ``compress/report.json``)."""
     from metasd_dgl.data.fingerprint import dataset_fingerprint
     from metasd_dgl.store.export import save_dense
@@ -236,6 +264,8 @@ def compress_report(run_dir: Path, compare: Sequence[CompareSpec] = (), toleranc
                         plan.append({"name": f"{prefix}{r} {s}", "run": str(folder), "label": label or None,
                                      "role": r, "scheme": s, "path": where / file_name(r, s), "cfg": c_cfg})
             base_bytes = (out / "teacher.safetensors").stat().st_size
+            if reference is not None:
+                choose_reference(plan, reference)  # a label not in the report: refused before the scoring
             variants = []
             for i, p in enumerate(plan, start=1):
                 size = p["path"].stat().st_size
@@ -252,15 +282,17 @@ def compress_report(run_dir: Path, compare: Sequence[CompareSpec] = (), toleranc
             front = pareto_front([(v["bytes"], v[split]["mrr"] or 0.0) for v in variants])
             for v, on in zip(variants, front):
                 v["pareto"] = on
-            baseline = variants[0]
+            baseline = variants[choose_reference(variants, reference)]
             rec = recommend(variants, baseline["valid"]["mrr"], tolerance)
             report = {
                 "run_dir": str(run_dir), "checkpoint": ckpt["path"], "dataset": str(cfg.data.dataset),
-                "split": split, "tolerance": tolerance,
+                "split": split, "tolerance": tolerance, "reference": baseline["name"],
+                "reference_chosen": "given (--reference)" if reference is not None else "best fp32 by valid MRR",
                 "baseline": {"name": baseline["name"], "bytes": baseline["bytes"], "valid": baseline["valid"],
                              "test": baseline["test"]},
-                "rule": ("recommended: the smallest variant whose validation MRR >= the fp32 teacher's validation "
-                         "MRR - tolerance; Pareto front on (bytes, " + split + " MRR); every score from the file"),
+                "rule": ("recommended: the smallest variant whose validation MRR >= the reference's validation "
+                         "MRR - tolerance (the reference: the best fp32 variant by validation MRR unless given); "
+                         "Pareto front on (bytes, " + split + " MRR); every score from the file"),
                 "rare_bucket": {"kind": "relation", "num_buckets": RARE_BUCKETS, "label": rare_label},
                 "variants": variants,
                 "recommended_index": rec,
@@ -273,7 +305,8 @@ def compress_report(run_dir: Path, compare: Sequence[CompareSpec] = (), toleranc
     if rec is not None:
         v = variants[rec]
         echo(f"recommended: {v['name']} ({v['bytes']:,} bytes, {v['ratio']:.1%} of the fp32 teacher file; valid MRR "
-             f"{v['valid']['mrr']:.4f} vs {baseline['valid']['mrr']:.4f}, tolerance {tolerance:g})")
+             f"{v['valid']['mrr']:.4f} vs the reference {baseline['name']}'s {baseline['valid']['mrr']:.4f}, "
+             f"tolerance {tolerance:g})")
     echo(f"rarest third of relations: {rare_label} ({RARE_BUCKETS} relation-frequency buckets, bucket 0)")
     echo(f"report: {final / 'report.json'}")
     echo(f"plot: {final / 'report.png'}")

@@ -6,7 +6,8 @@
     metrics.jsonl        one JSON line per epoch (losses) and per validation
     train.log            the readable console lines (header, epochs, validations, summary)
     checkpoints/last.pt  everything needed to resume exactly
-    checkpoints/best.pt  best validation MRR (student MRR for prune/kd/metasd)
+    checkpoints/best.pt  best validation MRR (student MRR for prune/kd/metasd: early stopping watches it)
+    checkpoints/best-teacher.pt  runs with a student: the teacher at its own best validation MRR
     checkpoints/epoch-K.pt  the newest ``keep_checkpoints`` epoch checkpoints
 
 Graphs (R-GCN): evaluation -- validation here and ``evaluate`` on valid/test
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 from metasd_dgl.store.atomic import atomic_write_text, write_error
 from metasd_dgl.store.checkpoint import load_checkpoint, save_checkpoint
 from metasd_dgl.config import Config, ConfigError, resume_differences, save_config, to_dict
-from metasd_dgl.console import Console, epoch_line, row_names, valid_line
+from metasd_dgl.console import Console, epoch_line, overlap_line, row_names, valid_line
 from metasd_dgl.data.fingerprint import dataset_fingerprint
 from metasd_dgl.runtime.device import resolve_device, to_device
 from metasd_dgl.runtime.distributed import init_from_env, rank_device
@@ -45,13 +46,17 @@ from metasd_dgl.errors import CheckpointError, UserError
 from metasd_dgl.evaluate.ranking import metrics, rank_split
 from metasd_dgl.model.predictor import make_model
 from metasd_dgl.runtime.precision import check_precision, exact, training
-from metasd_dgl.model.pruning import make_masks, scheduled_rate, sparsity_report
+from metasd_dgl.model.pruning import make_masks, scheduled_rate, sparsity_report, triple_overlap
 from metasd_dgl.runtime.process import configure_threads, cpu_budget_spent, tune_malloc
 from metasd_dgl.model.student import checkpoint_student
 from metasd_dgl.evaluate.unseen import apply_unseen
 from metasd_dgl.train.examples import BatchInputs, Examples
 from metasd_dgl.train.methods import make_method
 from metasd_dgl.train.tracker import make_tracker
+
+
+#: The teacher's own best checkpoint of a run with a student (``checkpoints/``).
+TEACHER_BEST = "best-teacher.pt"
 
 
 class TrainingInterrupted(UserError):
@@ -73,6 +78,8 @@ class TrainState:
     batch_in_epoch: int = 0  # batches done in the current (unfinished) epoch
     best_mrr: float = -1.0
     best_epoch: int = -1
+    teacher_best_mrr: float = -1.0  # runs with a student: the teacher's own best (best-teacher.pt)
+    teacher_best_epoch: int = -1
     bad_validations: int = 0
     validated_epoch: int = 0  # last epoch whose validation is done
     epoch_sums: dict = field(default_factory=dict)  # running loss sums of the current epoch
@@ -316,13 +323,30 @@ class Trainer:
             st.best_mrr, st.best_epoch, st.bad_validations = mrr, st.epoch, 0
         elif final:
             st.bad_validations += 1
-        self._log({"epoch": st.epoch, "valid": result},
-                  valid_line(st.epoch, result, st.best_mrr, st.best_epoch, new_best, self.cfg.train.method))
+        teacher_best = key == "student" and result["teacher"]["mrr"] > st.teacher_best_mrr
+        if teacher_best:  # the teacher kept at its own best epoch, whatever the student's
+            st.teacher_best_mrr, st.teacher_best_epoch = result["teacher"]["mrr"], st.epoch
+        record = {"epoch": st.epoch, "valid": result}
+        overlap = self._overlap() if self.masks is not None else None
+        if overlap is not None:  # masked runs: the kept coordinates a training triple shares
+            record["overlap"] = overlap
+        self._log(record, valid_line(st.epoch, result, st.best_mrr, st.best_epoch, new_best, self.cfg.train.method)
+                  + ("  teacher best -> checkpoints/best-teacher.pt" if teacher_best else ""))
+        if teacher_best:
+            self.checkpoint(TEACHER_BEST)
         if new_best:
             self.checkpoint("best.pt")
         self.checkpoint("last.pt")
         if self.on_validation is not None:
             self.on_validation(st.epoch, mrr)
+
+    def _overlap(self) -> Optional[dict]:
+        """The masks' overlap on the training triples (``pruning.triple_overlap``); None without lookup tables."""
+        ent, rel = self.masks.get("encoder.entity"), self.masks.get("encoder.relation")
+        if self.rgcn or ent is None or rel is None:
+            return None
+        out = triple_overlap(ent, rel, self.data.train, self.cfg.model.dim)
+        return {"mean_shared": round(out["mean_shared"], 4), "none_share": round(out["none_share"], 4), "dim": out["dim"]}
 
     @exact()
     def validate(self) -> dict[str, dict[str, float]]:
@@ -382,10 +406,18 @@ class Trainer:
                 + (str(ck / 'best.pt') if (ck / 'best.pt').is_file() else "best.pt was moved away; use last.pt")
                 if st.best_epoch > 0 else unready if st.validated_epoch and self.masks
                 else "no validation yet, no best checkpoint")
-        lines = [f"done: {st.epoch} epochs, {st.step} steps; {self.stop_reason}", best,
-                 f"outputs: {ck / 'last.pt'}, {self.run_dir / 'metrics.jsonl'}, {self.run_dir / 'train.log'}"]
+        lines = [f"done: {st.epoch} epochs, {st.step} steps; {self.stop_reason}", best]
+        if st.teacher_best_epoch > 0:
+            name = row_names(["teacher"], self.cfg.train.method)["teacher"]
+            lines.append(f"{name}'s own best epoch {st.teacher_best_epoch} (valid {name} MRR "
+                         f"{st.teacher_best_mrr:.4f}) -> {ck / TEACHER_BEST}")
+        overlap = next((r["overlap"] for r in reversed(st.history) if "overlap" in r), None)
+        if overlap is not None:
+            lines.append(overlap_line(overlap))
+        lines += [f"outputs: {ck / 'last.pt'}, {self.run_dir / 'metrics.jsonl'}, {self.run_dir / 'train.log'}"]
         record = {"epochs": st.epoch, "steps": st.step, "best_epoch": st.best_epoch, "best_mrr": st.best_mrr,
-                  "stop_reason": self.stop_reason, "run_dir": str(self.run_dir)}
+                  "teacher_best_epoch": st.teacher_best_epoch, "teacher_best_mrr": st.teacher_best_mrr,
+                  "overlap": overlap, "stop_reason": self.stop_reason, "run_dir": str(self.run_dir)}
         self.console.summary(lines, record)
 
     def _check_finite(self, out: dict[str, float]) -> None:
