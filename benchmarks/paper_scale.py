@@ -30,7 +30,7 @@ Rows (``ROWS``; the model each reports in brackets):
     prune-only element  prune, element masks (not in the default rows)                            [student]
     dense 2000 int8, metasd dimension int8, own student int8
                         the stored file of the source row's selected checkpoint, quantised
-                        (``metasd_dgl.store.quantize.export_run_files``: int8, per-row scales), ranked from the
+                        (``metasd_dgl.store.export.export_run_files``: int8, per-row scales), ranked from the
                         file; bytes of the int8 and the fp32 file.  Computed right after the source run
                         (in its process), or later from a source run folder that is here.
 
@@ -488,7 +488,7 @@ def _quantised_task(task: dict) -> None:
     import torch
 
     from metasd_dgl.data.preprocess import load_processed
-    from metasd_dgl.store.quantize import export_run_files, file_name, file_tables
+    from metasd_dgl.store.export import export_run_files, file_name, file_tables
 
     t0 = time.time()
     device = _device(task["device"])
@@ -507,12 +507,12 @@ def _quantised_task(task: dict) -> None:
     out = run_dir / "quantised"
     info = export_run_files(cfg, data, loaded.model, loaded.student, loaded.ckpt, out, ("fp32", row.scheme),
                             roles=(row.role,))
-    _, (ent, rel), _ = file_tables(out / file_name(row.role, row.scheme), data)
+    _, (ent, rel), _ = file_tables(out / file_name(row.role, row.scheme), cfg, data, loaded.model)
     model = loaded.model
     tables = (ent.to(device), rel.to(device))
     valid = {row.role: _rank(cfg, data, model, "valid", tables=tables)}
     test = {row.role: _rank(cfg, data, model, "test", tables=tables)}
-    nbytes = {s: info[f"{row.role}_{s}_bytes"] for s in ("fp32", row.scheme)}
+    nbytes = {s: info[file_name(row.role, s)]["bytes"] for s in ("fp32", row.scheme)}
     record = {
         "format": FORMAT, "kind": "quantised", "row": row.name, "dataset": task["dataset"], "seed": task["seed"],
         "tiny": src.get("tiny", False), "overrides": src["overrides"], "reported": [row.role], "dim": src["dim"],
