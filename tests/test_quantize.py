@@ -19,11 +19,16 @@ from metasd_dgl.errors import CheckpointError, UserError
 from metasd_dgl.evaluate.ranking import encode_tables, metrics, rank_split
 from metasd_dgl.model.predictor import build_model
 from metasd_dgl.store.export import file_tables, read_model, run_meta, write_model
-from metasd_dgl.store.quantize import dequantize_rows, pack_int4, quantize_rows, unpack_int4
+from metasd_dgl.store.quantize import pack_int4, quantize_rows, unpack_int4
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = SimpleNamespace(model=SimpleNamespace(encoder="kge", decoder="complex", dim=4),
                       prune=SimpleNamespace(structure="element", rate=0.5))
+
+
+def dequantize_rows(q: np.ndarray, s: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """q * s per row, the product in float64 (as the reader computes it)."""
+    return (q.astype(np.float64) * s.astype(np.float64)[:, None]).astype(dtype)
 
 
 def _parts(path) -> dict:

@@ -1,25 +1,19 @@
-"""Stored models: one safetensors file per model and scheme, and the folders that hold them.
+"""Stored models: one safetensors file per role and scheme, and the folders that hold them.
 
-File names (``file_name``): ``teacher.safetensors`` and ``student.safetensors`` (fp32), and
-``<role>.<scheme>.safetensors`` for the others (``teacher.fp16.safetensors``,
-``student.int8.safetensors``, ``student.int4.safetensors``...).  The teacher is stored dense; the
-student (prune, kd, metasd) as its kept columns or kept values with their index
-(``store/quantize.py`` says how each tensor is laid out).  The safetensors string metadata
-``metasd`` holds JSON: format and version, role, scheme, the model (encoder, decoder, dim, R-GCN
-shape), the dataset's identity (entity and relation counts, fingerprint of the names), the source
-checkpoint's epoch and, per tensor, its shape, layout and encoding.
+Names (``file_name``): ``teacher.safetensors``, ``student.safetensors`` (fp32), else
+``<role>.<scheme>.safetensors`` (``teacher.fp16.safetensors``, ``student.int8.safetensors``...).  The
+teacher is stored dense, the student as its kept columns or values and their index (``quantize.py``).
+The string metadata ``metasd`` holds JSON: format, version, role, scheme, the model (encoder, decoder,
+dim, R-GCN shape), the dataset (entity and relation counts, fingerprint), the source epoch and per
+tensor its shape, layout and encoding.  safetensors checks every offset and shape against the file;
+the reader checks, before reading any part, what it cannot know: a regular file of this format, the
+run's model and dataset, every part's dtype and shape against the run's model, finite positive
+scales.  Older ``.msd``/``.msq`` files get one line saying to re-export.
 
-Reading (``load_for``): safetensors checks every offset and shape against the file; this module
-checks what safetensors cannot know, before anything is allocated: the file is a regular file, its
-model is the run's, its dataset is the run's, every part's dtype and shape fit the run's model, and
-quantisation scales are finite and positive.  The ``.msd``/``.msq`` files of older versions are
-refused with one line saying to re-export.
-
-An export folder (``RUN/export``, ``RUN/compress``) is replaced whole (``atomic.replaced_folder``)
-under its lock.  Its ``manifest.json`` lists every file with its sha256 and size; a folder holding
-anything the manifest does not list is refused, naming it, and nothing is deleted.  ``export`` keeps
-the variants written earlier.  A sha256 in the manifest shows that a file is unchanged since it was
-written; it is not a signature: anyone who edits a file can recompute it.
+``RUN/export`` and ``RUN/compress`` are replaced whole under their lock (``owned_folder``); their
+``manifest.json`` lists every file with its bytes and sha256; a folder holding anything it does not
+list is refused, naming it.  ``export`` keeps the variants written earlier.  A sha256 shows that a
+file is unchanged; it is not a signature: whoever edits a file can recompute it.
 """
 from __future__ import annotations
 
@@ -59,8 +53,7 @@ def write_model(params: ParamDict, path: str | Path, scheme: str, meta: Dict[str
 
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
-    tensors: Dict[str, Tensor] = {}
-    entries: Dict[str, Any] = {}
+    tensors, entries = {}, {}
     for name, p in params.items():
         entries[name], parts = encode_tensor(name, p, (masks or {}).get(name), scheme)
         tensors.update(parts)
@@ -73,27 +66,22 @@ def _open(path: Path):
     """-> (metadata, open safetensors handle) of a model file, or one CheckpointError naming it."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
+        if stat.S_ISREG(mode):  # (a FIFO or a device is never opened)
+            with open(path, "rb") as fh:
+                magic = fh.read(8)
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        why = "file not found" if isinstance(exc, FileNotFoundError) else f"cannot read ({exc.strerror or exc})"
+        raise CheckpointError(f"{path}: {why}") from None
     if not stat.S_ISREG(mode):
         kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
                 "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket or other special file")
         raise CheckpointError(f"{path}: is {kind}, not a regular file; pass a model file of metasd-dgl export")
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(8)
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if magic == b"MSDQUANT" or path.suffix in (".msd", ".msq"):
         raise CheckpointError(f"{path}: an .msd/.msq file of an older metasd-dgl, no longer read; {_REEXPORT}")
-    try:
-        from safetensors import safe_open
+    from safetensors import safe_open
 
+    try:
         handle = safe_open(str(path), framework="pt")
-    except ImportError:
-        raise CheckpointError(f"{path}: reading it needs the safetensors package (pip install safetensors)") from None
     except Exception as exc:  # safetensors' own error types: truncated, bad header, offsets
         raise CheckpointError(f"{path}: not a model file of metasd-dgl export (not a readable safetensors "
                               f"file, or truncated: {str(exc).splitlines()[0][:120]})") from None
@@ -113,23 +101,21 @@ def _open(path: Path):
 def read_model(path: str | Path, expect: Optional[Dict[str, Tuple[int, ...]]] = None,
                check: Callable[[Dict[str, Any]], None] = lambda meta: None,
                ) -> Tuple[ParamDict, MaskDict, Dict[str, Any]]:
-    """A model file -> (``{name: float32 full-width tensor}``, ``{name: bool mask}`` of the compact
-    tensors, metadata).  ``check(metadata)`` runs first; ``expect``: ``{name: shape}`` of the run's
-    model, against which every part is checked before it is read (without it the file's own shapes
-    are trusted: only for files this process wrote)."""
+    """A model file -> (``{name: float32 full-width tensor}``, ``{name: bool mask}`` of the compact tensors,
+    metadata).  ``check(metadata)`` runs first; every part is checked against ``expect`` (``{name: shape}``
+    of the run's model) before it is read; without it the file's shapes are trusted (files just written)."""
     path = Path(path)
     meta, handle = _open(path)
     check(meta)
     tensors = meta["tensors"]
     if expect is None:
-        expect = {n: tuple(int(d) for d in e.get("shape", [])) for n, e in tensors.items() if isinstance(e, dict)}
+        expect = {n: tuple(e.get("shape") or ()) for n, e in tensors.items() if isinstance(e, dict)}
     missing, extra = sorted(set(expect) - set(tensors)), sorted(set(tensors) - set(expect))
     if missing or extra:
         which = f"lacks {missing[0]!r}" if missing else f"holds {extra[0]!r}, which this run's model does not have"
         raise CheckpointError(f"{path}: {which}: it is another model's file; export this run's with "
                               "metasd-dgl export RUN_DIR")
-    params: ParamDict = {}
-    masks: MaskDict = {}
+    params, masks = {}, {}
     with handle as f:
         for name, shape in expect.items():
             entry = tensors[name] if isinstance(tensors[name], dict) else {}
@@ -139,47 +125,37 @@ def read_model(path: str | Path, expect: Optional[Dict[str, Tuple[int, ...]]] = 
     return params, masks, meta
 
 
-# --------------------------------------------------------- a run's model, stored
 def model_identity(cfg) -> Dict[str, Any]:
     """What makes two models the same shape: encoder, decoder, dim (and the R-GCN's layers and bases)."""
-    m = cfg.model
-    out = {"encoder": m.encoder, "decoder": m.decoder, "dim": int(m.dim)}
-    if m.encoder == "rgcn":
-        r = getattr(cfg, "rgcn", m)
-        out.update(num_layers=r.num_layers, num_bases=r.num_bases, decomposition=r.decomposition)
-    return out
+    m, r = cfg.model, getattr(cfg, "rgcn", cfg.model)
+    rgcn = {k: getattr(r, k) for k in ("num_layers", "num_bases", "decomposition")} if m.encoder == "rgcn" else {}
+    return {"encoder": m.encoder, "decoder": m.decoder, "dim": int(m.dim), **rgcn}
 
 
 def run_meta(cfg, data, role: str, ckpt: Optional[dict] = None) -> Dict[str, Any]:
     """The metadata of a run's teacher or student file: model, dataset identity, source epoch."""
     from metasd_dgl.data.fingerprint import dataset_fingerprint
 
-    meta = {"role": role, "model": model_identity(cfg), "dataset": {
+    student = {"structure": cfg.prune.structure, "prune_rate": cfg.prune.rate} if role == "student" else {}
+    return {"role": role, "model": model_identity(cfg), "dataset": {
         "fingerprint": dataset_fingerprint(data), "num_entities": int(data.num_entities),
-        "num_relations": int(data.num_relations)}, "epoch": ((ckpt or {}).get("state") or {}).get("epoch")}
-    if role == "student":
-        meta.update(structure=cfg.prune.structure, prune_rate=cfg.prune.rate)
-    return meta
+        "num_relations": int(data.num_relations)}, "epoch": ((ckpt or {}).get("state") or {}).get("epoch"), **student}
 
 
 def export_run_files(cfg, data, model, student: Optional[ParamDict], ckpt: dict, out: Path,
                      schemes, roles=("teacher", "student")) -> Dict[str, Dict[str, Any]]:
     """Write ``out/file_name(role, scheme)`` of a loaded run (``stages.load_run``) for each scheme;
     -> ``{file name: {role, scheme, bytes, params, nonzero, epoch}}``.  No student file without one."""
-    params = {n: p.detach() for n, p in model.named_parameters()}
     files: Dict[str, Dict[str, Any]] = {}
-    for role in roles:
-        if role == "student" and not student:
-            continue
-        weights, masks = (params, None) if role == "teacher" else (student, ckpt.get("masks"))
-        nonzero = sum(int(torch.count_nonzero(masks[n])) if masks and n in masks else p.numel()
-                      for n, p in weights.items())
+    for role in [r for r in roles if r == "teacher" or student]:
+        weights = {n: p.detach() for n, p in model.named_parameters()} if role == "teacher" else student
+        masks = ckpt.get("masks") if role == "student" else None
+        facts = {"role": role, "params": sum(p.numel() for p in weights.values()), "nonzero": sum(
+            int(torch.count_nonzero(masks[n])) if masks and n in masks else p.numel() for n, p in weights.items()),
+            "checkpoint": ckpt.get("path"), "epoch": (ckpt.get("state") or {}).get("epoch")}
         for scheme in dict.fromkeys(schemes):
-            size = write_model(weights, Path(out) / file_name(role, scheme), scheme, run_meta(cfg, data, role, ckpt),
-                               masks if role == "student" else None)
-            files[file_name(role, scheme)] = {"role": role, "scheme": scheme, "bytes": size, "nonzero": nonzero,
-                                              "params": sum(p.numel() for p in weights.values()),
-                                              "checkpoint": ckpt.get("path"), "epoch": (ckpt.get("state") or {}).get("epoch")}
+            size = write_model(weights, Path(out) / file_name(role, scheme), scheme, run_meta(cfg, data, role, ckpt), masks)
+            files[file_name(role, scheme)] = {**facts, "scheme": scheme, "bytes": size}
     return files
 
 
@@ -195,49 +171,37 @@ def check_fits(meta: Dict[str, Any], cfg, data, path: str | Path) -> None:
     if ds.get("fingerprint") != dataset_fingerprint(data):
         raise CheckpointError(f"{path}: was written for another dataset than {data.path} (its entity/relation "
                               "names differ)")
-    want, got = model_identity(cfg), meta.get("model")
-    if got != want:
-        diff = [k for k in want if not isinstance(got, dict) or got.get(k) != want[k]] or sorted(got or {})
-        have = got.get(diff[0]) if isinstance(got, dict) else got
-        raise CheckpointError(f"{path}: holds a model with {diff[0]}={str(have)[:40]}, this run's has "
-                              f"{diff[0]}={want.get(diff[0])}: it is another model's file; export this run's "
-                              "with metasd-dgl export RUN_DIR")
-
-
-def load_for(path: str | Path, cfg, data, model) -> Tuple[ParamDict, MaskDict, Dict[str, Any]]:
-    """A model file of the run (``cfg``, ``data``, ``model``): its dataset and model checked, then every
-    tensor read against the shapes of ``model``'s parameters."""
-    return read_model(path, {n: tuple(p.shape) for n, p in model.named_parameters()},
-                      lambda meta: check_fits(meta, cfg, data, path))
+    want = model_identity(cfg)
+    got = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    for key in (k for k in want if got.get(k) != want[k]):
+        raise CheckpointError(f"{path}: holds a model with {key}={str(got.get(key))[:40]}, this run's has "
+                              f"{key}={want[key]}: it is another model's file; export this run's with "
+                              "metasd-dgl export RUN_DIR")
 
 
 def file_tables(path: str | Path, cfg, data, model) -> Tuple[Any, Tuple[Tensor, Tensor], Dict[str, Any]]:
-    """-> (model, (entity, relation) float32 tables of the file's weights, metadata): what
-    ``evaluation.rank_split(model, ..., tables=...)`` ranks."""
+    """A model file of the run (``cfg``, ``data``, ``model``), its dataset and model checked and every
+    tensor read against ``model``'s shapes -> (model, (entity, relation) float32 tables, metadata):
+    what ``evaluation.rank_split(model, ..., tables=...)`` ranks."""
     from metasd_dgl.evaluate.ranking import encode_tables
 
-    params, _, meta = load_for(path, cfg, data, model)
+    params, _, meta = read_model(path, {n: tuple(p.shape) for n, p in model.named_parameters()},
+                                 lambda meta: check_fits(meta, cfg, data, path))
     graph = data.graph if cfg.model.encoder == "rgcn" else None
     return model, encode_tables(model, graph, params), meta
 
 
-# --------------------------------------------------------- export folders
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _listed(folder: Path) -> Tuple[Dict[str, Any], set]:
-    """-> (the folder's manifest, the relative paths it lists: also an older version's flat
-    ``*_file`` keys and their sidecars, and an older compress report's files)."""
+    """-> (manifest, the paths it lists; also an older export's ``*_file`` keys, an older report's files)."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = dict(json.loads((folder / "manifest.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
         manifest = {}
-    manifest = manifest if isinstance(manifest, dict) else {}
     files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
     ours = {"manifest.json", *files}
     for key, value in manifest.items():
@@ -272,12 +236,10 @@ def check_owned(folder: Path, command: str) -> Dict[str, Any]:
 @contextlib.contextmanager
 def owned_folder(final: Path, command: str, manifest: Optional[Dict[str, Any]] = None,
                  keep_earlier: bool = False) -> Iterator[Path]:
-    """Yield a staging folder that replaces ``final`` whole at the end (call with ``final``'s lock held).
-
-    Refused, before anything is written, when ``final`` holds files its manifest does not list.  At
-    the end ``manifest`` (the caller's facts; ``files``: entries of the files it wrote) is completed
-    and written as ``manifest.json``: with ``keep_earlier`` the listed model files not written again
-    are kept, and every file gets its bytes and sha256."""
+    """Yield a staging folder that replaces ``final`` whole (call with its lock held); refused first
+    when ``final`` holds files its manifest does not list.  At the end ``manifest`` (the caller's facts,
+    ``files`` those it wrote) gets, with ``keep_earlier``, the listed model files not written again,
+    and every file's bytes and sha256, and is written as ``manifest.json``."""
     from metasd_dgl.store.atomic import replaced_folder
 
     manifest = {} if manifest is None else manifest
@@ -288,10 +250,7 @@ def owned_folder(final: Path, command: str, manifest: Optional[Dict[str, Any]] =
         for rel, entry in old["files"].items() if keep_earlier else ():
             src = final / rel
             if rel not in files and rel.endswith(".safetensors") and "/" not in rel and src.is_file():
-                try:
-                    os.link(src, out / rel)
-                except OSError:
-                    shutil.copy2(src, out / rel)
+                shutil.copy2(src, out / rel)
                 files[rel] = entry
         for path in sorted(p for p in out.rglob("*") if p.is_file()):
             rel = path.relative_to(out).as_posix()

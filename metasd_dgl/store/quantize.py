@@ -1,24 +1,15 @@
-"""Quantisation arithmetic and how one tensor of a model is laid out in a stored model file.
+"""Quantisation arithmetic, and how one tensor is laid out in a stored model file (``store/export.py``).
 
-Schemes: ``fp32``, ``fp16``, ``int8``, ``int4``.  int8/int4 are symmetric absmax per row of a
-tensor's last axis: a tensor of shape ``(..., w)`` is ``rows = prod(shape[:-1])`` rows of ``w``
-values (an embedding table: one row per entity or relation; R-GCN ``bases`` (B, in, out): ``B * in``
-rows of ``out``).  Per row ``s = max|x_row| / qmax`` (``qmax`` 127 or 7), stored as fp16 rounded up,
-``q = round(x / s)`` (half to even) in ``[-qmax, qmax]``, so ``|x - q s| <= s / 2`` for every element
-(plus float32 rounding of the product).  A row without a non-zero value gets ``s = 1`` and codes 0,
-so every stored scale is finite and positive.  1-D tensors (R-GCN biases) stay fp32 under int8/int4.
+Schemes fp32, fp16, int8, int4.  int8/int4: symmetric absmax per row of the last axis (``(..., w)`` is
+``prod(shape[:-1])`` rows of ``w``): ``s = max|x_row| / qmax`` (127, 7) as fp16 rounded up, ``q =
+round(x / s)``, so ``|x - q s| <= s / 2`` (plus float32 rounding); a row without a non-zero value gets
+``s = 1``: every scale is finite and positive.  1-D tensors stay fp32 under int8/int4.
 
-A tensor ``NAME`` of shape ``S`` is stored (``store/export.py`` writes the safetensors file) as:
-
-* ``NAME``: its values.  Layout ``dense``: shape ``S``; ``columns`` (a student mask whose rows all keep
-  the same columns, ``prune.structure = dimension``): ``(rows, k)``, the kept columns; ``element``
-  (any other mask): ``(count,)``, the kept values in row-major order.  fp32/fp16 as such, int8 codes
-  as int8, int4 codes ``q + 8`` packed two per byte as uint8 (``(n + 1) // 2``, first in the low nibble).
-* ``NAME::scale``: fp16 ``(rows,)``, int8/int4 only (for ``element``: over the row's kept values).
-* ``NAME::index``: the kept positions (columns of ``w``, or flat positions of the tensor): a uint8
-  bitmap (``numpy.packbits``) or a sorted int32 list, whichever is smaller.
-
-``decode_tensor`` checks every part's dtype and shape against the run's model before reading it.
+Tensor ``NAME`` of shape ``S`` is stored as ``NAME``: its values -- ``dense``: ``S``; ``columns`` (a
+mask whose rows keep the same columns): ``(rows, k)``; ``element`` (any other mask): ``(count,)`` kept
+values row-major -- fp32, fp16, int8 codes, or int4 codes ``q + 8`` two per uint8 (first in the low
+nibble); ``NAME::scale``: fp16 ``(rows,)`` (int8/int4); ``NAME::index``: kept columns or flat positions,
+a uint8 bitmap (``numpy.packbits``) or a sorted int32 list, the smaller.
 """
 from __future__ import annotations
 
@@ -33,40 +24,25 @@ from metasd_dgl.errors import CheckpointError
 SCHEMES = ("fp32", "fp16", "int8", "int4")
 QMAX = {"int8": 127, "int4": 7}
 _SCALE = np.dtype("<f2")
-#: safetensors dtype names of each encoding's values
-_DTYPE = {"fp32": ("F32", torch.float32), "fp16": ("F16", torch.float16), "int8": ("I8", torch.int8),
-          "int4": ("U8", torch.uint8)}
+_DTYPE = {"fp32": "F32", "fp16": "F16", "int8": "I8", "int4": "U8"}
 
 
-# ----------------------------------------------------------------- the arithmetic
-def row_scales(values: np.ndarray, rows: np.ndarray, n_rows: int, qmax: int) -> np.ndarray:
-    """(n_rows,) fp16 ``max |x| / qmax`` of each row, rounded up to the next fp16 (1 for a row
-    without a non-zero value): every ``|x| / s`` stays within qmax."""
+def quantize_values(values: np.ndarray, rows: np.ndarray, n_rows: int, qmax: int) -> Tuple[np.ndarray, np.ndarray]:
+    """1-D ``values`` with the row of each -> (int8 ``q`` in [-qmax, qmax], fp16 scales per row:
+    ``max |x| / qmax`` rounded up to the next fp16, so every ``|x| / s`` stays within qmax)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size and not np.isfinite(values).all():
+        raise ValueError("cannot quantise non-finite weights (NaN or inf)")
     peak = np.zeros(n_rows, dtype=np.float64)
-    if values.size:
-        np.maximum.at(peak, rows, np.abs(values.astype(np.float64)))
+    np.maximum.at(peak, rows, np.abs(values))
     exact = np.where(peak > 0, peak / qmax, 1.0)
     if exact.size and exact.max() > float(np.finfo(_SCALE).max):
         raise ValueError("cannot quantise: a weight is beyond the fp16 scale range (|x| > 8e6)")
     scales = exact.astype(_SCALE)
     low = scales.astype(np.float64) < exact
     scales[low] = np.nextafter(scales[low], np.array(np.inf, dtype=_SCALE))
-    return scales
-
-
-def quantize_values(values: np.ndarray, rows: np.ndarray, n_rows: int, qmax: int) -> Tuple[np.ndarray, np.ndarray]:
-    """1-D ``values`` with the row of each -> (int8 ``q`` in [-qmax, qmax], fp16 scales per row)."""
-    values = np.asarray(values)
-    if values.size and not np.isfinite(values).all():
-        raise ValueError("cannot quantise non-finite weights (NaN or inf)")
-    scales = row_scales(values, rows, n_rows, qmax)
-    q = np.rint(values.astype(np.float64) / scales.astype(np.float64)[rows])
+    q = np.rint(values / scales.astype(np.float64)[rows])
     return np.clip(q, -qmax, qmax).astype(np.int8), scales
-
-
-def dequantize_values(q: np.ndarray, scales: np.ndarray, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """``q * s_row`` (computed in float64, returned as ``dtype``)."""
-    return (q.astype(np.float64) * scales.astype(np.float64)[rows]).astype(dtype)
 
 
 def quantize_rows(x: np.ndarray, scheme: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -74,11 +50,6 @@ def quantize_rows(x: np.ndarray, scheme: str) -> Tuple[np.ndarray, np.ndarray]:
     n_rows, width = np.shape(x)
     q, s = quantize_values(np.asarray(x).reshape(-1), np.repeat(np.arange(n_rows), width), n_rows, QMAX[scheme])
     return q.reshape(n_rows, width), s
-
-
-def dequantize_rows(q: np.ndarray, scales: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """Inverse of ``quantize_rows`` (up to the rounding): (rows, w) ``q * s_row``."""
-    return (q.astype(np.float64) * scales.astype(np.float64)[:, None]).astype(dtype)
 
 
 def pack_int4(q: np.ndarray) -> np.ndarray:
@@ -96,7 +67,6 @@ def unpack_int4(packed: np.ndarray, count: int) -> np.ndarray:
     return np.stack([(b & 0x0F), (b >> 4)], 1).reshape(-1)[:count].astype(np.int8) - 8
 
 
-# ----------------------------------------------------------------- one tensor, stored
 def _rows(shape) -> Tuple[int, int]:
     return (int(np.prod(shape[:-1])) if len(shape) > 1 else 1), (int(shape[-1]) if shape else 1)
 
@@ -119,14 +89,12 @@ def encode_tensor(name: str, x: Tensor, mask: Optional[Tensor], scheme: str) -> 
     m = None if mask is None else mask.detach().cpu().numpy().astype(bool)
     if m is not None and m.shape != shape:
         raise ValueError(f"{name}: mask shape {m.shape} != weight shape {shape}")
-    cols = m.reshape(n_rows, width)[0] if m is not None and len(shape) == 2 and n_rows and \
-        bool((m == m[:1]).all()) else None
     if m is None:
         layout, values, rows = "dense", a, np.repeat(np.arange(n_rows), width)
-    elif cols is not None:
-        layout, values = "columns", a[:, cols]
-        rows = np.repeat(np.arange(n_rows), int(cols.sum()))
-        parts[f"{name}::index"] = _index(cols)
+    elif len(shape) == 2 and n_rows and bool((m == m[:1]).all()):  # every row keeps the same columns
+        layout, values = "columns", a[:, m[0]]
+        rows = np.repeat(np.arange(n_rows), int(m[0].sum()))
+        parts[f"{name}::index"] = _index(m[0])
     else:
         idx = np.flatnonzero(m.reshape(-1))
         layout, values, rows = "element", a.reshape(-1)[idx], idx // max(width, 1)
@@ -144,13 +112,16 @@ def encode_tensor(name: str, x: Tensor, mask: Optional[Tensor], scheme: str) -> 
     return {"shape": list(shape), "layout": layout, "encoding": enc}, parts
 
 
-def _part(f, key: str, dtype: str, shape: Tuple[int, ...], what: str) -> Tensor:
-    """Part ``key`` of safetensors handle ``f``, read only once its dtype and shape are as expected."""
+def _kind(f, key: str, what: str) -> Tuple[str, Tuple[int, ...]]:
     try:
-        sl = f.get_slice(key)
-        got = (sl.get_dtype(), tuple(sl.get_shape()))
+        return f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape())
     except Exception:  # safetensors' own error types
         raise CheckpointError(f"{what}: the file lacks {key!r}") from None
+
+
+def _part(f, key: str, dtype: str, shape: Tuple[int, ...], what: str) -> Tensor:
+    """Part ``key`` of safetensors handle ``f``, read only once its dtype and shape are as expected."""
+    got = _kind(f, key, what)
     if got != (dtype, tuple(shape)):
         raise CheckpointError(f"{what}: {key} is {got[0]} {list(got[1])}, this run's model needs "
                               f"{dtype} {list(shape)}: it is another model's file, or a damaged one")
@@ -159,11 +130,7 @@ def _part(f, key: str, dtype: str, shape: Tuple[int, ...], what: str) -> Tensor:
 
 def _positions(f, key: str, n: int, what: str) -> np.ndarray:
     """The kept positions (sorted, in [0, n)) stored under ``key``, checked before use."""
-    try:
-        sl = f.get_slice(key)
-        dtype, shape = sl.get_dtype(), tuple(sl.get_shape())
-    except Exception:
-        raise CheckpointError(f"{what}: the file lacks {key!r}") from None
+    dtype, shape = _kind(f, key, what)
     if dtype == "U8":
         bits = np.unpackbits(_part(f, key, "U8", ((n + 7) // 8,), what).numpy())
         if bits[n:].any():
@@ -171,7 +138,7 @@ def _positions(f, key: str, n: int, what: str) -> np.ndarray:
         return np.flatnonzero(bits[:n])
     if dtype != "I32" or len(shape) != 1 or shape[0] > n:
         raise CheckpointError(f"{what}: {key} is {dtype} {list(shape)}, expected a bitmap or at most {n} int32")
-    idx = f.get_tensor(key).numpy().astype(np.int64)
+    idx = _part(f, key, "I32", shape, what).numpy().astype(np.int64)
     if idx.size and (idx[0] < 0 or idx[-1] >= n or (np.diff(idx) <= 0).any()):
         raise CheckpointError(f"{what}: {key} holds positions out of range [0, {n}) or unsorted")
     return idx
@@ -183,8 +150,8 @@ def decode_tensor(f, name: str, entry: Dict[str, Any], shape: Tuple[int, ...], w
     layout, enc = entry.get("layout"), entry.get("encoding")
     if layout not in ("dense", "columns", "element") or enc not in SCHEMES:
         raise CheckpointError(f"{what}: unknown layout {layout!r} or encoding {enc!r}")
-    if [int(d) for d in entry.get("shape", [])] != list(shape):
-        raise CheckpointError(f"{what}: has shape {tuple(entry.get('shape', []))}, this run's model needs "
+    if entry.get("shape") != list(shape):
+        raise CheckpointError(f"{what}: has shape {str(tuple(entry.get('shape') or ()))[:80]}, this run's model needs "
                               f"{tuple(shape)}: it is another dataset's or model's file")
     n_rows, width = _rows(shape)
     numel = n_rows * width
@@ -194,8 +161,8 @@ def decode_tensor(f, name: str, entry: Dict[str, Any], shape: Tuple[int, ...], w
     elif layout == "columns" and len(shape) == 2:
         cols = np.zeros(width, dtype=bool)
         cols[_positions(f, f"{name}::index", width, what)] = True
-        vshape, rows = (n_rows, int(cols.sum())), np.repeat(np.arange(n_rows), int(cols.sum()))
-        mask = np.broadcast_to(cols, (n_rows, width)).copy()
+        k = int(cols.sum())
+        vshape, rows, mask = (n_rows, k), np.repeat(np.arange(n_rows), k), np.tile(cols, n_rows)
     elif layout == "element":
         idx = _positions(f, f"{name}::index", numel, what)
         vshape, rows = (idx.size,), idx // max(width, 1)
@@ -205,14 +172,14 @@ def decode_tensor(f, name: str, entry: Dict[str, Any], shape: Tuple[int, ...], w
         raise CheckpointError(f"{what}: column layout needs a 2-D tensor")
     count = int(np.prod(vshape))
     stored = (((count + 1) // 2),) if enc == "int4" else vshape
-    v = _part(f, name, _DTYPE[enc][0], stored, what).numpy()
+    v = _part(f, name, _DTYPE[enc], stored, what).numpy()
     if enc in QMAX:
         s = _part(f, f"{name}::scale", "F16", (n_rows,), what).numpy()
         if not (np.isfinite(s) & (s > 0)).all():
             raise CheckpointError(f"{what}: a quantisation scale is zero, negative or not finite: a damaged "
                                   "or crafted file; re-export it")
         q = v.reshape(-1) if enc == "int8" else unpack_int4(v, count)
-        v = dequantize_values(q, s, rows)
+        v = q.astype(np.float64) * s.astype(np.float64)[rows]  # float64 product, then float32
     v = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)).reshape(vshape)
     if not torch.isfinite(v).all():
         raise CheckpointError(f"{what}: holds NaN or infinite weights: a damaged or crafted file; re-export it")
