@@ -46,7 +46,8 @@ mean ± sd over the seeds both have), non-zeros, file bytes (quantised rows), an
 figures beside (docs: ../shared/METHOD.md).
 
 Needs torch and numpy; PyYAML and tqdm are replaced by stand-ins where missing (``gpu_check``); no DGL,
-no safetensors (the run is rebuilt from its checkpoint here, not with ``metasd_dgl.stages``).
+no safetensors but for quantised rows, whose model files are safetensors (the run is rebuilt from its
+checkpoint here, not with ``metasd_dgl.stages``).
 
     python benchmarks/paper_scale.py --tiny --datasets umls --rows "dense 200,metasd dimension" --seeds 0,1
     PYTHONPATH=. python3 benchmarks/paper_scale.py --data device_data --device cuda --budget 480 \\
