@@ -30,7 +30,7 @@ Rows (``ROWS``; the model each reports in brackets):
     prune-only element  prune, element masks (not in the default rows)                            [student]
     dense 2000 int8, metasd dimension int8, own student int8
                         the stored file of the source row's selected checkpoint, quantised
-                        (``metasd_dgl.store.quantize.export_run_files``: int8, per-row scales), ranked from the
+                        (``metasd_dgl.store.export.export_run_files``: int8, per-row scales), ranked from the
                         file; bytes of the int8 and the fp32 file.  Computed right after the source run
                         (in its process), or later from a source run folder that is here.
 
@@ -46,7 +46,8 @@ mean ± sd over the seeds both have), non-zeros, file bytes (quantised rows), an
 figures beside (docs: ../shared/METHOD.md).
 
 Needs torch and numpy; PyYAML and tqdm are replaced by stand-ins where missing (``gpu_check``); no DGL,
-no safetensors (the run is rebuilt from its checkpoint here, not with ``metasd_dgl.stages``).
+no safetensors but for quantised rows, whose model files are safetensors (the run is rebuilt from its
+checkpoint here, not with ``metasd_dgl.stages``).
 
     python benchmarks/paper_scale.py --tiny --datasets umls --rows "dense 200,metasd dimension" --seeds 0,1
     PYTHONPATH=. python3 benchmarks/paper_scale.py --data datasets/kg --device cuda --budget 480 \\
@@ -488,7 +489,7 @@ def _quantised_task(task: dict) -> None:
     import torch
 
     from metasd_dgl.data.preprocess import load_processed
-    from metasd_dgl.store.quantize import export_run_files, file_name, file_tables
+    from metasd_dgl.store.export import export_run_files, file_name, file_tables
 
     t0 = time.time()
     device = _device(task["device"])
@@ -507,12 +508,12 @@ def _quantised_task(task: dict) -> None:
     out = run_dir / "quantised"
     info = export_run_files(cfg, data, loaded.model, loaded.student, loaded.ckpt, out, ("fp32", row.scheme),
                             roles=(row.role,))
-    _, (ent, rel), _ = file_tables(out / file_name(row.role, row.scheme), data)
+    _, (ent, rel), _ = file_tables(out / file_name(row.role, row.scheme), cfg, data, loaded.model)
     model = loaded.model
     tables = (ent.to(device), rel.to(device))
     valid = {row.role: _rank(cfg, data, model, "valid", tables=tables)}
     test = {row.role: _rank(cfg, data, model, "test", tables=tables)}
-    nbytes = {s: info[f"{row.role}_{s}_bytes"] for s in ("fp32", row.scheme)}
+    nbytes = {s: info[file_name(row.role, s)]["bytes"] for s in ("fp32", row.scheme)}
     record = {
         "format": FORMAT, "kind": "quantised", "row": row.name, "dataset": task["dataset"], "seed": task["seed"],
         "tiny": src.get("tiny", False), "overrides": src["overrides"], "reported": [row.role], "dim": src["dim"],

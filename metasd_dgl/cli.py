@@ -189,17 +189,17 @@ def train(configs, sets, resume: Optional[str], quiet: bool, as_json: bool, forc
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True)
 @click.option("--checkpoint", default="best", show_default=True, help="best, last, or a checkpoint path.")
-@click.option("--compact", type=click.Path(dir_okay=False, exists=True),
-              help="Evaluate the student from its compact export instead of masking.")
+@click.option("--compact", type=click.Path(),
+              help="Score the student from a student file of export (export/student.safetensors, ...).")
 @click.option("--triple-classification", is_flag=True,
               help="Also score valid/test triples against filtered DGL-sampled negatives (ROC-AUC, AP, accuracy).")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Write PNGs into RUN_DIR/plots.")
 @click.option("--protocol", type=click.Choice(["true", "reference"]), default="true", show_default=True,
               help="reference: also score the student as the reference code did (query side masked at rate 0.8, "
                    "candidate entity table dense), next to the true student and the teacher.")
-@click.option("--from-file", "from_file", type=click.Path(dir_okay=False, exists=True),
-              help="Score the teacher or student row from a quantised file (export --quantize: "
-                   "export/teacher.int8.msq, ...), dequantised, instead of the checkpoint.")
+@click.option("--from-file", "from_file", type=click.Path(),
+              help="Score the teacher or student row from a model file of export (export/teacher.int8.safetensors, "
+                   "...), dequantised, instead of the checkpoint.")
 @click.option("--teacher-fallback", is_flag=True,
               help="If the teacher's own best checkpoint (best-teacher.pt) is missing or damaged, score the "
                    "teacher from the student's best.pt instead of stopping.")
@@ -229,7 +229,7 @@ def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--checkpoint", default="best", show_default=True)
 @click.option("--quantize", multiple=True, type=click.Choice(["fp32", "fp16", "int8", "int4"]),
-              help="Also write export/teacher.<Q>.msq and export/student.<Q>.msq (per-row symmetric int8/int4, "
+              help="Also write export/teacher.<Q>.safetensors and export/student.<Q>.safetensors (per-row int8/int4, "
                    "or fp16/fp32; the student as kept columns or kept values); repeatable.")
 def export(run_dir: str, checkpoint: str, quantize: tuple[str, ...]) -> None:
     """Write the dense teacher and the compact pruned student (and quantised files); print their sizes."""
@@ -237,7 +237,10 @@ def export(run_dir: str, checkpoint: str, quantize: tuple[str, ...]) -> None:
 
     info = stage_export(Path(run_dir), checkpoint, quantize)
     for k, v in info.items():
-        click.echo(f"{k}: {v}")
+        if k != "files":
+            click.echo(f"{k}: {v}")
+    for name, entry in info["files"].items():
+        click.echo(f"file: {Path(run_dir) / 'export' / name} ({entry['bytes']:,} bytes, sha256 {entry['sha256']})")
 
 
 @cli.command()

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-from metasd_dgl.store.atomic import atomic_write_json, recover_folder, remove_stale, replaced_folder
+from metasd_dgl.store.atomic import atomic_write_json, recover_folder, remove_stale
 from metasd_dgl.runtime.memory import check_memory
 from metasd_dgl.store.checkpoint import load_checkpoint
 from metasd_dgl.store.lock import folder_lock
@@ -22,8 +22,8 @@ from metasd_dgl.data.preprocess import load_processed, preprocess
 from metasd_dgl.data.stats import evaluation_buckets
 from metasd_dgl.errors import CheckpointError, DataError, UserError
 from metasd_dgl.evaluate.ranking import format_table, summarize
-from metasd_dgl.store.export import check_student_fits, export_student, load_student, save_dense
-from metasd_dgl.evaluate.ranking import REFERENCE_PRUNE_RATE, encode_tables, rank_split, rank_split_reference
+from metasd_dgl.store.export import export_run_files, file_tables, owned_folder
+from metasd_dgl.evaluate.ranking import REFERENCE_PRUNE_RATE, rank_split, rank_split_reference
 from metasd_dgl.data.fingerprint import check_run_dataset, dataset_fingerprint
 from metasd_dgl.model.predictor import make_model
 from metasd_dgl.model.pruning import make_masks
@@ -215,8 +215,8 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     0.8, masks recomputed from the checkpoint's teacher weights with the run's
     prune structure and scope (``evaluation.rank_split_reference``).
 
-    ``from_file``: a quantised ``.msq`` file (``metasd_dgl.store.quantize``); the row of its role
-    (teacher or student) is scored from the file's dequantised weights.
+    ``from_file``: a model file (``metasd_dgl.store.export``); the row of its role (teacher or
+    student) is scored from the file's dequantised weights.  ``compact``: a student file, likewise.
     """
     if protocol not in ("true", "reference"):
         raise UserError(f"protocol must be true or reference, got {protocol!r}")
@@ -229,28 +229,23 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     variants: dict[str, Any] = {"teacher": None}
     if student:
         variants["student"] = student
-    file_role, file_tables = None, None
-    if from_file is not None:
-        from metasd_dgl.store.quantize import file_tables as quantized_tables
-
-        _, file_tables, file_meta = quantized_tables(from_file, data)
-        file_role = file_meta.get("role")
-        if file_role not in variants:
-            raise UserError(f"{from_file}: holds a {file_role}, which {run_dir} does not have "
-                            f"(train.method={cfg.train.method})")
-        if file_role == "student" and compact is not None:
+    file_role, from_files = None, {}  # role -> tables of a model file (--from-file, --compact)
+    for path, flag in ((from_file, "--from-file"), (compact, "--compact")):
+        if path is None:
+            continue
+        _, tables, meta = file_tables(path, cfg, data, model)
+        role = meta.get("role")
+        if flag == "--compact" and role != "student":
+            raise UserError(f"{path}: holds a {role}; --compact takes a student file (export/student.safetensors)")
+        if role not in variants:
+            raise UserError(f"{path}: holds a {role}, which {run_dir} does not have (train.method={cfg.train.method})")
+        if role in from_files:
             raise UserError("--compact and --from-file both give the student; pass one of them")
+        from_files[role] = tables
+        file_role = role if flag == "--from-file" else file_role
     results: dict[str, Any] = {}
     for name, m in variants.items():
-        tables = None
-        if name == file_role:
-            tables = file_tables
-        elif name == "student" and compact is not None:
-            params, _, _ = load_student(compact)
-            check_student_fits(params, model.state_dict(), compact)
-            model_c = make_model(cfg, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
-            model_c.load_state_dict({**model.state_dict(), **params})
-            tables = encode_tables(model_c, graph)
+        tables = from_files.get(name)
         ranks = rank_split(model, triples, data.num_relations, data.filter, graph=graph, weights=m,
                            max_memory_mb=cfg.eval.max_memory_mb, tables=tables)
         results[name] = summarize(ranks, buckets)
@@ -307,44 +302,32 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
 
 
 def stage_export(run_dir: Path, checkpoint: str = "best", quantize: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Dense teacher and compact student files side by side, with their sizes; with ``quantize``
-    (schemes of ``metasd_dgl.store.quantize``: fp32, fp16, int8, int4) also ``teacher.<scheme>.msq`` and
-    ``student.<scheme>.msq``.
+    """The teacher and the student as model files (``store/export.py``): ``teacher.safetensors``,
+    ``student.safetensors`` (fp32) and, per ``quantize`` scheme, ``teacher.<scheme>.safetensors`` and
+    ``student.<scheme>.safetensors``; -> the manifest (sizes, sha256 of every file).
 
-    All files are written into a temporary folder renamed over ``export/`` at the end
-    (``atomic.replaced_folder``), under export/'s lock: a kill or a full disk leaves the
-    old set or the new one, never a mix; a killed export's temporaries go at the next.
+    The files go into a temporary folder renamed over ``export/`` at the end, under export/'s lock: a
+    kill or a full disk leaves the old set or the new one.  Model files written earlier and not written
+    again are kept; a folder holding files the manifest does not list is refused (``owned_folder``).
     """
     final = Path(run_dir) / "export"
     check_run_dataset(run_dir)  # before the lock and the staging folder are written
+    info: dict[str, Any] = {}
     with folder_lock(final, inside=False, what="export folder"):
         recover_folder(final)
-        with replaced_folder(final) as out:
-            info = _export_into(Path(run_dir), checkpoint, out, quantize)
-            info = {k: v.replace(str(out), str(final)) if isinstance(v, str) else v for k, v in info.items()}
-            atomic_write_json(out / "manifest.json", info)
+        with owned_folder(final, "export", info, keep_earlier=True) as out:
+            info.update(_export_into(Path(run_dir), checkpoint, out, quantize, final))
     return info
 
 
-def _export_into(run_dir: Path, checkpoint: str, out: Path, quantize: tuple[str, ...] = ()) -> dict[str, Any]:
+def _export_into(run_dir: Path, checkpoint: str, out: Path, quantize: tuple[str, ...], final: Path) -> dict[str, Any]:
     cfg, data, model, student, ckpt = load_run(run_dir, checkpoint)
-    params = {n: p.detach() for n, p in model.named_parameters()}
-    teacher_path = out / "teacher.safetensors"
-    save_dense(params, teacher_path)
-    info: dict[str, Any] = {"teacher_file": str(teacher_path), "teacher_bytes": teacher_path.stat().st_size,
-                            "teacher_params": sum(p.numel() for p in params.values())}
+    files = export_run_files(cfg, data, model, student, ckpt, out, ("fp32", *quantize))
+    teacher = files["teacher.safetensors"]
+    info: dict[str, Any] = {"checkpoint": ckpt["path"], "teacher_file": str(final / "teacher.safetensors"),
+                            "teacher_bytes": teacher["bytes"], "teacher_params": teacher["params"]}
     if student:
-        student_path = out / "student.msd"
-        manifest = export_student(student, ckpt["masks"], student_path, {"run_dir": str(run_dir)},
-                                  dense_file=teacher_path)
-        info.update({"student_file": str(student_path), "student_bytes": manifest["bytes"],
-                     "student_nonzero": manifest["nonzeros"],
-                     "ratio_to_teacher_file": manifest["ratio_to_dense_file"]})
-    if quantize:
-        from metasd_dgl.store.quantize import export_run_files
-
-        quantized = export_run_files(cfg, data, model, student, ckpt, out, tuple(dict.fromkeys(quantize)))
-        for key in [k for k in quantized if k.endswith("_bytes")]:
-            quantized[key[:-len("bytes")] + "ratio_to_teacher_file"] = quantized[key] / info["teacher_bytes"]
-        info.update(quantized)
-    return info  # stage_export writes manifest.json once, with the final paths
+        s = files["student.safetensors"]
+        info.update({"student_file": str(final / "student.safetensors"), "student_bytes": s["bytes"],
+                     "student_nonzero": s["nonzero"], "ratio_to_teacher_file": s["bytes"] / teacher["bytes"]})
+    return {**info, "files": files}

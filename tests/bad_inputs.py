@@ -277,7 +277,7 @@ def _compact_other(tmp: Path, dim: str = "2", edit=None) -> list:
     source = _toy_copy(tmp, edit) if edit else TOY
     _quiet_main(["train", "--quiet", "--dataset", str(source), "--run-dir", str(tmp / "b"), "--epochs", "1",
                  "--dim", "2", "--method", "prune"])
-    return ["evaluate", str(tmp / "b"), "--no-plots", "--compact", str(tmp / "a" / "export" / "student.msd")]
+    return ["evaluate", str(tmp / "b"), "--no-plots", "--compact", str(tmp / "a" / "export" / "student.safetensors")]
 
 
 def _compact_teacher(tmp: Path) -> list:
@@ -290,9 +290,74 @@ def _compact_teacher(tmp: Path) -> list:
 def _compact_truncated(tmp: Path) -> list:
     _quiet_main(_train(tmp, "--dim", "2", "--method", "prune"))
     _quiet_main(["export", str(tmp / "run")])
-    student = tmp / "run" / "export" / "student.msd"
-    copy = _write(tmp / "cut.msd", student.read_bytes()[:40])
+    student = tmp / "run" / "export" / "student.safetensors"
+    copy = _write(tmp / "cut.safetensors", student.read_bytes()[:40])
     return ["evaluate", str(tmp / "run"), "--no-plots", "--compact", str(copy)]
+
+
+def _crafted(tmp: Path, edit_tensors=lambda t: None, edit_meta=lambda m: None, role: str = "student",
+             command: str = "evaluate", *train: str) -> list:
+    """A tiny prune run's int8 export, its ``role`` file re-saved (valid safetensors) with tensors and
+    metadata edited: only this project's checks can refuse it."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    _quiet_main(_train(tmp, "--dim", "2", "--method", "prune", *train))
+    _quiet_main(["export", str(tmp / "run"), "--quantize", "int8"])
+    src = tmp / "run" / "export" / f"{role}.int8.safetensors"
+    tensors = load_file(str(src))
+    with safe_open(str(src), framework="pt") as f:
+        meta = json.loads(f.metadata()["metasd"])
+    edit_tensors(tensors)
+    edit_meta(meta)
+    save_file(tensors, str(tmp / "crafted.safetensors"), metadata={"metasd": json.dumps(meta)})
+    if command == "predict":
+        return ["predict", str(tmp / "run"), "--from-file", str(tmp / "crafted.safetensors"), "--head", "alice",
+                "--relation", "likes"]
+    return ["evaluate", str(tmp / "run"), "--no-plots", "--from-file", str(tmp / "crafted.safetensors")]
+
+
+def _scale(value: float):
+    def edit(t) -> None:
+        t["encoder.entity::scale"][0] = value
+    return edit
+
+
+def _index(t) -> None:
+    """An element student's int32 index list (prune rate 0.99 at dim 64: fewer bytes than the bitmap)
+    with a position beyond the table."""
+    import torch
+
+    idx = t["encoder.entity::index"]
+    assert idx.dtype == torch.int32, idx.dtype
+    idx[-1] = 10 ** 6
+
+
+def _from_file(tmp: Path, make, command: str = "evaluate") -> list:
+    """A trained toy run and ``--from-file make(tmp)`` (a special file, an old file...)."""
+    _quiet_main(_train(tmp, "--dim", "2"))
+    path = make(tmp)
+    if command == "predict":
+        return ["predict", str(tmp / "run"), "--from-file", str(path), "--head", "alice", "--relation", "likes"]
+    return ["evaluate", str(tmp / "run"), "--no-plots", "--from-file", str(path)]
+
+
+def _fifo(tmp: Path) -> Path:
+    os.mkfifo(tmp / "pipe")
+    return tmp / "pipe"
+
+
+def _user_files(tmp: Path, folder: str, command: list, what: str = "file") -> list:
+    """A run whose export/ or compress/ was written, then a user's file or folder put inside."""
+    _quiet_main(_train(tmp, "--dim", "2", "--method", "prune"))
+    _quiet_main([command[0], str(tmp / "run"), *command[1:]])
+    if what == "file":
+        _write(tmp / "run" / folder / "NOTES.md", "my notes\n")
+    else:
+        _write(tmp / "run" / folder / "mine" / "keep.txt", "mine\n")
+    return [command[0], str(tmp / "run"), *command[1:]]
 
 
 def _dglke(tmp: Path, edit=None, model: str = "DistMult") -> list:
@@ -601,13 +666,61 @@ CASES = [
     # ---- files from elsewhere: one line saying what does not match
     Case("evaluate --compact: another dataset's student", lambda t: _compact_other(
         t, edit=lambda p: _write(p / "train.txt", (p / "train.txt").read_text() + "zed\tknows\talice\n")),
-         r"student.msd: encoder.entity has shape \(\d+, \d+\), this run's model needs \(\d+, \d+\): "
-         r"it is the student of another dataset or model"),
+         r"student.safetensors: holds a model of 11 entities, this run's dataset \(.*\) has 12: it is another "
+         r"dataset's model"),
     Case("evaluate --compact: another model's student (dim)", lambda t: _compact_other(t, dim="3"),
-         r"student.msd: encoder.\w+ has shape .* this run's model needs"),
+         r"student.safetensors: holds a model with dim=3, this run's has dim=2: it is another model's file"),
     Case("evaluate --compact: a teacher file", _compact_teacher,
-         r"teacher.safetensors: format 'metasd-dense-v1', expected 'metasd-student-v1'; pass a compact student"),
-    Case("evaluate --compact: truncated student", _compact_truncated, r"cut.msd: not a readable safetensors file"),
+         r"teacher.safetensors: holds a teacher; --compact takes a student file"),
+    Case("evaluate --compact: truncated student", _compact_truncated,
+         r"cut.safetensors: not a model file of metasd-dgl export \(not a readable safetensors file, or truncated"),
+    # ---- stored models: older formats, crafted files, special files
+    Case("evaluate --from-file: an older .msd", lambda t: _from_file(t, lambda d: _write(d / "student.msd", b"x" * 64)),
+         r"student.msd: an .msd/.msq file of an older metasd-dgl, no longer read; re-export the run with this "
+         r"version: metasd-dgl export RUN_DIR"),
+    Case("predict --from-file: an older .msq (renamed)", lambda t: _from_file(
+        t, lambda d: _write(d / "old.bin", b"MSDQUANT\x01\x00\x00\x00" + b"\x00" * 64), "predict"),
+         r"old.bin: an .msd/.msq file of an older metasd-dgl, no longer read; re-export"),
+    Case("predict --from-file: a truncated file", lambda t: _from_file(
+        t, lambda d: _write(d / "cut.safetensors", (d / "run" / "checkpoints" / "best.pt").read_bytes()[:100]),
+        "predict"), r"cut.safetensors: not a model file of metasd-dgl export \(not a readable safetensors file"),
+    Case("evaluate --from-file: a FIFO", lambda t: _from_file(t, _fifo),
+         r"pipe: is a FIFO \(named pipe\), not a regular file"),
+    Case("predict --from-file: /dev/zero", lambda t: _from_file(t, lambda d: Path("/dev/zero"), "predict"),
+         r"/dev/zero: is a device, not a regular file"),
+    Case("evaluate --from-file: a folder", lambda t: _from_file(t, lambda d: d / "run"),
+         r"run: is a folder, not a regular file"),
+    Case("evaluate --from-file: a shape claiming a huge model", lambda t: _crafted(
+        t, edit_meta=lambda m: m["tensors"]["encoder.entity"].__setitem__("shape", [10 ** 9, 10 ** 9])),
+         r"crafted.safetensors: encoder.entity: has shape \(1000000000, 1000000000\), this run's model needs "
+         r"\(11, 4\): it is another dataset's or model's file"),
+    Case("predict --from-file: a model dim of 10**12", lambda t: _crafted(
+        t, edit_meta=lambda m: m["model"].__setitem__("dim", 10 ** 12), command="predict"),
+         r"crafted.safetensors: holds a model with dim=1000000000000, this run's has dim=2"),
+    Case("evaluate --from-file: a NaN scale", lambda t: _crafted(t, _scale(float("nan"))),
+         r"encoder.entity: a quantisation scale is zero, negative or not finite"),
+    Case("predict --from-file: a zero scale", lambda t: _crafted(t, _scale(0.0), command="predict"),
+         r"encoder.entity: a quantisation scale is zero, negative or not finite"),
+    Case("evaluate --from-file: a negative scale", lambda t: _crafted(t, _scale(-1.0), role="teacher"),
+         r"encoder.entity: a quantisation scale is zero, negative or not finite"),
+    Case("evaluate --from-file: element index out of range", lambda t: _crafted(
+        t, _index, lambda m: None, "student", "evaluate", "--dim", "64", "--prune-rate", "0.99"),
+         r"encoder.entity::index holds positions out of range \[0, 1408\) or unsorted"),
+    Case("evaluate --from-file: a model of another dataset", lambda t: _crafted(
+        t, edit_meta=lambda m: m["dataset"].__setitem__("fingerprint", "0:0")),
+         r"crafted.safetensors: was written for another dataset than"),
+    # ---- export and compress replace only what their manifest lists
+    Case("export into a folder with a user's file", lambda t: _user_files(t, "export", ["export"]),
+         r"export: export replaces only the files its manifest.json lists, and this folder also holds NOTES.md; "
+         r"move them elsewhere", keeps="run/export/NOTES.md"),
+    Case("export --quantize into a folder with a user's folder",
+         lambda t: _user_files(t, "export", ["export", "--quantize", "int8"], "folder"),
+         r"this folder also holds mine/; move them", keeps="run/export/mine/keep.txt"),
+    Case("compress into a folder with a user's file", lambda t: _user_files(t, "compress", ["compress"]),
+         r"compress: compress replaces only the files its manifest.json lists, and this folder also holds NOTES.md",
+         keeps="run/compress/NOTES.md"),
+    Case("compress into a folder with a user's folder", lambda t: _user_files(t, "compress", ["compress"], "folder"),
+         r"compress: compress replaces only .* also holds mine/", keeps="run/compress/mine/keep.txt"),
     Case("import-dglke: truncated entity .npy",
          lambda t: _dglke(t, lambda f: _truncate(f / "toy_DistMult_entity.npy", 140)),
          r"toy_DistMult_entity.npy: not a readable .npy file, or truncated"),

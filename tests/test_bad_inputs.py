@@ -46,3 +46,30 @@ def test_at_least_70_cases():
 def test_at_least_110_cases():
     """Hostile files and folders (links, special files, alias bombs, foreign datasets, usage errors) added 30+."""
     assert len(CASES) >= 110
+
+
+def test_export_quantize_int8_after_fp16_keeps_the_fp16_files(tmp_path):
+    """A later export writes its schemes and keeps the variants written earlier; the manifest lists them all."""
+    import hashlib
+    import json
+
+    from bad_inputs import _quiet_main, _train
+
+    old = Path.cwd()
+    try:
+        import os
+
+        os.chdir(tmp_path)
+        _quiet_main(_train(tmp_path, "--dim", "4", "--method", "prune"))
+        _quiet_main(["export", str(tmp_path / "run"), "--quantize", "fp16"])
+        export = tmp_path / "run" / "export"
+        fp16 = {n: (export / n).read_bytes() for n in ("teacher.fp16.safetensors", "student.fp16.safetensors")}
+        _quiet_main(["export", str(tmp_path / "run"), "--quantize", "int8"])
+    finally:
+        os.chdir(old)
+    manifest = json.loads((export / "manifest.json").read_text())
+    names = {f"{r}.{s}safetensors" for r in ("teacher", "student") for s in ("", "fp16.", "int8.")}
+    assert set(manifest["files"]) == names == {p.name for p in export.iterdir()} - {"manifest.json"}
+    assert all((export / n).read_bytes() == data for n, data in fp16.items())
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == hashlib.sha256((export / name).read_bytes()).hexdigest(), name

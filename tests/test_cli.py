@@ -287,7 +287,7 @@ def test_evaluate_says_what_it_scored(tmp_path, capsys):
     tc = json.loads((run / "eval" / "triple_classification.json").read_text())["results"]
     assert f"student  test  roc_auc {tc['student']['overall']['test']['roc_auc']:.4f}" in out
 
-    compact = run / "export" / "student.msd"
+    compact = run / "export" / "student.safetensors"
     assert main(["evaluate", str(run), "--no-plots", "--compact", str(compact)]) == 0
     assert json.loads((run / "eval" / "test.json").read_text())["student_source"] == str(compact)
     assert f"student from {compact}" in capsys.readouterr().out

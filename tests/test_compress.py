@@ -4,6 +4,7 @@ dim 16, 2 epochs): export --quantize, evaluate --from-file, predict --from-file,
 recommendation chosen on validation, the Pareto front), and its bad inputs (one error line, exit 2)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -49,22 +50,30 @@ def test_export_quantize_and_evaluate_from_file(runs, capsys):
     manifest = json.loads((run / "export" / "manifest.json").read_text())
     for role in ("teacher", "student"):
         for scheme in ("fp32", "int8"):
-            path = run / "export" / f"{role}.{scheme}.msq"
-            assert manifest[f"{role}_{scheme}_bytes"] == path.stat().st_size
+            name = f"{role}.safetensors" if scheme == "fp32" else f"{role}.{scheme}.safetensors"
+            entry = manifest["files"][name]
+            assert entry["bytes"] == (run / "export" / name).stat().st_size
+            assert entry["sha256"] == hashlib.sha256((run / "export" / name).read_bytes()).hexdigest()
     assert main(["evaluate", str(run), "--no-plots"]) == 0
     plain = json.loads((run / "eval" / "test.json").read_text())
     # the fp32 student file stores the kept columns exactly: the same ranking as the masked checkpoint
-    assert main(["evaluate", str(run), "--no-plots", "--from-file", str(run / "export" / "student.fp32.msq")]) == 0
+    assert main(["evaluate", str(run), "--no-plots", "--from-file", str(run / "export" / "student.safetensors")]) == 0
     rec = json.loads((run / "eval" / "test.json").read_text())
-    assert rec["student_source"].endswith("student.fp32.msq")
+    assert rec["student_source"].endswith("student.safetensors")
     assert rec["results"]["student"] == plain["results"]["student"]
     assert rec["results"]["teacher"] == plain["results"]["teacher"]
-    assert main(["evaluate", str(run), "--no-plots", "--from-file", str(run / "export" / "teacher.fp32.msq")]) == 0
+    assert main(["evaluate", str(run), "--no-plots", "--from-file", str(run / "export" / "teacher.safetensors")]) == 0
     assert json.loads((run / "eval" / "test.json").read_text())["results"]["teacher"] == plain["results"]["teacher"]
     capsys.readouterr()
-    assert main(["predict", str(run), "--from-file", str(run / "export" / "student.int8.msq"),
+    assert main(["predict", str(run), "--from-file", str(run / "export" / "student.int8.safetensors"),
                  "--head", "alice", "--relation", "likes", "--k", "2"]) == 0
     assert "[student int8 from" in capsys.readouterr().out
+    # a later export --quantize int4 keeps the int8 files; the manifest lists them all
+    assert main(["export", str(run), "--quantize", "int4"]) == 0
+    manifest = json.loads((run / "export" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {f"{r}.{s}safetensors" for r in ("teacher", "student") for s in ("", "int8.", "int4.")}
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == hashlib.sha256((run / "export" / name).read_bytes()).hexdigest()
 
 
 def test_compress_report(runs, capsys):
@@ -86,7 +95,9 @@ def test_compress_report(runs, capsys):
         assert v["ratio"] == pytest.approx(v["bytes"] / base)
         for split in ("valid", "test"):
             assert 0 < v[split]["mrr"] <= 1 and 0 <= v[split]["hits@10"] <= 1
-    assert report["variants"][7]["file"] == "compare/again/student.fp32.msq"
+    assert report["variants"][7]["file"] == "compare/again/student.safetensors"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["files"]) == {v["file"] for v in report["variants"]} | {"report.json", "report.png"}
     # lossless variants score exactly like the checkpoint (evaluate's numbers)
     assert main(["evaluate", str(run), "--no-plots", "--split", "valid"]) == 0
     valid = json.loads((run / "eval" / "valid.json").read_text())["results"]
@@ -129,15 +140,14 @@ def test_bad_inputs(runs, tmp_path, capsys):
     assert f"--compare o={other}: trained on another dataset" in line and "12 entities" in line
 
     assert main(["export", str(other), "--quantize", "int8"]) == 0
-    foreign = other / "export" / "teacher.int8.msq"
+    foreign = other / "export" / "teacher.int8.safetensors"
     capsys.readouterr()
     assert main(["evaluate", str(run), "--no-plots", "--from-file", str(foreign)]) == 2
     assert f"error: {foreign}: holds a model of 12 entities" in _error_line(capsys)
-
-    good = (run / "export" / "teacher.int8.msq").read_bytes()
-    cases = {"truncated.msq": (good[:-7], "truncated"),
-             "flipped.msq": (good[:-50] + bytes([good[-50] ^ 1]) + good[-49:], "checksum mismatch"),
-             "version.msq": (good[:8] + (9).to_bytes(4, "little") + good[12:], "unknown format version 9")}
+    good = (run / "export" / "teacher.int8.safetensors").read_bytes()
+    cases = {"truncated.safetensors": (good[:-7], "not a readable safetensors file, or truncated"),
+             "student.msd": (good, "an .msd/.msq file of an older metasd-dgl"),
+             "old.msq": (b"MSDQUANT" + good[8:], "re-export the run with this version: metasd-dgl export RUN_DIR")}
     for name, (data, message) in cases.items():
         path = tmp_path / name
         path.write_bytes(data)

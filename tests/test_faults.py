@@ -284,7 +284,10 @@ def test_kill_during_export_keeps_the_old_set(tmp_path):
     ok(cli(tmp_path, "export", run))
     before = hashes(run / "export")
     # killed after the new teacher is written, before the student: the old set is untouched
-    proc = cli(tmp_path, "export", run, patch=_KILL_AT.format(module="metasd_dgl.stages", name="export_student"))
+    patch = ("import metasd_dgl.store.export as _e\n_write = _e.write_model\n"
+             "def _second(*a, **k):\n    if 'student' in str(a[1]):\n        os.kill(os.getpid(), signal.SIGKILL)\n"
+             "    return _write(*a, **k)\n_e.write_model = _second\n")
+    proc = cli(tmp_path, "export", run, patch=patch)
     assert proc.returncode == -signal.SIGKILL
     assert hashes(run / "export") == before
     assert any(".export.tmp-" in p for p in litter(tmp_path))
@@ -316,8 +319,31 @@ def test_compact_student_of_another_dataset(tmp_path):
     other = big_dataset(tmp_path / "big", 100)
     ok(cli(tmp_path, *train_args(tmp_path / "b", "--method", "prune", dataset=other)))
     one_error(cli(tmp_path, "evaluate", tmp_path / "b", "--no-plots", "--compact",
-                  tmp_path / "a" / "export" / "student.msd"),
-              "student.msd: encoder.entity has shape", "it is the student of another dataset or model")
+                  tmp_path / "a" / "export" / "student.safetensors"),
+              "student.safetensors: holds a model of", "it is another dataset's model")
+
+
+def test_export_and_compress_keep_a_users_files(tmp_path):
+    """A user's file and folder in RUN/export and RUN/compress: refused naming them, nothing changed;
+    once moved out, the commands run, and a later export keeps the variants written before."""
+    run = tmp_path / "run"
+    ok(cli(tmp_path, *train_args(run, "--method", "prune")))
+    ok(cli(tmp_path, "export", run, "--quantize", "fp16"))
+    ok(cli(tmp_path, "compress", run))
+    for folder, command in (("export", ["export", run, "--quantize", "int8"]), ("compress", ["compress", run])):
+        (run / folder / "NOTES.md").write_text("mine\n")
+        (run / folder / "mine").mkdir()
+        (run / folder / "mine" / "data.txt").write_text("mine too\n")
+        before = hashes(run / folder)
+        one_error(cli(tmp_path, *command), f"{run / folder}: {folder} replaces only the files its manifest.json "
+                  "lists, and this folder also holds NOTES.md, mine/; move them elsewhere")
+        assert hashes(run / folder) == before and litter(tmp_path) == []
+        (run / folder / "NOTES.md").unlink()
+        (run / folder / "mine" / "data.txt").unlink()
+        (run / folder / "mine").rmdir()
+        ok(cli(tmp_path, *command))
+    names = {p.name for p in (run / "export").iterdir()}
+    assert {"teacher.fp16.safetensors", "student.fp16.safetensors", "teacher.int8.safetensors"} <= names
 
 
 def test_force_keeps_a_users_file(tmp_path):

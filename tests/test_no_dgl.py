@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from metasd_dgl.data.preprocess import load_processed
-from metasd_dgl.store.export import load_student
+from metasd_dgl.store.export import read_model as load_student
 from metasd_dgl.graph.build import load_graph
 
 pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
@@ -88,7 +88,7 @@ def test_kge_metasd_without_dgl_equals_normal_run(tmp_path, kg_dir):
     test_yes = json.loads((normal / "eval" / "test.json").read_text())["results"]
     assert test_no == test_yes and set(test_yes) == {"teacher", "student"}
     assert 0 < test_yes["student"]["both"]["mrr"] <= 1
-    (p_no, k_no, _), (p_yes, k_yes, _) = (load_student(r / "export" / "student.msd") for r in (nodgl, normal))
+    (p_no, k_no, _), (p_yes, k_yes, _) = (load_student(r / "export" / "student.safetensors") for r in (nodgl, normal))
     assert p_no.keys() == p_yes.keys() and all(torch.equal(p_no[n], p_yes[n]) for n in p_yes)
     assert all(torch.equal(k_no[n], k_yes[n]) for n in k_yes)
     predicted = out_nodgl[out_nodgl.index("[student]"):out_nodgl.index("DGL-LOADED")]

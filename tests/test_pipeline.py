@@ -14,7 +14,7 @@ import torch
 
 from metasd_dgl.store.checkpoint import load_checkpoint
 from metasd_dgl.cli import main
-from metasd_dgl.store.export import load_student
+from metasd_dgl.store.export import read_model as load_student
 from metasd_dgl.evaluate.ranking import rank_split
 from metasd_dgl.stages import load_run
 from run_helpers import TOY, interrupt_after_first_epoch as _interrupt_after_first_epoch
@@ -36,7 +36,7 @@ def test_pipeline_metasd_end_to_end(tmp_path, kg_dir, capsys, monkeypatch):
     out = capsys.readouterr().out
     run = tmp_path / "run"
     for rel in ("config.yaml", "metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt",
-                "export/teacher.safetensors", "export/student.msd", "export/manifest.json", "eval/test.json",
+                "export/teacher.safetensors", "export/student.safetensors", "export/manifest.json", "eval/test.json",
                 "data/manifest.json", "data/graph.bin", "data/filter.npz"):
         assert (run / rel).exists(), rel
     assert "student" in out and "teacher" in out
@@ -53,7 +53,7 @@ def test_pipeline_metasd_end_to_end(tmp_path, kg_dir, capsys, monkeypatch):
     # tests/test_export.py's; this model is so small that fixed headers weigh), identical ranks
     manifest = json.loads((run / "export" / "manifest.json").read_text())
     assert manifest["ratio_to_teacher_file"] < 0.3
-    params, loaded_masks, _ = load_student(run / "export" / "student.msd")
+    params, loaded_masks, _ = load_student(run / "export" / "student.safetensors")
     masked = rank_split(model, data.test, data.num_relations, data.filter, weights=student)
     compact_model = load_run(run, "best")[2]
     compact_model.load_state_dict({**compact_model.state_dict(), **params})
@@ -64,7 +64,7 @@ def test_pipeline_metasd_end_to_end(tmp_path, kg_dir, capsys, monkeypatch):
         assert torch.count_nonzero(params[name]) <= int(m.sum())
 
     # evaluate --compact prints the same student numbers as the masked evaluation
-    assert main(["evaluate", str(run), "--compact", str(run / "export" / "student.msd"), "--no-plots"]) == 0
+    assert main(["evaluate", str(run), "--compact", str(run / "export" / "student.safetensors"), "--no-plots"]) == 0
     a = json.loads((run / "eval" / "test.json").read_text())["results"]["student"]["both"]
     assert main(["evaluate", str(run), "--no-plots"]) == 0
     b = json.loads((run / "eval" / "test.json").read_text())["results"]["student"]["both"]

@@ -1,330 +1,260 @@
-"""Compact export of the pruned student, and the dense teacher in the same container.
+"""Stored models: one safetensors file per role and scheme, and the folders that hold them.
 
-Both files are safetensors (no pickle anywhere): the dense teacher stores its
-float tensors as they are; the student stores, per tensor, two ``uint8``
-blobs and a JSON header in the safetensors metadata:
+Names (``file_name``): ``teacher.safetensors``, ``student.safetensors`` (fp32), else
+``<role>.<scheme>.safetensors`` (``teacher.fp16.safetensors``, ``student.int8.safetensors``...).  The
+teacher is stored dense, the student as its kept columns or values and their index (``quantize.py``).
+The string metadata ``metasd`` holds JSON: format, version, role, scheme, the model (encoder, decoder,
+dim, R-GCN shape), the dataset (entity and relation counts, fingerprint), the source epoch and per
+tensor its shape, layout and encoding.  safetensors checks every offset and shape against the file;
+the reader checks, before reading any part, what it cannot know: a regular file of this format, the
+run's model and dataset, every part's dtype and shape against the run's model, finite positive
+scales.  Older ``.msd``/``.msq`` files get one line saying to re-export.
 
-* ``<name>::mask``   -- which weights are kept: ``gaps-lzma`` (gaps between
-  consecutive kept flat indices as LEB128 varints, LZMA-compressed) up to
-  density 0.25, ``bitmap-lzma`` (``numpy.packbits`` of the row-major mask,
-  LZMA-compressed) above.  At prune rate 0.9 the mask costs ~0.5 bit per
-  weight (its entropy is 0.47 bit).
-* ``<name>::values`` -- the kept values in row-major order, byte-shuffled
-  (all first bytes, then all second bytes, ...) and LZMA-compressed when that
-  is smaller (``shuffle-lzma``), raw otherwise.  Shuffling puts the sign and
-  exponent bytes together, whose entropy is low for magnitude-pruned weights.
-  The values are bit-exact: loading gives back exactly ``w * m``.
-
-Tensors without a mask (e.g. R-GCN biases, not prunable) are stored whole,
-as ``<name>::values`` with mask encoding ``dense``.  A sidecar
-``<file>.manifest.json`` states non-zeros, bytes and the size ratio.
-Every blob carries a CRC-32 in the header; loading checks it.
+``RUN/export`` and ``RUN/compress`` are replaced whole under their lock (``owned_folder``); their
+``manifest.json`` lists every file with its bytes and sha256; a folder holding anything it does not
+list is refused, naming it.  ``export`` keeps the variants written earlier.  A sha256 shows that a
+file is unchanged; it is not a signature: whoever edits a file can recompute it.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-import lzma
-import sys
-import zlib
+import os
+import shutil
+import stat
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from metasd_dgl.errors import CheckpointError, UserError
 from metasd_dgl.store.atomic import atomic_write_bytes, atomic_write_json
-from metasd_dgl.errors import CheckpointError
+from metasd_dgl.store.quantize import SCHEMES, decode_tensor, encode_tensor
 from metasd_dgl.typing import MaskDict, ParamDict
 
-STUDENT_FORMAT = "metasd-student-v1"
-DENSE_FORMAT = "metasd-dense-v1"
-_DTYPES = {str(d).replace("torch.", ""): d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+FORMAT = "metasd-model"
+VERSION = 1
+_OLD = ("metasd-student-v1", "metasd-dense-v1")
+_REEXPORT = "re-export the run with this version: metasd-dgl export RUN_DIR [--quantize int8 ...]"
 
 
-def dense_size_bytes(params: ParamDict) -> int:
-    """Bytes of the raw tensor data of ``params`` (the floor of any dense file)."""
-    return sum(p.numel() * p.element_size() for p in params.values())
+def file_name(role: str, scheme: str) -> str:
+    """``teacher.safetensors`` (fp32), ``student.int8.safetensors`` and the like."""
+    return f"{role}.safetensors" if scheme == "fp32" else f"{role}.{scheme}.safetensors"
 
 
-def _atomic_save(tensors: Dict[str, Tensor], path: Path, metadata: Dict[str, str]) -> None:
-    """Serialise in memory, then write atomically from Python (a full disk is a WriteError naming
-    ``path``; safetensors' own writer would raise an opaque SafetensorError)."""
-    from safetensors.torch import save as save_bytes  # (imported where used: the torch-only path has none)
+def write_model(params: ParamDict, path: str | Path, scheme: str, meta: Dict[str, Any],
+                masks: Optional[MaskDict] = None) -> int:
+    """Write ``params`` (full-width, zero where pruned; ``masks`` for the student's compact tensors)
+    under ``scheme`` with ``meta`` in its metadata; returns the file's size in bytes."""
+    from safetensors.torch import save  # (imported where used: the torch-only path has none)
 
-    atomic_write_bytes(path, save_bytes(tensors, metadata=metadata))
-
-
-def save_dense(params: ParamDict, path: str | Path, meta: Optional[dict] = None) -> int:
-    """Write ``{name: tensor}`` as a plain safetensors file (the teacher); returns its size in bytes."""
-    path = Path(path)
-    tensors = {n: p.detach().cpu().contiguous() for n, p in params.items()}
-    header = {"format": DENSE_FORMAT, "meta": meta or {}}
-    _atomic_save(tensors, path, {"metasd": json.dumps(header)})
-    return path.stat().st_size
-
-
-def load_dense(path: str | Path) -> Tuple[ParamDict, dict]:
-    """Inverse of ``save_dense``: ``(params, meta)``."""
-    header, handle = _open(path, DENSE_FORMAT)
-    with handle as f:
-        params = {n: f.get_tensor(n) for n in f.keys()}
-    return params, header.get("meta", {})
-
-
-# ----------------------------------------------------------------- encodings
-def _lzma(data: bytes) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_XZ, preset=3)
-
-
-def _unlzma(data: bytes, expected: int, what: str) -> bytes:
-    """Decompress at most ``expected`` bytes (guards against decompression bombs)."""
-    dec = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
-    try:
-        out = dec.decompress(data, max_length=expected + 1)
-    except lzma.LZMAError as exc:
-        raise CheckpointError(f"{what}: corrupted compressed block ({exc})") from None
-    if len(out) != expected or not dec.eof:
-        raise CheckpointError(f"{what}: compressed block does not hold {expected} bytes")
-    return out
-
-
-def _varints(values: np.ndarray) -> bytes:
-    """LEB128 encoding of non-negative int64 ``values`` (vectorised)."""
-    values = values.astype(np.uint64)
-    nbytes = np.ones(values.shape, dtype=np.int64)
-    for k in range(1, 10):
-        nbytes += values >= (np.uint64(1) << np.uint64(7 * k))
-    width = int(nbytes.max()) if values.size else 1
-    shifts = (np.arange(width, dtype=np.uint64) * np.uint64(7))[None, :]
-    groups = ((values[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)
-    more = np.arange(width)[None, :] < (nbytes[:, None] - 1)
-    groups |= (more * 0x80).astype(np.uint8)
-    return groups[np.arange(width)[None, :] < nbytes[:, None]].tobytes()
-
-
-def _unvarints(data: bytes, count: int, what: str) -> np.ndarray:
-    """Inverse of ``_varints``: exactly ``count`` int64 values, or CheckpointError."""
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if raw.size == 0:
-        if count:
-            raise CheckpointError(f"{what}: malformed gap list")
-        return np.zeros(0, dtype=np.int64)
-    last = (raw & 0x80) == 0
-    if int(last.sum()) != count or not last[-1]:
-        raise CheckpointError(f"{what}: malformed gap list")
-    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
-    group = np.cumsum(np.concatenate([[0], last[:-1]])).astype(np.int64)
-    pos = np.arange(raw.size) - starts[group]
-    if pos.max() > 9:
-        raise CheckpointError(f"{what}: malformed gap list")
-    parts = (raw & 0x7F).astype(np.uint64) << (pos.astype(np.uint64) * np.uint64(7))
-    return np.add.reduceat(parts, starts).astype(np.int64)
-
-
-def _encode_mask(mask: Tensor) -> Tuple[str, bytes, int]:
-    """-> (encoding, blob, uncompressed varint bytes or 0).
-
-    Gap coding below density 0.25 (about 1.1 bytes of varint per kept weight
-    before compression), a bitmap above (1 bit per weight before compression).
-    """
-    flat = mask.detach().cpu().flatten().numpy().astype(bool)
-    if flat.size and flat.mean() > 0.25:
-        return "bitmap-lzma", _lzma(np.packbits(flat).tobytes()), 0
-    varints = _varints(np.diff(np.concatenate([[-1], np.flatnonzero(flat)])) - 1)
-    return "gaps-lzma", _lzma(varints), len(varints)
-
-
-def _decode_mask(kind: str, blob: bytes, numel: int, nnz: int, varint_bytes: int, what: str) -> np.ndarray:
-    if kind == "bitmap-lzma":
-        bits = np.unpackbits(np.frombuffer(_unlzma(blob, (numel + 7) // 8, what), dtype=np.uint8))[:numel]
-        flat = bits.astype(bool)
-    elif kind == "gaps-lzma":
-        gaps = _unvarints(_unlzma(blob, varint_bytes, what), nnz, what)
-        idx = np.cumsum(gaps + 1) - 1
-        if idx.size and (idx[-1] >= numel or gaps.min() < 0):
-            raise CheckpointError(f"{what}: mask index out of range")
-        flat = np.zeros(numel, dtype=bool)
-        flat[idx] = True
-    else:
-        raise CheckpointError(f"{what}: unknown mask encoding {kind!r}")
-    if int(flat.sum()) != nnz:
-        raise CheckpointError(f"{what}: mask holds {int(flat.sum())} weights, header says {nnz}")
-    return flat
-
-
-def _encode_values(values: Tensor) -> Tuple[str, bytes]:
-    """1-D tensor -> (encoding, bytes); byte-shuffled then LZMA when smaller."""
-    size = values.element_size()
-    raw = values.detach().cpu().contiguous().view(torch.uint8).view(-1, size)
-    shuffled = _lzma(raw.t().contiguous().numpy().tobytes())
-    if len(shuffled) < raw.numel():
-        return "shuffle-lzma", shuffled
-    return "raw", raw.numpy().tobytes()
-
-
-def _decode_values(kind: str, blob: bytes, count: int, dtype: torch.dtype, what: str) -> Tensor:
-    size = torch.empty((), dtype=dtype).element_size()
-    if count == 0:
-        return torch.zeros(0, dtype=dtype)
-    if kind == "shuffle-lzma":
-        planes = np.frombuffer(_unlzma(blob, count * size, what), dtype=np.uint8).reshape(size, count)
-        data = np.ascontiguousarray(planes.T)
-    elif kind == "raw":
-        if len(blob) != count * size:
-            raise CheckpointError(f"{what}: expected {count * size} value bytes, found {len(blob)}")
-        data = np.frombuffer(blob, dtype=np.uint8).reshape(count, size)
-    else:
-        raise CheckpointError(f"{what}: unknown value encoding {kind!r}")
-    return torch.from_numpy(data.copy()).view(dtype).view(-1)
-
-
-def _blob(data: bytes) -> Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
-
-
-# -------------------------------------------------------------------- student
-def export_student(
-    params: ParamDict, masks: MaskDict, path: str | Path, meta: Optional[dict] = None,
-    dense_file: Optional[str | Path] = None,
-) -> Dict[str, Any]:
-    """Write the student ``{name: w * m}`` compactly; return (and write) its manifest.
-
-    params: every tensor of the model (teacher weights or already masked).
-    masks: ``{name: bool tensor}`` for the pruned tensors; others are stored whole.
-    meta: JSON-serialisable facts to keep (config, epoch, metrics...).
-    dense_file: the teacher's ``save_dense`` file, to state the ratio to its size.
-    The manifest (``<path>.manifest.json``) holds ``nonzeros``, ``numel``,
-    ``bytes`` (this file), ``dense_bytes`` (raw float bytes of ``params``),
-    ``ratio = bytes / dense_bytes`` and, with ``dense_file``, ``ratio_to_dense_file``.
-    """
-    path = Path(path)
-    tensors: Dict[str, Tensor] = {}
-    entries: Dict[str, dict] = {}
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    tensors, entries = {}, {}
     for name, p in params.items():
-        p = p.detach().cpu()
-        dtype = str(p.dtype).replace("torch.", "")
-        if dtype not in _DTYPES:
-            raise ValueError(f"{name}: cannot export dtype {dtype}")
-        entry: Dict[str, Any] = {"shape": list(p.shape), "dtype": dtype}
-        if name in masks:
-            m = masks[name].detach().cpu()
-            if m.shape != p.shape:
-                raise ValueError(f"{name}: mask shape {tuple(m.shape)} != weight shape {tuple(p.shape)}")
-            kept = p.flatten()[m.flatten()]
-            entry["mask"], mask_blob, entry["varint_bytes"] = _encode_mask(m)
-            entry["mask_crc32"] = zlib.crc32(mask_blob)
-            tensors[f"{name}::mask"] = _blob(mask_blob)
-        else:
-            kept = p.flatten()
-            entry["mask"] = "dense"
-        entry["nnz"] = int(kept.numel())
-        entry["values"], value_blob = _encode_values(kept)
-        entry["values_crc32"] = zlib.crc32(value_blob)
-        tensors[f"{name}::values"] = _blob(value_blob)
-        entries[name] = entry
-    header = {"format": STUDENT_FORMAT, "byteorder": sys.byteorder, "tensors": entries, "meta": meta or {}}
-    _atomic_save(tensors, path, {"metasd": json.dumps(header)})
-    size = path.stat().st_size
-    dense = dense_size_bytes(params)
-    manifest: Dict[str, Any] = {
-        "format": STUDENT_FORMAT,
-        "file": path.name,
-        "nonzeros": sum(e["nnz"] for e in entries.values()),
-        "numel": sum(int(np.prod(e["shape"])) for e in entries.values()),
-        "bytes": size,
-        "dense_bytes": dense,
-        "ratio": size / dense if dense else 0.0,
-        "tensors": {n: {"nnz": e["nnz"], "numel": int(np.prod(e["shape"])), "mask": e["mask"],
-                        "values": e["values"]} for n, e in entries.items()},
-    }
-    if dense_file is not None:
-        manifest["dense_file_bytes"] = Path(dense_file).stat().st_size
-        manifest["ratio_to_dense_file"] = size / manifest["dense_file_bytes"]
-    atomic_write_json(path.with_name(path.name + ".manifest.json"), manifest)
+        entries[name], parts = encode_tensor(name, p, (masks or {}).get(name), scheme)
+        tensors.update(parts)
+    header = {"format": FORMAT, "version": VERSION, "scheme": scheme, **meta, "tensors": entries}
+    atomic_write_bytes(path, save(tensors, metadata={"metasd": json.dumps(header, sort_keys=True)}))
+    return Path(path).stat().st_size
+
+
+def _open(path: Path):
+    """-> (metadata, open safetensors handle) of a model file, or one CheckpointError naming it."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode):  # (a FIFO or a device is never opened)
+            with open(path, "rb") as fh:
+                magic = fh.read(8)
+    except OSError as exc:
+        why = "file not found" if isinstance(exc, FileNotFoundError) else f"cannot read ({exc.strerror or exc})"
+        raise CheckpointError(f"{path}: {why}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket or other special file")
+        raise CheckpointError(f"{path}: is {kind}, not a regular file; pass a model file of metasd-dgl export")
+    if magic == b"MSDQUANT" or path.suffix in (".msd", ".msq"):
+        raise CheckpointError(f"{path}: an .msd/.msq file of an older metasd-dgl, no longer read; {_REEXPORT}")
+    from safetensors import safe_open
+
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except Exception as exc:  # safetensors' own error types: truncated, bad header, offsets
+        raise CheckpointError(f"{path}: not a model file of metasd-dgl export (not a readable safetensors "
+                              f"file, or truncated: {str(exc).splitlines()[0][:120]})") from None
+    try:
+        meta = json.loads((handle.metadata() or {}).get("metasd", "{}"))
+    except ValueError:
+        meta = None
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt in _OLD:
+        raise CheckpointError(f"{path}: a model file of an older metasd-dgl ({fmt}), no longer read; {_REEXPORT}")
+    if fmt != FORMAT or meta.get("version") != VERSION or not isinstance(meta.get("tensors"), dict):
+        raise CheckpointError(f"{path}: not a model file of this metasd-dgl's export (format {fmt!r}, "
+                              f"version {meta.get('version') if fmt else None!r}); {_REEXPORT}")
+    return meta, handle
+
+
+def read_model(path: str | Path, expect: Optional[Dict[str, Tuple[int, ...]]] = None,
+               check: Callable[[Dict[str, Any]], None] = lambda meta: None,
+               ) -> Tuple[ParamDict, MaskDict, Dict[str, Any]]:
+    """A model file -> (``{name: float32 full-width tensor}``, ``{name: bool mask}`` of the compact tensors,
+    metadata).  ``check(metadata)`` runs first; every part is checked against ``expect`` (``{name: shape}``
+    of the run's model) before it is read; without it the file's shapes are trusted (files just written)."""
+    path = Path(path)
+    meta, handle = _open(path)
+    check(meta)
+    tensors = meta["tensors"]
+    if expect is None:
+        expect = {n: tuple(e.get("shape") or ()) for n, e in tensors.items() if isinstance(e, dict)}
+    missing, extra = sorted(set(expect) - set(tensors)), sorted(set(tensors) - set(expect))
+    if missing or extra:
+        which = f"lacks {missing[0]!r}" if missing else f"holds {extra[0]!r}, which this run's model does not have"
+        raise CheckpointError(f"{path}: {which}: it is another model's file; export this run's with "
+                              "metasd-dgl export RUN_DIR")
+    params, masks = {}, {}
+    with handle as f:
+        for name, shape in expect.items():
+            entry = tensors[name] if isinstance(tensors[name], dict) else {}
+            params[name], mask = decode_tensor(f, name, entry, tuple(shape), f"{path}: {name}")
+            if mask is not None:
+                masks[name] = mask
+    return params, masks, meta
+
+
+def model_identity(cfg) -> Dict[str, Any]:
+    """What makes two models the same shape: encoder, decoder, dim (and the R-GCN's layers and bases)."""
+    m, r = cfg.model, cfg.rgcn
+    rgcn = {k: getattr(r, k) for k in ("num_layers", "num_bases", "decomposition")} if m.encoder == "rgcn" else {}
+    return {"encoder": m.encoder, "decoder": m.decoder, "dim": int(m.dim), **rgcn}
+
+
+def run_meta(cfg, data, role: str, ckpt: Optional[dict] = None) -> Dict[str, Any]:
+    """The metadata of a run's teacher or student file: model, dataset identity, source epoch."""
+    from metasd_dgl.data.fingerprint import dataset_fingerprint
+
+    student = {"structure": cfg.prune.structure, "prune_rate": cfg.prune.rate} if role == "student" else {}
+    return {"role": role, "model": model_identity(cfg), "dataset": {
+        "fingerprint": dataset_fingerprint(data), "num_entities": int(data.num_entities),
+        "num_relations": int(data.num_relations)}, "epoch": ((ckpt or {}).get("state") or {}).get("epoch"), **student}
+
+
+def export_run_files(cfg, data, model, student: Optional[ParamDict], ckpt: dict, out: Path,
+                     schemes, roles=("teacher", "student")) -> Dict[str, Dict[str, Any]]:
+    """Write ``out/file_name(role, scheme)`` of a loaded run (``stages.load_run``) for each scheme;
+    -> ``{file name: {role, scheme, bytes, params, nonzero, epoch}}``.  No student file without one."""
+    files: Dict[str, Dict[str, Any]] = {}
+    for role in [r for r in roles if r == "teacher" or student]:
+        weights = {n: p.detach() for n, p in model.named_parameters()} if role == "teacher" else student
+        masks = ckpt.get("masks") if role == "student" else None
+        facts = {"role": role, "params": sum(p.numel() for p in weights.values()), "nonzero": sum(
+            int(torch.count_nonzero(masks[n])) if masks and n in masks else p.numel() for n, p in weights.items()),
+            "checkpoint": ckpt.get("path"), "epoch": (ckpt.get("state") or {}).get("epoch")}
+        for scheme in dict.fromkeys(schemes):
+            size = write_model(weights, Path(out) / file_name(role, scheme), scheme, run_meta(cfg, data, role, ckpt), masks)
+            files[file_name(role, scheme)] = {**facts, "scheme": scheme, "bytes": size}
+    return files
+
+
+def check_fits(meta: Dict[str, Any], cfg, data, path: str | Path) -> None:
+    """CheckpointError unless the file's dataset is ``data`` and its model is the run's (``cfg``)."""
+    from metasd_dgl.data.fingerprint import dataset_fingerprint
+
+    ds = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    for key in ("num_entities", "num_relations"):
+        if ds.get(key) != getattr(data, key):
+            raise CheckpointError(f"{path}: holds a model of {ds.get(key)} {key[4:]}, this run's dataset "
+                                  f"({data.path}) has {getattr(data, key)}: it is another dataset's model")
+    if ds.get("fingerprint") != dataset_fingerprint(data):
+        raise CheckpointError(f"{path}: was written for another dataset than {data.path} (its entity/relation "
+                              "names differ)")
+    want = model_identity(cfg)
+    got = meta.get("model") if isinstance(meta.get("model"), dict) else {}
+    for key in (k for k in want if got.get(k) != want[k]):
+        raise CheckpointError(f"{path}: holds a model with {key}={str(got.get(key))[:40]}, this run's has "
+                              f"{key}={want[key]}: it is another model's file; export this run's with "
+                              "metasd-dgl export RUN_DIR")
+
+
+def file_tables(path: str | Path, cfg, data, model) -> Tuple[Any, Tuple[Tensor, Tensor], Dict[str, Any]]:
+    """A model file of the run (``cfg``, ``data``, ``model``), its dataset and model checked and every
+    tensor read against ``model``'s shapes -> (model, (entity, relation) float32 tables, metadata):
+    what ``evaluation.rank_split(model, ..., tables=...)`` ranks."""
+    from metasd_dgl.evaluate.ranking import encode_tables
+
+    params, _, meta = read_model(path, {n: tuple(p.shape) for n, p in model.named_parameters()},
+                                 lambda meta: check_fits(meta, cfg, data, path))
+    graph = data.graph if cfg.model.encoder == "rgcn" else None
+    return model, encode_tables(model, graph, params), meta
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _listed(folder: Path) -> Tuple[Dict[str, Any], set]:
+    """-> (manifest, the paths it lists; also an older export's ``*_file`` keys, an older report's files)."""
+    try:
+        manifest = dict(json.loads((folder / "manifest.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        manifest = {}
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    ours = {"manifest.json", *files}
+    for key, value in manifest.items():
+        if key.endswith("_file") and isinstance(value, str):
+            ours |= {Path(value).name, Path(value).name + ".manifest.json"}
+    try:
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        ours |= {"report.json", "report.png", *(str(v["file"]) for v in report["variants"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return {**manifest, "files": files}, ours
+
+
+def check_owned(folder: Path, command: str) -> Dict[str, Any]:
+    """UserError naming what ``folder`` holds besides the files its manifest lists; -> its manifest."""
+    manifest, ours = _listed(folder)
+    foreign = []
+    for root, dirs, names in os.walk(folder) if folder.is_dir() else ():
+        rel = Path(root).relative_to(folder)
+        for d in list(dirs):
+            if not any(o.startswith(f"{(rel / d).as_posix()}/") for o in ours):
+                foreign.append(f"{(rel / d).as_posix()}/")
+                dirs.remove(d)
+        foreign += [(rel / n).as_posix() for n in names if (rel / n).as_posix() not in ours]
+    if foreign:
+        shown = ", ".join(sorted(foreign)[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"{folder}: {command} replaces only the files its manifest.json lists, and this folder "
+                        f"also holds {shown}; move them elsewhere and run it again (nothing was changed)")
     return manifest
 
 
-def _open(path: str | Path, expected: str):
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        from safetensors import safe_open
-    except ImportError:
-        raise CheckpointError(f"{path}: reading it needs the safetensors package (pip install safetensors)") from None
-    try:
-        handle = safe_open(str(path), framework="pt")
-        header = json.loads(handle.metadata().get("metasd", "{}"))
-    except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    if header.get("format") != expected:
-        what = {STUDENT_FORMAT: "a compact student (export/student.msd)",
-                DENSE_FORMAT: "a dense teacher (export/teacher.safetensors)"}
-        raise CheckpointError(f"{path}: format {header.get('format')!r}, expected {expected!r}; pass "
-                              f"{what.get(expected, 'a file metasd-dgl export wrote')} from metasd-dgl export")
-    return header, handle
+@contextlib.contextmanager
+def owned_folder(final: Path, command: str, manifest: Optional[Dict[str, Any]] = None,
+                 keep_earlier: bool = False) -> Iterator[Path]:
+    """Yield a staging folder that replaces ``final`` whole (call with its lock held); refused first
+    when ``final`` holds files its manifest does not list.  At the end ``manifest`` (the caller's facts,
+    ``files`` those it wrote) gets, with ``keep_earlier``, the listed model files not written again,
+    and every file's bytes and sha256, and is written as ``manifest.json``."""
+    from metasd_dgl.store.atomic import replaced_folder
 
-
-def _checked(handle, key: str, crc: Optional[int], what: str) -> bytes:
-    """The bytes of blob ``key``, verified against the CRC-32 stored in the header."""
-    try:
-        data = handle.get_tensor(key).numpy().tobytes()
-    except Exception as exc:  # missing key or truncated file
-        raise CheckpointError(f"{what}: cannot read {key} ({exc})") from None
-    if crc is None or zlib.crc32(data) != int(crc):
-        raise CheckpointError(f"{what}: {key} is corrupted (checksum mismatch)")
-    return data
-
-
-def load_student(path: str | Path) -> Tuple[ParamDict, MaskDict, dict]:
-    """Read an ``export_student`` file: ``(params dense with zeros, masks, meta)``.
-
-    ``params[name]`` equals ``w * m`` of the exported weights exactly; tensors
-    stored whole come back with no entry in ``masks``.
-    """
-    header, handle = _open(path, STUDENT_FORMAT)
-    if header.get("byteorder") != sys.byteorder:
-        raise CheckpointError(f"{path}: written on a {header.get('byteorder')}-endian machine")
-    params: ParamDict = {}
-    masks: MaskDict = {}
-    with handle as f:
-        for name, e in dict(header.get("tensors", {})).items():
-            what = f"{path}: {name}"
-            try:
-                dtype, shape, nnz = _DTYPES[e["dtype"]], tuple(int(d) for d in e["shape"]), int(e["nnz"])
-                kinds = (str(e["values"]), str(e["mask"]), int(e.get("varint_bytes", 0)))
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{what}: malformed header entry") from None
-            numel = int(np.prod(shape)) if shape else 1
-            if not 0 <= nnz <= numel:
-                raise CheckpointError(f"{what}: {nnz} values for {numel} weights")
-            blob = _checked(f, f"{name}::values", e.get("values_crc32"), what)
-            values = _decode_values(kinds[0], blob, nnz, dtype, what)
-            if kinds[1] == "dense":
-                if nnz != numel:
-                    raise CheckpointError(f"{what}: dense tensor with {nnz} of {numel} values")
-                params[name] = values.view(shape).clone()
-                continue
-            blob = _checked(f, f"{name}::mask", e.get("mask_crc32"), what)
-            flat = torch.from_numpy(_decode_mask(kinds[1], blob, numel, nnz, kinds[2], what))
-            dense = torch.zeros(numel, dtype=dtype)
-            dense[flat] = values
-            params[name] = dense.view(shape)
-            masks[name] = flat.view(shape)
-    return params, masks, header.get("meta", {})
-
-
-def check_student_fits(params: ParamDict, reference: Dict[str, Tensor], path: str | Path) -> None:
-    """CheckpointError (one line) unless every tensor of a loaded student file has a same-named,
-    same-shaped tensor in ``reference`` (the run's model state): a student file of another
-    dataset (entity or relation count) or model (dim, decoder, encoder) is named as such."""
-    for name, p in params.items():
-        if name not in reference:
-            raise CheckpointError(f"{path}: holds {name!r}, which this run's model does not have: it is the "
-                                  "student of another model; export this run's with metasd-dgl export RUN_DIR")
-        want, got = tuple(reference[name].shape), tuple(p.shape)
-        if want != got:
-            raise CheckpointError(f"{path}: {name} has shape {got}, this run's model needs {want}: it is the "
-                                  "student of another dataset or model; export this run's with "
-                                  "metasd-dgl export RUN_DIR")
+    manifest = {} if manifest is None else manifest
+    old = check_owned(final, command)
+    with replaced_folder(final) as out:
+        yield out
+        files = manifest.setdefault("files", {})
+        for rel, entry in old["files"].items() if keep_earlier else ():
+            src = final / rel
+            if rel not in files and rel.endswith(".safetensors") and "/" not in rel and src.is_file():
+                shutil.copy2(src, out / rel)
+                files[rel] = entry
+        for path in sorted(p for p in out.rglob("*") if p.is_file()):
+            rel = path.relative_to(out).as_posix()
+            if rel != "manifest.json" and "sha256" not in files.get(rel, {}):
+                files[rel] = {**files.get(rel, {}), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        manifest["files"] = dict(sorted(files.items()))
+        atomic_write_json(out / "manifest.json", manifest)

@@ -57,8 +57,8 @@ def _tables(run_dir: Path, checkpoint: str, student: bool):
 @click.option("--unfiltered", is_flag=True, help="Keep answers already known in train/valid/test.")
 @click.option("--student", is_flag=True, help="Use the pruned student (masked weights) instead of the teacher.")
 @click.option("--checkpoint", default="best", show_default=True, help="best, last, or a checkpoint path.")
-@click.option("--from-file", "from_file", type=click.Path(dir_okay=False, exists=True),
-              help="Answer from a quantised file (export --quantize: export/student.int8.msq, ...) of this run's "
+@click.option("--from-file", "from_file", type=click.Path(),
+              help="Answer from a model file of export (export/student.int8.safetensors, ...) of this run's "
                    "dataset instead of the checkpoint.")
 def predict_command(run_dir: str, head: Optional[str], relation: Optional[str], tail: Optional[str],
                     queries: Optional[str], k: int, unfiltered: bool, student: bool, checkpoint: str,
@@ -75,13 +75,13 @@ def predict_command(run_dir: str, head: Optional[str], relation: Optional[str], 
             raise QueryError("--relation is required (or give --queries FILE)")
         asked = [parse_query(head, relation, tail)]
     if from_file:
-        from metasd_dgl.store.quantize import file_tables
+        from metasd_dgl.store.export import file_tables
         from metasd_dgl.stages import load_run
 
         if student:
             raise UserError("--student and --from-file exclude each other (the file says what it holds)")
-        data = load_run(Path(run_dir), checkpoint)[1]
-        model, tables, meta = file_tables(from_file, data)
+        cfg, data, model = load_run(Path(run_dir), checkpoint)[:3]
+        model, tables, meta = file_tables(from_file, cfg, data, model)
         tag = f"{meta.get('role')} {meta.get('scheme')} from {from_file}"
     else:
         _, data, model, _, _, tables = _tables(Path(run_dir), checkpoint, student)

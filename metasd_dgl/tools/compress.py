@@ -4,9 +4,10 @@
 *that file* (loaded, dequantised to float32, ranked with the exact filtered protocol of
 ``evaluation.rank_split``) on validation and on test:
 
-* this run's teacher: ``teacher.safetensors`` (fp32, the dense export: the size baseline) and
-  ``teacher.{fp16,int8,int4}.msq``;
-* its student, where it has one: ``student.{fp32,int8,int4}.msq`` (kept columns or kept values only);
+* this run's teacher: ``teacher.safetensors`` (fp32: the size baseline) and
+  ``teacher.{fp16,int8,int4}.safetensors``;
+* its student, where it has one: ``student.safetensors`` (fp32) and ``student.{int8,int4}.safetensors``
+  (kept columns or kept values only; ``store/export.py``);
 * each ``--compare LABEL=RUN_DIR[@teacher|@student]`` run (same dataset): its student (or its
   teacher when it has none, or as chosen) in fp32 and int8, under ``compress/compare/<LABEL>/``.
 
@@ -27,11 +28,11 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
-from metasd_dgl.store.atomic import atomic_write_json, recover_folder, replaced_folder, write_with
+from metasd_dgl.store.atomic import atomic_write_json, recover_folder, write_with
 from metasd_dgl.errors import UserError
 
 RARE_BUCKETS = 3
-TEACHER_SCHEMES = ("fp16", "int8", "int4")
+TEACHER_SCHEMES = ("fp32", "fp16", "int8", "int4")
 STUDENT_SCHEMES = ("fp32", "int8", "int4")
 COMPARE_SCHEMES = ("fp32", "int8")
 #: A compare run: (label, run folder, "teacher" | "student" | None = its student if it has one)
@@ -133,24 +134,6 @@ class _Scorer:
         return out
 
 
-def dense_file_tables(path: Path, cfg, data):
-    """-> (model, tables) of a dense ``teacher.safetensors`` file (``export.save_dense``) on ``data``."""
-    import torch
-
-    from metasd_dgl.errors import CheckpointError
-    from metasd_dgl.evaluate.ranking import encode_tables
-    from metasd_dgl.store.export import load_dense
-    from metasd_dgl.model.predictor import make_model
-
-    params, _ = load_dense(path)
-    model = make_model(cfg, data.num_entities, data.num_relations, torch.Generator().manual_seed(0))
-    want = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    if {n: tuple(p.shape) for n, p in params.items()} != want:
-        raise CheckpointError(f"{path}: its tensors do not fit the run's model")
-    graph = data.graph if cfg.model.encoder == "rgcn" else None
-    return model, encode_tables(model, graph, {n: p.float() for n, p in params.items()})
-
-
 def _table(report: dict) -> str:
     split = report["split"]
     head = ["variant", "file", "bytes", "ratio", "valid MRR", f"{split} MRR", f"{split} H@10",
@@ -211,9 +194,8 @@ def compress_report(run_dir: Path, compare: Sequence[CompareSpec] = (), toleranc
                     reference: Optional[str] = None) -> dict:
     """Write and score every variant (module docstring); -> the report (also ``compress/report.json``)."""
     from metasd_dgl.data.fingerprint import dataset_fingerprint
-    from metasd_dgl.store.export import save_dense
+    from metasd_dgl.store.export import export_run_files, file_name, file_tables, owned_folder
     from metasd_dgl.store.lock import folder_lock
-    from metasd_dgl.store.quantize import export_run_files, file_name, file_tables
     from metasd_dgl.stages import load_run
 
     if not tolerance >= 0:  # also refuses NaN
@@ -241,7 +223,7 @@ def compress_report(run_dir: Path, compare: Sequence[CompareSpec] = (), toleranc
     final = run_dir / "compress"
     with folder_lock(final, inside=False, what="compress folder"):
         recover_folder(final)
-        with replaced_folder(final) as out:
+        with owned_folder(final, "compress") as out:
             # every file first (sizes, the plan), then the scoring, the long part
             plan: list[dict[str, Any]] = []
             for label, folder, c_cfg, c_data, c_model, c_student, c_ckpt, role in runs:
@@ -253,16 +235,11 @@ def compress_report(run_dir: Path, compare: Sequence[CompareSpec] = (), toleranc
                 for r, schemes in roles:
                     if r == "student" and not c_student:
                         continue
-                    if r == "teacher" and (not label or "fp32" in schemes):  # fp32 teacher: the dense export
-                        path = where / "teacher.safetensors"
-                        save_dense({n: p.detach() for n, p in c_model.named_parameters()}, path)
-                        plan.append({"name": f"{prefix}teacher fp32", "run": str(folder), "label": label or None,
-                                     "role": "teacher", "scheme": "fp32", "path": path, "cfg": c_cfg})
-                    rest = [s for s in schemes if not (r == "teacher" and s == "fp32")]
-                    export_run_files(c_cfg, c_data, c_model, c_student, c_ckpt, where, rest, roles=(r,))
-                    for s in rest:
+                    export_run_files(c_cfg, c_data, c_model, c_student, c_ckpt, where, schemes, roles=(r,))
+                    for s in schemes:
                         plan.append({"name": f"{prefix}{r} {s}", "run": str(folder), "label": label or None,
-                                     "role": r, "scheme": s, "path": where / file_name(r, s), "cfg": c_cfg})
+                                     "role": r, "scheme": s, "path": where / file_name(r, s), "cfg": c_cfg,
+                                     "model": c_model})
             base_bytes = (out / "teacher.safetensors").stat().st_size
             if reference is not None:
                 choose_reference(plan, reference)  # a label not in the report: refused before the scoring
@@ -270,13 +247,10 @@ def compress_report(run_dir: Path, compare: Sequence[CompareSpec] = (), toleranc
             for i, p in enumerate(plan, start=1):
                 size = p["path"].stat().st_size
                 echo(f"[{i}/{len(plan)}] {p['name']}: {size:,} bytes; scoring valid and test from the file")
-                if p["path"].suffix == ".safetensors":
-                    m, tables = dense_file_tables(p["path"], p["cfg"], data)
-                else:
-                    m, tables, _ = file_tables(p["path"], data)
+                m, tables, _ = file_tables(p["path"], p["cfg"], data, p["model"])
                 scores = scorer(m, tables)
                 variants.append({"name": p["name"], "run": p["run"], "label": p["label"], "role": p["role"],
-                                 "scheme": p["scheme"], "file": str(p["path"].relative_to(out)), "bytes": size,
+                                 "scheme": p["scheme"], "file": p["path"].relative_to(out).as_posix(), "bytes": size,
                                  "ratio": size / base_bytes, "valid": scores["valid"], "test": scores["test"]})
             rare_label = scorer.splits["test"][2]
             front = pareto_front([(v["bytes"], v[split]["mrr"] or 0.0) for v in variants])

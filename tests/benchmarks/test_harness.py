@@ -77,7 +77,7 @@ def test_metrics_equal_the_library_evaluation_of_the_run_folder(quick_run):
         assert res["epochs"] == 2 and res["seconds_per_epoch"] == pytest.approx(sum(secs) / len(secs))
         export = run_dir / "export"
         if row == "student":
-            assert res[row]["bytes"] == (export / "student.msd").stat().st_size
+            assert res[row]["bytes"] == (export / "student.safetensors").stat().st_size
             assert res[row]["nonzero"] < sum(p.numel() for p in model.parameters())
         else:
             assert res[row]["nonzero"] == sum(p.numel() for p in model.parameters())
