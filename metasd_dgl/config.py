@@ -133,15 +133,21 @@ class PruneConfig:
 
 @dataclass
 class MetaSDConfig:
-    """Distillation (kd, metasd) and MetaSD's meta step (metasd)."""
+    """Distillation (kd, metasd) and MetaSD's meta step (metasd).
+
+    The defaults are the recommended student: weights of its own, one-way T^2-scaled distillation
+    (choose temperature, kd_weight and student_lr on your validation set: ``metasd-dgl tune``).  The
+    paper's student (the teacher's weights under the mask, mutual distillation) is
+    ``pipelines/configs/paper_student.yaml``; the reference code as it runs, ``reference.yaml``.
+    """
 
     temperature: float = 3.0
     kd_weight: float = 1.0  # weight of distillation next to cross-entropy
     kd_forward_weight: float = 3.0  # KL(teacher || student)
     kd_reverse_weight: float = 1.0  # KL(student || teacher)
-    kd_t2_scale: bool = False  # scale KD by T^2 (the reference code does not; off = reference)
+    kd_t2_scale: bool = True  # scale KD by T^2 (the reference code does not)
     real_kd_weighting: str = "source"  # real step: source: fw KL(source||learner) + rw KL(learner||source) | self: swapped
-    one_way_kd: bool = False  # real step: the teacher does not learn from the student (no KD(S -> T))
+    one_way_kd: bool = True  # real step: the teacher does not learn from the student (no KD(S -> T))
     meta_optimizer: str = "adam"  # adam | adagrad | sgd
     meta_lr: float = 1e-4
     virtual_lr: float = 0.1  # SGD step of the virtual student
@@ -149,7 +155,7 @@ class MetaSDConfig:
     quiz_batch_size: int = 1000
     meta_every: int = 1  # run the meta step every k batches
     extra_teacher_step: bool = False  # reference code: a plain teacher step first, every batch
-    student: str = "shared"  # shared: the teacher's weights under the mask (the paper) | own: its own weights
+    student: str = "own"  # own: weights of its own | shared: the teacher's weights under the mask (the paper)
     student_lr: float = 0.0  # student=own: lr of the student's optimiser (0 = train.lr)
 
 
