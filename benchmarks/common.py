@@ -81,13 +81,18 @@ def in_child(fn: Callable[..., dict], *args: Any) -> dict:
             return {"ok": False, "error": f"worker died: {exc}"}
 
 
-def machine_info() -> dict:
-    """What the numbers were measured on."""
+def machine_info(device: Any = None) -> dict:
+    """What the numbers were measured on (with ``device``, a ``torch.device``: it and a CUDA device's name)."""
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+    info = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
+    if device is not None:
+        info["device"] = str(device)
+        if device.type == "cuda":
+            info["device_name"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def write_json(path: str | Path, record: Mapping[str, Any]) -> Path:

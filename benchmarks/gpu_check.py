@@ -43,7 +43,6 @@ the bound on CPU too; ``tests/benchmarks/test_gpu_check.py``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import importlib.machinery
 import json
@@ -264,19 +263,14 @@ def score_products(method: str, structure: str, batch: int, dim: int, num_entiti
     return out
 
 
-@contextlib.contextmanager
 def matmul_precision(precision: str):
-    """fp32 / bf16: TF32 matmuls off; tf32: on (CUDA's flag; CPU matmuls ignore it); restored after."""
-    import torch
+    """The library's matmul mode for ``precision``: tf32, CUDA's TF32 flag on (``precision.training``; CPU
+    matmuls ignore it); fp32 / bf16, off (``precision.exact``); restored after."""
+    from harness import precision_modes
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+    return precision_modes.training(precision) if precision == "tf32" else precision_modes.exact()
 
 
 def _median_ms(fn, device, repeats: int, min_seconds: float = 1e-3) -> float:
@@ -618,10 +612,9 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    from harness import resolve_device
+    from harness import device_of
 
-    args.device = resolve_device(name)  # torch only: no graph, DGL not asked
+    args.device = device_of(args.device)
     if args.precision == "tf32" and args.device.type != "cuda":  # the library refuses it too (at training)
         _say(f"gpu_check: --precision tf32 is a CUDA matmul mode; on {args.device.type} use fp32 or bf16")
         return 2

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 # --- library entry points
 from metasd_dgl.stages import load_run, stage_evaluate, stage_export  # noqa: F401
+from metasd_dgl.runtime import precision as precision_modes  # noqa: F401
 from metasd_dgl.runtime.device import resolve_device  # noqa: F401
 from metasd_dgl.runtime.process import configure_threads, tune_malloc  # noqa: F401
 from metasd_dgl.config import Config, apply_overrides, load_config, validate  # noqa: F401
@@ -130,6 +131,14 @@ def quantize():
     from metasd_dgl.store import quantize as module
 
     return module
+
+
+def device_of(name: str):
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda[:N]`` -> ``torch.device``, checked by the library
+    (no graph: DGL is not asked)."""
+    import torch
+
+    return resolve_device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
 
 def load_on(run_dir: str | Path, checkpoint: str | Path, device) -> tuple:

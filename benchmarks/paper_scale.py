@@ -71,7 +71,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from common import REPO, RESULTS, default_data_dir, format_table, paired as paired_stats, sample_sd, write_json
+from common import REPO, RESULTS, default_data_dir, format_table, machine_info, sample_sd, write_json
+from common import paired as paired_stats
 from gpu_check import _Deadline, stand_in_missing_packages
 
 FORMAT = "metasd-paper-scale/1"
@@ -263,16 +264,6 @@ def run_task(task: dict) -> None:
         raise SystemExit(1)
 
 
-def _device(name: str):
-    import torch
-
-    from harness import resolve_device
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return resolve_device(name)
-
-
 def _config(overrides: Mapping[str, Any], run_dir: Path):
     from harness import Config, apply_overrides, validate
 
@@ -287,25 +278,13 @@ def _history_epochs(run_dir: Path) -> int:
     return max((r.get("epoch", 0) for r in history(run_dir) if "seconds" in r), default=0)
 
 
-def _machine(device) -> dict:
-    import torch
-
-    from common import machine_info
-
-    info = machine_info()
-    info["device"] = str(device)
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
-    return info
-
-
 def _train_task(task: dict) -> None:
     import torch
 
-    from harness import TrainingInterrupted, load_processed, train
+    from harness import TrainingInterrupted, device_of, load_processed, train
 
     t0 = time.time()
-    device = _device(task["device"])
+    device = device_of(task["device"])
     run_dir = Path(task["run_dir"])
     over = {**task["overrides"], "runtime.device": str(device), "runtime.num_threads": task["threads"]}
     cfg = _config(over, run_dir)
@@ -357,7 +336,7 @@ def _train_task(task: dict) -> None:
         "wall_s": sum(s["wall_s"] for s in sessions), "train_wall_s": sum(s["train_wall_s"] for s in sessions),
         "sessions": sessions, "valid_history": ev["valid_history"], "selected": ev["selected"],
         "candidates": ev["candidates"], "valid": ev["valid"], "test": ev["test"], "nonzero": ev["nonzero"],
-        "peak_gpu_mb": peak, "run_dir": str(run_dir), "machine": _machine(device),
+        "peak_gpu_mb": peak, "run_dir": str(run_dir), "machine": machine_info(device),
     }
     write_json(task["json"], record)
     who = next(iter(record["test"]))
@@ -433,10 +412,10 @@ def _quantised_task(task: dict) -> None:
     """Quantise the source run's selected checkpoint (teacher or student), rank it from the file."""
     import torch
 
-    from harness import load_on, quantize, rank
+    from harness import device_of, load_on, quantize, rank
 
     t0 = time.time()
-    device = _device(task["device"])
+    device = device_of(task["device"])
     row = BY_NAME[task["row"]]
     src = read_json(Path(task["source_json"]))
     if src is None:
@@ -465,7 +444,7 @@ def _quantised_task(task: dict) -> None:
         "epochs": src["epochs"], "steps": src["steps"], "wall_s": time.time() - t0,
         "valid": valid, "test": test, "bytes": nbytes, "ratio_to_fp32": nbytes[row.scheme] / nbytes["fp32"],
         "nonzero": {row.role: src["nonzero"].get(row.role)},
-        "files": {s: str(out / q.file_name(row.role, s)) for s in nbytes}, "machine": _machine(device),
+        "files": {s: str(out / q.file_name(row.role, s)) for s in nbytes}, "machine": machine_info(device),
     }
     write_json(task["json"], record)
     _say(f"[{task['label']}] {row.scheme} {row.role}: {nbytes[row.scheme]:,} bytes "
