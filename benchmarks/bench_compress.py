@@ -26,8 +26,7 @@ from typing import Any
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
-from common import RESULTS, format_table, machine_info, write_json  # noqa: E402
-from harness import sample_sd  # noqa: E402
+from common import RESULTS, format_table, machine_info, publish, sample_sd  # noqa: E402
 
 RECIPE = "own student KD per dataset"
 COMPARED = {"recipe": (RECIPE, "student"), "dense small": ("dense small", "teacher"),
@@ -45,7 +44,7 @@ def slug(method: str) -> str:
 
 def one_seed(root: Path, dataset: str, seed: int, tolerance: float) -> dict[str, Any]:
     """The compress report of one seed's dense run, with the study's students compared."""
-    from metasd_dgl.tools.compress import compress_report
+    from harness import compress_report
 
     run = root / dataset / f"dense-seed{seed}"
     compare = [(label, root / dataset / f"{slug(method)}-seed{seed}", role)
@@ -143,10 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
             reports.append(one_seed(root, ds, s, args.tolerance))
         record["seeds"][ds] = seeds
         record["results"][ds] = summarise(reports)
-    record["table"] = render(record)
-    print(record["table"])
-    print(f"JSON: {write_json(args.out, record)}")
-    return record
+    return publish(record, render(record), args.out)
 
 
 if __name__ == "__main__":

@@ -19,22 +19,17 @@ processes share the cores; with ``--threads 1`` it is the work done).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
 import torch  # noqa: E402
 
-from metasd_dgl.config import Config, apply_overrides  # noqa: E402
-from metasd_dgl.model.predictor import build_model  # noqa: E402
-from metasd_dgl.model.pruning import make_masks  # noqa: E402
-from metasd_dgl.runtime.process import configure_threads, tune_malloc  # noqa: E402
-from metasd_dgl.train.methods import make_method  # noqa: E402
+from common import RESULTS, machine_info, write_json  # noqa: E402
+from harness import (Config, apply_overrides, build_model, configure_threads, make_masks, make_method,  # noqa: E402
+                     tune_malloc)
 
 
 def random_queries(n: int, num_entities: int, num_relations: int, gen: torch.Generator) -> torch.Tensor:
@@ -60,7 +55,8 @@ class Runner:
         )
         cfg = apply_overrides(Config(), {
             "train": {"method": method, "batch_size": args.batch}, "prune": {"structure": args.structure},
-            "metasd": {"meta_every": meta_every, "quiz_batch_size": args.quiz}})
+            "metasd": {"meta_every": meta_every, "quiz_batch_size": args.quiz,  # the paper's student, as measured
+                       "student": "shared", "one_way_kd": False, "kd_t2_scale": False}})
         self.steps = make_method(cfg, self.model)
         if method != "plain":
             self.steps.remask(make_masks(self.model, 0.9, "global", args.structure, args.dim), args.structure)
@@ -94,7 +90,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     ap.add_argument("--structure", choices=("element", "dimension"), default="element",
                     help="student masks: element-wise, or whole coordinates (the student runs on the kept columns)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_timing.json"))
+    ap.add_argument("--out", default=str(RESULTS / "step_timing.json"))
     args = ap.parse_args()
     configure_threads(args.threads)
     tune_malloc()  # as a training run does
@@ -126,18 +122,7 @@ def main() -> None:
                      "cpu_ms_per_step": cpu, "cpu_ratio_to_plain": cpu / plain_cpu,
                      "times_ms": r.times, "cpu_ms": r.cpu})
         print(f"{r.label:<30}{med:>10.1f}{med / plain:>9.2f}{cpu:>10.1f}{cpu / plain_cpu:>9.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "config": vars(args),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count()},
-        "results": rows,
-    }
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(out)
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, {'config': vars(args), 'machine': machine_info(), 'results': rows})}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
 * ``timed(fn)``            -- ``(seconds, fn())``
 * ``in_child(fn, *args)``  -- ``fn(*args)`` in a fresh spawned process (its own peak RSS): ``{"ok": ..., **result}``
 * ``machine_info()``       -- platform, CPU count, torch version and threads (for the JSON)
-* ``write_json(path, d)``  -- create the folder, write indented JSON with a final newline
+* ``write_json(path, d)``  -- create the folder, write indented JSON with a final newline (atomically)
+* ``publish(record, table, out)`` -- print a table, store it in the record, write the JSON
 * ``format_table(...)``    -- a plain fixed-width text table
+* ``sample_sd(xs)``, ``paired(a, b)`` -- sample sd; per-seed differences with their mean and sd
 
 Scripts import it as ``from common import ...``: ``python benchmarks/X.py``
 puts ``benchmarks/`` first on ``sys.path`` (also in spawned worker processes).
@@ -79,21 +81,54 @@ def in_child(fn: Callable[..., dict], *args: Any) -> dict:
             return {"ok": False, "error": f"worker died: {exc}"}
 
 
-def machine_info() -> dict:
-    """What the numbers were measured on."""
+def machine_info(device: Any = None) -> dict:
+    """What the numbers were measured on (with ``device``, a ``torch.device``: it and a CUDA device's name)."""
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+    info = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
             "python": platform.python_version(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
+    if device is not None:
+        info["device"] = str(device)
+        if device.type == "cuda":
+            info["device_name"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def write_json(path: str | Path, record: Mapping[str, Any]) -> Path:
-    """Write ``record`` as indented JSON (folder created); returns the path."""
+    """Write ``record`` as indented JSON (folder created) through a temporary file and a rename: a killed
+    writer leaves the old file or none.  Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
     return path
+
+
+def publish(record: dict, table: str, out: str | Path) -> dict:
+    """Print ``table``, keep it as ``record["table"]``, write the record to ``out``; returns the record."""
+    record["table"] = table
+    print(table)
+    print(f"JSON: {write_json(out, record)}")
+    return record
+
+
+def sample_sd(values: Sequence[float]) -> float:
+    """Sample standard deviation (n - 1 in the denominator); 0.0 for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return (sum((x - mean) ** 2 for x in values) / (n - 1)) ** 0.5
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Per-seed differences ``a - b`` (same seeds, same order) -> ``{diffs, mean, sd, seeds}``."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired needs as many values on both sides, got {len(a)} and {len(b)}")
+    diffs = [x - y for x, y in zip(a, b)]
+    return {"diffs": diffs, "mean": sum(diffs) / len(diffs), "sd": sample_sd(diffs), "seeds": len(diffs)}
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1) -> str:

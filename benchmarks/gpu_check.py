@@ -28,24 +28,21 @@ repository root (``PYTHONPATH=.``):
     ``train`` for whatever is left of ``--budget`` after (a) and ``--reserve``
     seconds kept for evaluation; the loop is stopped by SIGTERM at the deadline
     (it finishes the step, saves ``last.pt``).  Then the teacher and the true
-    student (masked weights) are ranked on the test split (filtered, both sides)
-    from the validation-selected checkpoint (``best.pt``, if a validation ran)
-    and from ``last.pt``.
+    student (masked weights) are ranked on the test split (filtered, both sides),
+    each from its own best validation epoch (the library's ``stages.load_run``,
+    if a validation ran) and from ``last.pt``.
 
 Writes ``--out`` (JSON) and prints both tables next to the paper's figures
 (MetaSD student 0.391 MRR at 10 % of the weights, ComplEx-RP teacher 0.388).
 ``--precision fp32|tf32|bf16`` (default fp32) is passed to both parts as
-``train.precision`` when the library's ``Config().train`` has that field; the
-bound's matmuls run at the same precision (bf16: inputs in bfloat16; tf32:
-``torch.backends.cuda.matmul.allow_tf32`` on while they run).  Without the field
-the steps run in fp32, and so does the bound (the JSON says which was used).
+``train.precision``; the bound's matmuls run at the same precision (bf16: inputs
+in bfloat16; tf32: ``torch.backends.cuda.matmul.allow_tf32`` on while they run).
 ``--tiny`` is the CPU rehearsal (rank 8, batches 64/128, a budget of seconds,
 the bound on CPU too; ``tests/benchmarks/test_gpu_check.py``).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import importlib.machinery
 import json
@@ -71,7 +68,8 @@ PAPER_CONFIG = {
     "train": {"method": "metasd", "epochs": 100, "batch_size": 1000, "lr": 0.1, "regularizer": "dura",
               "reg_weight": 0.05, "rp_weight": 4.0},
     "valid": {"every": 5, "patience": 5},
-    "prune": {"rate": 0.9}, "metasd": {"quiz_batch_size": 1000},
+    "prune": {"rate": 0.9},
+    "metasd": {"quiz_batch_size": 1000, "student": "shared", "one_way_kd": False, "kd_t2_scale": False},
 }
 METHODS = ("plain", "kd", "metasd")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -132,13 +130,14 @@ def stand_in_missing_packages() -> list[str]:
     return missing
 
 
-def paper_config(args, run_dir: Path):
+def paper_config(args, run_dir: Path, processed: Path):
     """The paper's Config for this run (``--tiny``: small rank and batches, validation every epoch)."""
-    from metasd_dgl.config import Config, apply_overrides
+    from harness import Config, apply_overrides
 
     over = json.loads(json.dumps(PAPER_CONFIG))
     over["model"]["dim"] = args.dim
-    over["train"].update(precision_override(args.precision))
+    over["data"]["processed_dir"] = str(processed)
+    over["train"]["precision"] = args.precision
     over.update(runtime={"device": str(args.device), "num_threads": args.threads}, checkpoint={"keep": 0})
     if args.tiny:
         over["train"].update({"batch_size": 128, "epochs": 1000})
@@ -151,7 +150,7 @@ def paper_config(args, run_dir: Path):
 
 def load_data(source: str, work: Path):
     """Preprocess ``source`` (a .tar.gz or folder of train/valid/test TSVs) into ``work/data``."""
-    from metasd_dgl.data.preprocess import load_processed, preprocess
+    from harness import load_processed, preprocess
 
     t0 = time.perf_counter()
     data = load_processed(preprocess(source, work / "data"))
@@ -196,7 +195,7 @@ def student_width(structure: str, dim: int, prune_rate: float = 0.9) -> int:
     """Columns of the student's tables: the kept coordinates' real and imaginary columns with
     whole-coordinate masks (``ColumnStudent``: ``2 * round((1 - rate) * dim)``, w/10 at rate
     0.9), the full width ``2 * dim`` with element masks (``W * M``)."""
-    from metasd_dgl.model.pruning import keep_count
+    from harness import keep_count
 
     return 2 * max(1, keep_count(dim, prune_rate)) if structure == "dimension" else 2 * dim
 
@@ -265,19 +264,14 @@ def score_products(method: str, structure: str, batch: int, dim: int, num_entiti
     return out
 
 
-@contextlib.contextmanager
 def matmul_precision(precision: str):
-    """fp32 / bf16: TF32 matmuls off; tf32: on (CUDA's flag; CPU matmuls ignore it); restored after."""
-    import torch
+    """The library's matmul mode for ``precision``: tf32, CUDA's TF32 flag on (``precision.training``; CPU
+    matmuls ignore it); fp32 / bf16, off (``precision.exact``); restored after."""
+    from harness import precision_modes
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+    return precision_modes.training(precision) if precision == "tf32" else precision_modes.exact()
 
 
 def _median_ms(fn, device, repeats: int, min_seconds: float = 1e-3) -> float:
@@ -385,29 +379,13 @@ def bound(method: str, structure: str, batch: int, dim: int, num_entities: int, 
             "gflop": sum(p.flop for p in products) / 1e9, "products": rows}
 
 
-def precision_supported() -> bool:
-    """Whether the library's config has ``train.precision`` (its owner is adding it)."""
-    from metasd_dgl.config import Config
-
-    return hasattr(Config().train, "precision")
-
-
-def precision_override(precision: str) -> dict:
-    """``{"precision": p}`` for the ``train`` section when the config has the field, else nothing."""
-    return {"precision": precision} if precision_supported() else {}
-
-
 def time_step(data, device, method: str, batch: int, structure: str, dim: int, steps: int, seed: int,
               precision: str = "fp32") -> dict:
     """Median ms of one training step (after one warm-up) of ``method`` on real train queries, and
     the peak GPU memory of those steps (MB; ``None`` on CPU)."""
     import torch
 
-    from metasd_dgl.config import Config, apply_overrides
-    from metasd_dgl.data.triples import reciprocal_queries
-    from metasd_dgl.model.predictor import build_model
-    from metasd_dgl.model.pruning import make_masks
-    from metasd_dgl.train.methods import make_method
+    from harness import Config, apply_overrides, build_model, make_masks, make_method, reciprocal_queries
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -416,8 +394,8 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
                         generator=gen).to(device)
     cfg = apply_overrides(Config(), {
         "train": {"method": method, "batch_size": batch, "regularizer": "dura", "rp_weight": 4.0,
-                  **precision_override(precision)},
-        "metasd": {"quiz_batch_size": QUIZ}, "prune": {"structure": structure}})
+                  "precision": precision},
+        "metasd": {**PAPER_CONFIG["metasd"], "quiz_batch_size": QUIZ}, "prune": {"structure": structure}})
     ctx = make_method(cfg, model)
     if method != "plain":
         ctx.remask(make_masks(model, 0.9, "global", structure, dim), structure)
@@ -519,39 +497,28 @@ class _Deadline:
         signal.signal(signal.SIGTERM, self._old)
 
 
-def evaluate_checkpoint(cfg, data, path: Path, device) -> dict:
-    """Test metrics (filtered, both sides) of the teacher and the true student of ``path``."""
-    import torch
+def evaluate_checkpoint(run: Path, checkpoint: str, device) -> dict:
+    """Test metrics (filtered, both sides) of the teacher and the true student of ``checkpoint`` ("best":
+    each model from its own best validation epoch; "last"), read by the library's loader."""
+    from harness import load_on, rank
 
-    from metasd_dgl.store.checkpoint import load_checkpoint
-    from metasd_dgl.evaluate.ranking import metrics, rank_split
-    from metasd_dgl.model.predictor import make_model
-    from metasd_dgl.model.student import checkpoint_student
-
-    ckpt = load_checkpoint(path, device)
-    model = make_model(cfg, data.num_entities, data.num_relations, torch.Generator().manual_seed(0)).to(device)
-    model.load_state_dict(ckpt["model"])
-    masks = ckpt.get("masks")
-    student = checkpoint_student(dict(model.named_parameters()), masks, ckpt.get("student_weights"))
-    out = {"checkpoint": path.name, "epoch": ckpt["state"]["epoch"], "step": ckpt["state"]["step"]}
-    for who, w in (("teacher", None), ("student", student)):
-        if who == "student" and w is None:
-            continue
-        ranks = rank_split(model, data.test, data.num_relations, data.filter, weights=w,
-                           max_memory_mb=cfg.eval.max_memory_mb)
-        out[who] = metrics(ranks.both())
-    if masks:
-        kept = sum(int(v.sum()) for v in masks.values())
-        out["student_density"] = kept / sum(v.numel() for v in masks.values())
+    cfg, data, model, student, ckpt = load_on(run, checkpoint, device)
+    out = {"checkpoint": Path(ckpt["path"]).name, "epoch": ckpt["state"]["epoch"], "step": ckpt["state"]["step"],
+           "teacher_checkpoint": Path(ckpt["teacher_path"]).name, "teacher_epoch": ckpt["teacher_epoch"],
+           "teacher": rank(cfg, data, model, "test")}
+    if student:
+        out["student"] = rank(cfg, data, model, "test", student)
+        masks = ckpt["masks"]
+        out["student_density"] = sum(int(v.sum()) for v in masks.values()) / sum(v.numel() for v in masks.values())
     return out
 
 
 def budgeted_training(data, args, train_seconds: float, work: Path) -> dict:
     """Part (b): the paper's MetaSD config for ``train_seconds``, then test metrics."""
-    from metasd_dgl.train.loop import TrainingInterrupted, train
+    from harness import TrainingInterrupted, history, train
 
     run = work / "run"
-    cfg = paper_config(args, run)
+    cfg = paper_config(args, run, data.path)
     result = {"config": PAPER_CONFIG, "dim": cfg.model.dim, "train_seconds_given": train_seconds}
     if train_seconds <= 0:
         return {**result, "skipped": "no training time left in the budget"}
@@ -566,12 +533,11 @@ def budgeted_training(data, args, train_seconds: float, work: Path) -> dict:
     finally:
         deadline.close()
     result["train_seconds"] = time.perf_counter() - t0
-    history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] \
-        if (run / "metrics.jsonl").exists() else []
-    result["epochs_done"] = max((r.get("epoch", 0) for r in history), default=0)
-    result["valid"] = [r["valid"] for r in history if "valid" in r]
-    result["evaluations"] = [evaluate_checkpoint(cfg, data, run / "checkpoints" / name, args.device)
-                             for name in ("best.pt", "last.pt") if (run / "checkpoints" / name).exists()]
+    records = history(run)
+    result["epochs_done"] = max((r.get("epoch", 0) for r in records), default=0)
+    result["valid"] = [r["valid"] for r in records if "valid" in r]
+    result["evaluations"] = [evaluate_checkpoint(run, name, args.device)
+                             for name in ("best", "last") if (run / "checkpoints" / f"{name}.pt").exists()]
     return result
 
 
@@ -602,7 +568,9 @@ def print_tables(record: dict) -> None:
         for who in ("teacher", "student"):
             if who in ev:
                 m = ev[who]
-                label = f"{who} ({ev['checkpoint']}, ep {ev['epoch']})"
+                name, epoch = (ev["checkpoint"], ev["epoch"]) if who == "student" else \
+                    (ev["teacher_checkpoint"], ev["teacher_epoch"])
+                label = f"{who} ({name}, ep {epoch})"
                 _say(f"{label:<26}{_fmt(m['mrr']):>8}{_fmt(m['hits@1']):>8}{_fmt(m['hits@3']):>8}"
                      f"{_fmt(m['hits@10']):>8}")
     _say(f"{'paper: MetaSD student':<26}{PAPER['student_mrr']:>8.3f}")
@@ -623,7 +591,7 @@ def parse_args(argv=None):
     ap.add_argument("--structures", default="dimension,element")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration (after one warm-up)")
     ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                    help="train.precision of both parts (when the library has it) and of the bound's matmuls")
+                    help="train.precision of both parts and of the bound's matmuls")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--tiny", action="store_true", help="CPU rehearsal: small rank and batches")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
@@ -645,15 +613,9 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    from metasd_dgl.runtime.device import resolve_device
+    from harness import device_of
 
-    args.device = resolve_device(name)  # torch only: no graph, DGL not asked
-    precision_requested = args.precision
-    if not precision_supported() and args.precision != "fp32":
-        _say(f"gpu_check: this library's config has no train.precision: steps and bound in fp32, "
-             f"not {args.precision}")
-        args.precision = "fp32"
+    args.device = device_of(args.device)
     if args.precision == "tf32" and args.device.type != "cuda":  # the library refuses it too (at training)
         _say(f"gpu_check: --precision tf32 is a CUDA matmul mode; on {args.device.type} use fp32 or bf16")
         return 2
@@ -675,8 +637,7 @@ def main(argv=None) -> int:
         "dataset": {"source": str(args.data), "entities": data.num_entities, "relations": data.num_relations,
                     "train": len(data.train), "test": len(data.test)},
         "dim": args.dim, "budget_s": args.budget, "tiny": args.tiny,
-        "precision": args.precision, "precision_requested": precision_requested,
-        "precision_in_config": precision_supported(),
+        "precision": args.precision,
         "copy_gb_s": next((r["bound"]["copy_gb_s"] for r in timing if "copy_gb_s" in r.get("bound", {})), None),
         "target_ratio_to_bound": TARGET_RATIO, "targets": targets(timing),
         "timing": timing, "training": training, "paper": PAPER,

@@ -9,8 +9,9 @@ student when the run has masks), exports it, and returns one result per variant
 
 Every library entry point the benchmarks use is imported here, in one place (bench_train.py's PyKEEN
 process alone imports ``metasd_dgl.runtime.process.tune_malloc`` directly: it must not load the rest).
-A benchmark that drives ``Trainer`` itself applies the process-wide settings a
-training run gets from ``train()`` (``runtime.tune_malloc``) first.
+Nothing here needs DGL, pandas, safetensors or click (``gpu_check.py`` and ``paper_scale.py`` run without
+them); the model-file module is imported on use (``model_files()``).  A benchmark that drives ``Trainer``
+itself applies the process-wide settings a training run gets from ``train()`` (``runtime.tune_malloc``) first.
 """
 from __future__ import annotations
 
@@ -20,17 +21,26 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 # --- library entry points
-from metasd_dgl.stages import stage_evaluate, stage_export  # noqa: F401
-from metasd_dgl.runtime.process import tune_malloc  # noqa: F401
-from metasd_dgl.config import Config, load_config  # noqa: F401
+from metasd_dgl.stages import load_run, stage_evaluate, stage_export  # noqa: F401
+from metasd_dgl.runtime import precision as precision_modes  # noqa: F401
+from metasd_dgl.runtime.device import resolve_device  # noqa: F401
+from metasd_dgl.runtime.process import configure_threads, tune_malloc  # noqa: F401
+from metasd_dgl.config import Config, apply_overrides, load_config, validate  # noqa: F401
+from metasd_dgl.console import Console  # noqa: F401
 from metasd_dgl.data.filters import FilterIndex  # noqa: F401
 from metasd_dgl.data.preprocess import KGData, load_processed, preprocess  # noqa: F401
+from metasd_dgl.data.triples import reciprocal_queries  # noqa: F401
 from metasd_dgl.model.decoders import DistMult  # noqa: F401
 from metasd_dgl.evaluate.ranking import DEFAULT_BATCH_SIZE, chunk_size, evaluate_ranking, metrics, model_score_fn  # noqa: F401
 from metasd_dgl.evaluate.ranking import rank_split  # noqa: F401
+from metasd_dgl.evaluate.unseen import apply_unseen  # noqa: F401
 from metasd_dgl.model.predictor import build_model  # noqa: F401
 from metasd_dgl.model.predictor import make_model  # noqa: F401
-from metasd_dgl.train.loop import Trainer, train  # noqa: F401
+from metasd_dgl.model.pruning import keep_count, make_masks  # noqa: F401
+from metasd_dgl.tools.compress import compress_report  # noqa: F401
+from metasd_dgl.train.loop import Trainer, TrainingInterrupted, train  # noqa: F401
+from metasd_dgl.train.methods import make_method  # noqa: F401
+from common import sample_sd  # noqa: F401  (kept importable from here)
 
 ROWS = ("teacher", "student")
 
@@ -51,7 +61,8 @@ class Variant:
 
 def history(run_dir: str | Path) -> list[dict]:
     """The records of ``run_dir/metrics.jsonl`` (epoch records carry ``seconds``; validations ``valid``)."""
-    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if x]
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x] if path.is_file() else []
 
 
 def epoch_seconds(run_dir: str | Path) -> list[float]:
@@ -115,13 +126,40 @@ def mean_rows(runs: list[dict]) -> dict:
 MEANED = ("mrr", "hits@1", "hits@10", "rarest_mrr", "rarest_entity_mrr")
 
 
-def sample_sd(values: Sequence[float]) -> float:
-    """Sample standard deviation (n - 1 in the denominator); 0.0 for fewer than two values."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return (sum((x - mean) ** 2 for x in values) / (n - 1)) ** 0.5
+def model_files():
+    """The library's model-file module (``metasd_dgl.store.export``: safetensors files of every scheme),
+    imported on use."""
+    from metasd_dgl.store import export as module
+
+    return module
+
+
+def device_of(name: str):
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda[:N]`` -> ``torch.device``, checked by the library
+    (no graph: DGL is not asked)."""
+    import torch
+
+    return resolve_device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def load_on(run_dir: str | Path, checkpoint: str | Path, device) -> tuple:
+    """``stages.load_run`` (the one checkpoint loader) with the model and the true student moved to ``device``.
+
+    -> (cfg, data, model, student or None, checkpoint dict); ``checkpoint``: "best", "last" or a file."""
+    cfg, data, model, student, ckpt = load_run(Path(run_dir), str(checkpoint))
+    if student:
+        student = {n: w.to(device) for n, w in student.items()}
+    return cfg, data, model.to(device), student, ckpt
+
+
+def rank(cfg: Config, data: KGData, model, split: str, weights=None, tables=None) -> dict:
+    """Filtered metrics, both sides, of ``model`` on ``split`` (``eval.unseen`` applied); ``weights``: the
+    true student's, ``tables``: given (entity, relation) tables."""
+    triples, _ = apply_unseen(getattr(data, split), data.train, data.num_entities, data.num_relations,
+                              cfg.eval.unseen, split)
+    ranks = rank_split(model, triples, data.num_relations, data.filter, weights=weights, tables=tables,
+                       max_memory_mb=cfg.eval.max_memory_mb)
+    return metrics(ranks.both())
 
 
 def run_variant_seed(v: Variant, base: Mapping[str, Any], root: Path, seed: int,

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from common import RESULTS, write_json
+from common import RESULTS, paired, publish
 
 METASD_ROW = "own student KD per dataset"
 KD_ROW = "own student kd"
@@ -37,14 +37,9 @@ def rows_of(paths: Sequence[Path], method: str) -> dict:
 
 
 def paired_meta(metasd: Sequence[float], kd: Sequence[float]) -> dict:
-    """Per seed ``metasd - kd`` -> diffs, mean, sd (n - 1), kd_better (seeds where kd is higher)."""
-    if len(metasd) != len(kd):
-        raise ValueError(f"{len(metasd)} MetaSD seeds vs {len(kd)} kd seeds")
-    diffs = [a - b for a, b in zip(metasd, kd)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5 if n > 1 else 0.0
-    return {"diffs": diffs, "mean": mean, "sd": sd, "kd_better": sum(d < 0 for d in diffs), "seeds": n}
+    """Per seed ``metasd - kd`` -> diffs, mean, sd (n - 1), seeds, kd_better (seeds where kd is higher)."""
+    p = paired(metasd, kd)
+    return {**p, "kd_better": sum(d < 0 for d in p["diffs"])}
 
 
 def build(metasd_files: Sequence[Path], kd_files: Sequence[Path]) -> dict:
@@ -96,10 +91,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--out", default=str(RESULTS / "meta_step.json"))
     args = ap.parse_args(argv)
     record = build([Path(p) for p in args.metasd], [Path(p) for p in args.kd])
-    record["table"] = render(record)
-    print(record["table"])
-    print(f"JSON: {write_json(args.out, record)}")
-    return record
+    return publish(record, render(record), args.out)
 
 
 if __name__ == "__main__":

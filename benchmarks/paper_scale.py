@@ -46,8 +46,8 @@ mean ± sd over the seeds both have), non-zeros, file bytes (quantised rows), an
 figures beside (docs: ../shared/METHOD.md).
 
 Needs torch and numpy; PyYAML and tqdm are replaced by stand-ins where missing (``gpu_check``); no DGL,
-no safetensors but for quantised rows, whose model files are safetensors (the run is rebuilt from its
-checkpoint here, not with ``metasd_dgl.stages``).
+no safetensors but for quantised rows, whose model files are safetensors.  Checkpoints are read with
+the library's loader (``stages.load_run``, through ``harness.load_on``).
 
     python benchmarks/paper_scale.py --tiny --datasets umls --rows "dense 200,metasd dimension" --seeds 0,1
     PYTHONPATH=. python3 benchmarks/paper_scale.py --data datasets/kg --device cuda --budget 480 \\
@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -72,7 +71,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from common import REPO, RESULTS, default_data_dir, format_table
+from common import REPO, RESULTS, default_data_dir, format_table, machine_info, sample_sd, write_json
+from common import paired as paired_stats
 from gpu_check import _Deadline, stand_in_missing_packages
 
 FORMAT = "metasd-paper-scale/1"
@@ -85,18 +85,22 @@ RATE = 0.9  # students keep 10 % of the prunable weights
 FB15K237 = {"data.dataset": "fb15k-237", "model.decoder": "complex", "model.dim": 2000, "train.epochs": 100,
             "train.batch_size": 1000, "train.lr": 0.1, "train.regularizer": "dura", "train.reg_weight": 0.05,
             "valid.every": 5, "valid.patience": 5, "prune.rate": RATE, "metasd.quiz_batch_size": 1000,
+            "metasd.student": "shared", "metasd.one_way_kd": False, "metasd.kd_t2_scale": False,
             "train.rp_weight": 4.0}
 #: pipelines/configs/wn18rr_metasd.yaml less method and device, plus ComplEx-RP's WN18RR weight 0.05
 WN18RR = {"data.dataset": "wn18rr", "model.decoder": "complex", "model.dim": 2000, "train.epochs": 100,
           "train.batch_size": 100, "train.lr": 0.1, "train.regularizer": "dura", "train.reg_weight": 0.1,
           "valid.every": 5, "valid.patience": 5, "prune.rate": RATE, "metasd.quiz_batch_size": 100,
+          "metasd.student": "shared", "metasd.one_way_kd": False, "metasd.kd_t2_scale": False,
           "train.rp_weight": 0.05}
 PAPER_BASE = {"fb15k-237": FB15K237, "wn18rr": WN18RR}
 #: pipelines/configs/reference.yaml (the MetaSD reference code), flat
 REFERENCE = {"train.method": "metasd", "train.optimizer": "adagrad", "train.lr": 0.1, "train.regularizer": "dura",
              "train.rp_weight": 4.0, "prune.rate": RATE, "prune.scope": "global", "prune.structure": "element",
+             "metasd.student": "shared", "metasd.one_way_kd": False,
              "metasd.meta_optimizer": "adagrad", "metasd.meta_lr": 1e-4, "metasd.virtual_lr": 0.1,
-             "metasd.extra_teacher_step": True, "metasd.temperature": 3.0, "metasd.kd_forward_weight": 3.0,
+             "metasd.extra_teacher_step": True, "metasd.temperature": 3.0, "metasd.kd_weight": 1.0,
+             "metasd.kd_forward_weight": 3.0,
              "metasd.kd_reverse_weight": 1.0, "metasd.real_kd_weighting": "self", "metasd.kd_t2_scale": False,
              "metasd.quiz_fraction": 0.02}
 #: pipelines/configs/own_student.yaml (the recommended student), flat
@@ -157,6 +161,9 @@ ROWS = [
     Row("metasd element", _reference("element"), ("student", "teacher")),
     Row("metasd dimension", _reference("dimension"), ("student", "teacher")),
     Row("own student", lambda b: dict(OWN_STUDENT), ("student", "teacher")),
+    # the same students without the meta step (train.method=kd): what the meta step is worth at this scale
+    Row("kd dimension", lambda b: {**_reference("dimension")(b), "train.method": "kd"}, ("student", "teacher")),
+    Row("own student kd", lambda b: {**OWN_STUDENT, "train.method": "kd"}, ("student", "teacher")),
     Row("prune-only", lambda b: {"train.method": "prune", "prune.structure": "dimension"}, ("student",)),
     Row("prune-only element", lambda b: {"train.method": "prune", "prune.structure": "element"}, ("student",)),
     Row("dense 2000 int8", reported=("teacher",), source="dense 2000", role="teacher", scheme="int8"),
@@ -212,16 +219,6 @@ def read_json(path: Path) -> Optional[dict]:
     return record if isinstance(record, dict) and record.get("format") == FORMAT else None
 
 
-def write_json_atomic(path: Path, record: Mapping[str, Any]) -> Path:
-    """Write indented JSON via a temporary file and a rename: a killed writer leaves the old file or none."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def load_results(results: Path) -> list[dict]:
     """Every result JSON under ``results`` (``<dataset>/<row>-seed<k>.json``)."""
     out = []
@@ -241,7 +238,7 @@ def dataset_source(name: str):
 
 def prepare_data(names: Iterable[str], runs: Path, data_dir: Path) -> dict[str, str]:
     """Processed folders ``runs/data/<name>`` (made once; a second call finds them)."""
-    from metasd_dgl.data.preprocess import load_processed, preprocess
+    from harness import load_processed, preprocess
 
     out = {}
     for name in names:
@@ -274,18 +271,8 @@ def run_task(task: dict) -> None:
         raise SystemExit(1)
 
 
-def _device(name: str):
-    import torch
-
-    from metasd_dgl.runtime.device import resolve_device
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return resolve_device(name)
-
-
 def _config(overrides: Mapping[str, Any], run_dir: Path):
-    from metasd_dgl.config import Config, apply_overrides, validate
+    from harness import Config, apply_overrides, validate
 
     cfg = validate(apply_overrides(Config(), dict(overrides)))
     cfg.run_dir = str(run_dir)
@@ -293,33 +280,18 @@ def _config(overrides: Mapping[str, Any], run_dir: Path):
 
 
 def _history_epochs(run_dir: Path) -> int:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-    return max((r.get("epoch", 0) for r in rows if "seconds" in r), default=0)
+    from harness import history
 
-
-def _machine(device) -> dict:
-    import torch
-
-    from common import machine_info
-
-    info = machine_info()
-    info["device"] = str(device)
-    if device.type == "cuda":
-        info["device_name"] = torch.cuda.get_device_name(device)
-    return info
+    return max((r.get("epoch", 0) for r in history(run_dir) if "seconds" in r), default=0)
 
 
 def _train_task(task: dict) -> None:
     import torch
 
-    from metasd_dgl.data.preprocess import load_processed
-    from metasd_dgl.train.loop import TrainingInterrupted, train
+    from harness import TrainingInterrupted, device_of, load_processed, train
 
     t0 = time.time()
-    device = _device(task["device"])
+    device = device_of(task["device"])
     run_dir = Path(task["run_dir"])
     over = {**task["overrides"], "runtime.device": str(device), "runtime.num_threads": task["threads"]}
     cfg = _config(over, run_dir)
@@ -355,7 +327,7 @@ def _train_task(task: dict) -> None:
     train_wall = time.time() - t_train
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else None
     t_eval = time.time()
-    ev = evaluate_run(cfg, data, run_dir, device, BY_NAME[task["row"]].reported)
+    ev = evaluate_run(run_dir, device, BY_NAME[task["row"]].reported)
     previous = task.get("stored") or {}
     sessions = list(previous.get("sessions", [])) if resume else []
     sessions.append({"started": datetime.fromtimestamp(t0, timezone.utc).isoformat(timespec="seconds"),
@@ -371,9 +343,9 @@ def _train_task(task: dict) -> None:
         "wall_s": sum(s["wall_s"] for s in sessions), "train_wall_s": sum(s["train_wall_s"] for s in sessions),
         "sessions": sessions, "valid_history": ev["valid_history"], "selected": ev["selected"],
         "candidates": ev["candidates"], "valid": ev["valid"], "test": ev["test"], "nonzero": ev["nonzero"],
-        "peak_gpu_mb": peak, "run_dir": str(run_dir), "machine": _machine(device),
+        "peak_gpu_mb": peak, "run_dir": str(run_dir), "machine": machine_info(device),
     }
-    write_json_atomic(Path(task["json"]), record)
+    write_json(task["json"], record)
     who = next(iter(record["test"]))
     _say(f"[{task['label']}] {status}: {record['epochs']} of {record['schedule_epochs']} epochs, "
          f"{record['train_wall_s']:.0f} s; test {who} MRR {record['test'][who]['mrr']:.4f} "
@@ -385,99 +357,58 @@ def _console(run_dir: Path, task: dict):
     (K runs at once would interleave their lines; each run says one line when it ends)."""
     import io
 
-    from metasd_dgl.console import Console
+    from harness import Console
 
     if task.get("verbose"):
         return Console("normal", run_dir / "train.log")
     return Console("quiet", run_dir / "train.log", stream=io.StringIO())
 
 
-@dataclass
-class _Loaded:
-    name: str
-    cfg: Any
-    ckpt: dict
-    model: Any
-    student: Optional[dict]
-
-
-def _load(path: Path, data, device, processed_dir: Optional[str] = None) -> _Loaded:
-    """A checkpoint's config, model (weights loaded, on ``device``) and true student (``None`` without masks)."""
-    import torch
-
-    from metasd_dgl.store.checkpoint import load_checkpoint
-    from metasd_dgl.config import from_dict
-    from metasd_dgl.model.predictor import make_model
-    from metasd_dgl.model.student import checkpoint_student
-
-    ckpt = load_checkpoint(path, device)
-    cfg = from_dict(ckpt["config"], f"{path} config")
-    if processed_dir:
-        cfg.data.processed_dir = processed_dir
-    model = make_model(cfg, data.num_entities, data.num_relations, torch.Generator().manual_seed(0)).to(device)
-    model.load_state_dict(ckpt["model"])
-    student = checkpoint_student(dict(model.named_parameters()), ckpt.get("masks"), ckpt.get("student_weights"))
-    return _Loaded(Path(path).name, cfg, ckpt, model, student)
-
-
-def _split(cfg, data, split: str):
-    from metasd_dgl.evaluate.unseen import apply_unseen
-
-    triples, _ = apply_unseen(getattr(data, split), data.train, data.num_entities, data.num_relations,
-                              cfg.eval.unseen, split)
-    return triples
-
-
-def _rank(cfg, data, model, split: str, weights=None, tables=None) -> dict:
-    from metasd_dgl.evaluate.ranking import metrics, rank_split
-
-    ranks = rank_split(model, _split(cfg, data, split), data.num_relations, data.filter, weights=weights,
-                       tables=tables, max_memory_mb=cfg.eval.max_memory_mb)
-    return metrics(ranks.both())
-
-
-def evaluate_run(cfg, data, run_dir: Path, device, reported: Sequence[str]) -> dict:
-    """Validation of ``best.pt`` and ``last.pt``; the one with the higher validation MRR of the row's first
-    reported model (its student where the run has masks) is tested.  Test never chooses."""
+def evaluate_run(run_dir: Path, device, reported: Sequence[str]) -> dict:
+    """Validation of ``best.pt`` and ``last.pt`` (each one file for both models); the one with the higher
+    validation MRR of the row's first reported model (its student where the run has masks) is tested.
+    Test never chooses."""
     import gc
 
     import torch
+
+    from harness import load_on, rank
 
     ck = Path(run_dir) / "checkpoints"
     candidates, chosen, state = [], None, None
     for path in (ck / "best.pt", ck / "last.pt"):
         if not path.is_file():
             continue
-        run = _load(path, data, device)
-        st = run.ckpt["state"]
+        cfg, data, model, student, ckpt = run = load_on(run_dir, path, device)
+        st = ckpt["state"]
         if path.name == "last.pt":
             state = st
         if any(c["step"] == st["step"] for c in candidates):  # best.pt holds last.pt's weights: ranked once
             continue
-        who = [w for w in reported if w == "teacher" or run.student is not None]
-        valid = {w: _rank(cfg, data, run.model, "valid", run.student if w == "student" else None) for w in who}
+        who = [w for w in reported if w == "teacher" or student]
+        valid = {w: rank(cfg, data, model, "valid", student if w == "student" else None) for w in who}
         cand = {"checkpoint": path.name, "epoch": st["epoch"], "step": st["step"],
                 "batch_in_epoch": st.get("batch_in_epoch", 0), "valid": valid, "by": who[0]}
         candidates.append(cand)
         if chosen is None or valid[who[0]]["mrr"] > chosen[1]["valid"][chosen[1]["by"]]["mrr"]:
             chosen = (run, cand)
-        run = None
+        run = model = student = None
         gc.collect()
     if chosen is None:
         raise RuntimeError(f"{ck}: no checkpoint to evaluate")
-    run, cand = chosen
-    test = {w: _rank(cfg, data, run.model, "test", run.student if w == "student" else None) for w in cand["valid"]}
-    nonzero = {"teacher": sum(p.numel() for p in run.model.parameters())}
-    if run.student is not None:
-        nonzero["student"] = sum(int((w != 0).sum()) for w in run.student.values())
-    state = state or run.ckpt["state"]
+    (cfg, data, model, student, ckpt), cand = chosen
+    test = {w: rank(cfg, data, model, "test", student if w == "student" else None) for w in cand["valid"]}
+    nonzero = {"teacher": sum(p.numel() for p in model.parameters())}
+    if student:
+        nonzero["student"] = sum(int((w != 0).sum()) for w in student.values())
+    state = state or ckpt["state"]
     history = [{"epoch": r["epoch"], **{k: v.get("mrr") for k, v in r["valid"].items()}}
                for r in (state.get("history") or []) if "valid" in r]
     out = {"candidates": candidates, "valid": cand["valid"], "test": test, "nonzero": nonzero,
            "selected": {"checkpoint": cand["checkpoint"], "epoch": cand["epoch"], "step": cand["step"],
                         "by": f"valid {cand['by']} MRR"},
            "state": {k: state.get(k) for k in ("epoch", "step", "batch_in_epoch")}, "valid_history": history}
-    chosen = run = None
+    chosen = model = student = None
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -488,32 +419,27 @@ def _quantised_task(task: dict) -> None:
     """Quantise the source run's selected checkpoint (teacher or student), rank it from the file."""
     import torch
 
-    from metasd_dgl.data.preprocess import load_processed
-    from metasd_dgl.store.export import export_run_files, file_name, file_tables
+    from harness import device_of, load_on, model_files, rank
 
     t0 = time.time()
-    device = _device(task["device"])
+    device = device_of(task["device"])
     row = BY_NAME[task["row"]]
     src = read_json(Path(task["source_json"]))
     if src is None:
         raise RuntimeError(f"{task['source_json']}: the source row's result is missing")
     run_dir = Path(task["run_dir"])
     path = run_dir / "checkpoints" / src["selected"]["checkpoint"]
-    data = load_processed(task["processed_dir"])
-    loaded = _load(path, data, torch.device("cpu"), task["processed_dir"])
-    cfg = loaded.cfg
-    if loaded.ckpt["state"]["step"] != src["selected"]["step"]:
-        raise RuntimeError(f"{path}: step {loaded.ckpt['state']['step']}, its result says "
+    cfg, data, model, student, ckpt = load_on(run_dir, path, torch.device("cpu"))
+    if ckpt["state"]["step"] != src["selected"]["step"]:
+        raise RuntimeError(f"{path}: step {ckpt['state']['step']}, its result says "
                            f"{src['selected']['step']}: the run changed since; rerun the source row")
-    out = run_dir / "quantised"
-    info = export_run_files(cfg, data, loaded.model, loaded.student, loaded.ckpt, out, ("fp32", row.scheme),
-                            roles=(row.role,))
-    _, (ent, rel), _ = file_tables(out / file_name(row.role, row.scheme), cfg, data, loaded.model)
-    model = loaded.model
+    out, q = run_dir / "quantised", model_files()
+    info = q.export_run_files(cfg, data, model, student, ckpt, out, ("fp32", row.scheme), roles=(row.role,))
+    _, (ent, rel), _ = q.file_tables(out / q.file_name(row.role, row.scheme), cfg, data, model)
     tables = (ent.to(device), rel.to(device))
-    valid = {row.role: _rank(cfg, data, model, "valid", tables=tables)}
-    test = {row.role: _rank(cfg, data, model, "test", tables=tables)}
-    nbytes = {s: info[file_name(row.role, s)]["bytes"] for s in ("fp32", row.scheme)}
+    valid = {row.role: rank(cfg, data, model, "valid", tables=tables)}
+    test = {row.role: rank(cfg, data, model, "test", tables=tables)}
+    nbytes = {s: info[q.file_name(row.role, s)]["bytes"] for s in ("fp32", row.scheme)}
     record = {
         "format": FORMAT, "kind": "quantised", "row": row.name, "dataset": task["dataset"], "seed": task["seed"],
         "tiny": src.get("tiny", False), "overrides": src["overrides"], "reported": [row.role], "dim": src["dim"],
@@ -525,9 +451,9 @@ def _quantised_task(task: dict) -> None:
         "epochs": src["epochs"], "steps": src["steps"], "wall_s": time.time() - t0,
         "valid": valid, "test": test, "bytes": nbytes, "ratio_to_fp32": nbytes[row.scheme] / nbytes["fp32"],
         "nonzero": {row.role: src["nonzero"].get(row.role)},
-        "files": {s: str(out / file_name(row.role, s)) for s in nbytes}, "machine": _machine(device),
+        "files": {s: str(out / q.file_name(row.role, s)) for s in nbytes}, "machine": machine_info(device),
     }
-    write_json_atomic(Path(task["json"]), record)
+    write_json(task["json"], record)
     _say(f"[{task['label']}] {row.scheme} {row.role}: {nbytes[row.scheme]:,} bytes "
          f"({record['ratio_to_fp32']:.3f} of fp32), test MRR {test[row.role]['mrr']:.4f} "
          f"(fp32 {src['test'][row.role]['mrr']:.4f}) -> {task['json']}")
@@ -630,17 +556,8 @@ def schedule(tasks: list[dict], args, end: Optional[float]) -> dict:
 
 
 # ------------------------------------------------------------------ the table
-def _sd(xs: Sequence[float]) -> float:
-    """Sample standard deviation (n - 1); 0.0 for fewer than two values."""
-    n = len(xs)
-    if n < 2:
-        return 0.0
-    m = sum(xs) / n
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
-
-
 def mean_sd(xs: Sequence[float]) -> tuple[float, float]:
-    return sum(xs) / len(xs), _sd(xs)
+    return sum(xs) / len(xs), sample_sd(xs)
 
 
 def pm(xs: Sequence[Optional[float]], places: int = 4, sign: bool = False) -> str:
@@ -654,13 +571,11 @@ def pm(xs: Sequence[Optional[float]], places: int = 4, sign: bool = False) -> st
 def paired(records: Sequence[dict], reference: Sequence[dict], model: str) -> Optional[dict]:
     """Per seed both have: the row's test MRR (``model``) minus the reference's (its first reported model)."""
     ref = {r["seed"]: r["test"][r["reported"][0]]["mrr"] for r in reference}
-    diffs = {r["seed"]: r["test"][model]["mrr"] - ref[r["seed"]] for r in records
-             if r["seed"] in ref and model in r["test"]}
-    if not diffs:
+    ours = {r["seed"]: r["test"][model]["mrr"] for r in records if r["seed"] in ref and model in r["test"]}
+    if not ours:
         return None
-    seeds = sorted(diffs)
-    m, s = mean_sd([diffs[k] for k in seeds])
-    return {"seeds": seeds, "diffs": [diffs[k] for k in seeds], "mean": m, "sd": s}
+    seeds = sorted(ours)
+    return {**paired_stats([ours[k] for k in seeds], [ref[k] for k in seeds]), "seeds": seeds}
 
 
 def figures(dataset: str, row: Row, model: str) -> tuple[str, str]:

@@ -87,9 +87,13 @@ def small_model(decoder="complex"):
     return build_model("kge", decoder, N, R, 3, init_scale=0.5, generator=gen).to(torch.float64)
 
 
+#: The step tests write out the paper's distillation by hand: mutual, unscaled, the shared student.
+PAPER_KD = {"student": "shared", "one_way_kd": False, "kd_t2_scale": False}
+
+
 def config(method: str, train: dict | None = None, **metasd) -> Config:
     return apply_overrides(Config(), {"train": {"method": method, "reg_weight": 0.05, **(train or {})},
-                                      "metasd": metasd})
+                                      "metasd": {**PAPER_KD, **metasd}})
 
 
 def stepper(model, method: str, sgd_lr: float = 0.0, meta_lr: float = 1e-2, backend=CLOSED_FORM, **mc) -> Stepper:
@@ -97,8 +101,10 @@ def stepper(model, method: str, sgd_lr: float = 0.0, meta_lr: float = 1e-2, back
 
 
 def overrides_stepper(model, overrides):
-    """The step of ``Config()`` with ``overrides`` (dotted names) and reg_weight 0.05, by SGD at lr 0.3."""
-    cfg = apply_overrides(Config(), {"train.reg_weight": 0.05, **overrides})
+    """The step of ``Config()`` with the paper's distillation, ``overrides`` (dotted names) and reg_weight
+    0.05, by SGD at lr 0.3."""
+    cfg = apply_overrides(Config(), {"train.reg_weight": 0.05, **{f"metasd.{k}": v for k, v in PAPER_KD.items()},
+                                     **overrides})
     return Stepper(model, cfg, sgd_lr=0.3)
 
 

@@ -121,12 +121,13 @@ def test_every_method_gives_the_same_step_on_both_loss_backends(encoder, decoder
 
 
 def test_kd_t2_scaling_has_one_default_in_config():
-    """config.py's ``metasd.kd_t2_scale`` (off, as in the reference code) is the only default."""
+    """config.py's ``metasd.kd_t2_scale`` (on: the recommended student's T^2 scaling) is the only default."""
     cfg = Config()
-    assert cfg.metasd.kd_t2_scale is False
-    assert StepSpec.from_config(cfg).kd.scale == cfg.metasd.kd_weight  # no T^2 by default
+    assert cfg.metasd.kd_t2_scale is True
+    assert StepSpec.from_config(cfg).kd.scale == cfg.metasd.kd_weight * cfg.metasd.temperature ** 2
     on = StepSpec.from_config(config("kd", kd_t2_scale=True, temperature=2.0))
     assert on.kd.scale == 4.0
+    assert StepSpec.from_config(config("kd", temperature=2.0)).kd.scale == 1.0  # the paper's: unscaled
     with pytest.raises(TypeError):
         KDSpec()  # no defaults of its own
     with pytest.raises(TypeError):

@@ -16,22 +16,11 @@ class LookupEncoder(nn.Module):
 
     prunable = ("entity", "relation")
 
-    def __init__(
-        self,
-        num_entities: int,
-        num_relations: int,
-        entity_width: int,
-        relation_width: int,
-        init_scale: float,
-        generator: Optional[torch.Generator] = None,
-    ) -> None:
+    def __init__(self, num_entities: int, num_relations: int, entity_width: int, relation_width: int,
+                 init_scale: float, generator: Optional[torch.Generator] = None) -> None:
         super().__init__()
-        self.entity = nn.Parameter(
-            torch.randn(num_entities, entity_width, generator=generator) * init_scale
-        )
-        self.relation = nn.Parameter(
-            torch.randn(2 * num_relations, relation_width, generator=generator) * init_scale
-        )
+        self.entity = nn.Parameter(torch.randn(num_entities, entity_width, generator=generator) * init_scale)
+        self.relation = nn.Parameter(torch.randn(2 * num_relations, relation_width, generator=generator) * init_scale)
 
     def forward(self, graph=None) -> tuple[Tensor, Tensor]:
         return self.entity, self.relation

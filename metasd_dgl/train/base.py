@@ -90,7 +90,7 @@ class Method:
         The score products run in ``train.precision`` (bf16: autocast; the scores come back float32).
         """
         ent, rel = self.model.encode(graph, weights)
-        if train:
+        if train and (self.spec.entity_dropout or self.spec.relation_dropout):
             ent, rel = self._dropout(ent, self.spec.entity_dropout), self._dropout(rel, self.spec.relation_dropout)
         h, r, t = ent[queries[:, HEAD]], rel[queries[:, REL]], ent[queries[:, TAIL]]
         bf16 = self.spec.precision == "bf16"
@@ -191,7 +191,3 @@ class Method:
                 for n, w in self.student.leaves.items():
                     w.copy_(state["student_weights"][n].to(w.device))
             self.student_optimizer.load_state_dict(state["student_optimizer"])
-
-
-def as_floats(out: Dict[str, Tensor]) -> Dict[str, float]:
-    return {k: float(v) for k, v in out.items()}

@@ -209,9 +209,8 @@ def test_cpu_rehearsal(tmp_path, kg_dir):
         if r["method"] == "metasd" or (r["method"] == "plain" and r["batch"] == max(
             p["batch"] for p in timed if p["method"] == "plain"))]
     assert rec["target_ratio_to_bound"] == 1.5 and rec["copy_gb_s"] > 0
-    # --precision reaches the library's config when it has train.precision (else both parts run fp32)
-    assert rec["precision_requested"] == "bf16"
-    assert rec["precision"] == ("bf16" if rec["precision_in_config"] else "fp32")
+    # --precision reaches the library's config (train.precision) and the bound's matmuls
+    assert rec["precision"] == "bf16"
     assert "x bound" in proc.stdout and "peak MB" in proc.stdout
 
     tr = rec["training"]
@@ -219,11 +218,14 @@ def test_cpu_rehearsal(tmp_path, kg_dir):
         assert tr.get("skipped") == "no training time left in the budget" or tr["stop"] == "wall-clock budget spent"
         return
     assert tr["stop"] == "wall-clock budget spent"  # 1000 epochs cannot finish: the deadline stopped it
-    if rec["precision_in_config"]:  # part (b)'s run got the precision too (its config.yaml: JSON stand-in)
-        assert json.loads((tmp_path / "work" / "run" / "config.yaml").read_text())["train"]["precision"] == "bf16"
+    # part (b)'s run got the precision too (its config.yaml: JSON stand-in)
+    assert json.loads((tmp_path / "work" / "run" / "config.yaml").read_text())["train"]["precision"] == "bf16"
     assert tr["valid"]
     names = [e["checkpoint"] for e in tr["evaluations"]]
     assert names == ["best.pt", "last.pt"]
+    # each model from its own best epoch (the library's loader): the teacher from best-teacher.pt
+    assert tr["evaluations"][0]["teacher_checkpoint"] == "best-teacher.pt"
+    assert tr["evaluations"][1]["teacher_checkpoint"] == "last.pt"
     for ev in tr["evaluations"]:
         for who in ("teacher", "student"):
             m = ev[who]
