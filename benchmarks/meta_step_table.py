@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from common import RESULTS, paired, publish
+from common import REPO, RESULTS, paired, publish
 
 METASD_ROW = "own student KD per dataset"
 KD_ROW = "own student kd"
@@ -32,7 +32,9 @@ def rows_of(paths: Sequence[Path], method: str) -> dict:
         record = json.loads(Path(path).read_text(encoding="utf-8"))
         for ds, res in record.get("results", {}).items():
             if method in res:
-                out[ds] = (res[method], list(record["seeds"]), str(path))
+                shown = Path(path).resolve()  # named relative to the repository, as the commands are
+                out[ds] = (res[method], list(record["seeds"]),
+                           str(shown.relative_to(REPO)) if shown.is_relative_to(REPO) else str(path))
     return out
 
 

@@ -50,20 +50,20 @@ class ModelConfig:
 class TrainConfig:
     method: str = "plain"  # plain | prune | kd | metasd
     regime: str = "1-n"  # 1-n (all entities, softmax CE) | negative-sampling (options: the negatives section)
-    epochs: int = 50
-    batch_size: int = 1000
+    epochs: int = 50  # passes over the training queries (each triple in both directions)
+    batch_size: int = 1000  # training queries per step
     optimizer: str = "adagrad"  # adagrad | adam
-    lr: float = 0.1
+    lr: float = 0.1  # learning rate of the teacher's (or the dense model's) optimiser
     lr_scheduler: str = "none"  # none | plateau (ReduceLROnPlateau on the selection MRR; options: plateau)
     regularizer: str = "dura"  # dura | n3 | none
-    reg_weight: float = 0.05
-    label_smoothing: float = 0.0
+    reg_weight: float = 0.05  # weight of the regulariser next to cross-entropy
+    label_smoothing: float = 0.0  # share of each target's probability spread over all entities
     rp_weight: float = 0.0  # relation prediction: weight of CE over all relations given (h, t) (0 = off; complex, distmult)
     entity_dropout: float = 0.0  # dropout on the entity rows in training steps (never in evaluation)
     relation_dropout: float = 0.0  # dropout on the relation rows in training steps
     grad_clip: float = 0.0  # 0 = off
     precision: str = "fp32"  # fp32 | tf32 (CUDA) | bf16: the score products of training steps
-    seed: int = 0
+    seed: int = 0  # initialisation, quiz split, batch order, dropout: a run is a function of it
 
 
 @dataclass
@@ -86,10 +86,10 @@ class NegativesConfig:
 class RGCNConfig:
     """``model.encoder = rgcn``."""
 
-    num_layers: int = 2
-    num_bases: int = 4
+    num_layers: int = 2  # message-passing layers
+    num_bases: int = 4  # bases (basis) or blocks (bdd) of the per-relation weights
     decomposition: str = "basis"  # basis | bdd: how the per-relation weight matrices are shared
-    dropout: float = 0.2
+    dropout: float = 0.2  # dropout on each layer's output in training
     edge_dropout: float = 0.5  # share of training edges hidden from message passing
     sample_edges: int = 0  # with negative sampling: message edges sampled per batch (0 = all)
 
@@ -116,7 +116,7 @@ class CheckpointConfig:
 
 @dataclass
 class RuntimeConfig:
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | cuda:N
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
     tracker: str = "none"  # none | tensorboard (scalars in <run_dir>/tensorboard)
 
@@ -141,7 +141,7 @@ class MetaSDConfig:
     ``pipelines/configs/paper_student.yaml``; the reference code as it runs, ``reference.yaml``.
     """
 
-    temperature: float = 3.0
+    temperature: float = 3.0  # softmax temperature of both models' predictions in distillation
     kd_weight: float = 1.0  # weight of distillation next to cross-entropy
     kd_forward_weight: float = 3.0  # KL(teacher || student)
     kd_reverse_weight: float = 1.0  # KL(student || teacher)
@@ -149,10 +149,10 @@ class MetaSDConfig:
     real_kd_weighting: str = "source"  # real step: source: fw KL(source||learner) + rw KL(learner||source) | self: swapped
     one_way_kd: bool = True  # real step: the teacher does not learn from the student (no KD(S -> T))
     meta_optimizer: str = "adam"  # adam | adagrad | sgd
-    meta_lr: float = 1e-4
+    meta_lr: float = 1e-4  # learning rate of the meta optimiser (over the teacher's weights)
     virtual_lr: float = 0.1  # SGD step of the virtual student
     quiz_fraction: float = 0.02  # held-out slice of train for the meta step
-    quiz_batch_size: int = 1000
+    quiz_batch_size: int = 1000  # quiz queries per meta step
     meta_every: int = 1  # run the meta step every k batches
     extra_teacher_step: bool = False  # reference code: a plain teacher step first, every batch
     student: str = "own"  # own: weights of its own | shared: the teacher's weights under the mask (the paper)
@@ -248,7 +248,7 @@ RETIRED: dict[str, tuple[Any, str]] = {
     "train.loss_backend": ("fused", "the closed-form loss gradients are always used (the autograd ones are "
                                     "the tests' reference)"),
     "train.tune_malloc": (True, "it is always applied"),
-    "train.init_from": ("", "a study arm (post-hoc pruning); its result stays in the README"),
+    "train.init_from": ("", "a study arm (post-hoc pruning); its result is in docs/history.md"),
     "model.self_loop": (True, "R-GCN layers always have a self-loop"),
     "eval.batch_size": (0, "the chunk of queries comes from eval.max_memory_mb"),
     "eval.splits": (("valid", "test"), "evaluate takes --split"),

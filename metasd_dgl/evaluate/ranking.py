@@ -44,7 +44,7 @@ ScoreFn = Callable[[Tensor], Tensor]
 HITS_AT = (1, 3, 10)
 #: Default queries per chunk: a (512, N) float32 chunk stays cache-friendly on CPU.
 DEFAULT_BATCH_SIZE = 512
-#: Bytes per (query, entity) cell budgeted by ``chunk_size``: the float32
+#: Bytes per (query, entity) cell counted by ``chunk_size``: the float32
 #: score and up to two float32 temporaries of the score function (distance
 #: decoders); the ranking itself works in place on the scores.
 BYTES_PER_CELL = 4 + 2 * 4
@@ -55,8 +55,8 @@ def chunk_size(num_entities: int, max_memory_mb: float, bytes_per_cell: int = BY
 
     >= 1 whatever the cap (one query row must always fit).
     """
-    budget = float(max_memory_mb) * 2 ** 20
-    return max(1, int(budget // (max(1, int(num_entities)) * bytes_per_cell)))
+    cap = float(max_memory_mb) * 2 ** 20
+    return max(1, int(cap // (max(1, int(num_entities)) * bytes_per_cell)))
 
 
 @torch.no_grad()

@@ -157,10 +157,10 @@ def make_student(masks: MaskDict, params: ParamDict, structure: str = "element",
 
 @torch.no_grad()
 def checkpoint_student(params: ParamDict, masks: Optional[MaskDict],
-                       own: Optional[ParamDict] = None) -> Optional[ParamDict]:
-    """The true student's full-width tensors, ``{name: W * M}`` (``W``: the student's own tensors
-    where it has them, ``own`` = a checkpoint's ``student_weights``); ``None`` without masks."""
+                       student_weights: Optional[ParamDict] = None) -> Optional[ParamDict]:
+    """The true student's full-width tensors, ``{name: W * M}`` (``W``: the student's weights where it
+    has its own, a checkpoint's ``student_weights``); ``None`` without masks."""
     if not masks:
         return None
-    merged = {**params, **(own or {})}
+    merged = {**params, **(student_weights or {})}
     return MaskedStudent(masks, merged).weights(merged)

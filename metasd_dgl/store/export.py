@@ -132,29 +132,33 @@ def model_identity(cfg) -> Dict[str, Any]:
     return {"encoder": m.encoder, "decoder": m.decoder, "dim": int(m.dim), **rgcn}
 
 
-def run_meta(cfg, data, role: str, ckpt: Optional[dict] = None) -> Dict[str, Any]:
+def run_meta(cfg, data, role: str, epoch: Optional[int] = None) -> Dict[str, Any]:
     """The metadata of a run's teacher or student file: model, dataset identity, source epoch."""
     from metasd_dgl.data.fingerprint import dataset_fingerprint
 
     student = {"structure": cfg.prune.structure, "prune_rate": cfg.prune.rate} if role == "student" else {}
     return {"role": role, "model": model_identity(cfg), "dataset": {
         "fingerprint": dataset_fingerprint(data), "num_entities": int(data.num_entities),
-        "num_relations": int(data.num_relations)}, "epoch": ((ckpt or {}).get("state") or {}).get("epoch"), **student}
+        "num_relations": int(data.num_relations)}, "epoch": epoch, **student}
 
 
 def export_run_files(cfg, data, model, student: Optional[ParamDict], ckpt: dict, out: Path,
                      schemes, roles=("teacher", "student")) -> Dict[str, Dict[str, Any]]:
-    """Write ``out/file_name(role, scheme)`` of a loaded run (``stages.load_run``) for each scheme;
-    -> ``{file name: {role, scheme, bytes, params, nonzero, epoch}}``.  No student file without one."""
+    """Write ``out/file_name(role, scheme)`` of a loaded run (``stages.load_run``: the teacher from its own
+    best) for each scheme; -> ``{file name: {role, scheme, bytes, params, nonzero, checkpoint, epoch}}``."""
     files: Dict[str, Dict[str, Any]] = {}
     for role in [r for r in roles if r == "teacher" or student]:
         weights = {n: p.detach() for n, p in model.named_parameters()} if role == "teacher" else student
         masks = ckpt.get("masks") if role == "student" else None
+        own_best = role == "teacher" and ckpt.get("teacher_path")  # load_run's teacher file
+        src, epoch = ((ckpt["teacher_path"], ckpt.get("teacher_epoch")) if own_best
+                      else (ckpt.get("path"), (ckpt.get("state") or {}).get("epoch")))
         facts = {"role": role, "params": sum(p.numel() for p in weights.values()), "nonzero": sum(
             int(torch.count_nonzero(masks[n])) if masks and n in masks else p.numel() for n, p in weights.items()),
-            "checkpoint": ckpt.get("path"), "epoch": (ckpt.get("state") or {}).get("epoch")}
+            "checkpoint": src, "epoch": epoch}
         for scheme in dict.fromkeys(schemes):
-            size = write_model(weights, Path(out) / file_name(role, scheme), scheme, run_meta(cfg, data, role, ckpt), masks)
+            size = write_model(weights, Path(out) / file_name(role, scheme), scheme, run_meta(cfg, data, role, epoch),
+                               masks)
             files[file_name(role, scheme)] = {**facts, "scheme": scheme, "bytes": size}
     return files
 
@@ -189,11 +193,6 @@ def file_tables(path: str | Path, cfg, data, model) -> Tuple[Any, Tuple[Tensor, 
                                  lambda meta: check_fits(meta, cfg, data, path))
     graph = data.graph if cfg.model.encoder == "rgcn" else None
     return model, encode_tables(model, graph, params), meta
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _listed(folder: Path) -> Tuple[Dict[str, Any], set]:
@@ -255,6 +254,7 @@ def owned_folder(final: Path, command: str, manifest: Optional[Dict[str, Any]] =
         for path in sorted(p for p in out.rglob("*") if p.is_file()):
             rel = path.relative_to(out).as_posix()
             if rel != "manifest.json" and "sha256" not in files.get(rel, {}):
-                files[rel] = {**files.get(rel, {}), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                files[rel] = {**files.get(rel, {}), "bytes": path.stat().st_size, "sha256": digest}
         manifest["files"] = dict(sorted(files.items()))
         atomic_write_json(out / "manifest.json", manifest)

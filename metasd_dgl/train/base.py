@@ -75,8 +75,8 @@ class Method:
     def set_student(self, student: Student) -> None:
         """Take ``student``; one with weights of its own gets its optimiser (the teacher's kind)."""
         self.student = student
-        own = list(student.leaves.values())
-        self.student_optimizer = make_optimizer(self.optimizer_name, own, self.student_lr or self.lr) if own else None
+        leaves = list(student.leaves.values())
+        self.student_optimizer = make_optimizer(self.optimizer_name, leaves, self.student_lr or self.lr) if leaves else None
 
     # ------------------------------------------------------------------ one model's forward
     def forward(self, weights: Optional[ParamDict], queries: Tensor, graph=None, train: bool = True,
@@ -179,9 +179,9 @@ class Method:
     # ------------------------------------------------------------------ state (checkpoints)
     def state_dict(self) -> dict:
         """The optimisers' states and an own student's weights (the checkpoint's keys)."""
-        own = {n: w.detach().clone() for n, w in self.student.leaves.items()} if self.student_optimizer else None
+        weights = {n: w.detach().clone() for n, w in self.student.leaves.items()} if self.student_optimizer else None
         return {"optimizer": self.optimizer.state_dict(),
-                "student_weights": own,
+                "student_weights": weights,
                 "student_optimizer": self.student_optimizer.state_dict() if self.student_optimizer else None}
 
     def load_state_dict(self, state: dict) -> None:

@@ -73,10 +73,10 @@ class KD(Method):
             gt, _ = self.losses.ce_grad(ft.scores.detach(), batch[:, TAIL], spec.label_smoothing)
         pairs_s, terms_s = self.model_terms(fs, batch)
         pairs_t, terms_t = self.model_terms(ft, batch)
-        own = list(student.leaves.values())
-        grads = self.backprop([(fs.scores, gs), (ft.scores, gt), *pairs_s, *pairs_t], own)
-        if own:
-            self.apply(self.student_optimizer, own, grads[len(self.leaves):], len(batch))
+        student_leaves = list(student.leaves.values())  # an own student's tensors (none for a view)
+        grads = self.backprop([(fs.scores, gs), (ft.scores, gt), *pairs_s, *pairs_t], student_leaves)
+        if student_leaves:
+            self.apply(self.student_optimizer, student_leaves, grads[len(self.leaves):], len(batch))
         norm = self.apply(self.optimizer, self.leaves, grads[:len(self.leaves)], len(batch))
         # the loss and its parts, from the unscaled KL values
         fw, rw, sc = spec.kd_real.forward_weight, spec.kd_real.reverse_weight, spec.kd_real.scale
