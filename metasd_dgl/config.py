@@ -683,3 +683,85 @@ def save_config(cfg: Config, path: str | Path) -> None:
     from metasd_dgl.store.atomic import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def options_markdown() -> str:
+    """``docs/config.md``: every option with its type or choices, its range, its default and the meaning
+    given by its trailing ``#`` comment, one table per section (the section's docstring above it), then
+    the options of earlier versions.  Read from this module's source; ``tests/test_config.py`` keeps the
+    page equal to it."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    def meanings(cls: type) -> tuple[str, dict[str, str]]:
+        """(the class's docstring, {field: its trailing comment})."""
+        source = textwrap.dedent(inspect.getsource(cls))
+        comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                    for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+        node = ast.parse(source).body[0]
+        fields = {stmt.target.id: comments.get(stmt.end_lineno, "") for stmt in node.body
+                  if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)}
+        return ast.get_docstring(node) or "", fields
+
+    def shown(value: Any) -> str:
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return f"`{value}`" if value else '`""`'
+        return f"`{value}`"
+
+    def kind(hint: Any) -> str:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        base = args[0] if args else hint
+        name = getattr(base, "__name__", str(base))
+        return f"{name} or null" if args else name
+
+    ranges = {key: why.removeprefix("must be ") for why, _, keys in RANGES for key in keys}
+    cell = lambda s: s.replace("|", "\\|")  # noqa: E731 - a table cell
+    out = ["# Configuration options", "",
+           "Generated from `metasd_dgl/config.py` by `metasd_dgl.config.options_markdown()`; "
+           "`tests/test_config.py` fails when this page differs from it.", "",
+           "Set an option in a YAML file (`section:` then `option: value`, or `section.option: value`) passed to "
+           "`metasd-dgl pipeline CONFIG` or `metasd-dgl train --config FILE`, or on the command line with "
+           "`--set section.option=value`; files apply in order, then `--set`. An unknown option, a value of the "
+           "wrong type or out of range, and a combination that cannot run are one `error:` line naming the "
+           "option and the file and line that set it.", ""]
+    doc, top = meanings(Config)
+    hints = typing.get_type_hints(Config)
+    sections = _sections()
+    defaults = Config()
+    for f in dataclasses.fields(Config):
+        if f.name in sections:
+            continue
+        out += [f"## `{f.name}`", "", "| option | type | default | meaning |", "|---|---|---|---|",
+                f"| `{f.name}` | {kind(hints[f.name])} | {shown(getattr(defaults, f.name))} | {cell(top[f.name])} |", ""]
+    for name in sections:
+        section = getattr(defaults, name)
+        doc, fields = meanings(type(section))
+        section_hints = typing.get_type_hints(type(section))
+        out += [f"## `{name}`", ""]
+        if doc:
+            out += [" ".join(doc.replace("``", "`").split("\n\n")[0].split()), ""]
+            out += [" ".join(p.replace("``", "`").split()) + "\n" for p in doc.split("\n\n")[1:]]
+        out += ["| option | type | allowed | default | meaning |", "|---|---|---|---|---|"]
+        for f in dataclasses.fields(section):
+            key = f"{name}.{f.name}"
+            allowed = ", ".join(f"`{c}`" for c in CHOICES[key]) if key in CHOICES else ranges.get(key, "")
+            out.append(f"| `{key}` | {kind(section_hints[f.name])} | {cell(allowed)} | "
+                       f"{shown(getattr(section, f.name))} | {cell(fields.get(f.name, ''))} |")
+        out.append("")
+    out += ["## Options of earlier versions", "",
+            "A config file or `--set` naming one of these is an error saying what to use instead; a run folder "
+            "that stored them is read with today's names.", "",
+            "| earlier name | today's option |", "|---|---|"]
+    out += [f"| `{old}` | `{new}` |" for old, new in MOVED.items()]
+    out += ["", "Options that no longer exist, each with its one behaviour now:", "",
+            "| option | now always | why |", "|---|---|---|"]
+    out += [f"| `{old}` | {shown(list(value) if isinstance(value, tuple) else value)} | {cell(why)} |"
+            for old, (value, why) in RETIRED.items()]
+    return "\n".join(out).rstrip("\n") + "\n"

@@ -46,7 +46,7 @@ def options_of(command: click.Command) -> set[str]:
 COMMANDS = {name: options_of(c) for name, c in cli.commands.items()}
 ALL_OPTIONS = set().union(*COMMANDS.values()) | options_of(cli)
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*")
-COMMAND_LINE = re.compile(r"(?:metasd-dgl|metasd_dgl\.cli)(?:\s+--debug)?\s+([a-z][a-z-]*)([^;,)`'\"\n]*)")
+COMMAND_LINE = re.compile(r"(?:metasd-dgl|metasd_dgl\.cli)(?:\s+--debug)?\s+([a-z][a-z-]*)([^;,)`'\"\n&]*)")  # "&&" chains
 
 
 def printed_commands(text: str) -> list[list[str]]:
@@ -97,6 +97,11 @@ def test_the_checker_catches_a_missing_option():
     assert [o for o in OPTION.findall(match.group(2)) if o not in COMMANDS["pipeline"]] == ["--no-such-option"]
     with pytest.raises(click.NoSuchOption):
         parse(["pipeline", "--no-such-option"])
+    # commands chained with && are checked one by one, each against its own options
+    chain = "metasd-dgl preprocess umls --out d && metasd-dgl train --dataset d --no-such-option && metasd-dgl evaluate r"
+    found = [(m.group(1), [o for o in OPTION.findall(m.group(2)) if o not in COMMANDS[m.group(1)]])
+             for m in COMMAND_LINE.finditer(chain)]
+    assert found == [("preprocess", []), ("train", ["--no-such-option"]), ("evaluate", [])]
 
 
 def test_train_pipeline_and_tune_share_the_data_options(tmp_path):

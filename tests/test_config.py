@@ -288,3 +288,26 @@ def test_the_default_run_folder_is_found_again_and_never_another_experiments(tmp
     assert load_config(overrides={"train.method": "metasd", "train.epochs": 7}).run_dir == other.run_dir
     assert load_config(overrides={"train.method": "metasd", "train.epochs": 8}).run_dir == "runs/umls-complex-metasd-3"
     assert load_config(overrides={"run_dir": "mine"}).run_dir == "mine"  # a folder given is a folder taken
+
+
+def test_docs_config_md_is_what_config_py_generates():
+    """docs/config.md is generated; an option added, renamed or re-commented in config.py fails here until
+    the page is regenerated:
+    python -c "from metasd_dgl.config import options_markdown as m; print(m(), end='')" > docs/config.md"""
+    from metasd_dgl.config import options_markdown
+
+    page = options_markdown()
+    assert (REPO / "docs" / "config.md").read_text(encoding="utf-8") == page, "docs/config.md is stale"
+    # every option is on it, with its default, in the row of its own section
+    cfg = to_dict(Config())
+    for section, options in cfg.items():
+        for name, default in (options.items() if isinstance(options, dict) else [(None, options)]):
+            key = f"{section}.{name}" if name else section
+            row = next((line for line in page.splitlines() if line.startswith(f"| `{key}` |")), None)
+            assert row is not None, key
+            shown = {None: "null", True: "true", False: "false", "": '`""`'}.get(default, f"`{default}`") \
+                if not isinstance(default, (int, float)) or isinstance(default, bool) else f"`{default}`"
+            assert f" {shown} |" in row, (key, row)
+    # a trailing comment of config.py is the option's meaning
+    assert "| `prune.rate` | float | in [0, 1) | `0.9` | share of prunable weights zeroed in the student |" in page
+    assert "| `metasd.prune_rate` | `prune.rate` |" in page  # the options of earlier versions
