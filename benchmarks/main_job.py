@@ -44,7 +44,9 @@ def run(args: list, run_dir: Path) -> dict:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     out = json.loads((run_dir / "eval" / "test.json").read_text(encoding="utf-8"))["results"]
-    return {"results": out, "wall_s": round(time.perf_counter() - t0, 1), "command": " ".join(["metasd-dgl", *cmd[3:]])}
+    shown = [str(Path(a).relative_to(REPO)) if a.startswith(str(REPO)) else a for a in args]  # as a user types it
+    return {"results": out, "wall_s": round(time.perf_counter() - t0, 1),
+            "command": " ".join(["metasd-dgl", "pipeline", *shown])}
 
 
 def mean_sd(xs: list) -> tuple:
@@ -62,12 +64,12 @@ def main() -> None:
     mrr: dict = {row: [] for row in ROWS}
     rare: dict = {row: [] for row in ROWS}
     commands: dict = {}
+    folders = {key: i for i, key in enumerate(dict.fromkeys(tuple(extra) for extra, _ in ROWS.values()))}
     for seed in range(args.seeds):
         for row, (extra, model) in ROWS.items():
             key = tuple(extra)
             if (key, seed) not in runs:
-                name = f"{len(set(k for k, _ in runs) | {key}) - 1}-seed{seed}"
-                runs[(key, seed)] = run([*extra, "--set", f"train.seed={seed}"], work / name)
+                runs[(key, seed)] = run([*extra, "--set", f"train.seed={seed}"], work / f"{folders[key]}-seed{seed}")
                 print(f"seed {seed}: {runs[(key, seed)]['command']} ({runs[(key, seed)]['wall_s']} s)", flush=True)
             res = runs[(key, seed)]["results"][model]
             commands[row] = runs[(key, seed)]["command"].replace(f"train.seed={seed}", "train.seed=S")
