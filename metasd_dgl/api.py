@@ -110,9 +110,9 @@ def pipeline(dataset: Optional[str] = None, method: Optional[str] = None,
         test = stage_evaluate(out, "test", echo=console.result if not quiet else (lambda _: None))["results"]
     made: list[Path] = []
     if plots:
-        from metasd_dgl.tools.plots import make_report
+        from metasd_dgl.tools.plots import make_plots
 
-        made = make_report(out, split="test")
+        made = make_plots(out, split="test")
     return PipelineResult(run_dir=out, test=test, exports=exports, plots=made, config=cfg)
 
 

@@ -219,9 +219,9 @@ def evaluate(run_dir: str, split: str, checkpoint: str, compact: Optional[str],
         for line in classification_lines(classify_run(Path(run_dir), checkpoint, 1, 0)):
             click.echo(line)
     if plots:
-        from metasd_dgl.tools.plots import make_report
+        from metasd_dgl.tools.plots import make_plots
 
-        for png in make_report(Path(run_dir), split=split):
+        for png in make_plots(Path(run_dir), split=split):
             click.echo(f"plot: {png}")
 
 
@@ -289,7 +289,7 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
         from metasd_dgl.evaluate.ranking import format_table
 
         record = json.loads(stored.read_text(encoding="utf-8"))
-        console.result(format_table(named_rows(record["results"], cfg.train.method, record.get("rows"))))
+        console.result(format_table(named_rows(record["results"], cfg.train.method, record.get("names") or record.get("rows"))))
         console.result(f"metrics: {stored} (stored; pass --reevaluate to export and evaluate again)")
         return
     console.line("[3/4] export")
@@ -299,9 +299,9 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
     console.line("[4/4] evaluate (test)")
     stage_evaluate(run_dir, "test", echo=console.result)
     console.result(f"metrics: {stored}")
-    from metasd_dgl.tools.plots import make_report
+    from metasd_dgl.tools.plots import make_plots
 
-    for png in make_report(run_dir, split="test"):
+    for png in make_plots(run_dir, split="test"):
         console.line(f"plot: {png}")
 
 

@@ -264,13 +264,13 @@ def stage_evaluate(run_dir: Path, split: str = "test", checkpoint: str = "best",
     teacher_trained = cfg.train.method != "prune"
     from metasd_dgl.console import named_rows, row_names
 
-    names = row_names(results, cfg.train.method)  # "results" keyed by slot; "rows": what each is called
+    names = row_names(results, cfg.train.method)  # "results" keyed by slot; "names": what each is called
     record = {"split": split, "checkpoint": checkpoint, "checkpoint_file": ckpt["path"],
               "epoch": ckpt["state"]["epoch"],
               "epochs": {"teacher": ckpt["teacher_epoch"], **({"student": ckpt["state"]["epoch"]} if student else {})},
               "checkpoint_files": {"teacher": ckpt["teacher_path"], **({"student": ckpt["path"]} if student else {})},
               "student_source": str(compact) if compact is not None and masks else ("masks" if masks else None),
-              "teacher_trained": teacher_trained, "rows": names, "results": results}
+              "teacher_trained": teacher_trained, "names": names, "results": results}
     if reference is not None:
         record["reference_protocol"] = reference
     if file_role is not None:

@@ -199,12 +199,12 @@ def _eval_full(tmp: Path) -> list:
     return ["evaluate", str(tmp / "run"), "--no-plots"]
 
 
-def _report_full(tmp: Path) -> list:
+def _plot_full(tmp: Path) -> list:
     import matplotlib.font_manager  # noqa: F401 - its font cache is written before the limit
 
     _quiet_main(_train(tmp, "--dim", "2"))
     _file_limit(16384)
-    return ["report", str(tmp / "run")]
+    return ["plot", str(tmp / "run")]
 
 
 def _dglke_export_full(tmp: Path) -> list:
@@ -634,7 +634,7 @@ CASES = [
          keeps="run/export/teacher.safetensors"),
     Case("file-size limit while writing eval json", _eval_full,
          r"eval/test.json: could not write: file too large .*EFBIG", "run/eval/test.json"),
-    Case("file-size limit while writing a plot", _report_full,
+    Case("file-size limit while writing a plot", _plot_full,
          r"plots/training_curves.png: could not write the plot: file too large .*EFBIG",
          "run/plots/training_curves.png"),
     Case("file-size limit while exporting DGL-KE files", _dglke_export_full,
@@ -851,6 +851,9 @@ CASES = [
     Case("non-finite loss at the first step", lambda t: _train(t, "--dim", "2", "--set", "model.init_scale=1e30"),
          r"non-finite loss.* at step 0 \(epoch 1\); no checkpoint was written; .*lower model.init_scale "
          r"\(now 1e\+30\)", "run/checkpoints/last.pt"),
+    # ---- a command's earlier name
+    Case("report, the plots' earlier name", lambda t: ["report", str(t)], r"^error: metasd-dgl report is now "
+         r"metasd-dgl plot RUN_DIR"),
     # ---- click's usage errors: one line
     Case("evaluate without RUN_DIR", lambda t: ["evaluate"],
          r"^error: Missing argument 'RUN_DIR'\. \(see metasd-dgl evaluate --help\)$"),

@@ -288,7 +288,7 @@ def test_evaluate_says_what_it_scored(tmp_path, capsys):
     assert record["checkpoint_file"] == str(run / "checkpoints" / "best.pt")
     assert record["student_source"] == "masks" and record["teacher_trained"] is False
     assert "dense (unmasked)" in out and "no teacher" in out  # the prune-only dense row is labelled
-    assert record["rows"] == {"teacher": "dense (unmasked)", "student": "student"}
+    assert record["names"] == {"teacher": "dense (unmasked)", "student": "student"}
     tc = json.loads((run / "eval" / "triple_classification.json").read_text())["results"]
     assert f"student  test  roc_auc {tc['student']['overall']['test']['roc_auc']:.4f}" in out
 

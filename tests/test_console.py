@@ -112,10 +112,10 @@ def test_row_names():
 @pytest.mark.parametrize("method,rows", [("plain", ["dense"]), ("prune", ["dense (unmasked)", "student"]),
                                          ("metasd", ["teacher", "student"])])
 def test_rows_have_one_name_everywhere(tmp_path, monkeypatch, capsys, method, rows):
-    from metasd_dgl.tools import plots as report
+    from metasd_dgl.tools import plots
     labels = []
-    real = report.bucket_comparison
-    monkeypatch.setattr(report, "bucket_comparison",
+    real = plots.bucket_comparison
+    monkeypatch.setattr(plots, "bucket_comparison",
                         lambda runs, *a, **k: labels.append(list(runs)) or real(runs, *a, **k))
     run = tmp_path / "run"
     assert main(["pipeline", "--dataset", TOY, "--run-dir", str(run), *TINY, "--set", f"train.method={method}"]) == 0
@@ -125,6 +125,6 @@ def test_rows_have_one_name_everywhere(tmp_path, monkeypatch, capsys, method, ro
     assert re.findall(r"^(\S.*?)\s+both\s+[0-9.]+", out, flags=re.M) == rows  # the evaluation table
     assert f"(valid {rows[-1]} MRR " in out  # the summary names the selection row
     record = json.loads((run / "eval" / "test.json").read_text())
-    assert list(record["rows"].values()) == rows and list(record["results"]) == list(record["rows"])
+    assert list(record["names"].values()) == rows and list(record["results"]) == list(record["names"])
     shown = [label.split(" ", 1)[1] for label in labels[0]]  # "<run> <row>" in the bucket plots
     assert shown == [r for r in rows if r != "dense (unmasked)"]

@@ -218,7 +218,7 @@ def test_readers_never_block_on_a_training_run(tmp_path):
     try:
         ok(cli(tmp_path, "evaluate", run, "--no-plots"))
         ok(cli(tmp_path, "predict", run, "--head", "alice", "--relation", "likes"))
-        ok(cli(tmp_path, "report", run))
+        ok(cli(tmp_path, "plot", run))
     finally:
         holder.release()
 

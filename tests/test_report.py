@@ -8,7 +8,7 @@ from PIL import Image
 
 from metasd_dgl.errors import DataError
 from metasd_dgl.tools.plots import (
-    bucket_comparison, bucket_series, make_report, relation_frequency_series, training_series,
+    bucket_comparison, bucket_series, make_plots, relation_frequency_series, training_series,
 )
 
 pytestmark = pytest.mark.slow  # runs metasd-dgl end to end (the quick loop leaves it out)
@@ -84,7 +84,7 @@ def test_relation_frequency_series(tmp_path):
     assert s["relation"] == [2, 0, 3, 1] and s["frequency"] == [1, 3, 6, 10] and s["bucket"] == [0, 0, 1, 1]
 
 
-def test_make_report_writes_all_plots(tmp_path):
+def test_make_plots_writes_all_plots(tmp_path):
     run = tmp_path / "run"
     (run).mkdir()
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in METRICS))
@@ -94,7 +94,7 @@ def test_make_report_writes_all_plots(tmp_path):
     (run / "config.yaml").write_text(f"data:\n  processed_dir: {tmp_path / 'data'}\n")
     other = tmp_path / "prune_run"
     _write(other / "eval" / "test.json", _eval([0.2, 0.3, 0.5], [0.1, 0.2, 0.4], kinds=("relation", "head")))
-    made = make_report(run, {"prune-only": other})
+    made = make_plots(run, {"prune-only": other})
     names = sorted(p.name for p in made)
     assert names == ["buckets_head.png", "buckets_relation.png", "relation_frequency.png",
                      "teacher_vs_student_head.png", "teacher_vs_student_relation.png", "training_curves.png"]
@@ -103,19 +103,19 @@ def test_make_report_writes_all_plots(tmp_path):
         _png(p)
 
 
-def test_report_command(tmp_path):
+def test_plot_command(tmp_path):
     from test_predict import make_run
 
-    from metasd_dgl.tools.commands import report_command
+    from metasd_dgl.tools.commands import plot_command
 
     run = make_run(tmp_path)
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in METRICS))
     other = _write(tmp_path / "other.json", _eval([0.1, 0.2, 0.3]))
-    res = CliRunner().invoke(report_command, [str(run), "--compare", f"dense={other}@teacher"])
+    res = CliRunner().invoke(plot_command, [str(run), "--compare", f"dense={other}@teacher"])
     assert res.exit_code == 0, res.output
     assert {p.rsplit("/", 1)[1] for p in res.output.split()} == {"training_curves.png", "buckets_relation.png",
                                                                 "relation_frequency.png"}
-    res = CliRunner().invoke(report_command, [str(run), "--compare", "nolabel"])
+    res = CliRunner().invoke(plot_command, [str(run), "--compare", "nolabel"])
     assert res.exit_code == 2 and "LABEL=RUN_DIR" in res.output
 
 
@@ -127,7 +127,7 @@ def test_prune_teacher_left_out_and_no_pyplot(tmp_path):
     record = _eval([0.2, 0.3, 0.5], [0.1, 0.2, 0.4])
     record["teacher_trained"] = False  # prune-only: the dense weights are no teacher
     _write(run / "eval" / "test.json", record)
-    made = make_report(run)
+    made = make_plots(run)
     assert sorted(p.name for p in made) == ["buckets_relation.png"]
     probe = "import sys, metasd_dgl.tools.plots; print('matplotlib.pyplot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout

@@ -2,7 +2,7 @@
 
 Every process holds the whole model, takes its share of each batch
 (``batch[rank::world]``), and averages gradients with one all-reduce before
-every optimiser step (main and meta), weighted by the rows of each share, so the weights stay identical on every
+every optimiser step (main and meta), weighted by the queries of each share, so the weights stay identical on every
 rank: the same arithmetic as ``DistributedDataParallel``, done explicitly
 because the MetaSD steps run the model functionally (``functional_call``),
 which DDP's module wrapper cannot see.  Rank 0 alone writes files.
@@ -87,12 +87,12 @@ def barrier() -> None:
         dist.barrier()
 
 
-def average_gradients(params: Iterable[torch.Tensor], rows: int = 1) -> None:
-    """Mean of ``p.grad`` over ranks, weighted by each rank's batch ``rows``, in place, one all-reduce.
+def average_gradients(params: Iterable[torch.Tensor], count: int = 1) -> None:
+    """Mean of ``p.grad`` over ranks, weighted by each rank's ``count`` of batch queries, in place, one all-reduce.
 
-    Each rank's gradients are batch means over its own rows, so the mean over
-    the whole batch is ``sum_r rows_r * g_r / sum_r rows_r``; a rank whose
-    share of a short last batch is empty (``rows = 0``, zero gradients)
+    Each rank's gradients are batch means over its own queries, so the mean over
+    the whole batch is ``sum_r count_r * g_r / sum_r count_r``; a rank whose
+    share of a short last batch is empty (``count = 0``, zero gradients)
     contributes nothing.  Parameters whose grad is None are skipped (that is
     structural, the same on every rank).
     """
@@ -102,7 +102,7 @@ def average_gradients(params: Iterable[torch.Tensor], rows: int = 1) -> None:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
-    flat = torch.cat([g.reshape(-1) * rows for g in grads] + [grads[0].new_full((1,), float(rows))])
+    flat = torch.cat([g.reshape(-1) * count for g in grads] + [grads[0].new_full((1,), float(count))])
     dist.all_reduce(flat)
     total = float(flat[-1])
     flat /= max(total, 1.0)

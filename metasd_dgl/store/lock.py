@@ -12,7 +12,7 @@ the lock created it and nothing else was written there).
 Where the lock file lives: a run folder holds its own (``RUN/.metasd.lock``);
 a folder that is replaced as a whole by a rename (a processed dataset, an
 export) is locked by a sibling file ``PARENT/.NAME.lock``, which survives the
-rename.  Readers (evaluate, predict, report) take no lock: every file they
+rename.  Readers (evaluate, predict, plot) take no lock: every file they
 read is written atomically (``metasd_dgl.store.atomic``).
 
 Within one process the lock is re-entrant (a pipeline locks its run folder

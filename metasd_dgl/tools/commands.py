@@ -6,7 +6,7 @@ Register them on the main group (``metasd_dgl/cli.py``)::
     for command in COMMANDS:
         cli.add_command(command)
 
-``predict``, ``report``, ``export-dglke``, ``classify`` read a run folder
+``predict``, ``plot``, ``export-dglke``, ``classify`` read a run folder
 (``metasd_dgl.stages.load_run``); ``import-dglke`` reads a DGL-KE save folder and
 a processed dataset, evaluates the imported model directly (exact filtered
 ranking, both directions) and prints the metrics; ``--out FILE`` also writes
@@ -108,15 +108,15 @@ def _compare_item(text: str) -> tuple[str, Any]:
     return label.strip(), (Path(ref), variant) if variant else Path(ref)
 
 
-@click.command("report")
+@click.command("plot")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--compare", multiple=True, metavar="LABEL=RUN_DIR[@teacher|@student]",
               help="Another run (or eval JSON) to show in the bucket plots; repeatable.")
 @click.option("--split", type=click.Choice(["valid", "test"]), default="test", show_default=True,
               help="Which eval/<split>.json to plot buckets from.")
-def report_command(run_dir: str, compare: tuple[str, ...], split: str) -> None:
+def plot_command(run_dir: str, compare: tuple[str, ...], split: str) -> None:
     """PNG plots into RUN_DIR/plots: training curves, MRR per bucket, relation frequencies."""
-    from metasd_dgl.tools.plots import make_report
+    from metasd_dgl.tools.plots import make_plots
 
     others = dict(_compare_item(c) for c in compare)
     names = None
@@ -128,7 +128,7 @@ def report_command(run_dir: str, compare: tuple[str, ...], split: str) -> None:
         names = load_processed(stats.parent).relation_names if stats else None
     except UserError:
         names = None
-    made = make_report(Path(run_dir), others, split=split, relation_names=names)
+    made = make_plots(Path(run_dir), others, split=split, relation_names=names)
     if not made:
         raise UserError(f"{run_dir}: nothing to plot (no metrics.jsonl, eval/*.json or dataset stats)")
     for path in made:
@@ -361,5 +361,11 @@ def compress_command(run_dir: str, compare: tuple[str, ...], tolerance: float, s
                     echo=click.echo, reference=reference)
 
 
-COMMANDS = [predict_command, report_command, export_dglke_command, import_dglke_command, classify_command,
+@click.command("report", hidden=True, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def renamed_report_command() -> None:
+    """The earlier name of ``plot`` ("report" is the compression report's word now)."""
+    raise UserError("metasd-dgl report is now metasd-dgl plot RUN_DIR (the plots of a run)")
+
+
+COMMANDS = [predict_command, plot_command, renamed_report_command, export_dglke_command, import_dglke_command, classify_command,
             subset_command, compress_command]

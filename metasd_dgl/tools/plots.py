@@ -343,7 +343,7 @@ def eval_file(run_dir: PathLike, split: str = "test") -> Optional[Path]:
     return None
 
 
-def make_report(run_dir: PathLike, compare: Optional[Mapping[str, EvalRef]] = None, split: str = "test",
+def make_plots(run_dir: PathLike, compare: Optional[Mapping[str, EvalRef]] = None, split: str = "test",
                 relation_names: Optional[Sequence[str]] = None) -> list[Path]:
     """Write every plot the run's files allow into ``<run_dir>/plots``; return their paths.
 
@@ -363,7 +363,7 @@ def make_report(run_dir: PathLike, compare: Optional[Mapping[str, EvalRef]] = No
         record = _read_json(own)
         results = record.get("results", {})
         trained = record.get("teacher_trained", True)
-        names = record.get("rows") or row_names(results, method)
+        names = record.get("names") or record.get("rows") or row_names(results, method)  # "rows": older files
         for variant in ("teacher", "student"):
             if variant in results and (variant == "student" or trained):
                 runs[f"{run_dir.name} {names.get(variant, variant)}"] = (own, variant)

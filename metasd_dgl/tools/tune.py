@@ -356,7 +356,7 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
 
     method = best.params.get("train.method", base.train.method)
     record = {"number": best.number, "params": best.params, "valid_mrr": best.value, "run_dir": str(best_dir),
-              "rows": row_names(valid, method), "valid": valid, "test": test,
+              "names": row_names(valid, method), "valid": valid, "test": test,
               "note": "selected on valid MRR; test evaluated for the best trial only, never used to select"}
     atomic_write_text(study_dir / "best.json", json.dumps(record, indent=2) + "\n")
     for split, res in (("valid", valid), ("test", test)):

@@ -30,7 +30,7 @@ class Forward(NamedTuple):
     """One model's forward on a batch of tail queries ``(b, 3)``."""
 
     scores: Tensor  # (b, N): every tail
-    rows: Tuple[Tensor, Tensor, Tensor]  # the batch's (h, r, t) embeddings, for the regulariser
+    embeddings: Tuple[Tensor, Tensor, Tensor]  # the batch's (h, r, t) embeddings, for the regulariser
     rel_scores: Optional[Tensor]  # (b, 2R): every relation given (h, t); only with train.rp_weight
 
 
@@ -81,7 +81,7 @@ class Method:
     # ------------------------------------------------------------------ one model's forward
     def forward(self, weights: Optional[ParamDict], queries: Tensor, graph=None, train: bool = True,
                 relations: bool = True) -> Forward:
-        """One model on ``queries (b, 3)``: scores of every tail, the batch rows, relation scores.
+        """One model on ``queries (b, 3)``: scores of every tail, the batch's embeddings, relation scores.
 
         weights: ``{name: tensor}`` overriding the module's (``None``: the teacher's own).
         train: apply embedding dropout (``train.entity_dropout`` / ``relation_dropout``); the quiz
@@ -116,7 +116,7 @@ class Method:
     def model_terms(self, f: Forward, queries: Tensor) -> Tuple[Pairs, Dict[str, Tensor]]:
         """A model's terms beside the data CE, the regulariser and relation prediction: the
         (output, cotangent) pairs to back-propagate, and their values ``{"reg"[, "rp"]}``."""
-        reg = regularizer(self.reg_kind, *f.rows, self.spec.reg_weight, self.decoder.name)
+        reg = regularizer(self.reg_kind, *f.embeddings, self.spec.reg_weight, self.decoder.name)
         pairs: Pairs = [(reg, torch.ones_like(reg))]
         values = {"reg": reg.detach()}
         if f.rel_scores is not None:
@@ -127,7 +127,7 @@ class Method:
 
     def model_losses(self, f: Forward, queries: Tensor) -> Dict[str, Tensor]:
         """The same terms as differentiable scalars (MetaSD's virtual step differentiates them twice)."""
-        reg = regularizer(self.reg_kind, *f.rows, self.spec.reg_weight, self.decoder.name)
+        reg = regularizer(self.reg_kind, *f.embeddings, self.spec.reg_weight, self.decoder.name)
         if f.rel_scores is None:
             return {"reg": reg}
         return {"reg": reg, "rp": self.spec.rp_weight * cross_entropy_1n(f.rel_scores, queries[:, REL])}
@@ -141,16 +141,16 @@ class Method:
                                         allow_unused=True))
 
     def apply(self, optimizer: torch.optim.Optimizer, params: Sequence[Tensor],
-              grads: Sequence[Optional[Tensor]], rows: int) -> float:
+              grads: Sequence[Optional[Tensor]], count: int) -> float:
         """The one update path: set ``grads`` on ``params`` (in order; ``None`` = no gradient), average
-        them over ranks (``rows``: this process's batch rows, their weight under torchrun), clip their
+        them over ranks (``count``: this process's queries of the batch, their weight under torchrun), clip their
         joint norm to ``train.grad_clip`` (0 = off), step ``optimizer``; returns the norm before clipping."""
         stepped = []
         for p, g in zip(params, grads):
             p.grad = g
             if g is not None:
                 stepped.append(p)
-        average_gradients(stepped, rows)  # no-op unless running under torchrun
+        average_gradients(stepped, count)  # no-op unless running under torchrun
         norms = [torch.linalg.vector_norm(p.grad) for p in stepped]
         norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
         clip = self.spec.grad_clip
