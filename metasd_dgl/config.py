@@ -253,6 +253,8 @@ RETIRED: dict[str, tuple[Any, str]] = {
     "eval.batch_size": (0, "the chunk of queries comes from eval.max_memory_mb"),
     "eval.splits": (("valid", "test"), "evaluate takes --split"),
 }
+#: Options whose default changed since they were added: a stored config that predates one ran as this value.
+EARLIER_DEFAULTS: dict[str, Any] = {"metasd.student": "shared", "metasd.one_way_kd": False}
 #: Retired options that training never read (process settings, evaluation chunks): any value resumes.
 NO_EFFECT = ("train.tune_malloc", "train.loss_backend", "eval.batch_size", "eval.splits")
 
@@ -281,6 +283,10 @@ def upgrade(stored: dict[str, Any]) -> dict[str, Any]:
         sec, _, name = old.partition(".")
         if isinstance(out.get(sec), dict):
             out[sec].pop(name, None)
+    for key, value in EARLIER_DEFAULTS.items():  # a config stored before the option: its behaviour then
+        sec, _, name = key.partition(".")
+        if isinstance(out.get(sec), dict):
+            out[sec].setdefault(name, value)
     return out
 
 

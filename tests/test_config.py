@@ -311,3 +311,20 @@ def test_docs_config_md_is_what_config_py_generates():
     # a trailing comment of config.py is the option's meaning
     assert "| `prune.rate` | float | in [0, 1) | `0.9` | share of prunable weights zeroed in the student |" in page
     assert "| `metasd.prune_rate` | `prune.rate` |" in page  # the options of earlier versions
+
+
+def test_a_checkpoint_older_than_the_student_options_keeps_the_paper_student():
+    """A run stored before ``metasd.student`` and ``metasd.one_way_kd`` existed trained the teacher's weights
+    under the mask with mutual distillation (the only behaviour then), whatever today's defaults are: read
+    through ``with_defaults`` it stays so, and resuming it with today's own-weights student is refused."""
+    from metasd_dgl.config import resume_differences, with_defaults
+
+    cfg = Config()
+    cfg.train.method = "metasd"
+    old = to_dict(cfg)
+    for name in ("student", "student_lr", "one_way_kd", "real_kd_weighting"):  # options of a later version
+        del old["metasd"][name]
+    read = with_defaults(old)
+    assert read["metasd"]["student"] == "shared" and read["metasd"]["one_way_kd"] is False
+    assert "metasd.student: 'shared' (checkpoint) vs 'own' (now)" in resume_differences(old, to_dict(cfg))
+    assert with_defaults(to_dict(cfg))["metasd"]["student"] == "own"  # a run that stored the option keeps it
