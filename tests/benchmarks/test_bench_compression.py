@@ -113,3 +113,22 @@ def test_a_method_with_another_methods_overrides_takes_its_stored_run(bench, tmp
     umls = {**budget, "name": "umls"}  # UMLS has KD of its own: not the same run
     assert bench.twin_result(per, umls, {**base}, tmp_path, seed) is None
     assert bench.twin_result(per, budget, {**base, "model.dim": 16}, tmp_path, seed) is None
+
+
+def test_every_distilling_arm_states_its_student(bench):
+    """An arm with a student that learns by distillation (kd, metasd) names its student and distillation, so its
+    meaning (and the stored runs it reuses, matched by overrides) does not follow a change of the defaults;
+    the arms the docs call the paper's student train the shared-weights student with mutual, unscaled KD."""
+    from metasd_dgl.config import load_config
+
+    budget = {"name": "umls", "dim": 100, "epochs": 4, "own_kd": dict(bench.OWN_KD),
+              "preset": {"train.method": "metasd", "metasd.student": "shared", "metasd.one_way_kd": False,
+                         "metasd.kd_t2_scale": False}}
+    for m in bench.METHODS:
+        over = m.overrides(budget)
+        if over.get("train.method") not in ("kd", "metasd"):
+            continue
+        assert {"metasd.student", "metasd.one_way_kd", "metasd.kd_t2_scale"} <= set(over), m.name
+    for name in ("kd", "metasd", "metasd element", "gradual element", "rgcn metasd"):
+        mc = load_config(overrides=bench.BY_NAME[name].overrides(budget)).metasd
+        assert (mc.student, mc.one_way_kd, mc.kd_t2_scale) == ("shared", False, False), name
