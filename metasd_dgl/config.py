@@ -49,7 +49,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     method: str = "plain"  # plain | prune | kd | metasd
-    regime: str = "1-n"  # 1-n (all entities, softmax CE) | negative-sampling (options: the negatives section)
+    regime: str = "1-n"  # 1-n (all entities, softmax CE) | negative-sampling (negatives section; no rp, no smoothing)
     epochs: int = 50  # passes over the training queries (each triple in both directions)
     batch_size: int = 1000  # training queries per step
     optimizer: str = "adagrad"  # adagrad | adam
