@@ -379,10 +379,40 @@ def bound(method: str, structure: str, batch: int, dim: int, num_entities: int, 
             "gflop": sum(p.flop for p in products) / 1e9, "products": rows}
 
 
+#: operators per step kind kept by ``--profile``
+PROFILE_TOP = 15
+
+
+def profile_table(prof, device, top: int = PROFILE_TOP, steps: int = 1) -> dict:
+    """The ``top`` operators of a ``torch.profiler`` run by self time, per step (ms / ``steps``).
+
+    Sorted by self CUDA time on a GPU, by self CPU time otherwise; each row: ``name``, ``calls`` (per
+    step), ``self_cpu_ms``, ``self_cuda_ms`` (``None`` on CPU) and ``share`` (of the sort key's total)."""
+    cuda = device.type == "cuda"
+    rows = []
+    for e in prof.key_averages():
+        dev_us = getattr(e, "self_device_time_total", None)
+        if dev_us is None:
+            dev_us = getattr(e, "self_cuda_time_total", 0.0)
+        # (the profiler's clock can give a nested operator a slightly negative self time: read as 0)
+        rows.append({"name": e.key, "calls": e.count / steps,
+                     "self_cpu_ms": max(0.0, e.self_cpu_time_total) / 1e3 / steps,
+                     "self_cuda_ms": max(0.0, dev_us) / 1e3 / steps if cuda else None})
+    key = "self_cuda_ms" if cuda else "self_cpu_ms"
+    rows = [r for r in rows if not r["name"].startswith("ProfilerStep")]
+    total = sum(r[key] for r in rows) or 1.0
+    rows.sort(key=lambda r: -r[key])
+    for r in rows:
+        r["share"] = r[key] / total
+    return {"sorted_by": key, "total_ms": total, "steps": steps, "operators": rows[:top]}
+
+
 def time_step(data, device, method: str, batch: int, structure: str, dim: int, steps: int, seed: int,
-              precision: str = "fp32") -> dict:
+              precision: str = "fp32", profile: bool = False, top: int = PROFILE_TOP) -> dict:
     """Median ms of one training step (after one warm-up) of ``method`` on real train queries, and
-    the peak GPU memory of those steps (MB; ``None`` on CPU)."""
+    the peak GPU memory of those steps (MB; ``None`` on CPU).  ``profile``: ``steps`` more steps of the
+    same kind under ``torch.profiler`` after the timed ones (so the profiler's overhead stays out of
+    the times); their top operators by self time (``profile_table``) under ``"profile"``."""
     import torch
 
     from harness import Config, apply_overrides, build_model, make_masks, make_method, reciprocal_queries
@@ -410,6 +440,20 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
         _sync(device)
         if k:  # the first step warms up (allocator, kernels)
             times.append((time.perf_counter() - t0) * 1e3)
+    prof = None
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch_profile(activities=acts) as run:
+            for _ in range(steps):
+                b = queries[torch.randint(len(queries), (batch,), generator=gen)].to(device)
+                q = queries[torch.randint(len(queries), (QUIZ,), generator=gen)].to(device) \
+                    if method == "metasd" else None
+                ctx.step(b, quiz=q)
+            _sync(device)
+        prof = profile_table(run, device, top=top, steps=steps)
     loss = float(out["loss"])
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     del model, ctx
@@ -418,6 +462,7 @@ def time_step(data, device, method: str, batch: int, structure: str, dim: int, s
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     return {"ms": statistics.median(times), "times_ms": times, "loss": loss, "peak_mb": peak,
+            **({"profile": prof} if prof else {}),
             "bound_args": {"optimizer": cfg.train.optimizer, "meta_optimizer": cfg.metasd.meta_optimizer,
                            "extra_teacher_step": cfg.metasd.extra_teacher_step, "prune_rate": 0.9,
                            "quiz": QUIZ, "rp": bool(cfg.train.rp_weight)}}
@@ -437,7 +482,7 @@ def step_timing(data, args, deadline: float) -> list[dict]:
                 masks = "element" if structure == "none" else structure
                 try:
                     res = time_step(data, args.device, method, batch, masks, args.dim, args.steps, seed=len(rows),
-                                    precision=args.precision)
+                                    precision=args.precision, profile=args.profile, top=args.profile_top)
                 except RuntimeError as exc:  # e.g. CUDA out of memory: report it, go on
                     rows.append({**row, "error": str(exc).splitlines()[0]})
                     continue
@@ -560,6 +605,16 @@ def print_tables(record: dict) -> None:
     for t in record.get("targets", []):
         _say(f"target {t['method']} batch {t['batch']} {t['structure']}: x{t['ratio_to_bound']:.2f} bound "
              f"(<= {TARGET_RATIO}: {'met' if t['met'] else 'NOT met'}), x{_fmt(t['ratio_to_plain'], 2)} plain")
+    for r in record["timing"]:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        _say(f"\nprofile {r['method']} batch {r['batch']} {r['structure']}: top operators by "
+             f"{prof['sorted_by'].replace('_', ' ')}, per step (of {prof['total_ms']:.1f} ms)")
+        _say(f"{'operator':<44}{'calls':>7}{'self CPU ms':>13}{'self CUDA ms':>14}{'share':>8}")
+        for op in prof["operators"]:
+            _say(f"{op['name'][:43]:<44}{op['calls']:>7.0f}{op['self_cpu_ms']:>13.2f}{_fmt(op['self_cuda_ms'], 2):>14}"
+                 f"{op['share']:>8.1%}")
     tr = record["training"]
     _say(f"\n(b) MetaSD, paper config, {tr.get('train_seconds', 0):.0f} s of training, "
          f"{tr.get('epochs_done', 0)} epochs ({tr.get('stop') or tr.get('skipped')}); test, filtered")
@@ -593,6 +648,12 @@ def parse_args(argv=None):
     ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
                     help="train.precision of both parts and of the bound's matmuls")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--profile", action="store_true",
+                    help="torch.profiler over --steps more steps of each kind: top operators by self time "
+                         "(table, and under each timing row's 'profile' and in --profile-out)")
+    ap.add_argument("--profile-top", type=int, default=PROFILE_TOP, help="operators kept per step kind")
+    ap.add_argument("--profile-out", default=None,
+                    help="the profiles' JSON (default: --out with suffix _profile.json)")
     ap.add_argument("--tiny", action="store_true", help="CPU rehearsal: small rank and batches")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gpu_check.json"))
@@ -646,6 +707,14 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if args.profile:
+        pout = Path(args.profile_out or out.with_name(out.stem + "_profile.json"))
+        profiles = [{"method": r["method"], "batch": r["batch"], "structure": r["structure"], "ms": r["ms"],
+                     **r["profile"]} for r in timing if r.get("profile")]
+        pout.write_text(json.dumps({"device": record["device"], "device_name": record["device_name"],
+                                    "dim": args.dim, "precision": args.precision, "profiles": profiles},
+                                   indent=2) + "\n", encoding="utf-8")
+        _say(f"wrote {pout}")
     print_tables(record)
     _say(f"\nwrote {out} ({record['elapsed_s']:.1f} s of {args.budget:.0f})")
     return 0

@@ -41,8 +41,11 @@ from metasd_dgl.train.spec import KDSpec, LossBackend
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise dot product ``(b, N), (b, N) -> (b, 1)`` without a (b, N) temporary."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1, 1)
+    """Row-wise dot product ``(b, N), (b, N) -> (b, 1)``.
+
+    ``linalg.vecdot`` (a fused multiply and row sum) rather than a batched ``(1, N) @ (N, 1)``
+    product: on the CPU ``bmm`` runs such matrix-vector batches at about half the speed."""
+    return torch.linalg.vecdot(a, b, dim=1).unsqueeze(1)
 
 
 def _subtract_targets(g: Tensor, targets: Tensor, smoothing: float, scale: float) -> None:
@@ -61,16 +64,17 @@ def _softmaxes(x: Tensor, tau: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, T
     ``torch.softmax`` is one fused kernel (about 2.5x cheaper than
     ``log_softmax`` then ``exp``); the log-normalisers come from the row
     maximum, whose probability is at least ``1/N`` and so never underflows:
-    ``lse = max - log p[argmax]``.
+    ``lse = max - log p[argmax]``.  ``p[argmax]`` is the row maximum of ``p`` (the softmax is
+    monotonic), so two ``amax`` passes give it, bit for bit, without the slower ``max`` with indices.
     """
-    m, j = x.max(dim=1, keepdim=True)
+    m = x.amax(dim=1, keepdim=True)
     p1 = torch.softmax(x, dim=1)
-    lse1 = m - p1.gather(1, j).log()
+    lse1 = m - p1.amax(dim=1, keepdim=True).log()
     if tau == 1.0:
         return p1, p1, lse1, lse1, x
     xt = x * (1.0 / tau)
     pt = torch.softmax(xt, dim=1)
-    lset = m * (1.0 / tau) - pt.gather(1, j).log()
+    lset = m * (1.0 / tau) - pt.amax(dim=1, keepdim=True).log()
     return p1, pt, lse1, lset, xt
 
 
@@ -95,9 +99,9 @@ def ce_grad(x: Tensor, targets: Tensor, smoothing: float = 0.0) -> Tuple[Tensor,
     """
     with torch.no_grad():
         b = max(x.shape[0], 1)
-        m, j = x.max(dim=1, keepdim=True)
+        m = x.amax(dim=1, keepdim=True)
         g = torch.softmax(x, dim=1)
-        loss = _ce_value(x, m - g.gather(1, j).log(), targets, smoothing)
+        loss = _ce_value(x, m - g.amax(dim=1, keepdim=True).log(), targets, smoothing)  # see _softmaxes
         g.mul_(1.0 / b)
         _subtract_targets(g, targets, smoothing, 1.0 / b)
         return g, loss
@@ -132,13 +136,11 @@ def mutual_grads(x: Tensor, z: Tensor, targets: Tensor, spec: KDSpec) -> Tuple[T
         d = _log_ratio(xt, zt, lsetx, lsetz, inplace=tau != 1.0)
         kx = _rowdot(px, d)  # KL(px || pz) per row
         kz = -_rowdot(pz, d)  # KL(pz || px) per row
-        # student: p1x/b - y/b + c [px (rw (d - kx) + fw) - fw pz]
-        t = torch.add(fw - rw * kx, d, alpha=rw).mul_(px).add_(pz, alpha=-fw)
-        gx.mul_(1.0 / b).add_(t, alpha=c)
+        # student: p1x/b - y/b + c [px (rw (d - kx) + fw) - fw pz], in place, four passes
+        gx.mul_(1.0 / b).addcmul_(px, d, value=c * rw).addcmul_(px, fw - rw * kx, value=c).add_(pz, alpha=-c * fw)
         _subtract_targets(gx, targets, eps, 1.0 / b)
         # teacher: p1z/b - y/b + c [pz (fw - rw (d + kz)) - fw px]
-        t = torch.add(fw - rw * kz, d, alpha=-rw).mul_(pz).add_(px, alpha=-fw)
-        gz.mul_(1.0 / b).add_(t, alpha=c)
+        gz.mul_(1.0 / b).addcmul_(pz, d, value=-c * rw).addcmul_(pz, fw - rw * kz, value=c).add_(px, alpha=-c * fw)
         _subtract_targets(gz, targets, eps, 1.0 / b)
         values = {
             "ce_student": ce_x,
@@ -155,10 +157,10 @@ def _virtual_forward(x: Tensor, z: Tensor, targets: Tensor, spec: KDSpec):
     fw, rw = spec.forward_weight, spec.reverse_weight
     c = spec.scale / (tau * b)
     p1, px, _, lsetx, xt = _softmaxes(x, tau)
-    mz = z.max(dim=1, keepdim=True)
+    mz = z.amax(dim=1, keepdim=True)
     zt = z * (1.0 / tau) if tau != 1.0 else z
     pz = torch.softmax(zt, dim=1)
-    lsetz = mz.values * (1.0 / tau) - pz.gather(1, mz.indices).log()
+    lsetz = mz * (1.0 / tau) - pz.amax(dim=1, keepdim=True).log()  # see _softmaxes
     h = _log_ratio(xt, zt, lsetx, lsetz, inplace=tau != 1.0)  # d
     h.sub_(_rowdot(px, h)).mul_(px)  # h = px (d - <px, d>)
     g = p1.mul(1.0 / b)

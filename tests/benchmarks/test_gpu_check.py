@@ -234,3 +234,34 @@ def test_cpu_rehearsal(tmp_path, kg_dir):
         assert abs(ev["student_density"] - 0.1) < 0.01
     assert "paper: MetaSD student" in proc.stdout
     assert ("x plain" in proc.stdout) == any("ms" in r and r["method"] != "plain" for r in rec["timing"])
+
+
+def test_profile_json_has_every_step_kind_and_its_operators(tmp_path, kg_dir):
+    """``--profile``: per timed step kind, the top operators by self CPU time (CPU run), in the record and
+    in the profile JSON; the score products show up as ``aten::mm`` and MetaSD's closed-form second order
+    as ``_VirtualGrad``."""
+    out = tmp_path / "gpu_check.json"
+    rc = gpu_check.main(["--data", str(kg_dir / "umls.tar.gz"), "--tiny", "--batches", "32", "--steps", "2",
+                         "--budget", "1000", "--reserve", "1000", "--device", "cpu", "--profile", "--profile-top", "1000",
+                         "--work", str(tmp_path / "work"), "--out", str(out)])
+    assert rc == 0
+    prof = json.loads((tmp_path / "gpu_check_profile.json").read_text())
+    assert prof["device"] == "cpu" and prof["dim"] == 8
+    kinds = [(p["method"], p["batch"], p["structure"]) for p in prof["profiles"]]
+    assert kinds == [("plain", 32, "none"), ("kd", 32, "dimension"), ("kd", 32, "element"),
+                     ("metasd", 32, "dimension"), ("metasd", 32, "element")]
+    rec = json.loads(out.read_text())
+    for p, row in zip(prof["profiles"], rec["timing"]):
+        assert row["profile"]["operators"] == p["operators"] and p["ms"] == row["ms"]
+        assert p["sorted_by"] == "self_cpu_ms" and p["steps"] == 2
+        ops = p["operators"]
+        assert 0 < len(ops) <= 1000
+        assert all(o["self_cuda_ms"] is None and o["self_cpu_ms"] >= 0 and o["calls"] > 0 for o in ops)
+        assert [o["self_cpu_ms"] for o in ops] == sorted((o["self_cpu_ms"] for o in ops), reverse=True)
+        assert sum(o["share"] for o in ops) == pytest.approx(1.0)  # every operator kept
+        assert abs(ops[0]["share"] - ops[0]["self_cpu_ms"] / p["total_ms"]) < 1e-9
+    every = {p["method"] + "/" + p["structure"]: {o["name"] for o in p["operators"]} for p in prof["profiles"]}
+    assert all("aten::mm" in names for names in every.values()), every
+    assert "_VirtualGrad" in every["metasd/element"] and "_VirtualGrad" not in every["kd/element"]
+    assert rec["training"].get("skipped") == "no training time left in the budget"
+
