@@ -10,9 +10,10 @@ each reports in brackets):
     dense                plain, dim D                                       [teacher]
     dense small          plain, dim round(0.1 D): the students' non-zeros   [teacher]
     prune-only           prune, dimension masks                             [student]
-    kd                   kd, dimension, the paper's student (PAPER_STUDENT)  [student]
+    kd                   kd, dimension, the paper's student (PAPER)         [student]
     metasd reference     the overrides of pipelines/configs/reference.yaml  [student]
-    metasd               metasd, dimension, the paper's student              [teacher, student]
+    metasd               metasd, dimension, the paper's student (PAPER: the teacher's weights under the
+                         mask, mutual KD, not T^2-scaled)                   [teacher, student]
     own student          metasd, student=own, one-way KD, T^2-scaled KD, T 2, kd_weight 3 (--own-kd) [student]
     own student KD tuned the same with T 1, kd_weight 8.2, student lr 0.144: chosen by a tune on Kinship
                          validation (OWN_KD_TUNED) and used unchanged on every dataset [student]
@@ -23,10 +24,10 @@ each reports in brackets):
     dense small / prune-only at the recipe's lr   the controls: the baselines at the recipe's student lr
     prune-only element   prune, element masks, global magnitude (the paper's masks); pruned weights keep
                          their gradients, so the mask can change (gradual magnitude pruning)
-    metasd element       metasd, element masks (the paper's student and masks, the project's MetaSD step)
+    metasd element       metasd, element masks, the paper's student (the paper's masks, the project's MetaSD step)
     prune-only element per-tensor   prune, element masks, a 10 % budget per table
     prune-only element gradual   prune-only element with gradual_epochs = epochs // 2 (the rate rises to 0.9)
-    gradual element      metasd, element masks, gradual_epochs = epochs // 2 [student]
+    gradual element      metasd, element masks, the paper's student, gradual_epochs = epochs // 2 [student]
     rgcn dense / rgcn prune-only / rgcn metasd / rgcn own student   R-GCN + DistMult, element masks on embeddings and
                          GNN weights (pipelines/configs/umls_rgcn.yaml), on the datasets whose budget
                          has an ``rgcn`` entry (UMLS, the FB15k-237 subset)
@@ -139,8 +140,10 @@ def recipe_kd(budget: dict, table: Optional[dict] = None) -> dict:
 
 DIM = {"prune.structure": "dimension"}
 ELEMENT = {"prune.structure": "element"}
-#: The paper's student (pipelines/configs/paper_student.yaml), stated: the defaults train the own-weights student.
-PAPER_STUDENT = {"metasd.student": "shared", "metasd.one_way_kd": False, "metasd.kd_t2_scale": False}
+#: The paper's student, stated in full (the library's defaults are the own-weights student): the teacher's
+#: weights under the mask, mutual distillation, not T^2-scaled (pipelines/configs/paper_student.yaml).
+PAPER = {"metasd.student": "shared", "metasd.one_way_kd": False, "metasd.kd_t2_scale": False,
+         "metasd.temperature": 3.0, "metasd.kd_weight": 1.0}
 
 
 def _const(over: dict) -> Callable[[dict], dict]:
@@ -151,9 +154,9 @@ METHODS = [
     Method("dense", _const({"train.method": "plain"}), ("teacher",)),
     Method("dense small", lambda b: {"train.method": "plain", "model.dim": small_dim(b)}, ("teacher",)),
     Method("prune-only", _const({"train.method": "prune", **DIM})),
-    Method("kd", _const({"train.method": "kd", **DIM, **PAPER_STUDENT})),
+    Method("kd", _const({"train.method": "kd", **DIM, **PAPER})),
     Method("metasd reference", lambda b: dict(b["preset"]), needs=("preset",)),
-    Method("metasd", _const({"train.method": "metasd", **DIM, **PAPER_STUDENT}), ("teacher", "student")),
+    Method("metasd", _const({"train.method": "metasd", **DIM, **PAPER}), ("teacher", "student")),
     Method("own student", lambda b: {"train.method": "metasd", "metasd.student": "own", **DIM, **b["own_kd"]},
            needs=("metasd.student", "metasd.one_way_kd")),
     Method("own student KD tuned", lambda b: {"train.method": "metasd", "metasd.student": "own", **DIM, **OWN_KD,
@@ -173,15 +176,15 @@ METHODS = [
     Method("prune-only element gradual", lambda b: {"train.method": "prune", **ELEMENT,
                                                     "prune.gradual_epochs": b["epochs"] // 2},
            needs=("prune.gradual_epochs",)),
-    Method("metasd element", _const({"train.method": "metasd", **ELEMENT, **PAPER_STUDENT})),
+    Method("metasd element", _const({"train.method": "metasd", **ELEMENT, **PAPER})),
     Method("prune-only element per-tensor", _const({"train.method": "prune", **ELEMENT,
                                                     "prune.scope": "per-tensor"})),
-    Method("gradual element", lambda b: {"train.method": "metasd", **ELEMENT, **PAPER_STUDENT,
+    Method("gradual element", lambda b: {"train.method": "metasd", **ELEMENT, **PAPER,
                                          "prune.gradual_epochs": b["epochs"] // 2},
            needs=("prune.gradual_epochs",)),
     Method("rgcn dense", _const({"train.method": "plain"}), ("teacher",), encoder="rgcn"),
     Method("rgcn prune-only", _const({"train.method": "prune"}), encoder="rgcn"),
-    Method("rgcn metasd", _const({"train.method": "metasd", **PAPER_STUDENT}), ("teacher", "student"), encoder="rgcn"),
+    Method("rgcn metasd", _const({"train.method": "metasd", **PAPER}), ("teacher", "student"), encoder="rgcn"),
     Method("rgcn own student", lambda b: {"train.method": "metasd", "metasd.student": "own", **b["own_kd"]},
            encoder="rgcn", needs=("metasd.student",)),
 ]
