@@ -18,7 +18,6 @@ file is unchanged; it is not a signature: whoever edits a file can recompute it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
+from metasd_dgl.data.registry import sha256_file
 from metasd_dgl.errors import CheckpointError, UserError
 from metasd_dgl.store.atomic import atomic_write_bytes, atomic_write_json
 from metasd_dgl.store.quantize import SCHEMES, decode_tensor, encode_tensor
@@ -254,7 +254,6 @@ def owned_folder(final: Path, command: str, manifest: Optional[Dict[str, Any]] =
         for path in sorted(p for p in out.rglob("*") if p.is_file()):
             rel = path.relative_to(out).as_posix()
             if rel != "manifest.json" and "sha256" not in files.get(rel, {}):
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                files[rel] = {**files.get(rel, {}), "bytes": path.stat().st_size, "sha256": digest}
+                files[rel] = {**files.get(rel, {}), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
         manifest["files"] = dict(sorted(files.items()))
         atomic_write_json(out / "manifest.json", manifest)

@@ -43,9 +43,6 @@ class Method:
     embedding-dropout masks; only dropout uses randomness.
     """
 
-    name = ""
-    has_student = False  # the methods with a student take masks (``remask``)
-
     def __init__(self, model: nn.Module, spec: StepSpec, optimizer: Tuple[str, float],
                  losses: LossBackend = CLOSED_FORM) -> None:
         self.model, self.spec, self.losses = model, spec, losses
@@ -76,7 +73,8 @@ class Method:
         """Take ``student``; one with weights of its own gets its optimiser (the teacher's kind)."""
         self.student = student
         leaves = list(student.leaves.values())
-        self.student_optimizer = make_optimizer(self.optimizer_name, leaves, self.student_lr or self.lr) if leaves else None
+        lr = self.student_lr or self.lr
+        self.student_optimizer = make_optimizer(self.optimizer_name, leaves, lr) if leaves else None
 
     # ------------------------------------------------------------------ one model's forward
     def forward(self, weights: Optional[ParamDict], queries: Tensor, graph=None, train: bool = True,

@@ -30,8 +30,6 @@ from metasd_dgl.typing import HEAD, REL, TAIL
 class Plain(Method):
     """The dense model alone."""
 
-    name = "plain"
-
     def step(self, batch: Tensor, graph=None, quiz=None, negatives=None) -> Dict[str, float]:
         return {k: float(v) for k, v in self.single_step(None, batch, graph, "ce_teacher").items()}
 
@@ -39,7 +37,7 @@ class Plain(Method):
 class Prune(Method):
     """Prune-only: the student's CE + reg; pruned weights keep their gradients (element masks)."""
 
-    name, has_student, regrows = "prune", True, True
+    regrows = True
 
     def step(self, batch: Tensor, graph=None, quiz=None, negatives=None) -> Dict[str, float]:
         out = self.single_step(self.student.weights(self.params), batch, graph, "ce_student")
@@ -48,8 +46,6 @@ class Prune(Method):
 
 class KD(Method):
     """Mutual distillation of teacher and student, without the meta step (MetaSD's step 3)."""
-
-    name, has_student = "kd", True
 
     def step(self, batch: Tensor, graph=None, quiz=None, negatives=None) -> Dict[str, float]:
         out = self.extra_teacher_step(batch, graph) if self.spec.extra_teacher_step else {}
@@ -101,8 +97,6 @@ class MetaSD(KD):
     (3) Real step: ``KD.real_step``.
     """
 
-    name = "metasd"
-
     def __init__(self, model: nn.Module, spec: StepSpec, optimizer, meta_optimizer, losses=CLOSED_FORM) -> None:
         super().__init__(model, spec, optimizer, losses)
         self.meta_optimizer = make_optimizer(meta_optimizer[0], self.leaves, meta_optimizer[1])
@@ -150,8 +144,6 @@ class NegativeSampling(Method):
     uniform sampler (``graph.sampling.negative_tails``); the student's (prune) or the teacher's (plain)
     ``negative_sampling_loss(pos, neg, margin, decoder.kind) + reg``."""
 
-    name = "negative-sampling"
-
     def step(self, batch: Tensor, graph=None, quiz=None, negatives: Optional[Tensor] = None) -> Dict[str, float]:
         weights = None if self.student is None else self.student.weights(self.params)
         ent, rel = self.model.encode(graph, weights)
@@ -173,7 +165,7 @@ def make_method(cfg: Config, model: nn.Module, losses: LossBackend = CLOSED_FORM
     spec, optimizer = StepSpec.from_config(cfg), (tc.optimizer, tc.lr)
     if tc.regime == "negative-sampling":
         method: Method = NegativeSampling(model, spec, optimizer, losses)
-        method.has_student = method.regrows = tc.method == "prune"
+        method.regrows = tc.method == "prune"
     elif tc.method == "metasd":
         method = MetaSD(model, spec, optimizer, (mc.meta_optimizer, mc.meta_lr), losses)
     else:
