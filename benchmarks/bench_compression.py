@@ -27,6 +27,9 @@ each reports in brackets):
     metasd element       metasd, element masks, the paper's student (the paper's masks, the project's MetaSD step)
     prune-only element per-tensor   prune, element masks, a 10 % budget per table
     prune-only element gradual   prune-only element with gradual_epochs = epochs // 2 (the rate rises to 0.9)
+    prune-only element in 1.5x / 2x coordinates   element masks inside a shared coordinate budget: the
+                         1.5 (2) x 10 % most important coordinates (as dimension masks choose them), then
+                         the largest weights inside them up to 10 % (``budget_masks``; an experiment, no option)
     gradual element      metasd, element masks, the paper's student, gradual_epochs = epochs // 2 [student]
     rgcn dense / rgcn prune-only / rgcn metasd / rgcn own student   R-GCN + DistMult, element masks on embeddings and
                          GNN weights (pipelines/configs/umls_rgcn.yaml), on the datasets whose budget
@@ -122,6 +125,21 @@ class Method:
     reported: Sequence[str] = ("student",)
     needs: Sequence[str] = ()
     encoder: str = "kge"
+    coordinate_share: float = 0.0  # > 0: element masks inside this many times the kept coordinates (budget_masks)
+
+
+def budget_masks(model, rate: float, scope: str, structure: str, dim: int, share: float) -> dict:
+    """Element masks inside a shared coordinate budget (the experiment of ``coordinate_share``): the
+    ``share`` x ``keep_count(dim, rate)`` coordinates that dimension masks would rank first, the same in every
+    table, then the largest weights inside them, as many as element masks keep at ``rate``."""
+    from harness import keep_count
+    from metasd_dgl.model.pruning import compute_masks, dimension_coordinates, prunable_params
+
+    params = prunable_params(model)
+    kept = min(dim, round(share * max(1, keep_count(dim, rate))))
+    coords = compute_masks(params, 1.0 - kept / dim, "global", dimension_coordinates(params, dim))
+    inside = compute_masks({n: p * coords[n] for n, p in params.items()}, rate, "global")
+    return {n: inside[n] & coords[n] for n in params}
 
 
 def small_dim(budget: dict) -> int:
@@ -177,6 +195,10 @@ METHODS = [
                                                     "prune.gradual_epochs": b["epochs"] // 2},
            needs=("prune.gradual_epochs",)),
     Method("metasd element", _const({"train.method": "metasd", **ELEMENT, **PAPER})),
+    Method("prune-only element in 1.5x coordinates", _const({"train.method": "prune", **ELEMENT}),
+           coordinate_share=1.5),
+    Method("prune-only element in 2x coordinates", _const({"train.method": "prune", **ELEMENT}),
+           coordinate_share=2.0),
     Method("prune-only element per-tensor", _const({"train.method": "prune", **ELEMENT,
                                                     "prune.scope": "per-tensor"})),
     Method("gradual element", lambda b: {"train.method": "metasd", **ELEMENT, **PAPER,
@@ -317,7 +339,18 @@ def one_run(dataset: str, method_name: str, seed: int, base: dict, root: str, bu
     twin = twin_result(method, budget, base, Path(root), seed)
     if twin is not None:
         return twin
-    result = run_variant_seed(variant, base, Path(root), seed, resume=True)
+    if method.coordinate_share:  # the experiment's masks in place of the library's, for this run only
+        import functools
+
+        import metasd_dgl.train.loop as loop
+        library_masks, loop.make_masks = loop.make_masks, functools.partial(budget_masks,
+                                                                            share=method.coordinate_share)
+        try:
+            result = run_variant_seed(variant, base, Path(root), seed, resume=True)
+        finally:
+            loop.make_masks = library_masks
+    else:
+        result = run_variant_seed(variant, base, Path(root), seed, resume=True)
     return {**result, "overlap": last_overlap(run_dir_of(Path(root), method.name, seed))}
 
 
@@ -333,7 +366,7 @@ def twin_result(method: Method, budget: dict, base: dict, root: Path, seed: int)
     on Kinship, which is both "KD tuned" and "KD per dataset" there), or None: the same run is not trained twice."""
     want = json.loads(json.dumps({**base, "train.seed": seed, **method.overrides(budget)}))
     for other in METHODS:
-        if other is method or other.encoder != method.encoder:
+        if other is method or other.encoder != method.encoder or other.coordinate_share != method.coordinate_share:
             continue
         stored = run_dir_of(root, other.name, seed) / "result.json"
         if not stored.is_file():

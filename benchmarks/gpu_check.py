@@ -674,8 +674,9 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from harness import device_of
+    from harness import device_of, tune_malloc
 
+    tune_malloc()  # the allocator setting every training run applies (train.loop.train): (b, N) blocks reused
     args.device = device_of(args.device)
     if args.precision == "tf32" and args.device.type != "cuda":  # the library refuses it too (at training)
         _say(f"gpu_check: --precision tf32 is a CUDA matmul mode; on {args.device.type} use fp32 or bf16")

@@ -113,16 +113,19 @@ def _log_ratio(xt: Tensor, zt: Tensor, lse_x: Tensor, lse_z: Tensor, inplace: bo
     return d.sub_(lse_x - lse_z)
 
 
-def mutual_grads(x: Tensor, z: Tensor, targets: Tensor, spec: KDSpec) -> Tuple[Tensor, Tensor, dict]:
+def mutual_grads(x: Tensor, z: Tensor, targets: Tensor, spec: KDSpec,
+                 teacher_kd: bool = True) -> Tuple[Tensor, Tensor, dict]:
     """Gradients of the real step: each of two models learns from the other.
 
     x: student logits ``(b, N)``; z: teacher logits ``(b, N)``; targets ``(b,)``.
     Student loss ``CE(x) + KD(z -> x)``, teacher loss ``CE(z) + KD(x -> z)``,
-    the source detached in each.  Returns ``(dL_s/dx, dL_t/dz, values)`` with
+    the source detached in each; ``teacher_kd=False`` (``metasd.one_way_kd``): the teacher's
+    loss is its ``CE(z)`` alone.  Returns ``(dL_s/dx, dL_t/dz, values)`` with
     ``values`` holding the scalar tensors ``ce_student, ce_teacher,
     kl_teacher_student = KL(pz||px), kl_student_teacher = KL(px||pz)``
     (batch means, unscaled).  Two softmaxes per matrix (temperature 1 and
-    ``tau``); ``d = log px - log pz`` is shared by all four KL terms.
+    ``tau``); ``d = log px - log pz`` is shared by all four KL terms, and its buffer
+    becomes the teacher's KD term.
     """
     with torch.no_grad():
         b, tau = max(x.shape[0], 1), spec.temperature
@@ -131,18 +134,18 @@ def mutual_grads(x: Tensor, z: Tensor, targets: Tensor, spec: KDSpec) -> Tuple[T
         gx, px, lse1x, lsetx, xt = _softmaxes(x, tau)
         gz, pz, lse1z, lsetz, zt = _softmaxes(z, tau)
         ce_x, ce_z = _ce_value(x, lse1x, targets, eps), _ce_value(z, lse1z, targets, eps)
-        if tau == 1.0:
-            px, pz = px.clone(), pz.clone()
         d = _log_ratio(xt, zt, lsetx, lsetz, inplace=tau != 1.0)
         kx = _rowdot(px, d)  # KL(px || pz) per row
         kz = -_rowdot(pz, d)  # KL(pz || px) per row
-        # student: p1x/b - y/b + c [px (rw (d - kx) + fw) - fw pz]
-        t = torch.add(fw - rw * kx, d, alpha=rw).mul_(px).add_(pz, alpha=-fw)
-        gx.mul_(1.0 / b).add_(t, alpha=c)
+        # both KD terms before gx and gz change in place (at tau 1 they are px and pz)
+        # student: c [px (rw (d - kx) + fw) - fw pz]; teacher: c [pz (fw - rw (d + kz)) - fw px], in d's buffer
+        ts = torch.add(fw - rw * kx, d, alpha=rw).mul_(px).add_(pz, alpha=-fw)
+        tz = torch.add(fw - rw * kz, d, alpha=-rw, out=d).mul_(pz).add_(px, alpha=-fw) if teacher_kd else None
+        gx.mul_(1.0 / b).add_(ts, alpha=c)  # p1x/b - y/b + c [...]
         _subtract_targets(gx, targets, eps, 1.0 / b)
-        # teacher: p1z/b - y/b + c [pz (fw - rw (d + kz)) - fw px]
-        t = torch.add(fw - rw * kz, d, alpha=-rw).mul_(pz).add_(px, alpha=-fw)
-        gz.mul_(1.0 / b).add_(t, alpha=c)
+        gz.mul_(1.0 / b)  # p1z/b - y/b (+ c [...])
+        if tz is not None:
+            gz.add_(tz, alpha=c)
         _subtract_targets(gz, targets, eps, 1.0 / b)
         values = {
             "ce_student": ce_x,

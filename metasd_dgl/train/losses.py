@@ -166,14 +166,16 @@ def autograd_ce_grad(x: Tensor, targets: Tensor, smoothing: float = 0.0) -> Tupl
     return g, loss.detach()
 
 
-def autograd_mutual_grads(x: Tensor, z: Tensor, targets: Tensor, kd: KDSpec) -> Tuple[Tensor, Tensor, dict]:
-    """Student ``CE(x) + KD(z -> x)``, teacher ``CE(z) + KD(x -> z)``, each source detached."""
+def autograd_mutual_grads(x: Tensor, z: Tensor, targets: Tensor, kd: KDSpec,
+                          teacher_kd: bool = True) -> Tuple[Tensor, Tensor, dict]:
+    """Student ``CE(x) + KD(z -> x)``, teacher ``CE(z) + KD(x -> z)`` (``CE(z)`` alone without
+    ``teacher_kd``), each source detached."""
     eps = kd.label_smoothing
     with torch.enable_grad():
         x, z = _leaf(x), _leaf(z)
         ce_x, ce_z = cross_entropy_1n(x, targets, eps), cross_entropy_1n(z, targets, eps)
         (gx,) = torch.autograd.grad(ce_x + _kd(x, z.detach(), kd), x)
-        (gz,) = torch.autograd.grad(ce_z + _kd(z, x.detach(), kd), z)
+        (gz,) = torch.autograd.grad(ce_z + _kd(z, x.detach(), kd) if teacher_kd else ce_z, z)
     lx, lz = log_probs(x.detach(), kd.temperature), log_probs(z.detach(), kd.temperature)
     values = {"ce_student": ce_x.detach(), "ce_teacher": ce_z.detach(),
               "kl_teacher_student": kd_loss(lx, lz, 1.0, 0.0, 1.0),

@@ -64,9 +64,8 @@ class KD(Method):
         spec, student = self.spec, self.student
         fs = self.forward(student.weights(self.params), batch, graph)
         ft = self.forward(None, batch, graph)
-        gs, gt, v = self.losses.mutual_grads(fs.scores.detach(), ft.scores.detach(), batch[:, TAIL], spec.kd_real)
-        if spec.one_way_kd:
-            gt, _ = self.losses.ce_grad(ft.scores.detach(), batch[:, TAIL], spec.label_smoothing)
+        gs, gt, v = self.losses.mutual_grads(fs.scores.detach(), ft.scores.detach(), batch[:, TAIL], spec.kd_real,
+                                             teacher_kd=not spec.one_way_kd)
         pairs_s, terms_s = self.model_terms(fs, batch)
         pairs_t, terms_t = self.model_terms(ft, batch)
         student_leaves = list(student.leaves.values())  # an own student's tensors (none for a view)

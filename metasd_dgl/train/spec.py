@@ -66,7 +66,8 @@ class LossBackend(NamedTuple):
     """The 1-N losses as gradients with respect to score matrices, one interface, two backends.
 
     ``ce_grad(x, targets, smoothing) -> (dCE/dx, CE)``;
-    ``mutual_grads(x, z, targets, kd) -> (dL_student/dx, dL_teacher/dz, values)``;
+    ``mutual_grads(x, z, targets, kd, teacher_kd=True) -> (dL_student/dx, dL_teacher/dz, values)``
+    (``teacher_kd=False``: the teacher's loss is its cross-entropy alone, ``metasd.one_way_kd``);
     ``virtual_grad(x, z, targets, kd) -> G = dL_student/dx``, differentiable in ``x`` and ``z``.
     ``closed_form.CLOSED_FORM`` writes them in closed form; ``losses.AUTOGRAD`` takes them from
     the reference losses by autograd.  The tests run every method on both.
