@@ -132,6 +132,20 @@ def test_mutual_grads_match_autograd(spec):
 
 
 @pytest.mark.parametrize("spec", SPECS)
+def test_one_way_mutual_grads_leave_the_teacher_its_cross_entropy(spec):
+    """``teacher_kd=False`` (``metasd.one_way_kd``): the teacher's gradient is ``ce_grad``'s, bit for bit,
+    in both backends; the student's gradient and every value are those of the two-way call."""
+    x, z, y, _ = _logits(4, 7, 13)
+    two_way = mutual_grads(x.detach(), z.detach(), y, spec)
+    gx, gz, values = mutual_grads(x.detach(), z.detach(), y, spec, teacher_kd=False)
+    assert torch.equal(gz, ce_grad(z.detach(), y, spec.label_smoothing)[0]) and torch.equal(gx, two_way[0])
+    assert all(torch.equal(values[k], two_way[2][k]) for k in values)
+    (gz_ref,) = torch.autograd.grad(cross_entropy_1n(z, y, spec.label_smoothing), z)
+    auto = AUTOGRAD.mutual_grads(x.detach(), z.detach(), y, spec, teacher_kd=False)
+    assert torch.allclose(auto[1], gz_ref, atol=1e-12) and torch.allclose(auto[0], two_way[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("spec", SPECS)
 def test_virtual_grad_and_its_hessian_vector_product(spec):
     x, z, y, gen = _logits(2, 4, 8)
     v = torch.randn(4, 8, generator=gen)
