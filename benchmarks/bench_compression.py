@@ -29,7 +29,8 @@ each reports in brackets):
     prune-only element gradual   prune-only element with gradual_epochs = epochs // 2 (the rate rises to 0.9)
     prune-only element in 1.5x / 2x coordinates   element masks inside a shared coordinate budget: the
                          1.5 (2) x 10 % most important coordinates (as dimension masks choose them), then
-                         the largest weights inside them up to 10 % (``budget_masks``; an experiment, no option)
+                         the largest weights inside them up to 10 % (``budget_masks``; an experiment, no
+                         option, run only when named in --methods)
     gradual element      metasd, element masks, the paper's student, gradual_epochs = epochs // 2 [student]
     rgcn dense / rgcn prune-only / rgcn metasd / rgcn own student   R-GCN + DistMult, element masks on embeddings and
                          GNN weights (pipelines/configs/umls_rgcn.yaml), on the datasets whose budget
@@ -131,7 +132,8 @@ class Method:
 def budget_masks(model, rate: float, scope: str, structure: str, dim: int, share: float) -> dict:
     """Element masks inside a shared coordinate budget (the experiment of ``coordinate_share``): the
     ``share`` x ``keep_count(dim, rate)`` coordinates that dimension masks would rank first, the same in every
-    table, then the largest weights inside them, as many as element masks keep at ``rate``."""
+    table, then the largest weights inside them, as many as element masks keep at ``rate`` (``share`` > 1
+    leaves room for them; ``scope`` and ``structure`` are the loop's arguments, not read: always global)."""
     from harness import keep_count
     from metasd_dgl.model.pruning import compute_masks, dimension_coordinates, prunable_params
 
@@ -139,7 +141,11 @@ def budget_masks(model, rate: float, scope: str, structure: str, dim: int, share
     kept = min(dim, round(share * max(1, keep_count(dim, rate))))
     coords = compute_masks(params, 1.0 - kept / dim, "global", dimension_coordinates(params, dim))
     inside = compute_masks({n: p * coords[n] for n, p in params.items()}, rate, "global")
-    return {n: inside[n] & coords[n] for n in params}
+    masks = {n: inside[n] & coords[n] for n in params}
+    want = keep_count(sum(p.numel() for p in params.values()), rate)
+    if sum(int(m.sum()) for m in masks.values()) != want:
+        raise ValueError(f"budget_masks: the {kept} coordinates hold fewer than {want} non-zero weights")
+    return masks
 
 
 def small_dim(budget: dict) -> int:
@@ -401,7 +407,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=default_data_dir())
     ap.add_argument("--datasets", default=",".join(BUDGETS))
-    ap.add_argument("--methods", default=",".join(BY_NAME), help="comma-separated method names (see above)")
+    ap.add_argument("--methods", default=",".join(m.name for m in METHODS if not m.coordinate_share),
+                    help="comma-separated method names (see above; default: all but the coordinate-budget experiments)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0 .. n-1 for every method")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")

@@ -125,7 +125,7 @@ def mutual_grads(x: Tensor, z: Tensor, targets: Tensor, spec: KDSpec,
     kl_teacher_student = KL(pz||px), kl_student_teacher = KL(px||pz)``
     (batch means, unscaled).  Two softmaxes per matrix (temperature 1 and
     ``tau``); ``d = log px - log pz`` is shared by all four KL terms, and its buffer
-    becomes the teacher's KD term.
+    then holds the teacher's KD term (with ``teacher_kd``).
     """
     with torch.no_grad():
         b, tau = max(x.shape[0], 1), spec.temperature
