@@ -406,6 +406,26 @@ def test_memory_estimate_refuses_before_allocating():
     assert check_memory(small, 135, 46, free=(1 << 30, "plenty")).total < 1 << 30
 
 
+def test_memory_estimate_reads_the_rgcn_negatives_and_runtime_sections(monkeypatch):
+    """The estimate follows rgcn.*, negatives.num and runtime.device (not defaults of options that moved)."""
+    from metasd_dgl.config import load_config
+    from metasd_dgl.runtime import memory
+
+    base = {"data.dataset": "umls", "model.dim": "10", "model.decoder": "distmult", "train.batch_size": "7"}
+    n, r2, w = 135, 2 * 46, 10  # DistMult: width dim
+    plain = memory.estimate(load_config(overrides=base), n, 46)
+    rgcn = memory.estimate(load_config(overrides={**base, "model.encoder": "rgcn", "rgcn.num_layers": "5",
+                                                  "rgcn.num_bases": "3"}), n, 46)
+    assert rgcn.parameters - plain.parameters == 5 * (3 * w * w + r2 * 3 + w * w + w)
+    ns = memory.estimate(load_config(overrides={**base, "train.regime": "negative-sampling",
+                                                "negatives.num": "999"}), n, 46)
+    assert ns.scores == 7 * (999 + 1) * 4 * 2 and plain.scores == 7 * n * 4 * 2
+    asked = []
+    monkeypatch.setattr(memory, "available_bytes", lambda device: asked.append(device))
+    memory.check_memory(load_config(overrides={**base, "runtime.device": "cuda:3"}), n, 46)
+    assert asked == ["cuda:3"]
+
+
 def test_disk_full_in_the_tune_database_is_one_line(tmp_path):
     """Optuna's SQLite storage under a file-size limit: one line naming study.db and what to do."""
     db = tmp_path / "study.db"

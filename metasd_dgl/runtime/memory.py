@@ -32,10 +32,6 @@ class ResourceError(ConfigError):
     """The run needs more memory than the device has, estimated from the config."""
 
 
-def _get(cfg, section: str, name: str, default):
-    return getattr(getattr(cfg, section, None), name, default)
-
-
 def human(nbytes: float) -> str:
     """1536 -> '1.5 KiB'."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
@@ -66,25 +62,25 @@ def estimate(cfg, num_entities: int, num_relations: int) -> Estimate:
     """Bytes a training run of ``cfg`` on N entities and R relations holds at least."""
     from metasd_dgl.model.decoders import DECODERS
 
-    dim = int(_get(cfg, "model", "dim", 1))
-    decoder = DECODERS[_get(cfg, "model", "decoder", "complex")]()
+    m, t = cfg.model, cfg.train
+    dim = int(m.dim)
+    decoder = DECODERS[m.decoder]()
     we, wr = decoder.entity_width(dim), decoder.relation_width(dim)
     n, two_r = int(num_entities), 2 * int(num_relations)
     params = n * we + two_r * wr
-    if _get(cfg, "model", "encoder", "kge") == "rgcn":
-        layers = int(_get(cfg, "model", "num_layers", 2))
-        bases = int(_get(cfg, "model", "num_bases", 4))
-        if _get(cfg, "model", "decomposition", "basis") == "bdd":  # per relation: bases blocks of (w/B)^2
+    if m.encoder == "rgcn":
+        layers, bases = int(cfg.rgcn.num_layers), int(cfg.rgcn.num_bases)
+        if cfg.rgcn.decomposition == "bdd":  # per relation: bases blocks of (w/B)^2
             params += layers * (two_r * bases * (we // max(bases, 1)) ** 2 + we * we + we)
         else:  # bases (B, w, w), coefficients (2R, B), the self-loop and the bias
             params += layers * (bases * we * we + two_r * bases + we * we + we)
     weights = params * FLOAT_BYTES
-    method = _get(cfg, "train", "method", "plain")
-    states = _OPTIMIZER_STATES.get(str(_get(cfg, "train", "optimizer", "adagrad")).lower(), 2)
+    method = t.method
+    states = _OPTIMIZER_STATES.get(str(t.optimizer).lower(), 2)
     copies = 1 + states + (3 if method in _STUDENT_METHODS else 0)  # gradients, moments, student copies
-    batch = int(_get(cfg, "train", "batch_size", 1000))
-    if _get(cfg, "train", "regime", "1-n") == "negative-sampling":
-        columns = int(_get(cfg, "train", "num_negatives", 32)) + 1
+    batch = int(t.batch_size)
+    if t.regime == "negative-sampling":
+        columns = int(cfg.negatives.num) + 1
     else:
         columns = n
     # scores and their gradient, for the teacher and, with a student, the student
@@ -185,13 +181,13 @@ def check_memory(cfg, num_entities: int, num_relations: int, echo: Optional[Call
     """ResourceError when the estimate exceeds the device's free memory; ``echo`` hears a note
     when it takes more than half of it.  ``free`` overrides the measured (bytes, description)."""
     est = estimate(cfg, num_entities, num_relations)
-    device = _get(cfg, "train", "device", "cpu")
+    device = cfg.runtime.device
     free = free if free is not None else available_bytes(device)
     if free is None:
         return est
     have, where = free
     if est.total > have:
-        dim, batch = _get(cfg, "model", "dim", None), _get(cfg, "train", "batch_size", None)
+        dim, batch = cfg.model.dim, cfg.train.batch_size
         if est.scores > est.weights + est.training_state:
             todo = f"lower train.batch_size (now {batch}; the score matrix is batch x {num_entities} entities)"
         else:
