@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from metasd_dgl.model.student import Student, make_student
 from metasd_dgl.runtime.distributed import average_gradients
+from metasd_dgl.runtime.precision import score_products
 from metasd_dgl.train.closed_form import CLOSED_FORM
 from metasd_dgl.train.losses import cross_entropy_1n, regularizer
 from metasd_dgl.train.optimizers import make_optimizer
@@ -24,6 +25,11 @@ from metasd_dgl.train.spec import LossBackend, StepSpec
 from metasd_dgl.typing import HEAD, REL, TAIL, MaskDict, ParamDict
 
 Pairs = List[Tuple[Tensor, Tensor]]  # (output, cotangent): back-propagated together
+
+
+def as_floats(values: Dict[str, Tensor]) -> Dict[str, float]:
+    """A step's losses as Python floats (what ``Method.step`` returns)."""
+    return {k: float(v) for k, v in values.items()}
 
 
 class Forward(NamedTuple):
@@ -92,7 +98,7 @@ class Method:
             ent, rel = self._dropout(ent, self.spec.entity_dropout), self._dropout(rel, self.spec.relation_dropout)
         h, r, t = ent[queries[:, HEAD]], rel[queries[:, REL]], ent[queries[:, TAIL]]
         bf16 = self.spec.precision == "bf16"
-        with torch.autocast(device_type=ent.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with score_products(self.spec.precision, ent.device):
             scores = self.decoder.score_all(h, r, ent)
             rel_scores = self.decoder.score_relations(h, t, rel) if self.spec.rp_weight and relations else None
         if bf16:  # the losses and their gradients on float32 score matrices
@@ -179,6 +185,7 @@ class Method:
         """The optimisers' states and an own student's weights (the checkpoint's keys)."""
         weights = {n: w.detach().clone() for n, w in self.student.leaves.items()} if self.student_optimizer else None
         return {"optimizer": self.optimizer.state_dict(),
+                "meta_optimizer": None,  # MetaSD's (its state_dict fills it)
                 "student_weights": weights,
                 "student_optimizer": self.student_optimizer.state_dict() if self.student_optimizer else None}
 

@@ -139,7 +139,6 @@ class Trainer:
             "config": to_dict(self.cfg),
             "dataset": dataset_fingerprint(self.data),
             "model": self.model.state_dict(),
-            "meta_optimizer": None,  # MetaSD's, from the method's state below (None for the others)
             **self.method.state_dict(),  # optimisers; an own student's weights (evaluate/export read them)
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "masks": self.masks,

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from metasd_dgl.config import Config
-from metasd_dgl.train.base import Method
+from metasd_dgl.train.base import Method, as_floats
 from metasd_dgl.train.closed_form import CLOSED_FORM
 from metasd_dgl.train.losses import negative_sampling_loss, regularizer
 from metasd_dgl.train.optimizers import make_optimizer
@@ -31,7 +31,7 @@ class Plain(Method):
     """The dense model alone."""
 
     def step(self, batch: Tensor, graph=None, quiz=None, negatives=None) -> Dict[str, float]:
-        return {k: float(v) for k, v in self.single_step(None, batch, graph, "ce_teacher").items()}
+        return as_floats(self.single_step(None, batch, graph, "ce_teacher"))
 
 
 class Prune(Method):
@@ -41,7 +41,7 @@ class Prune(Method):
 
     def step(self, batch: Tensor, graph=None, quiz=None, negatives=None) -> Dict[str, float]:
         out = self.single_step(self.student.weights(self.params), batch, graph, "ce_student")
-        return {k: float(v) for k, v in out.items()}
+        return as_floats(out)
 
 
 class KD(Method):
@@ -49,7 +49,7 @@ class KD(Method):
 
     def step(self, batch: Tensor, graph=None, quiz=None, negatives=None) -> Dict[str, float]:
         out = self.extra_teacher_step(batch, graph) if self.spec.extra_teacher_step else {}
-        return {k: float(v) for k, v in {**out, **self.real_step(batch, graph)}.items()}
+        return as_floats({**out, **self.real_step(batch, graph)})
 
     def extra_teacher_step(self, batch: Tensor, graph) -> Dict[str, Tensor]:
         """The reference code's ordinary teacher step before the others (``metasd.extra_teacher_step``)."""
@@ -127,7 +127,7 @@ class MetaSD(KD):
             out["meta_quiz_loss"] = quiz_loss
             out["meta_grad_norm"] = self.apply(self.meta_optimizer, self.leaves, meta, len(batch))
         # (3) the real step: teacher and student learn from the data and from each other
-        return {k: float(v) for k, v in {**out, **self.real_step(batch, graph)}.items()}
+        return as_floats({**out, **self.real_step(batch, graph)})
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "meta_optimizer": self.meta_optimizer.state_dict()}
