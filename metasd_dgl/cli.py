@@ -235,12 +235,15 @@ def export(run_dir: str, checkpoint: str, quantize: tuple[str, ...]) -> None:
     """Write the dense teacher and the compact pruned student (and quantised files); print their sizes."""
     from metasd_dgl.stages import stage_export
 
-    info = stage_export(Path(run_dir), checkpoint, quantize)
-    for k, v in info.items():
-        if k != "files":
-            click.echo(f"{k}: {v}")
-    for name, entry in info["files"].items():
-        click.echo(f"file: {Path(run_dir) / 'export' / name} ({entry['bytes']:,} bytes, sha256 {entry['sha256']})")
+    for line in export_lines(stage_export(Path(run_dir), checkpoint, quantize), Path(run_dir)):
+        click.echo(line)
+
+
+def export_lines(info: dict, run_dir: Path) -> list[str]:
+    """``stage_export``'s summary as lines: one per figure, then one per written file."""
+    return ([f"{k}: {v}" for k, v in info.items() if k != "files"]
+            + [f"file: {run_dir / 'export' / name} ({entry['bytes']:,} bytes, sha256 {entry['sha256']})"
+               for name, entry in info["files"].items()])
 
 
 @cli.command()
@@ -293,9 +296,8 @@ def pipeline(config_files, sets, quiet: bool, as_json: bool, force: bool, resume
         console.result(f"metrics: {stored} (stored; pass --reevaluate to export and evaluate again)")
         return
     console.line("[3/4] export")
-    info = stage_export(run_dir)
-    for k, v in info.items():
-        console.line(f"  {k}: {v}")
+    for line in export_lines(stage_export(run_dir), run_dir):
+        console.line(f"  {line}")
     console.line("[4/4] evaluate (test)")
     stage_evaluate(run_dir, "test", echo=console.result)
     console.result(f"metrics: {stored}")
