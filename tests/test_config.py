@@ -197,8 +197,6 @@ def test_relation_prediction_needs_a_bilinear_decoder():
 
 def test_option_combinations_that_do_not_exist_are_config_errors():
     """The five rules: each combination that does not exist is one error naming the option."""
-    from metasd_dgl.config import Config, validate
-
     for key, over in (("train.rp_weight", {"train.rp_weight": 1.0, "model.decoder": "transe"}),
                       ("train.regime", {"train.method": "kd", "train.regime": "negative-sampling"}),
                       ("prune.gradual_epochs", {"prune.gradual_epochs": 50, "train.method": "prune",
@@ -210,13 +208,11 @@ def test_option_combinations_that_do_not_exist_are_config_errors():
         with pytest.raises(ConfigError) as err:
             load_config(overrides=over)
         assert err.value.key == key
-    assert validate.__code__.co_consts.count  # the rules live in validate
     # a section only one choice reads is ignored otherwise, not an error
     for over in ({"metasd.student": "own", "train.method": "prune"}, {"prune.gradual_epochs": 2},
                  {"metasd.one_way_kd": True, "train.method": "prune"}, {"negatives.num": 3},
                  {"rgcn.num_layers": 3}, {"plateau.factor": 0.1}):
         load_config(overrides=over)
-    assert isinstance(Config(), Config)
     for retired in ({"metasd.straight_through": True}, {"metasd.share_forward": True},
                     {"metasd.warmup_epochs": 2}, {"metasd.mask_source": "student"}, {"train.init_from": "x.pt"}):
         with pytest.raises(ConfigError, match="retired"):
