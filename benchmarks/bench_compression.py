@@ -67,12 +67,12 @@ import json
 import multiprocessing
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from common import REPO, RESULTS, default_data_dir, format_table, machine_info, write_json
-from harness import Variant, preprocess, run_variant_seed, sample_sd
+from common import REPO, RESULTS, default_data_dir, machine_info, sample_sd, write_json
+from harness import Variant, history, preprocess, run_variant_seed, seed_run_dir
 
 REFERENCE_PRESET = REPO / "pipelines" / "configs" / "reference.yaml"
 RATE = 0.9  # students keep 10 % of the prunable weights
@@ -334,10 +334,6 @@ def base_overrides(data_path: Path, budget: dict, threads: int, encoder: str) ->
             "metasd.quiz_batch_size": budget["batch"], "eval.num_buckets": 3}
 
 
-def run_dir_of(root: Path, method: str, seed: int) -> Path:
-    return root / f"{Variant(method).slug}-seed{seed}"
-
-
 def one_run(dataset: str, method_name: str, seed: int, base: dict, root: str, budget: dict) -> dict:
     """One (dataset, method, seed) in a worker process -> the harness's result (a twin's, when one exists)."""
     method = BY_NAME[method_name]
@@ -357,14 +353,12 @@ def one_run(dataset: str, method_name: str, seed: int, base: dict, root: str, bu
             loop.make_masks = library_masks
     else:
         result = run_variant_seed(variant, base, Path(root), seed, resume=True)
-    return {**result, "overlap": last_overlap(run_dir_of(Path(root), method.name, seed))}
+    return {**result, "overlap": last_overlap(seed_run_dir(Path(root), method.name, seed))}
 
 
 def last_overlap(run_dir: Path) -> Optional[dict]:
     """The last validation's mask overlap (``pruning.triple_overlap``) in ``run_dir/metrics.jsonl``, or None."""
-    path = run_dir / "metrics.jsonl"
-    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
-    return next((r["overlap"] for r in reversed(rows) if "overlap" in r), None)
+    return next((r["overlap"] for r in reversed(history(run_dir)) if "overlap" in r), None)
 
 
 def twin_result(method: Method, budget: dict, base: dict, root: Path, seed: int) -> Optional[dict]:
@@ -374,7 +368,7 @@ def twin_result(method: Method, budget: dict, base: dict, root: Path, seed: int)
     for other in METHODS:
         if other is method or other.encoder != method.encoder or other.coordinate_share != method.coordinate_share:
             continue
-        stored = run_dir_of(root, other.name, seed) / "result.json"
+        stored = seed_run_dir(root, other.name, seed) / "result.json"
         if not stored.is_file():
             continue
         record = json.loads(stored.read_text(encoding="utf-8"))

@@ -40,7 +40,7 @@ from metasd_dgl.model.pruning import keep_count, make_masks  # noqa: F401
 from metasd_dgl.tools.compress import compress_report  # noqa: F401
 from metasd_dgl.train.loop import Trainer, TrainingInterrupted, train  # noqa: F401
 from metasd_dgl.train.methods import make_method  # noqa: F401
-from common import sample_sd  # noqa: F401  (kept importable from here)
+from common import sample_sd
 
 ROWS = ("teacher", "student")
 
@@ -162,6 +162,11 @@ def rank(cfg: Config, data: KGData, model, split: str, weights=None, tables=None
     return metrics(ranks.both())
 
 
+def seed_run_dir(root: Path, name: str, seed: int) -> Path:
+    """The run folder of variant ``name`` at ``seed`` under ``root`` (``run_variant_seed``'s)."""
+    return Path(root) / f"{Variant(name).slug}-seed{seed}"
+
+
 def run_variant_seed(v: Variant, base: Mapping[str, Any], root: Path, seed: int,
                      adjust: Callable[[Variant, dict], dict] = lambda v, over: over, resume: bool = False) -> dict:
     """Train and test one variant at one seed in ``root/<variant>-seed<k>`` -> ``train_and_test``'s result.
@@ -173,7 +178,7 @@ def run_variant_seed(v: Variant, base: Mapping[str, Any], root: Path, seed: int,
     import shutil
     import sys
 
-    over = adjust(v, {**base, "train.seed": seed, **v.overrides, "run_dir": str(root / f"{v.slug}-seed{seed}")})
+    over = adjust(v, {**base, "train.seed": seed, **v.overrides, "run_dir": str(seed_run_dir(root, v.name, seed))})
     run_dir, stored = Path(over["run_dir"]), Path(over["run_dir"]) / "result.json"
     if resume and stored.is_file():
         record = json.loads(stored.read_text(encoding="utf-8"))

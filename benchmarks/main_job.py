@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, RESULTS, format_table, write_json
+from common import REPO, RESULTS, format_table, machine_info, paired, publish, sample_sd
 
 CONFIGS = REPO / "pipelines" / "configs"
 ROWS = {  # row -> (extra pipeline arguments, which model of the run is the row)
@@ -50,7 +49,7 @@ def run(args: list, run_dir: Path) -> dict:
 
 
 def mean_sd(xs: list) -> tuple:
-    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    return sum(xs) / len(xs), sample_sd(xs)
 
 
 def main() -> None:
@@ -76,20 +75,18 @@ def main() -> None:
             mrr[row].append(res["both"]["mrr"])
             rare[row].append(next(iter(res["buckets"]["relation"].values()))["mrr"])  # the rarest third
     main_student = mrr["main job student"]
-    table, record = [], {"seeds": list(range(args.seeds)), "rows": {}, "machine": "2-core CPU, 1 thread per run"}
+    table, record = [], {"seeds": list(range(args.seeds)), "rows": {}, "machine": machine_info()}
     for row in ROWS:
         m, s = mean_sd(mrr[row])
-        diffs = [a - b for a, b in zip(main_student, mrr[row])]
-        dm, ds = mean_sd(diffs)
+        pair = paired(main_student, mrr[row])
+        diffs, dm, ds = pair["diffs"], pair["mean"], pair["sd"]
         rm, rs = mean_sd(rare[row])
         table.append([row, f"{m:.4f} ± {s:.4f}", f"{rm:.4f} ± {rs:.4f}",
                       "" if row == "main job student" else f"{dm:+.4f} ({ds:.4f})", commands[row]])
         record["rows"][row] = {"test_mrr": mrr[row], "mean": m, "sd": s, "rare_third_mrr": rare[row],
                                "student_minus_row": diffs, "diff_mean": dm, "diff_sd": ds, "command": commands[row]}
-    print(format_table(["row", "test MRR", "rarest third of relations", "main student - row (sd)", "command"],
-                       table))
-    write_json(Path(args.out), record)
-    print(f"wrote {args.out}")
+    publish(record, format_table(["row", "test MRR", "rarest third of relations", "main student - row (sd)",
+                                  "command"], table), args.out)
 
 
 if __name__ == "__main__":

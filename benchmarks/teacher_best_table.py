@@ -20,12 +20,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from common import write_json
-from harness import Variant, sample_sd, stage_evaluate
-
-
-def seed_dir(runs: Path, method: str, seed: int) -> Path:
-    return runs / f"{Variant(method).slug}-seed{seed}"
+from common import publish, sample_sd
+from harness import seed_run_dir, stage_evaluate
 
 
 def score(run_dir: Path, checkpoint: str) -> dict:
@@ -42,11 +38,11 @@ def summary(xs: list[float]) -> dict:
 def build(runs: Path, seeds: list[int], student_method: str, dense_method: str) -> dict:
     own, old, dense = [], [], []
     for seed in seeds:
-        run = seed_dir(runs, student_method, seed)
+        run = seed_run_dir(runs, student_method, seed)
         old.append(score(run, str(run / "checkpoints" / "best.pt")))  # one file for both
         own.append(score(run, "best"))  # each model its own best (what `evaluate RUN` does)
         if dense_method:
-            stored = json.loads((seed_dir(runs, dense_method, seed) / "result.json").read_text(encoding="utf-8"))
+            stored = json.loads((seed_run_dir(runs, dense_method, seed) / "result.json").read_text(encoding="utf-8"))
             dense.append({"mrr": stored["result"]["teacher"]["mrr"], "epoch": stored["result"]["best_epoch"]})
     rows = {
         "teacher, its own best (best-teacher.pt)": [s["teacher"] for s in own],
@@ -88,10 +84,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     record = build(Path(args.runs), list(range(args.seeds)), args.student_method, args.dense_method)
-    record["table"] = render(record)
-    print(record["table"])
-    print(f"JSON: {write_json(args.out, record)}")
-    return record
+    return publish(record, render(record), args.out)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_a_method_with_another_methods_overrides_takes_its_stored_run(bench, tmp
     tuned, per = bench.BY_NAME["own student KD tuned"], bench.BY_NAME["own student KD per dataset"]
     assert tuned.overrides(budget) == per.overrides(budget)
     over = {**base, "train.seed": seed, **tuned.overrides(budget)}
-    folder = bench.run_dir_of(tmp_path, tuned.name, seed)
+    folder = bench.seed_run_dir(tmp_path, tuned.name, seed)
     folder.mkdir(parents=True)
     (folder / "result.json").write_text(json.dumps({"overrides": {**over, "run_dir": str(folder)},
                                                     "result": {"dim": 8, "marker": 42}}))
@@ -122,8 +122,7 @@ def test_every_distilling_arm_states_its_student(bench):
     from metasd_dgl.config import load_config
 
     budget = {"name": "umls", "dim": 100, "epochs": 4, "own_kd": dict(bench.OWN_KD),
-              "preset": {"train.method": "metasd", "metasd.student": "shared", "metasd.one_way_kd": False,
-                         "metasd.kd_t2_scale": False}}
+              "preset": bench.preset_overrides()}  # pipelines/configs/reference.yaml, as the study reads it
     for m in bench.METHODS:
         over = m.overrides(budget)
         if over.get("train.method") not in ("kd", "metasd"):
