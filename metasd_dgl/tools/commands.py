@@ -324,11 +324,8 @@ def _num(value: Optional[float]) -> str:
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder with published archives.")
 def subset_command(source: str, k: int, out: str, data_dir: Optional[str]) -> None:
     """A deterministic subset of SOURCE on its top entities by training degree (see metasd_dgl/data/subset.py)."""
-    import os
-
     from metasd_dgl.data.subset import write_subset
 
-    data_dir = data_dir or os.environ.get("METASD_DATA_DIR")
     record = write_subset(source, k, Path(out), Path(data_dir) if data_dir else None)
     c, src = record["counts"], record["source_counts"]
     click.echo(f"{out}: top {c['top']} entities by degree, {c['entities']} with a train triple inside, "

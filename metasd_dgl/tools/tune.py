@@ -304,7 +304,7 @@ def tune(config: Path, trials: int, study_dir: Path, space_path: Optional[Path] 
     identity = _identity(base_files, space_path, overrides)
     existing = _check_study_dir(study_dir, identity, resume)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data_dir = base.data.data_dir or os.environ.get("METASD_DATA_DIR")
+    data_dir = base.data.data_dir  # empty: registry.resolve reads METASD_DATA_DIR itself
     processed = study_dir / "data"
     if base.data.processed_dir and processed_folder(base.data.dataset):  # a processed folder: used in place
         processed = Path(base.data.processed_dir)
