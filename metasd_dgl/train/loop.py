@@ -169,11 +169,14 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.state.history))
 
-    def checkpoint(self, name: str) -> Path:
-        path = self.run_dir / "checkpoints" / name
+    def checkpoint(self, *names: str) -> Path:
+        """The training state, built once, saved under each of ``names``; returns the last path."""
+        paths = [self.run_dir / "checkpoints" / name for name in names]
         if self.dist.is_main:  # one process writes; the others hold identical weights
-            save_checkpoint(self.state_dict(), path)
-        return path
+            state = self.state_dict()
+            for path in paths:
+                save_checkpoint(state, path)
+        return paths[-1]
 
     # ------------------------------------------------------------------ loop
     def run(self) -> TrainState:
@@ -279,9 +282,8 @@ class Trainer:
         st.epoch_sums = {}
         self._log(record, epoch_line(record, tc.epochs))
         self._check_weights()
-        self.checkpoint("last.pt")
+        self.checkpoint("last.pt", *([f"epoch-{st.epoch}.pt"] if self.cfg.checkpoint.keep else []))
         if self.cfg.checkpoint.keep:
-            self.checkpoint(f"epoch-{st.epoch}.pt")
             old = st.epoch - self.cfg.checkpoint.keep
             if self.dist.is_main:
                 (self.run_dir / "checkpoints" / f"epoch-{old}.pt").unlink(missing_ok=True)
@@ -331,11 +333,8 @@ class Trainer:
             record["overlap"] = overlap
         self._log(record, valid_line(st.epoch, result, st.best_mrr, st.best_epoch, new_best, self.cfg.train.method)
                   + ("  teacher best -> checkpoints/best-teacher.pt" if teacher_best else ""))
-        if teacher_best:
-            self.checkpoint(TEACHER_BEST)
-        if new_best:
-            self.checkpoint("best.pt")
-        self.checkpoint("last.pt")
+        names = [TEACHER_BEST] if teacher_best else []
+        self.checkpoint(*names, *(["best.pt"] if new_best else []), "last.pt")
         if self.on_validation is not None:
             self.on_validation(st.epoch, mrr)
 
