@@ -4,7 +4,11 @@ from __future__ import annotations
 
 def dataset_fingerprint(data) -> str:
     """``"<sha of entities.tsv>:<sha of relations.tsv>"`` from a processed dataset's manifest."""
-    files = data.manifest.get("files", {})
+    return _fingerprint(data.manifest)
+
+
+def _fingerprint(manifest: dict) -> str:
+    files = manifest.get("files", {})
     return f"{files.get('entities.tsv', '?')}:{files.get('relations.tsv', '?')}"
 
 
@@ -53,10 +57,9 @@ def check_run_dataset(run_dir, dataset=None, fmt: str = "auto", processed=None) 
     processed = processed or stored.get("processed_dir") or Path(run_dir) / "data"
     manifest = Path(processed) / "manifest.json"
     try:
-        files = json.loads(manifest.read_text(encoding="utf-8")).get("files", {})
+        here = _fingerprint(json.loads(manifest.read_text(encoding="utf-8")))
     except (OSError, ValueError, AttributeError):
         return  # no processed folder yet: the caller preprocesses it, then the trainer compares
-    here = f"{files.get('entities.tsv', '?')}:{files.get('relations.tsv', '?')}"
     if ckpt.get("dataset") is not None and ckpt.get("dataset") != here:
         raise CheckpointError(f"{run_dir}: its checkpoints were trained on another dataset (id-map hashes "
                               f"{_brief(ckpt.get('dataset'))} vs {_brief(here)} of {processed}); a run's dataset is fixed: "
